@@ -1,0 +1,6 @@
+"""``python -m usr``: the same entry point as the ``usr`` console script."""
+
+from porcelain.cli import main
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,97 @@
+"""One error type per failure class, each carrying its exit code.
+
+The CLI maps these to ``usr: error: <what> (<hint>)`` on stderr and the exit code, in one
+place (``porcelain.cli``). Library code raises them; it never prints or exits.
+
+Exit codes (documented in docs/cli.md):
+
+====  ======================  ==================================================
+code  class                   meaning
+====  ======================  ==================================================
+0                             success
+1     UsrError                unexpected failure of usr itself
+2     UsageError              bad command line, refused flag combination, no -y
+3     InputError              bad input: malformed file, bad id, schema violation
+4     NotFoundError           unknown dataset, namespace, remote, revision
+5     VerifyError             verification or integrity failure (hash mismatch)
+6     TransportError          connection, protocol or remote command failure
+7     AuthError               host key or authentication failure
+8     ConflictError           diverged histories, remote moved, merge conflict
+9     LockTimeout             a dataset lock could not be taken in time
+10    HookRefused             a hook refused the operation
+====  ======================  ==================================================
+"""
+
+from __future__ import annotations
+
+
+class UsrError(Exception):
+    """Base of every error usr reports to a user. ``hint`` says what to do about it."""
+
+    exit_code = 1
+    kind = "error"
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def one_line(self) -> str:
+        text = self.message if not self.hint else f"{self.message} ({self.hint})"
+        return " ".join(text.split())
+
+    def to_json(self) -> dict:
+        return {"kind": self.kind, "exit_code": self.exit_code, "message": self.message,
+                "hint": self.hint}
+
+
+class UsageError(UsrError):
+    exit_code = 2
+    kind = "usage"
+
+
+class InputError(UsrError):
+    exit_code = 3
+    kind = "input"
+
+
+class NotFoundError(UsrError):
+    exit_code = 4
+    kind = "not-found"
+
+
+class VerifyError(UsrError):
+    exit_code = 5
+    kind = "verify"
+
+
+class TransportError(UsrError):
+    exit_code = 6
+    kind = "transport"
+
+
+class AuthError(TransportError):
+    exit_code = 7
+    kind = "auth"
+
+
+class ConflictError(UsrError):
+    exit_code = 8
+    kind = "conflict"
+
+
+class LockTimeout(UsrError):
+    exit_code = 9
+    kind = "lock-timeout"
+
+
+class HookRefused(UsrError):
+    exit_code = 10
+    kind = "hook-refused"
+
+
+EXIT_CODES: dict[str, int] = {
+    cls.__name__: cls.exit_code
+    for cls in (UsrError, UsageError, InputError, NotFoundError, VerifyError,
+                TransportError, AuthError, ConflictError, LockTimeout, HookRefused)
+}

@@ -1,0 +1,114 @@
+"""Where things live: the datasets root, dataset ids, and which section a path belongs to.
+
+Every command and every peer resolves ids and classifies paths through this module, so a
+path is in the same section in ``status``, ``diff``, the audit JSON and ``diff-tree``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path, PurePosixPath
+
+from usr.errors import InputError
+
+ROOT_ENV = "USR_ROOT"
+DEFAULT_ROOT = "datasets"
+REGISTRY_FILE = "registry.toml"
+
+RECORDS_FILE = "records.parquet"
+META_FILE = "meta.md"
+EVENTS_FILE = ".events.log"
+SNAPSHOTS_DIR = "_snapshots"
+DERIVED_DIR = "_derived"
+STORE_DIR = ".usr"
+
+ID_PART_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+NAMESPACE_RE = re.compile(r"^[a-z][a-z0-9_]*$")
+RESERVED_NAMESPACES = frozenset({"usr"})
+
+#: Paths that are runtime state, never recorded, transferred or counted.
+RUNTIME_NAMES = frozenset({STORE_DIR, ".usr.lock", ".events.lock", ".usr.transfer.lock"})
+RUNTIME_PREFIXES = (".usr.lease.", ".usr-tmp", ".usr-staging")
+
+#: Section names, in the order every report lists them.
+SECTIONS = ("primary", "meta", "events", "snapshots", "derived", "auxiliary")
+
+
+def resolve_root(root: str | os.PathLike[str] | None = None) -> Path:
+    """The datasets root: ``--root``, else ``$USR_ROOT``, else ``./datasets``."""
+    chosen = root if root not in (None, "") else os.environ.get(ROOT_ENV) or DEFAULT_ROOT
+    return Path(chosen).expanduser().absolute()
+
+
+def validate_dataset_id(dataset_id: str) -> str:
+    """Return ``dataset_id`` if it is flat (``name``) or qualified (``namespace/name``).
+
+    Each part matches ``[A-Za-z0-9][A-Za-z0-9_.-]*``; anything else (``..``, absolute
+    paths, three parts, empty) is refused, so an id can never name a path outside the root.
+    """
+    if not isinstance(dataset_id, str) or not dataset_id:
+        raise InputError("bad dataset id '': empty", "use NAME or NAMESPACE/NAME")
+    parts = dataset_id.split("/")
+    if len(parts) > 2:
+        raise InputError(f"bad dataset id {dataset_id!r}: more than two parts",
+                         "use NAME or NAMESPACE/NAME")
+    for part in parts:
+        if not ID_PART_RE.match(part) or part in (".", ".."):
+            raise InputError(
+                f"bad dataset id {dataset_id!r}: part {part!r} must match "
+                f"[A-Za-z0-9][A-Za-z0-9_.-]*", "use NAME or NAMESPACE/NAME")
+    return dataset_id
+
+
+def dataset_path(root: Path, dataset_id: str) -> Path:
+    """The directory of ``dataset_id`` under ``root`` (validated; not required to exist)."""
+    validate_dataset_id(dataset_id)
+    return root / dataset_id
+
+
+def validate_namespace(namespace: str) -> str:
+    if not NAMESPACE_RE.match(namespace or ""):
+        raise InputError(f"bad namespace {namespace!r}: must match ^[a-z][a-z0-9_]*$")
+    if namespace in RESERVED_NAMESPACES:
+        raise InputError(f"namespace {namespace!r} is reserved", "pick another name")
+    return namespace
+
+
+def is_runtime_path(relpath: str) -> bool:
+    """True for paths usr never records: its store, locks, leases and temporary files."""
+    for part in PurePosixPath(relpath).parts:
+        if part in RUNTIME_NAMES or part.startswith(RUNTIME_PREFIXES):
+            return True
+    return False
+
+
+def section_of(relpath: str) -> str:
+    """The section of a dataset-relative POSIX path (see the table in docs/format.md)."""
+    if relpath == RECORDS_FILE:
+        return "primary"
+    if relpath == META_FILE:
+        return "meta"
+    if relpath == EVENTS_FILE:
+        return "events"
+    top = relpath.split("/", 1)[0]
+    if top == SNAPSHOTS_DIR:
+        return "snapshots"
+    if top == DERIVED_DIR:
+        return "derived"
+    return "auxiliary"
+
+
+def check_relpath(relpath: str) -> str:
+    """Refuse a dataset-relative path that is absolute, escapes, or names runtime state.
+
+    Used on every path that comes from a tree, a peer or a user, before it touches disk.
+    """
+    if not relpath or "\x00" in relpath or "\\" in relpath:
+        raise InputError(f"bad path {relpath!r} in dataset")
+    p = PurePosixPath(relpath)
+    if p.is_absolute() or any(part in ("", ".", "..") for part in relpath.split("/")):
+        raise InputError(f"bad path {relpath!r}: absolute or escapes the dataset")
+    if is_runtime_path(relpath):
+        raise InputError(f"bad path {relpath!r}: names usr runtime state")
+    return relpath
