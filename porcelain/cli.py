@@ -14,8 +14,14 @@ from usr.errors import UsrError
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--root", "root_option", envvar=None, default=None, metavar="DIR",
-              help="Datasets root (else $USR_ROOT, else ./datasets).")
+@click.option(
+    "--root",
+    "root_option",
+    envvar=None,
+    default=None,
+    metavar="DIR",
+    help="Datasets root (else $USR_ROOT, else ./datasets).",
+)
 @click.option("--debug", is_flag=True, help="Show tracebacks on errors.")
 @click.version_option(__version__, prog_name="usr")
 @click.pass_context
@@ -73,8 +79,11 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as exc:  # noqa: BLE001 - the last line of defence
         if _debug_requested(args):
             traceback.print_exc()
-        click.echo(f"usr: error: internal error: {type(exc).__name__}: {exc} "
-                   "(rerun with --debug and report it)", err=True)
+        click.echo(
+            f"usr: error: internal error: {type(exc).__name__}: {exc} "
+            "(rerun with --debug and report it)",
+            err=True,
+        )
         sys.exit(1)
     if isinstance(rv, int):
         sys.exit(rv)

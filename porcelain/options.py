@@ -34,17 +34,29 @@ class Settings:
 pass_settings = click.make_pass_decorator(Settings, ensure=True)
 
 format_option = click.option(
-    "--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True,
-    help="text for people; json prints {\"usr_output_version\": 1, \"data\": ...} and nothing else.")
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help='text for people; json prints {"usr_output_version": 1, "data": ...} and nothing else.',
+)
 
 yes_option = click.option(
-    "-y", "--yes", is_flag=True, help="Do not prompt; needed to overwrite when stdin is not a terminal.")
+    "-y",
+    "--yes",
+    is_flag=True,
+    help="Do not prompt; needed to overwrite when stdin is not a terminal.",
+)
 
 dataset_argument = click.argument("dataset", metavar="DATASET")
 
 remotes_config_option = click.option(
-    "--remotes-config", type=click.Path(dir_okay=False), default=None,
-    help="Remote profiles TOML (else $USR_REMOTES_PATH, else ~/.config/usr/remotes.toml).")
+    "--remotes-config",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Remote profiles TOML (else $USR_REMOTES_PATH, else ~/.config/usr/remotes.toml).",
+)
 
 
 def envelope(data: Any) -> dict[str, Any]:

@@ -38,12 +38,23 @@ def usr_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-def run_usr(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None,
-            input: str | None = None, timeout: float = 120) -> Result:
+def run_usr(
+    *args: str,
+    cwd: Path | None = None,
+    env: dict[str, str] | None = None,
+    input: str | None = None,
+    timeout: float = 120,
+) -> Result:
     """Run the real ``usr`` entry point in a subprocess and capture what a user would see."""
     proc = subprocess.run(
-        [sys.executable, "-m", "usr", *args], cwd=cwd, env=usr_env(env), input=input,
-        capture_output=True, text=True, timeout=timeout)
+        [sys.executable, "-m", "usr", *args],
+        cwd=cwd,
+        env=usr_env(env),
+        input=input,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     return Result(proc.returncode, proc.stdout, proc.stderr)
 
 

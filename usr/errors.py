@@ -41,8 +41,12 @@ class UsrError(Exception):
         return " ".join(text.split())
 
     def to_json(self) -> dict:
-        return {"kind": self.kind, "exit_code": self.exit_code, "message": self.message,
-                "hint": self.hint}
+        return {
+            "kind": self.kind,
+            "exit_code": self.exit_code,
+            "message": self.message,
+            "hint": self.hint,
+        }
 
 
 class UsageError(UsrError):
@@ -92,6 +96,16 @@ class HookRefused(UsrError):
 
 EXIT_CODES: dict[str, int] = {
     cls.__name__: cls.exit_code
-    for cls in (UsrError, UsageError, InputError, NotFoundError, VerifyError,
-                TransportError, AuthError, ConflictError, LockTimeout, HookRefused)
+    for cls in (
+        UsrError,
+        UsageError,
+        InputError,
+        NotFoundError,
+        VerifyError,
+        TransportError,
+        AuthError,
+        ConflictError,
+        LockTimeout,
+        HookRefused,
+    )
 }

@@ -51,13 +51,16 @@ def validate_dataset_id(dataset_id: str) -> str:
         raise InputError("bad dataset id '': empty", "use NAME or NAMESPACE/NAME")
     parts = dataset_id.split("/")
     if len(parts) > 2:
-        raise InputError(f"bad dataset id {dataset_id!r}: more than two parts",
-                         "use NAME or NAMESPACE/NAME")
+        raise InputError(
+            f"bad dataset id {dataset_id!r}: more than two parts", "use NAME or NAMESPACE/NAME"
+        )
     for part in parts:
         if not ID_PART_RE.match(part) or part in (".", ".."):
             raise InputError(
                 f"bad dataset id {dataset_id!r}: part {part!r} must match "
-                f"[A-Za-z0-9][A-Za-z0-9_.-]*", "use NAME or NAMESPACE/NAME")
+                f"[A-Za-z0-9][A-Za-z0-9_.-]*",
+                "use NAME or NAMESPACE/NAME",
+            )
     return dataset_id
 
 

@@ -29,8 +29,10 @@ def _describe_holder(path: Path) -> str:
         return "unknown holder"
     if not info:
         return "unknown holder"
-    return (f"held by {info.get('what', 'usr')} on {info.get('host', '?')} "
-            f"pid {info.get('pid', '?')} since {info.get('since', '?')}")
+    return (
+        f"held by {info.get('what', 'usr')} on {info.get('host', '?')} "
+        f"pid {info.get('pid', '?')} since {info.get('since', '?')}"
+    )
 
 
 @contextlib.contextmanager
@@ -55,10 +57,15 @@ def hold(path: Path, what: str = "usr", timeout: float | None = None) -> Iterato
                 if time.monotonic() >= deadline:
                     raise LockTimeout(
                         f"lock {path} not taken within {timeout:g}s: {_describe_holder(path)}",
-                        "wait for it to finish, or raise --lock-timeout") from None
+                        "wait for it to finish, or raise --lock-timeout",
+                    ) from None
                 time.sleep(_POLL)
-        stamp = {"what": what, "host": socket.gethostname(), "pid": os.getpid(),
-                 "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        stamp = {
+            "what": what,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
         os.ftruncate(fd, 0)
         os.pwrite(fd, (json.dumps(stamp) + "\n").encode(), 0)
         try:
