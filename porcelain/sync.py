@@ -1,3 +1,238 @@
-"""Placeholder; filled by its issue."""
+"""``usr diff``, ``usr pull``, ``usr push``: the daily sync loop of the runbooks.
 
-COMMANDS: list = []
+Thin click layer over :mod:`usr.sync.engine`: parse and validate flags (refusing combinations
+that make no sense, with the reason), resolve the target, ask before overwriting, print the
+audit summary. All decisions and the audit itself live in the library.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from porcelain.options import (
+    Settings,
+    emit,
+    format_option,
+    pass_settings,
+    remotes_config_option,
+    yes_option,
+)
+from usr.errors import UsageError
+from usr.sync import audit as audit_mod
+from usr.sync.engine import SyncOptions, resolve_target
+
+STRICT_BOOTSTRAP_ENV = "USR_SYNC_STRICT_BOOTSTRAP_ID"
+
+
+def _sync_options(func):
+    """The flags every sync command shares, declared once."""
+    decorators = [
+        click.argument("dataset", metavar="DATASET"),
+        click.argument("remote", metavar="REMOTE"),
+        remotes_config_option,
+        click.option(
+            "--primary-only",
+            is_flag=True,
+            help="Only records.parquet; sidecars, _derived and _auxiliary are left alone.",
+        ),
+        click.option(
+            "--skip-snapshots", is_flag=True, help="Leave _snapshots/ files out of the transfer."
+        ),
+        click.option(
+            "--verify",
+            "verify",
+            type=click.Choice(["hash", "auto", "size", "parquet"]),
+            default="hash",
+            show_default=True,
+            help="How received primary data is checked (hash = blake3 of every file).",
+        ),
+        click.option(
+            "--verify-sidecars/--no-verify-sidecars",
+            default=True,
+            show_default=True,
+            help="Hash-check meta.md, .events.log and _snapshots (strict) or skip (reduced).",
+        ),
+        click.option(
+            "--verify-derived-hashes/--no-verify-derived-hashes",
+            default=True,
+            show_default=True,
+            help="Hash-check _derived and _auxiliary (on) or compare sizes only (reduced).",
+        ),
+        click.option(
+            "--audit-json-out",
+            type=click.Path(dir_okay=False),
+            default=None,
+            metavar="PATH",
+            help="Also write the audit JSON here (written on failure too).",
+        ),
+        click.option(
+            "--strict-bootstrap-id",
+            is_flag=True,
+            default=False,
+            help=f"Refuse to bootstrap an unqualified id (also ${STRICT_BOOTSTRAP_ENV}=1).",
+        ),
+        click.option(
+            "--remote-path",
+            default=None,
+            metavar="PATH",
+            help="File mode: the remote file for a single local FILE (else repo_root mapping).",
+        ),
+        click.option(
+            "--lock-timeout",
+            type=float,
+            default=None,
+            metavar="SECONDS",
+            help="Longest wait for a dataset lock (else $USR_LOCK_TIMEOUT, else 30).",
+        ),
+    ]
+    for deco in reversed(decorators):
+        func = deco(func)
+    return func
+
+
+def _explicit(ctx: click.Context, name: str) -> bool:
+    source = ctx.get_parameter_source(name)
+    return source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
+
+
+def build_options(ctx: click.Context, params: dict[str, Any], action: str) -> SyncOptions:
+    """Validate flag combinations and turn them into :class:`SyncOptions`.
+
+    Refused (UsageError, exit 2) with the reason: ``--verify-sidecars`` or
+    ``--verify-derived-hashes`` named together with ``--primary-only`` (nothing of those
+    sections is transferred, so there is nothing to verify); ``--primary-only`` with
+    ``--skip-snapshots`` (redundant: primary-only already skips them); sidecar/derived
+    verification flags with ``--verify`` other than hash in file mode; ``--remote-path``
+    with a non-positive ``--lock-timeout``.
+    """
+    primary_only = params["primary_only"]
+    if primary_only and _explicit(ctx, "verify_sidecars") and params["verify_sidecars"]:
+        raise UsageError(
+            "--verify-sidecars cannot be combined with --primary-only",
+            "--primary-only transfers no sidecars, so there is nothing to verify",
+        )
+    if primary_only and _explicit(ctx, "verify_derived_hashes") and params["verify_derived_hashes"]:
+        raise UsageError(
+            "--verify-derived-hashes cannot be combined with --primary-only",
+            "--primary-only transfers no _derived/_auxiliary files, so there is nothing to hash",
+        )
+    if primary_only and params["skip_snapshots"]:
+        raise UsageError(
+            "--skip-snapshots cannot be combined with --primary-only",
+            "--primary-only already leaves _snapshots out; drop one of them",
+        )
+    if params.get("lock_timeout") is not None and params["lock_timeout"] <= 0:
+        raise UsageError("--lock-timeout must be a positive number of seconds")
+    if params.get("remote_path") is not None and (primary_only or params["skip_snapshots"]):
+        raise UsageError(
+            "--remote-path (file mode) cannot be combined with --primary-only/--skip-snapshots",
+            "file mode moves exactly one file",
+        )
+    strict = params["strict_bootstrap_id"] or os.environ.get(STRICT_BOOTSTRAP_ENV, "") in (
+        "1",
+        "true",
+        "yes",
+    )
+    return SyncOptions(
+        dry_run=bool(params.get("dry_run")),
+        primary_only=primary_only,
+        skip_snapshots=params["skip_snapshots"],
+        verify=params["verify"],
+        verify_sidecars=False if primary_only else params["verify_sidecars"],
+        verify_derived_hashes=False if primary_only else params["verify_derived_hashes"],
+        strict_bootstrap_id=strict,
+        lock_timeout=params.get("lock_timeout"),
+        remote_path=params.get("remote_path"),
+        remotes_config=params.get("remotes_config"),
+    )
+
+
+def _confirmer(yes: bool, action: str):
+    """The question asked before a pull/push overwrites anything.
+
+    ``-y`` answers yes; on a terminal we ask; otherwise we refuse (never overwrite silently).
+    """
+
+    def confirm(summary: str) -> bool:
+        if yes:
+            return True
+        if not sys.stdin.isatty():
+            raise UsageError(
+                f"{action} would overwrite files and stdin is not a terminal",
+                "rerun with -y to confirm, or use --dry-run to preview",
+            )
+        click.echo(summary, err=True)
+        return click.confirm(f"Proceed with {action}?", default=False, err=True)
+
+    return confirm
+
+
+def _run(settings: Settings, ctx: click.Context, action: str, params: dict[str, Any]) -> None:
+    from usr.sync import engine
+
+    options = build_options(ctx, params, action)
+    if action != "diff" and not options.dry_run:
+        options.confirm = _confirmer(params["yes"], action)
+    target = resolve_target(settings.root, params["dataset"], options)
+    audit_out = Path(params["audit_json_out"]) if params.get("audit_json_out") else None
+    fn = {"diff": engine.diff, "pull": engine.pull, "push": engine.push}[action]
+    doc = fn(target, params["remote"], options, audit_json_out=audit_out)
+    fmt = params.get("fmt", "text")
+    if fmt == "json":
+        emit("json", doc["data"])
+    else:
+        click.echo(audit_mod.render_text(doc))
+
+
+@click.command("diff")
+@_sync_options
+@format_option
+@pass_settings
+@click.pass_context
+def diff_command(ctx: click.Context, settings: Settings, **params: Any) -> None:
+    """Compare DATASET here with REMOTE, section by section; change nothing.
+
+    Both working trees are computed (nothing is recorded, no working file or branch moves);
+    the remote-tracking ref refs/remotes/REMOTE/main is refreshed, as git fetch does.
+    Ends with Status: CHANGES or Status: up-to-date.
+    """
+    _run(settings, ctx, "diff", params)
+
+
+@click.command("pull")
+@_sync_options
+@yes_option
+@click.option("--dry-run", is_flag=True, help="Say what a pull would do; change nothing.")
+@pass_settings
+@click.pass_context
+def pull_command(ctx: click.Context, settings: Settings, **params: Any) -> None:
+    """Bring REMOTE's newer states of DATASET here (fast-forward only).
+
+    Both sides record their working state first. Files are staged, verified, then promoted;
+    refused when local has newer states or the histories diverged.
+    """
+    _run(settings, ctx, "pull", params)
+
+
+@click.command("push")
+@_sync_options
+@yes_option
+@click.option("--dry-run", is_flag=True, help="Say what a push would do; change nothing.")
+@pass_settings
+@click.pass_context
+def push_command(ctx: click.Context, settings: Settings, **params: Any) -> None:
+    """Send DATASET's newer local states to REMOTE (fast-forward only).
+
+    Both sides record first; missing objects and chunks stream without any lock held, then
+    the remote ref moves by compare-and-swap and the remote checkout is verified before
+    success is reported. Refused with "remote has newer states; pull first" when behind.
+    """
+    _run(settings, ctx, "push", params)
+
+
+COMMANDS: list[click.Command] = [diff_command, pull_command, push_command]

@@ -1,0 +1,480 @@
+"""The sync audit: what differs between a local dataset and its remote, per section.
+
+This is the ONE place the audit is computed. ``usr diff``, ``usr pull``, ``usr push``, their
+``--audit-json-out`` files and their text summaries all come from :func:`build` over the
+store's exact tree comparison (``Store.diff`` results), so the JSON and the text can never
+disagree. Nothing here touches disk or the network: the engine gathers the inputs.
+
+Vocabulary (also in docs/cli.md, "Sync: diff, pull, push"):
+
+* ``local_only`` / ``remote_only`` (per file section): paths whose *current content* exists
+  only on that side. With a merge base, a differing path is ``local_only`` when the local
+  side changed it since the base (added, modified or deleted locally) and ``remote_only``
+  when the remote side did; a path both sides changed is in both lists. Without a merge
+  base (bootstrap, unrelated histories) a path present on one side only is listed for that
+  side and a path present on both sides with different content is in both lists.
+* ``files[].status`` is written in the direction of the action: for ``pull`` and ``diff``
+  old = local, new = remote (what a pull would apply locally); for ``push`` old = remote,
+  new = local (what a push would apply remotely).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from usr import OUTPUT_VERSION
+from usr.layout import SECTIONS
+from usr.store import FileChange
+
+ACTIONS = ("diff", "pull", "push")
+TRANSFER_STATES = ("DIFF-ONLY", "DRY-RUN", "TRANSFERRED", "NO-OP", "FAILED")
+RELATIONS = (
+    "equal",
+    "local-ahead",
+    "remote-ahead",
+    "diverged",
+    "remote-missing",
+    "local-missing",
+    "both-missing",
+)
+
+#: Audit key of each section (the runbooks' jq queries read these names).
+SECTION_KEYS: dict[str, str] = {
+    "primary": "primary",
+    "meta": "meta",
+    "events": ".events.log",
+    "snapshots": "_snapshots",
+    "derived": "_derived",
+    "auxiliary": "_auxiliary",
+}
+#: Label of each section in text output.
+SECTION_LABELS: dict[str, str] = {
+    "primary": "Primary",
+    "meta": "meta.md",
+    "events": ".events.log",
+    "snapshots": "_snapshots",
+    "derived": "_derived",
+    "auxiliary": "_auxiliary",
+}
+_STATUS_WORDS = {"A": "added", "M": "modified", "D": "deleted"}
+_FILE_SECTIONS = ("snapshots", "derived", "auxiliary")
+_SINGLE_FILE_SECTIONS = ("primary", "meta")
+
+
+@dataclass(frozen=True)
+class VerifyProfile:
+    """How strictly a transfer is verified; printed in every audit.
+
+    ``primary``: hash|size|parquet|auto (the ``--verify`` level for ``records.parquet`` and
+    the post-checkout re-check); ``sidecars``: strict|off (``meta.md``, ``.events.log``,
+    ``_snapshots``); ``content_hashes``: on|off (``_derived`` and ``_auxiliary`` checked by
+    blake3 rather than size).
+    """
+
+    primary: str = "hash"
+    sidecars: str = "strict"
+    content_hashes: str = "on"
+
+    def to_json(self) -> dict[str, str]:
+        return {
+            "primary": self.primary,
+            "sidecars": self.sidecars,
+            "content_hashes": self.content_hashes,
+        }
+
+
+@dataclass
+class Side:
+    """One side of the comparison, as the engine observed it.
+
+    ``files`` is the full listing of the compared tree (``Store.diff(None, tree)``), which
+    is the working tree for ``diff``/``--dry-run`` and the recorded head after recording.
+    ``dirty`` says the working files differ from ``head`` (a state not yet recorded).
+    """
+
+    exists: bool
+    head: str | None = None
+    tree: str | None = None
+    dirty: bool = False
+    states: int = 0
+    events_lines: int = 0
+    files: list[FileChange] = field(default_factory=list)
+
+
+@dataclass
+class Comparison:
+    """Everything the audit is computed from; gathered by ``usr.sync.engine``."""
+
+    dataset: str
+    remote: str
+    local: Side
+    remote_side: Side
+    relation: str
+    merge_base: str | None = None
+    #: ``Store.diff(local_tree, remote_tree)``: old = local, new = remote.
+    changes: list[FileChange] = field(default_factory=list)
+    #: Paths changed since the merge base on each side (None when there is no base).
+    local_changed: set[str] | None = None
+    remote_changed: set[str] | None = None
+    #: Remote states the local history lacks, and local states the remote lacks.
+    newer_than_local: int = 0
+    newer_than_remote: int = 0
+    #: ``.events.log`` line relation: equal|local-extends|remote-extends|diverged|absent.
+    events_relation: str = "equal"
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _side_of_change(path: str, status: str, cmp: Comparison) -> tuple[bool, bool]:
+    """(local_only, remote_only) for one differing path; see the module docstring."""
+    if cmp.local_changed is not None and cmp.remote_changed is not None:
+        loc = path in cmp.local_changed
+        rem = path in cmp.remote_changed
+        if loc or rem:
+            return loc, rem
+    # No base (or neither side's history explains it): decide by presence.
+    if status == "D":  # present locally only
+        return True, False
+    if status == "A":  # present remotely only
+        return False, True
+    return True, True
+
+
+def _file_entry(change: FileChange, action: str, loc: bool, rem: bool) -> dict[str, Any]:
+    if action == "push":
+        status = {"A": "D", "D": "A"}.get(change.status, change.status)
+        old_id, new_id = change.new_id, change.old_id
+        old_size, new_size = change.new_size, change.old_size
+    else:
+        status = change.status
+        old_id, new_id = change.old_id, change.new_id
+        old_size, new_size = change.old_size, change.new_size
+    changed_by = "both" if loc and rem else "local" if loc else "remote"
+    return {
+        "path": change.path,
+        "section": change.section,
+        "status": _STATUS_WORDS.get(status, status),
+        "old_id": old_id,
+        "new_id": new_id,
+        "old_size": old_size,
+        "new_size": new_size,
+        "local_id": change.old_id,
+        "remote_id": change.new_id,
+        "local_size": change.old_size,
+        "remote_size": change.new_size,
+        "changed_by": changed_by,
+    }
+
+
+def _count(files: Iterable[FileChange], section: str) -> int:
+    return sum(1 for f in files if f.section == section)
+
+
+def _single(files: list[FileChange], section: str) -> FileChange | None:
+    for f in files:
+        if f.section == section:
+            return f
+    return None
+
+
+def _transfer_estimate(cmp: Comparison, action: str) -> dict[str, Any]:
+    """Files and bytes a transfer in ``action``'s direction would write on the receiver.
+
+    An upper bound from tree entry sizes; the engine replaces ``bytes``/``objects`` with
+    the negotiated figures (chunks and objects the receiver really lacks) when it has them.
+    """
+    pull_dir = action != "push"
+    n = 0
+    size = 0
+    for c in cmp.changes:
+        target_size = c.new_size if pull_dir else c.old_size
+        if target_size is None:
+            continue
+        n += 1
+        size += target_size
+    return {
+        "direction": "remote-to-local" if pull_dir else "local-to-remote",
+        "files": n,
+        "bytes": size,
+        "objects": None,
+        "chunks": None,
+        "basis": "file-sizes",
+    }
+
+
+def build(cmp: Comparison, action: str, verify: VerifyProfile) -> dict[str, Any]:
+    """The audit ``data`` dict (without timing/transfer_state; see :class:`AuditRun`)."""
+    if action not in ACTIONS:
+        raise ValueError(f"unknown sync action {action!r}")
+    per_section: dict[str, dict[str, list[str]]] = {
+        s: {"local_only": [], "remote_only": []} for s in SECTIONS
+    }
+    files: list[dict[str, Any]] = []
+    changed = {s: False for s in SECTIONS}
+    for c in sorted(cmp.changes, key=lambda c: c.path):
+        loc, rem = _side_of_change(c.path, c.status, cmp)
+        changed[c.section] = True
+        if loc:
+            per_section[c.section]["local_only"].append(c.path)
+        if rem:
+            per_section[c.section]["remote_only"].append(c.path)
+        files.append(_file_entry(c, action, loc, rem))
+    if cmp.newer_than_local or cmp.newer_than_remote:
+        changed["snapshots"] = True
+
+    data: dict[str, Any] = {
+        "action": action,
+        "dataset": cmp.dataset,
+        "remote": cmp.remote,
+        "relation": cmp.relation,
+        "heads": {"local": cmp.local.head, "remote": cmp.remote_side.head},
+        "merge_base": cmp.merge_base,
+        "trees": {"local": cmp.local.tree, "remote": cmp.remote_side.tree},
+        "exists": {"local": cmp.local.exists, "remote": cmp.remote_side.exists},
+        "unrecorded": {"local": cmp.local.dirty, "remote": cmp.remote_side.dirty},
+        "verify": verify.to_json(),
+    }
+    for section in _SINGLE_FILE_SECTIONS:
+        lf = _single(cmp.local.files, section)
+        rf = _single(cmp.remote_side.files, section)
+        loc_only = bool(per_section[section]["local_only"])
+        rem_only = bool(per_section[section]["remote_only"])
+        data[SECTION_KEYS[section]] = {
+            "changed": changed[section],
+            "changed_by": (
+                None
+                if not changed[section]
+                else "both"
+                if loc_only and rem_only
+                else "local"
+                if loc_only
+                else "remote"
+            ),
+            "local_present": lf is not None,
+            "remote_present": rf is not None,
+            "local_id": lf.new_id if lf else None,
+            "remote_id": rf.new_id if rf else None,
+            "local_size": lf.new_size if lf else None,
+            "remote_size": rf.new_size if rf else None,
+        }
+    data[".events.log"] = {
+        "changed": changed["events"],
+        "local": cmp.local.events_lines,
+        "remote": cmp.remote_side.events_lines,
+        "relation": cmp.events_relation,
+        "append_only": cmp.events_relation != "diverged",
+    }
+    for section in _FILE_SECTIONS:
+        entry: dict[str, Any] = {
+            "changed": changed[section],
+            "local_files": _count(cmp.local.files, section),
+            "remote_files": _count(cmp.remote_side.files, section),
+            "local_only": per_section[section]["local_only"],
+            "remote_only": per_section[section]["remote_only"],
+        }
+        if section == "snapshots":
+            entry.update(
+                remote_count=cmp.remote_side.states,
+                local_count=cmp.local.states,
+                newer_than_local=cmp.newer_than_local,
+                newer_than_remote=cmp.newer_than_remote,
+            )
+        data[SECTION_KEYS[section]] = entry
+    flags = dict(changed)
+    flags["any"] = any(changed.values())
+    data["changes"] = flags
+    data["status"] = "CHANGES" if flags["any"] or cmp.relation != "equal" else "up-to-date"
+    data["files"] = files
+    data["transfer"] = _transfer_estimate(cmp, action)
+    return data
+
+
+class AuditRun:
+    """Timing, observed bytes and the final state of one diff/pull/push.
+
+    Created when the command starts (so a failure before any comparison still yields an
+    audit file naming the dataset, remote, times and error), filled as the engine learns.
+    """
+
+    def __init__(self, action: str, dataset: str, remote: str, verify: VerifyProfile) -> None:
+        self.action = action
+        self.dataset = dataset
+        self.remote = remote
+        self.verify = verify
+        self.started_at = now_iso()
+        self._t0 = time.monotonic()
+        self.data: dict[str, Any] | None = None
+        self.bytes_sent = 0
+        self.bytes_received = 0
+        self.options: dict[str, Any] = {}
+        self.notes: list[str] = []
+
+    def set_comparison(self, cmp: Comparison) -> dict[str, Any]:
+        self.data = build(cmp, self.action, self.verify)
+        return self.data
+
+    def finish(self, state: str, error: Exception | None = None) -> dict[str, Any]:
+        """The full audit document ``{"usr_output_version", "data", "changes"}``."""
+        if state not in TRANSFER_STATES:
+            raise ValueError(f"unknown transfer state {state!r}")
+        data = dict(self.data) if self.data is not None else _empty_data(self)
+        data["transfer_state"] = state
+        data["started_at"] = self.started_at
+        data["finished_at"] = now_iso()
+        data["duration"] = round(time.monotonic() - self._t0, 6)
+        data["bytes_moved"] = {
+            "sent": self.bytes_sent,
+            "received": self.bytes_received,
+            "total": self.bytes_sent + self.bytes_received,
+        }
+        data["options"] = dict(self.options)
+        if self.notes:
+            data["notes"] = list(self.notes)
+        if error is not None:
+            to_json = getattr(error, "to_json", None)
+            data["error"] = (
+                to_json()
+                if callable(to_json)
+                else {"kind": "internal", "exit_code": 1, "message": str(error), "hint": None}
+            )
+        return {
+            "usr_output_version": OUTPUT_VERSION,
+            "data": data,
+            "changes": dict(data["changes"]),
+        }
+
+
+def _empty_data(run: AuditRun) -> dict[str, Any]:
+    """The data of an audit that failed before both sides were compared."""
+    data: dict[str, Any] = {
+        "action": run.action,
+        "dataset": run.dataset,
+        "remote": run.remote,
+        "relation": None,
+        "heads": {"local": None, "remote": None},
+        "merge_base": None,
+        "verify": run.verify.to_json(),
+        "primary": {"changed": False},
+        "meta": {"changed": False},
+        ".events.log": {"changed": False, "local": None, "remote": None},
+        "_snapshots": {"changed": False, "remote_count": None, "newer_than_local": None},
+        "files": [],
+        "status": "unknown",
+    }
+    for section in ("derived", "auxiliary"):
+        data[SECTION_KEYS[section]] = {
+            "changed": False,
+            "local_files": None,
+            "remote_files": None,
+            "local_only": [],
+            "remote_only": [],
+        }
+    flags = {s: False for s in SECTIONS}
+    flags["any"] = False
+    data["changes"] = flags
+    return data
+
+
+# ---------------------------------------------------------------------------- text
+
+
+def _short(oid: str | None) -> str:
+    return oid[:12] if oid else "(none)"
+
+
+def _size(n: int | None) -> str:
+    if n is None:
+        return "absent"
+    step = 1024.0
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < step or unit == "GiB":
+            return f"{n} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= step
+    return f"{n} B"  # pragma: no cover
+
+
+def _word(changed: bool) -> str:
+    return "changed" if changed else "unchanged"
+
+
+def section_lines(data: dict[str, Any]) -> list[str]:
+    """One line per section, in the order of ``layout.SECTIONS``."""
+    lines = []
+    for section in SECTIONS:
+        key = SECTION_KEYS[section]
+        label = SECTION_LABELS[section]
+        s = data.get(key, {})
+        changed = bool(s.get("changed"))
+        if section in _SINGLE_FILE_SECTIONS:
+            detail = f"local {_size(s.get('local_size'))}, remote {_size(s.get('remote_size'))}"
+            if changed and s.get("changed_by"):
+                detail += f"; changed by {s['changed_by']}"
+        elif section == "events":
+            detail = f"local {s.get('local')} lines, remote {s.get('remote')} lines"
+            if s.get("relation") not in (None, "equal"):
+                detail += f"; {s['relation']}"
+        else:
+            detail = (
+                f"local {s.get('local_files')} files, remote {s.get('remote_files')} files; "
+                f"local-only {len(s.get('local_only', []))}, "
+                f"remote-only {len(s.get('remote_only', []))}"
+            )
+            if section == "snapshots":
+                detail += (
+                    f"; remote states {s.get('remote_count')}, "
+                    f"newer than local {s.get('newer_than_local')}"
+                )
+        lines.append(f"{label + ':':<13} {_word(changed):<9} ({detail})")
+    return lines
+
+
+def header_lines(data: dict[str, Any]) -> list[str]:
+    heads = data.get("heads") or {}
+    unrec = data.get("unrecorded") or {}
+    local = _short(heads.get("local")) + (" + unrecorded changes" if unrec.get("local") else "")
+    remote = _short(heads.get("remote")) + (" + unrecorded changes" if unrec.get("remote") else "")
+    relation = data.get("relation") or "unknown"
+    if data.get("merge_base") and relation == "diverged":
+        relation += f" (merge base {_short(data['merge_base'])})"
+    return [
+        f"Dataset:     {data.get('dataset')}",
+        f"Remote:      {data.get('remote')}",
+        f"Local head:  {local}",
+        f"Remote head: {remote}",
+        f"Relation:    {relation}",
+    ]
+
+
+def render_text(doc: dict[str, Any]) -> str:
+    """The human summary of an audit document (``diff`` or a pull/push audit)."""
+    data = doc["data"]
+    action = data["action"]
+    lines: list[str] = []
+    if action != "diff":
+        lines.append(f"{action.upper()} audit: {data['transfer_state']}")
+    lines.extend(header_lines(data))
+    lines.extend(section_lines(data))
+    if action != "diff":
+        moved = data.get("bytes_moved", {})
+        lines.append(
+            f"Moved:       {moved.get('total', 0)} bytes "
+            f"(sent {moved.get('sent', 0)}, received {moved.get('received', 0)}) "
+            f"in {data.get('duration', 0):.2f}s"
+        )
+        v = data.get("verify", {})
+        lines.append(
+            f"Verify:      primary {v.get('primary')}, sidecars {v.get('sidecars')}, "
+            f"content hashes {v.get('content_hashes')}"
+        )
+    for note in data.get("notes", []):
+        lines.append(f"Note:        {note}")
+    if action == "diff":
+        lines.append(f"Status: {data.get('status', 'unknown')}")
+    return "\n".join(lines)

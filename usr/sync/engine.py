@@ -1,0 +1,779 @@
+"""Sync decisions: diff, pull and push of one dataset between here and a remote.
+
+Every transfer is between recorded states. Before a pull or push both sides record their
+working state (``Store.record`` here, the ``record`` request there), so nothing written on
+either side is ever silently lost; ``diff`` and ``--dry-run`` compute both working trees the
+same way without committing. With L the local head and R the remote head:
+
+* L == R: ``NO-OP``.
+* pull: L is an ancestor of R, or local is absent (bootstrap) -> fetch what is missing,
+  check the events invariant, then ``Store.checkout`` (stage, verify, promote, move the
+  branch in one locked step). R is an ancestor of L -> "local has newer states".
+* push: the mirror image; the server does compare-and-swap of its ref with the checkout.
+* otherwise: diverged, naming the merge base and both heads.
+
+Locks: recording and checkout take the dataset lock inside the store for their short
+critical section; nothing here holds a lock while objects stream.
+
+Public API (the porcelain, demos and drills call these)::
+
+    target = resolve_target(root, "densegen/my_dataset", SyncOptions())
+    doc = diff(target, "bu-scc", SyncOptions(), audit_json_out=None)
+    doc = pull(target, "bu-scc", SyncOptions(confirm=lambda summary: True))
+    doc = push(target, "bu-scc", SyncOptions(dry_run=True))
+
+each returning the audit document ``{"usr_output_version", "data", "changes"}`` (also
+written to ``audit_json_out``, on failure too, before the error propagates).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import blake3
+
+from usr import atomic
+from usr.errors import (
+    ConflictError,
+    InputError,
+    NotFoundError,
+    UsageError,
+    UsrError,
+    VerifyError,
+)
+from usr.layout import (
+    EVENTS_FILE,
+    RECORDS_FILE,
+    REGISTRY_FILE,
+    STORE_DIR,
+    dataset_path,
+    section_of,
+    validate_dataset_id,
+)
+from usr.store import FileChange
+from usr.sync import audit as audit_mod
+from usr.sync.audit import AuditRun, Comparison, Side, VerifyProfile
+
+TRACKING_REF = "refs/remotes/{remote}/main"
+MAIN_REF = "refs/heads/main"
+#: ``--verify auto`` hashes files up to this size and checks larger ones by size (and
+#: Parquet footer for the primary table), trading a full re-read for speed on huge files.
+AUTO_HASH_LIMIT = 256 * 1024 * 1024
+
+
+@dataclass
+class SyncOptions:
+    """Everything that changes how a diff/pull/push behaves (the CLI flags, validated)."""
+
+    dry_run: bool = False
+    primary_only: bool = False
+    skip_snapshots: bool = False
+    verify: str = "hash"
+    verify_sidecars: bool = True
+    verify_derived_hashes: bool = True
+    strict_bootstrap_id: bool = False
+    lock_timeout: float | None = None
+    remote_path: str | None = None
+    remotes_config: str | None = None
+    #: Asked with a summary before a pull/push overwrites anything; None means "yes".
+    confirm: Callable[[str], bool] | None = None
+    actor: str | None = None
+
+    def profile(self) -> VerifyProfile:
+        return VerifyProfile(
+            primary=self.verify,
+            sidecars="strict" if self.verify_sidecars else "off",
+            content_hashes="on" if self.verify_derived_hashes else "off",
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "dry_run": self.dry_run,
+            "primary_only": self.primary_only,
+            "skip_snapshots": self.skip_snapshots,
+            "strict_bootstrap_id": self.strict_bootstrap_id,
+        }
+
+
+@dataclass
+class Target:
+    """What to sync: a dataset (by id under a root) or, in file mode, one file."""
+
+    kind: str  # "dataset" | "file"
+    root: Path
+    dataset: str
+    path: Path
+    remote_path: str | None = None
+
+
+# ----------------------------------------------------------------------------- targets
+
+
+def _looks_like_path(arg: str) -> bool:
+    return arg.startswith(("/", "./", "../", "~")) or arg in (".", "..")
+
+
+def _find_registry_root(directory: Path) -> Path | None:
+    for candidate in [directory, *directory.parents]:
+        if (candidate / REGISTRY_FILE).is_file():
+            return candidate
+    return None
+
+
+def resolve_target(root: Path, arg: str, options: SyncOptions | None = None) -> Target:
+    """Turn the DATASET argument into a :class:`Target`.
+
+    * a dataset id (``name`` or ``namespace/name``) under ``root``;
+    * a dataset directory path (outside ``root`` too): its root is the nearest ancestor
+      holding ``registry.toml``, and its id the path below that root;
+    * file mode: an existing regular file, or any path with ``--remote-path``.
+    """
+    options = options or SyncOptions()
+    candidate = Path(arg).expanduser()
+    if options.remote_path is not None or candidate.is_file():
+        return Target("file", root, arg, candidate.absolute(), options.remote_path)
+    as_dir = candidate.absolute()
+    in_root = root / arg
+    if _looks_like_path(arg) or (as_dir.is_dir() and not in_root.is_dir() and "/" in arg):
+        if not as_dir.is_dir():
+            raise NotFoundError(f"dataset directory {as_dir} does not exist")
+        found = _find_registry_root(as_dir.parent)
+        if found is None:
+            raise NotFoundError(
+                f"no {REGISTRY_FILE} above {as_dir}: cannot tell which datasets root it is in",
+                "pass a dataset id with --root, or create the root with usr init",
+            )
+        dataset = as_dir.relative_to(found).as_posix()
+        validate_dataset_id(dataset)
+        return Target("dataset", found, dataset, as_dir)
+    validate_dataset_id(arg)
+    return Target("dataset", root, arg, dataset_path(root, arg))
+
+
+# ----------------------------------------------------------------------------- remote
+
+
+@contextmanager
+def _session(remote: str, options: SyncOptions) -> Iterator[Any]:
+    """An open :class:`usr.sync.client.RemoteSession` to the named remote profile."""
+    from usr import remotes
+    from usr.sync import client
+
+    profile = remotes.get(remote, options.remotes_config)
+    with client.RemoteSession.open(profile) as session:
+        yield session
+
+
+def _remote_bytes(session: Any) -> tuple[int, int]:
+    """(sent, received) bytes so far, as the session's frame layer counted them."""
+    fio = getattr(session, "fio", None)
+    if fio is None:
+        return 0, 0
+    return int(getattr(fio, "bytes_out", 0)), int(getattr(fio, "bytes_in", 0))
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _open_store(directory: Path, create: bool = False):
+    from usr.store import Store
+
+    return Store.open(directory, create=create)
+
+
+def _local_exists(directory: Path) -> bool:
+    if not directory.is_dir():
+        return False
+    return (directory / STORE_DIR).is_dir() or any(
+        p.name not in (STORE_DIR,) for p in directory.iterdir()
+    )
+
+
+def blob_bytes(store: Any, blob_id: str) -> bytes:
+    """The whole file behind a tree entry (inline blob, or manifest + chunks)."""
+    manifest = store.manifest_of(blob_id)
+    if manifest is None:
+        _type, data = store.read_object(blob_id)
+        return data
+    return b"".join(store.chunks.get(cid) for cid, _length in manifest.chunks)
+
+
+def _listing(store: Any, tree: str | None) -> list[FileChange]:
+    return [] if tree is None else store.diff(None, tree)
+
+
+def _entry(files: list[FileChange], path: str) -> FileChange | None:
+    for f in files:
+        if f.path == path:
+            return f
+    return None
+
+
+def _event_lines(data: bytes) -> list[bytes]:
+    return data.splitlines(keepends=True)
+
+
+def events_relation(local: list[bytes] | None, remote: list[bytes] | None) -> str:
+    """How two ``.events.log`` copies relate line by line (the append-only view)."""
+    if local is None and remote is None:
+        return "absent"
+    local = local or []
+    remote = remote or []
+    if local == remote:
+        return "equal"
+    if remote[: len(local)] == local:
+        return "remote-extends"
+    if local[: len(remote)] == remote:
+        return "local-extends"
+    return "diverged"
+
+
+def _commits(store: Any, tip: str | None, hide: str | None = None) -> list[str]:
+    """Commit ids reachable from ``tip`` and not from ``hide`` (newest first)."""
+    if tip is None:
+        return []
+    seen_hidden: set[str] = set()
+    if hide is not None:
+        seen_hidden = {c for c in _walk(store, hide)}
+    return [c for c in _walk(store, tip) if c not in seen_hidden]
+
+
+def _walk(store: Any, tip: str) -> list[str]:
+    repo = getattr(store, "repo", None)
+    if repo is not None:
+        import pygit2
+
+        return [str(c.id) for c in repo.walk(tip, pygit2.enums.SortMode.TOPOLOGICAL)]
+    return [getattr(e, "commit", e) for e in store.log(tip)]
+
+
+def _parents(store: Any, commit: str) -> list[str]:
+    return [str(p) for p in store.repo[commit].parent_ids]
+
+
+def _relation(store: Any, local: str | None, remote: str | None) -> tuple[str, str | None]:
+    if local is None and remote is None:
+        return "both-missing", None
+    if remote is None:
+        return "remote-missing", None
+    if local is None:
+        return "local-missing", None
+    if local == remote:
+        return "equal", local
+    base = store.merge_base(local, remote)
+    if base == local:
+        return "remote-ahead", base
+    if base == remote:
+        return "local-ahead", base
+    return "diverged", base
+
+
+def _effective_relation(heads_relation: str, local_dirty: bool, remote_dirty: bool) -> str:
+    """The relation after both sides would record their unrecorded working changes."""
+    if heads_relation in ("remote-missing", "local-missing", "both-missing"):
+        return heads_relation
+    local_moves = local_dirty or heads_relation in ("local-ahead", "diverged")
+    remote_moves = remote_dirty or heads_relation in ("remote-ahead", "diverged")
+    if local_moves and remote_moves:
+        return "diverged"
+    if local_moves:
+        return "local-ahead"
+    if remote_moves:
+        return "remote-ahead"
+    return "equal"
+
+
+def _short(oid: str | None) -> str:
+    return oid[:12] if oid else "(none)"
+
+
+# ----------------------------------------------------------------------------- comparison
+
+
+@dataclass
+class _State:
+    """What the engine learned about both sides before deciding."""
+
+    local_head: str | None = None
+    local_tree: str | None = None
+    local_exists: bool = False
+    local_dirty: bool = False
+    remote_head: str | None = None
+    remote_tree: str | None = None
+    remote_exists: bool = False
+    remote_dirty: bool = False
+    notes: list[str] = field(default_factory=list)
+
+
+def _compare(store: Any, target: Target, remote: str, st: _State) -> Comparison:
+    """Build the audit :class:`Comparison` from both sides' trees (all objects local now)."""
+    heads_rel, base = _relation(store, st.local_head, st.remote_head)
+    relation = _effective_relation(heads_rel, st.local_dirty, st.remote_dirty)
+    if heads_rel == "equal":
+        base = st.local_head
+    local_files = _listing(store, st.local_tree)
+    remote_files = _listing(store, st.remote_tree)
+    changes = store.diff(st.local_tree, st.remote_tree) if st.local_tree != st.remote_tree else []
+    local_changed = remote_changed = None
+    if base is not None:
+        local_changed = {c.path for c in store.diff(base, st.local_tree)}
+        remote_changed = {c.path for c in store.diff(base, st.remote_tree)}
+    ev_local = _events_of(store, local_files)
+    ev_remote = _events_of(store, remote_files)
+    newer_than_local = len(_commits(store, st.remote_head, st.local_head))
+    newer_than_remote = len(_commits(store, st.local_head, st.remote_head))
+    return Comparison(
+        dataset=target.dataset,
+        remote=remote,
+        local=Side(
+            exists=st.local_exists,
+            head=st.local_head,
+            tree=st.local_tree,
+            dirty=st.local_dirty,
+            states=len(_commits(store, st.local_head)),
+            events_lines=len(ev_local or []),
+            files=local_files,
+        ),
+        remote_side=Side(
+            exists=st.remote_exists,
+            head=st.remote_head,
+            tree=st.remote_tree,
+            dirty=st.remote_dirty,
+            states=len(_commits(store, st.remote_head)),
+            events_lines=len(ev_remote or []),
+            files=remote_files,
+        ),
+        relation=relation,
+        merge_base=base,
+        changes=changes,
+        local_changed=local_changed,
+        remote_changed=remote_changed,
+        newer_than_local=newer_than_local,
+        newer_than_remote=newer_than_remote,
+        events_relation=events_relation(ev_local, ev_remote),
+    )
+
+
+def _events_of(store: Any, files: list[FileChange]) -> list[bytes] | None:
+    entry = _entry(files, EVENTS_FILE)
+    if entry is None or entry.new_id is None:
+        return None
+    return _event_lines(blob_bytes(store, entry.new_id))
+
+
+def _tree_of(store: Any, commit: str | None) -> str | None:
+    if commit is None:
+        return None
+    return str(store.repo[commit].tree_id)
+
+
+# ----------------------------------------------------------------------------- invariants
+
+
+def check_events_chain(store: Any, commits: list[str]) -> None:
+    """Refuse states whose ``.events.log`` is not a line-prefix extension of a parent's.
+
+    A merge state must extend at least one parent (the remote-side parent, by the merge
+    rules), so the shared copy consumers tail only ever grows.
+    """
+    for commit in commits:
+        mine = _events_of(store, _listing(store, commit)) or []
+        parents = _parents(store, commit)
+        if not parents:
+            continue
+        ok = False
+        for parent in parents:
+            theirs = _events_of(store, _listing(store, parent)) or []
+            if mine[: len(theirs)] == theirs:
+                ok = True
+                break
+        if not ok:
+            raise ConflictError(
+                f"state {_short(commit)} rewrites .events.log instead of appending to it",
+                ".events.log is append-only; restore the removed or changed lines and record again",
+            )
+
+
+def _require_primary(store: Any, commit: str, where: str) -> None:
+    if _entry(_listing(store, commit), RECORDS_FILE) is None:
+        raise InputError(
+            f"{where} state {_short(commit)} has no {RECORDS_FILE}",
+            "a dataset without its primary table is never transferred; restore it first",
+        )
+
+
+# ----------------------------------------------------------------------------- verification
+
+
+def verify_working(store: Any, directory: Path, commit: str, options: SyncOptions) -> int:
+    """Re-check the working files against ``commit``'s tree after promotion.
+
+    Per section, by the verify profile: primary by ``--verify``; ``meta.md``,
+    ``.events.log`` and ``_snapshots`` by hash when sidecars are strict (skipped when off);
+    ``_derived``/``_auxiliary`` by hash when content hashes are on, else by size. Returns
+    how many files were checked; raises :class:`VerifyError` naming the first mismatch.
+    """
+    checked = 0
+    for entry in _listing(store, commit):
+        level = _level_for(entry, options)
+        if level == "off":
+            continue
+        path = directory / entry.path
+        if not path.is_file():
+            raise VerifyError(f"{entry.path} is missing after checkout")
+        size = path.stat().st_size
+        if entry.new_size is not None and size != entry.new_size:
+            raise VerifyError(
+                f"{entry.path}: {size} bytes after checkout, the tree says {entry.new_size}"
+            )
+        if level == "parquet":
+            _check_parquet(path)
+        elif level == "hash":
+            _check_hash(store, path, entry)
+        checked += 1
+    return checked
+
+
+def _level_for(entry: FileChange, options: SyncOptions) -> str:
+    section = entry.section
+    if section == "primary":
+        level = options.verify
+        if level == "auto":
+            level = "hash" if (entry.new_size or 0) <= AUTO_HASH_LIMIT else "parquet"
+        return level
+    if section in ("meta", "events", "snapshots"):
+        return "hash" if options.verify_sidecars else "off"
+    return "hash" if options.verify_derived_hashes else "size"
+
+
+def _check_parquet(path: Path) -> None:
+    import pyarrow.parquet as pq
+
+    try:
+        pq.ParquetFile(path).metadata  # noqa: B018 - reading the footer is the check
+    except Exception as exc:  # noqa: BLE001 - any parse failure is a verify failure
+        raise VerifyError(f"{path.name}: not a readable Parquet file: {exc}") from None
+
+
+def _check_hash(store: Any, path: Path, entry: FileChange) -> None:
+    manifest = store.manifest_of(entry.new_id)
+    if manifest is not None:
+        h = blake3.blake3()
+        with path.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+        if h.hexdigest() != manifest.blake3:
+            raise VerifyError(f"{entry.path}: blake3 differs from the tree after checkout")
+        return
+    from usr.store.objects import git_object_id
+
+    if git_object_id("blob", path.read_bytes()) != entry.new_id:
+        raise VerifyError(f"{entry.path}: content differs from the tree after checkout")
+
+
+# ----------------------------------------------------------------------------- audit output
+
+
+def _write_audit(path: Path | None, doc: dict[str, Any]) -> None:
+    if path is None:
+        return
+    atomic.write_text(path, json.dumps(doc, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def _run(
+    action: str,
+    target: Target,
+    remote: str,
+    options: SyncOptions,
+    audit_json_out: Path | None,
+    body: Callable[[AuditRun], str],
+) -> dict[str, Any]:
+    run = AuditRun(action, target.dataset, remote, options.profile())
+    run.options = options.to_json()
+    try:
+        state = body(run)
+    except BaseException as exc:
+        if isinstance(exc, UsrError | OSError | ValueError):
+            _write_audit(audit_json_out, run.finish("FAILED", error=exc))
+        elif isinstance(exc, KeyboardInterrupt):
+            _write_audit(
+                audit_json_out, run.finish("FAILED", error=UsrError("interrupted by the user"))
+            )
+        raise
+    doc = run.finish(state)
+    _write_audit(audit_json_out, doc)
+    return doc
+
+
+# ----------------------------------------------------------------------------- commands
+
+
+def _observe(store: Any, session: Any, target: Target, remote: str, st: _State) -> None:
+    """Learn the remote head (and working tree), fetch its history's trees, move tracking."""
+    heads = session.heads(target.dataset)
+    st.remote_exists = bool(heads.get("exists")) and heads.get("head") is not None
+    st.remote_head = heads.get("head")
+    if st.remote_head is not None:
+        session.fetch_trees(target.dataset, store, [st.remote_head])
+        _set_tracking(store, remote, st.remote_head)
+
+
+def _set_tracking(store: Any, remote: str, head: str) -> None:
+    ref = TRACKING_REF.format(remote=remote)
+    old = store.head(ref)
+    if old != head:
+        store.update_ref(ref, head, old)
+
+
+def diff(
+    target: Target,
+    remote: str,
+    options: SyncOptions | None = None,
+    audit_json_out: Path | None = None,
+) -> dict[str, Any]:
+    """Compare both working trees; record nothing, move no branch on either side."""
+    options = options or SyncOptions()
+    if target.kind == "file":
+        from usr.sync import filemode
+
+        return filemode.diff(target, remote, options, audit_json_out)
+
+    def body(run: AuditRun) -> str:
+        _preview(run, target, remote, options)
+        return "DIFF-ONLY"
+
+    return _run("diff", target, remote, options, audit_json_out, body)
+
+
+def _preview(run: AuditRun, target: Target, remote: str, options: SyncOptions) -> _State:
+    """diff / --dry-run: both working trees without committing (objects may be cached)."""
+    st = _State()
+    st.local_exists = _local_exists(target.path)
+    store = _open_store(_scratch_or_dataset(target), create=True)
+    if st.local_exists:
+        st.local_head = store.head()
+        st.local_tree = store.working_tree()
+        st.local_dirty = st.local_tree != _tree_of(store, st.local_head)
+    with _session(remote, options) as session:
+        try:
+            _observe(store, session, target, remote, st)
+            if st.remote_exists:
+                st.remote_tree = session.working_tree(target.dataset)
+                st.remote_dirty = st.remote_tree != _tree_of(store, st.remote_head)
+                if st.remote_dirty:
+                    session.fetch_tree(target.dataset, store, st.remote_tree)
+                _fetch_events(session, store, target, st.remote_tree)
+        finally:
+            run.bytes_sent, run.bytes_received = _remote_bytes(session)
+    run.set_comparison(_compare(store, target, remote, st))
+    return st
+
+
+def _scratch_or_dataset(target: Target) -> Path:
+    """Where to keep objects when previewing: the dataset's store, or a cache if absent.
+
+    A diff against a dataset that does not exist locally must not create it (a diff never
+    changes working files), so its fetched trees go to ``<root>/.usr-cache/<id>``.
+    """
+    if _local_exists(target.path):
+        return target.path
+    return target.root / ".usr-cache" / target.dataset
+
+
+def _fetch_events(session: Any, store: Any, target: Target, tree: str | None) -> None:
+    """Make the remote ``.events.log`` bytes local (for line counts and the invariant)."""
+    if tree is None:
+        return
+    entry = _entry(_listing(store, tree), EVENTS_FILE)
+    if entry is None or entry.new_id is None:
+        return
+    session.fetch_blobs(target.dataset, store, [entry.new_id])
+
+
+def _bootstrap_id_check(target: Target, options: SyncOptions) -> None:
+    if options.strict_bootstrap_id and "/" not in target.dataset:
+        raise UsageError(
+            f"refusing to bootstrap {target.dataset!r}: strict bootstrap ids need NAMESPACE/NAME",
+            "use a namespace-qualified id, or drop --strict-bootstrap-id / "
+            "USR_SYNC_STRICT_BOOTSTRAP_ID",
+        )
+
+
+def _refuse(action: str, relation: str, st: _State, base: str | None) -> None:
+    heads = f"local {_short(st.local_head)}, remote {_short(st.remote_head)}"
+    if relation == "diverged":
+        raise ConflictError(
+            f"local and remote have diverged: merge base {_short(base)}, {heads}",
+            "nothing was changed on either side; merge the histories (usr merge) first",
+        )
+    if action == "push" and relation == "remote-ahead":
+        raise ConflictError(
+            f"remote has newer states; pull first ({heads})",
+            "run usr pull first, then push again",
+        )
+    if action == "pull" and relation == "local-ahead":
+        raise ConflictError(
+            f"local has newer states ({heads})", "push them instead, or nothing to pull"
+        )
+
+
+def _confirm(options: SyncOptions, action: str, doc_data: dict[str, Any]) -> None:
+    if options.confirm is None:
+        return
+    summary = audit_mod.render_text(
+        {"data": {**doc_data, "action": "diff", "status": doc_data.get("status")}}
+    )
+    if not options.confirm(summary):
+        raise UsageError(f"{action} cancelled; nothing was changed")
+
+
+def pull(
+    target: Target,
+    remote: str,
+    options: SyncOptions | None = None,
+    audit_json_out: Path | None = None,
+) -> dict[str, Any]:
+    """Fast-forward local to the remote head (bootstrap if local is absent)."""
+    options = options or SyncOptions()
+    if target.kind == "file":
+        from usr.sync import filemode
+
+        return filemode.pull(target, remote, options, audit_json_out)
+
+    def body(run: AuditRun) -> str:
+        if options.dry_run:
+            _preview(run, target, remote, options)
+            return "DRY-RUN"
+        return _pull(run, target, remote, options)
+
+    return _run("pull", target, remote, options, audit_json_out, body)
+
+
+def _pull(run: AuditRun, target: Target, remote: str, options: SyncOptions) -> str:
+    st = _State()
+    st.local_exists = _local_exists(target.path)
+    with _session(remote, options) as session:
+        try:
+            heads = session.heads(target.dataset)
+            if not (heads.get("exists") and (heads.get("head") or heads.get("exists"))):
+                raise NotFoundError(
+                    f"dataset {target.dataset!r} does not exist on remote {remote}",
+                    "push it first, or check the id and base_dir",
+                )
+            rec = session.record(target.dataset, f"record before pull to {_here()}")
+            st.remote_head = rec["commit"]
+            st.remote_exists = st.remote_head is not None
+            if not st.local_exists:
+                _bootstrap_id_check(target, options)
+                target.path.mkdir(parents=True, exist_ok=True)
+            store = _open_store(target.path, create=True)
+            if st.local_exists:
+                st.local_head = store.record(f"record before pull {remote}", actor=options.actor)
+                st.local_head = store.head()
+            st.local_tree = _tree_of(store, st.local_head)
+            if st.remote_head is None:
+                raise NotFoundError(f"dataset {target.dataset!r} on {remote} has no states")
+            session.fetch_trees(target.dataset, store, [st.remote_head])
+            _set_tracking(store, remote, st.remote_head)
+            st.remote_tree = _tree_of(store, st.remote_head)
+            _fetch_events(session, store, target, st.remote_tree)
+            cmp = _compare(store, target, remote, st)
+            data = run.set_comparison(cmp)
+            relation, base = cmp.relation, cmp.merge_base
+            if relation == "equal":
+                return "NO-OP"
+            _refuse("pull", relation, st, base)
+            _require_primary(store, st.remote_head, f"remote {remote}")
+            new = _commits(store, st.remote_head, st.local_head)
+            session.fetch(target.dataset, store, [st.remote_head], _haves(st.local_head))
+            check_events_chain(store, new)
+            _confirm(options, "pull", data)
+        finally:
+            run.bytes_sent, run.bytes_received = _remote_bytes(session)
+    store.checkout(st.remote_head)
+    verify_working(store, target.path, st.remote_head, options)
+    return "TRANSFERRED"
+
+
+def _haves(head: str | None) -> list[str]:
+    return [head] if head else []
+
+
+def _here() -> str:
+    import socket
+
+    return socket.gethostname()
+
+
+def push(
+    target: Target,
+    remote: str,
+    options: SyncOptions | None = None,
+    audit_json_out: Path | None = None,
+) -> dict[str, Any]:
+    """Fast-forward the remote to the local head (bootstrap if the remote is absent)."""
+    options = options or SyncOptions()
+    if target.kind == "file":
+        from usr.sync import filemode
+
+        return filemode.push(target, remote, options, audit_json_out)
+
+    def body(run: AuditRun) -> str:
+        if options.dry_run:
+            _preview(run, target, remote, options)
+            return "DRY-RUN"
+        return _push(run, target, remote, options)
+
+    return _run("push", target, remote, options, audit_json_out, body)
+
+
+def _push(run: AuditRun, target: Target, remote: str, options: SyncOptions) -> str:
+    st = _State()
+    if not _local_exists(target.path):
+        raise NotFoundError(
+            f"dataset {target.dataset!r} does not exist locally at {target.path}",
+            "pull it first, or check the id and --root",
+        )
+    st.local_exists = True
+    store = _open_store(target.path, create=True)
+    store.record(f"record before push {remote}", actor=options.actor)
+    st.local_head = store.head()
+    st.local_tree = _tree_of(store, st.local_head)
+    with _session(remote, options) as session:
+        try:
+            heads = session.heads(target.dataset)
+            st.remote_exists = bool(heads.get("exists")) and heads.get("head") is not None
+            if st.remote_exists:
+                rec = session.record(target.dataset, f"record before push from {_here()}")
+                st.remote_head = rec["commit"]
+                session.fetch_trees(target.dataset, store, [st.remote_head])
+                _set_tracking(store, remote, st.remote_head)
+                st.remote_tree = _tree_of(store, st.remote_head)
+                _fetch_events(session, store, target, st.remote_tree)
+            else:
+                _bootstrap_id_check(target, options)
+            cmp = _compare(store, target, remote, st)
+            data = run.set_comparison(cmp)
+            if cmp.relation == "equal":
+                return "NO-OP"
+            _refuse("push", cmp.relation, st, cmp.merge_base)
+            if st.local_head is None:
+                raise NotFoundError(f"dataset {target.dataset!r} has no recorded state")
+            _require_primary(store, st.local_head, "local")
+            check_events_chain(store, _commits(store, st.local_head, st.remote_head))
+            _confirm(options, "push", data)
+            session.push(target.dataset, store, st.local_head, st.remote_head)
+            _set_tracking(store, remote, st.local_head)
+        finally:
+            run.bytes_sent, run.bytes_received = _remote_bytes(session)
+    return "TRANSFERRED"
+
+
+def section_paths(files: list[FileChange], sections: set[str]) -> list[str]:
+    """Paths of ``files`` in the given sections (used by partial transfers and tests)."""
+    return [f.path for f in files if section_of(f.path) in sections]
