@@ -622,6 +622,30 @@ def _refuse(action: str, relation: str, st: _State, base: str | None) -> None:
         )
 
 
+def _left_out(options: SyncOptions) -> set[str]:
+    if options.primary_only:
+        return {"meta", "events", "snapshots", "derived", "auxiliary"}
+    if options.skip_snapshots:
+        return {"snapshots"}
+    return set()
+
+
+def check_partial(cmp: Comparison, options: SyncOptions) -> None:
+    """Refuse a ``--primary-only``/``--skip-snapshots`` transfer that would drop changes.
+
+    A head moves only with its whole tree; if the left-out sections differ, moving it would
+    make the receiver's files disagree with its recorded state (see docs/cli.md).
+    """
+    left_out = _left_out(options)
+    dropped = sorted({c.section for c in cmp.changes if c.section in left_out})
+    if dropped:
+        flag = "--primary-only" if options.primary_only else "--skip-snapshots"
+        raise UsageError(
+            f"{flag} would leave out changed sections: {', '.join(dropped)}",
+            "a state moves with all its files; rerun without " + flag,
+        )
+
+
 def _confirm(options: SyncOptions, action: str, doc_data: dict[str, Any]) -> None:
     if options.confirm is None:
         return
@@ -688,6 +712,7 @@ def _pull(run: AuditRun, target: Target, remote: str, options: SyncOptions) -> s
             if relation == "equal":
                 return "NO-OP"
             _refuse("pull", relation, st, base)
+            check_partial(cmp, options)
             _require_primary(store, st.remote_head, f"remote {remote}")
             new = _commits(store, st.remote_head, st.local_head)
             session.fetch(target.dataset, store, [st.remote_head], _haves(st.local_head))
@@ -762,6 +787,7 @@ def _push(run: AuditRun, target: Target, remote: str, options: SyncOptions) -> s
             if cmp.relation == "equal":
                 return "NO-OP"
             _refuse("push", cmp.relation, st, cmp.merge_base)
+            check_partial(cmp, options)
             if st.local_head is None:
                 raise NotFoundError(f"dataset {target.dataset!r} has no recorded state")
             _require_primary(store, st.local_head, "local")
