@@ -23,6 +23,11 @@ CONTRACT (other layers code against exactly this; the store issue implements it)
 ``store.diff(a, b) -> list[FileChange]``
     Exact per-file comparison of two trees or commits (either may be None = empty).
 ``store.merge_base(a, b)``, ``store.is_ancestor(a, b)``, ``store.log(commit)``.
+``store.lock(what)``
+    The dataset lock, reentrant in this process. Use it instead of
+    ``usr.locks.dataset_lock`` around store calls (record/checkout take it themselves;
+    fcntl locks are per open file, so taking dataset_lock yourself and then calling
+    record would wait on yourself).
 ``store.missing_objects(wants, haves) -> list[str]``
     Git ids reachable from ``wants`` (commits) and not from ``haves``, in an order a
     receiver can write (blobs/trees before the trees/commits that name them).
@@ -32,27 +37,33 @@ expect=None) -> oid`` (raises VerifyError if ``expect`` differs).
     ``put(cid, data)`` (verified), ``missing(cids) -> list``.
 ``store.manifest_of(blob_id) -> Manifest | None``  (None for an inline blob).
 ``store.entry_size(blob_id) -> int``  whole-file size behind a tree entry.
+
+Additions (refinements noted here, not in the original contract):
+
+- ``checkout(commit, force=False, expect_head=...) -> str``: ``expect_head`` makes the ref
+  move a compare-and-swap (push). A HEAD that the target does not contain is kept under
+  ``refs/usr/saved/<id>`` so no state is lost.
+- ``resolve(rev) -> str``, ``tree_of(rev)``, ``status()``, ``verify_working(commit)``,
+  ``open_entry(blob_id)`` (streamed, verified content), ``ls_tree(rev)``,
+  ``chunk_ids(blob_ids)``, ``has_object(oid)``, ``commit_tree(...)``, ``log_entry(id)``,
+  ``gc(prune_age)``, ``fsck()``; ``chunks.writer()`` batches chunks into packs.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from usr.store.model import FileChange, GcReport, LogEntry, Problem, Recorded, ScanStats
+from usr.store.objects import Manifest
+from usr.store.refs import MAIN
+from usr.store.repository import Store
 
-
-@dataclass(frozen=True)
-class FileChange:
-    """One path that differs between two trees. ``status`` is ``A``, ``M`` or ``D``."""
-
-    path: str
-    status: str
-    section: str
-    old_id: str | None
-    new_id: str | None
-    old_size: int | None
-    new_size: int | None
-
-
-@dataclass(frozen=True)
-class Recorded:
-    commit: str | None
-    created: bool
+__all__ = [
+    "MAIN",
+    "FileChange",
+    "GcReport",
+    "LogEntry",
+    "Manifest",
+    "Problem",
+    "Recorded",
+    "ScanStats",
+    "Store",
+]

@@ -1,0 +1,51 @@
+"""Deterministic crash points for tests: ``USR_FAULT_POINT=name`` kills the process there.
+
+Crash-safety tests must stop a real process at an exact step, not after a guessed delay.
+Code that has a step worth crashing at calls :func:`point` with a stable name; when the
+environment names that point, the process sends itself SIGKILL (no cleanup, no ``finally``,
+no flush — exactly what a kill -9 or a power cut leaves behind).
+
+``USR_FAULT_POINT`` may list several names separated by commas; ``name:N`` fires on the
+N-th time that point is reached (1-based), so a test can stop in the middle of a loop.
+Every point name is listed in :data:`KNOWN_POINTS` by the module that owns it (documented
+in docs/format.md), so tests can sweep them.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+ENV = "USR_FAULT_POINT"
+
+#: name -> what has happened when the point is reached. Modules register their points here.
+KNOWN_POINTS: dict[str, str] = {}
+
+_hits: dict[str, int] = {}
+
+
+def register(name: str, description: str) -> str:
+    """Declare a crash point (at import time) and return its name, for use with point()."""
+    KNOWN_POINTS[name] = description
+    return name
+
+
+def _wanted() -> dict[str, int]:
+    spec = os.environ.get(ENV, "")
+    wanted: dict[str, int] = {}
+    for item in filter(None, (part.strip() for part in spec.split(","))):
+        name, _, nth = item.partition(":")
+        wanted[name] = int(nth) if nth.isdigit() else 1
+    return wanted
+
+
+def point(name: str) -> None:
+    """Kill this process with SIGKILL if ``$USR_FAULT_POINT`` names ``name`` (cheap otherwise)."""
+    if ENV not in os.environ:
+        return
+    wanted = _wanted()
+    if name not in wanted:
+        return
+    _hits[name] = _hits.get(name, 0) + 1
+    if _hits[name] == wanted[name]:
+        os.kill(os.getpid(), signal.SIGKILL)

@@ -1,0 +1,97 @@
+"""The stat cache (``.usr/index.json``): path -> (size, mtime_ns, ctime_ns, inode) -> entry id.
+
+Like git's index, it lets recording an unchanged dataset skip reading file contents: a file
+whose stat matches its cached stat is taken to have the cached entry id.
+
+Racy timestamps: a file modified within the same timestamp tick as it was hashed could
+change without its stat changing. So the cache remembers when the scan that produced it
+*started* (``scan_ns``); an entry whose mtime is not older than ``scan_ns - RACY_NS``
+is never trusted and is re-hashed next time (by then it is old enough to be trusted). The
+slack covers coarse filesystem clocks (NFS, Lustre, FAT: up to 1 s or 2 s).
+
+The cache is replaced whole by atomic rename; a missing, unreadable or foreign-version
+cache is simply empty (it only ever saves work, it is never the truth).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from usr.atomic import write_bytes
+
+VERSION = 1
+RACY_NS = 2_000_000_000
+
+
+@dataclass(frozen=True)
+class StatKey:
+    """The stat fields a cached entry is valid for."""
+
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+    inode: int
+
+    @classmethod
+    def of(cls, st: os.stat_result) -> StatKey:
+        return cls(st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+
+
+class StatCache:
+    """The stat cache of one store. Not thread-safe; callers hold the dataset lock to save."""
+
+    def __init__(self, path: Path, inline_limit: int) -> None:
+        self.path = path
+        self.inline_limit = inline_limit
+        self.scan_ns = 0
+        self.entries: dict[str, tuple[StatKey, str]] = {}
+        self._load()
+
+    def _load(self) -> None:
+        with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
+            doc = json.loads(self.path.read_bytes())
+            if doc.get("version") != VERSION or doc.get("inline_limit") != self.inline_limit:
+                return  # a different inline limit gives different entry ids: start over
+            self.scan_ns = int(doc["scan_ns"])
+            self.entries = {
+                path: (StatKey(*row[:4]), row[4]) for path, row in doc["entries"].items()
+            }
+
+    def lookup(self, relpath: str, key: StatKey) -> str | None:
+        """The cached entry id for ``relpath`` if its stat matches and is not racy."""
+        hit = self.entries.get(relpath)
+        if hit is None or hit[0] != key:
+            return None
+        if key.mtime_ns >= self.scan_ns - RACY_NS:
+            return None  # racy: could have changed within the tick it was hashed in
+        return hit[1]
+
+    def replace(self, entries: dict[str, tuple[StatKey, str]], scan_ns: int) -> None:
+        """Make ``entries`` (from a scan that started at ``scan_ns``) the whole cache."""
+        self.entries = entries
+        self.scan_ns = scan_ns
+
+    def update(self, relpath: str, key: StatKey, entry_id: str) -> None:
+        """Remember one entry (after checkout wrote a verified file)."""
+        self.entries[relpath] = (key, entry_id)
+
+    def entry_ids(self) -> set[str]:
+        """Every entry id the cache names (gc keeps them, as git keeps index blobs)."""
+        return {oid for _, oid in self.entries.values()}
+
+    def save(self) -> None:
+        """Write the cache atomically (temp, fsync, rename)."""
+        doc = {
+            "version": VERSION,
+            "inline_limit": self.inline_limit,
+            "scan_ns": self.scan_ns,
+            "entries": {
+                path: [k.size, k.mtime_ns, k.ctime_ns, k.inode, oid]
+                for path, (k, oid) in sorted(self.entries.items())
+            },
+        }
+        write_bytes(self.path, json.dumps(doc, separators=(",", ":")).encode())

@@ -1,0 +1,545 @@
+"""The store facade: one object per dataset that every layer (porcelain, sync, lifecycle)
+talks to. See the contract in :mod:`usr.store`."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import re
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import pygit2
+
+from usr import faults
+from usr.actor import Actor, current_actor
+from usr.errors import InputError, NotFoundError, UsrError, VerifyError
+from usr.layout import STORE_DIR
+from usr.locks import dataset_lock
+from usr.store.chunks import ChunkStore
+from usr.store.diff_tree import diff_trees
+from usr.store.index import StatCache, StatKey
+from usr.store.model import FileChange, LogEntry, Recorded, ScanStats
+from usr.store.objects import MAGIC, Manifest, git_object_id, inline_limit
+from usr.store.refs import MAIN, Refs
+from usr.store.worktree import build_tree, hash_file, scan, stream_entry, walk_tree
+
+FAULT_SNAPSHOT_CHUNKS = faults.register(
+    "snapshot.after-chunks", "working files hashed, chunks and blobs written; no tree yet"
+)
+FAULT_SNAPSHOT_BEFORE_REF = faults.register(
+    "snapshot.before-ref", "commit object written; refs/heads/main not moved"
+)
+FAULT_SNAPSHOT_AFTER_REF = faults.register(
+    "snapshot.after-ref", "refs/heads/main moved; lock not yet released"
+)
+
+OBJECT_TYPES = {"commit": 1, "tree": 2, "blob": 3, "tag": 4}
+_TYPE_NAMES = {v: k for k, v in OBJECT_TYPES.items()}
+_HEX_RE = re.compile(r"^[0-9a-f]{4,40}$")
+_TILDE_RE = re.compile(r"^(.*?)((?:~\d*|\^)+)$")
+
+# Dataset locks this process holds, with a depth: fcntl locks are per open file, so taking
+# the same lock twice in one process would wait on itself. Store.lock() is reentrant.
+_HELD: dict[str, int] = {}
+
+
+def _syncfs(path: Path) -> None:
+    """Flush the filesystem holding ``path`` (git objects are not fsynced one by one).
+
+    Called once before a ref moves, so a power cut cannot leave a ref naming objects that
+    never reached the disk, at the cost of one flush instead of one per object.
+    """
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if getattr(libc, "syncfs", None) is None or libc.syncfs(fd) != 0:
+            os.sync()
+    finally:
+        os.close(fd)
+
+
+class Store:
+    """The object store of one dataset directory (``<dataset>/.usr/``)."""
+
+    def __init__(self, dataset_dir: Path, repo: pygit2.Repository) -> None:
+        self.path = dataset_dir
+        self.gitdir = dataset_dir / STORE_DIR
+        self.repo = repo
+        self.refs = Refs(self.gitdir, repo)
+        self.chunks = ChunkStore(self.gitdir / "chunks")
+        self.last_scan = ScanStats()
+
+    # -- opening --------------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, dataset_dir: str | os.PathLike[str], create: bool = True) -> Store:
+        """Open the store of ``dataset_dir``; with ``create``, make it (adopting whatever
+        files are already there — they are recorded by the next ``record``).
+
+        Raises NotFoundError if the directory (or, without ``create``, its store) is
+        missing. Completes a checkout that a crash interrupted.
+        """
+        path = Path(dataset_dir).absolute()
+        if not path.is_dir():
+            raise NotFoundError(f"dataset directory {path} does not exist")
+        gitdir = path / STORE_DIR
+        if not (gitdir / "HEAD").exists():
+            if not create:
+                raise NotFoundError(
+                    f"{path} has no usr store (.usr/)", "run 'usr snapshot' to adopt it"
+                )
+            repo = cls._create(gitdir)
+        else:
+            try:
+                repo = pygit2.Repository(str(gitdir))
+            except pygit2.GitError as exc:
+                raise VerifyError(f"store {gitdir} cannot be opened: {exc}") from None
+        store = cls(path, repo)
+        from usr.store import checkout as _checkout
+
+        if _checkout.journal_path(store).exists():
+            with store.lock("recover checkout"):
+                _checkout.recover(store)
+        return store
+
+    @staticmethod
+    def _create(gitdir: Path) -> pygit2.Repository:
+        # Created under a temporary name and renamed, so a crash never leaves a half-made
+        # store that later looks valid. HEAD names refs/heads/main like any git repo.
+        tmp = gitdir.with_name(f".usr-tmp-store-{os.getpid()}")
+        repo = pygit2.init_repository(str(tmp), bare=True, initial_head="main")
+        (tmp / "chunks").mkdir(exist_ok=True)
+        del repo
+        try:
+            os.rename(tmp, gitdir)
+        except OSError:
+            # Another process created it first: use theirs.
+            import shutil
+
+            shutil.rmtree(tmp, ignore_errors=True)
+            if not (gitdir / "HEAD").exists():
+                raise
+        return pygit2.Repository(str(gitdir))
+
+    def close(self) -> None:
+        """Release open pack file handles."""
+        self.chunks.close()
+
+    @contextlib.contextmanager
+    def lock(self, what: str = "usr", timeout: float | None = None) -> Iterator[None]:
+        """The dataset lock (``<dataset>/.usr.lock``), reentrant within this process.
+
+        Hold it (rather than :func:`usr.locks.dataset_lock` directly) around a sequence of
+        store calls that must see no other writer: record, checkout and compare-and-swap
+        take it themselves, and nesting is then free.
+        """
+        key = str(self.path)
+        if _HELD.get(key):
+            _HELD[key] += 1
+            try:
+                yield
+            finally:
+                _HELD[key] -= 1
+            return
+        with dataset_lock(self.path, what=what, timeout=timeout):
+            _HELD[key] = 1
+            try:
+                yield
+            finally:
+                _HELD.pop(key, None)
+
+    # -- refs and revisions ---------------------------------------------------------------
+
+    def head(self, ref: str = MAIN) -> str | None:
+        """Commit id ``ref`` points at, or None (an empty history)."""
+        return self.refs.get(ref)
+
+    def update_ref(self, name: str, new: str | None, old: str | None) -> None:
+        """Compare-and-swap ``name`` from ``old`` (None: must not exist) to ``new`` (None:
+        delete). Raises ConflictError ("ref moved") if it holds something else."""
+        if new is not None:
+            obj = self.repo.get(new)
+            if obj is None or obj.type != pygit2.enums.ObjectType.COMMIT:
+                raise NotFoundError(f"commit {new} is not in the store", "send its objects first")
+            _syncfs(self.gitdir)
+        self.refs.update(name, new, old)
+
+    def resolve(self, rev: str) -> str:
+        """A commit id for ``rev``: a full or abbreviated id, ``HEAD``, a ref name
+        (``main``, ``refs/heads/main``, ``<remote>/main``), each optionally followed by
+        ``~N`` / ``^`` (first parents). NotFoundError if nothing matches."""
+        rev = rev.strip()
+        m = _TILDE_RE.match(rev)
+        if m and m.group(1):
+            commit = self.resolve(m.group(1))
+            for step in re.findall(r"~\d*|\^", m.group(2)):
+                n = 1 if step in ("~", "^") else int(step[1:])
+                for _ in range(n):
+                    parents = self.repo[commit].parent_ids
+                    if not parents:
+                        raise NotFoundError(f"revision {rev!r} goes past the first state")
+                    commit = str(parents[0])
+            return commit
+        if rev in ("HEAD", "@"):
+            head = self.head()
+            if head is None:
+                raise NotFoundError("HEAD: the dataset has no recorded state yet")
+            return head
+        for name in (rev, f"refs/heads/{rev}", f"refs/remotes/{rev}", f"refs/tags/{rev}"):
+            if name.startswith("refs/"):
+                try:
+                    target = self.refs.get(name)
+                except InputError:
+                    continue
+                if target:
+                    return target
+        if _HEX_RE.match(rev):
+            obj = self._lookup_prefix(rev)
+            if obj is not None:
+                if obj.type == pygit2.enums.ObjectType.COMMIT:
+                    return str(obj.id)
+                raise NotFoundError(f"{rev} is a {obj.type_str}, not a recorded state")
+        raise NotFoundError(f"unknown revision {rev!r}", "see 'usr log' for recorded states")
+
+    def _lookup_prefix(self, prefix: str) -> pygit2.Object | None:
+        if len(prefix) == 40:
+            return self.repo.get(prefix)
+        try:
+            return self.repo.revparse_single(prefix)
+        except (KeyError, ValueError, pygit2.GitError):
+            return None
+
+    def tree_of(self, rev: str | None) -> str | None:
+        """The tree id of a commit or revision, or ``rev`` itself if it is a tree id."""
+        if rev is None:
+            return None
+        if _HEX_RE.match(rev):
+            obj = self._lookup_prefix(rev)
+            if obj is not None and obj.type == pygit2.enums.ObjectType.TREE:
+                return str(obj.id)
+        return str(self.repo[self.resolve(rev)].tree_id)
+
+    # -- the working state ----------------------------------------------------------------
+
+    def stat_cache(self) -> StatCache:
+        return StatCache(self.gitdir / "index.json", inline_limit())
+
+    def working_tree(self) -> str:
+        """Tree id of the working files now. Writes blobs, manifests and chunks (like
+        ``git add``) but commits nothing and moves no ref. Files whose stat matches the
+        stat cache are not read; ``self.last_scan`` says how many were."""
+        limit = inline_limit()
+        cache = self.stat_cache()
+        scan_ns = time.time_ns()
+        stats = ScanStats()
+        files: dict[str, tuple[str, int]] = {}
+        entries: dict[str, tuple[StatKey, str]] = {}
+        with self.chunks.writer() as writer:
+            for f in scan(self.path):
+                stats.files += 1
+                key = StatKey.of(f.st)
+                oid = cache.lookup(f.relpath, key)
+                if oid is None or not self.repo.odb.exists(oid):
+                    oid, st = hash_file(f.abspath, limit, self.repo, writer)
+                    key = StatKey.of(st)
+                    stats.hashed += 1
+                    stats.bytes_hashed += st.st_size
+                files[f.relpath] = (oid, f.mode)
+                entries[f.relpath] = (key, oid)
+        faults.point(FAULT_SNAPSHOT_CHUNKS)
+        tree = build_tree(self.repo, files)
+        cache.replace(entries, scan_ns)
+        with contextlib.suppress(OSError):
+            cache.save()  # only ever saves work: a read-only store still works
+        self.last_scan = stats
+        return tree
+
+    def status(self) -> list[FileChange]:
+        """Working files against HEAD: what the next ``record`` would commit."""
+        head = self.head()
+        return self.diff(head, self.working_tree())
+
+    def record(
+        self,
+        action: str,
+        actor: Actor | str | None = None,
+        message: str | None = None,
+    ) -> Recorded:
+        """Under the dataset lock, commit the working state on ``refs/heads/main`` if it
+        differs from HEAD (or there is no HEAD). The ONE way states are recorded."""
+        with self.lock(f"record {action}"):
+            tree = self.working_tree()
+            head = self.head()
+            if head is not None and str(self.repo[head].tree_id) == tree:
+                return Recorded(head, False)
+            commit = self.commit_tree(tree, [head] if head else [], action, actor, message)
+            faults.point(FAULT_SNAPSHOT_BEFORE_REF)
+            self.update_ref(MAIN, commit, head)
+            faults.point(FAULT_SNAPSHOT_AFTER_REF)
+            return Recorded(commit, True)
+
+    def commit_tree(
+        self,
+        tree: str,
+        parents: list[str],
+        action: str,
+        actor: Actor | str | None = None,
+        message: str | None = None,
+        when: int | None = None,
+    ) -> str:
+        """Write a commit object (no ref moves): message is the action, then a blank line
+        and ``message`` if given; author and committer are the actor."""
+        if not action or "\n" in action:
+            raise InputError(f"bad action {action!r}: one non-empty line")
+        if isinstance(actor, Actor) or actor is None:
+            who = actor or current_actor()
+            name, email = who.as_string(), who.email
+        else:
+            name, email = actor, actor.rpartition(" ")[2] or "unknown"
+        stamp = int(time.time()) if when is None else when
+        offset = -time.timezone // 60 if not time.daylight else -time.altzone // 60
+        sig = pygit2.Signature(name, email, stamp, offset)
+        text = action + "\n" if not message else f"{action}\n\n{message.rstrip()}\n"
+        oid = self.repo.create_commit(
+            None, sig, sig, text, pygit2.Oid(hex=tree), [pygit2.Oid(hex=p) for p in parents]
+        )
+        return str(oid)
+
+    def checkout(
+        self, commit: str, force: bool = False, expect_head: str | None | object = ...
+    ) -> str:
+        """Make the working files equal ``commit`` and point ``refs/heads/main`` at it, in
+        one locked step (staged under ``.usr-staging-*``, verified, promoted by rename).
+
+        Refuses unrecorded changes (ConflictError) unless ``force``, which records them
+        first. With ``expect_head`` given, HEAD must equal it (the compare-and-swap a push
+        needs). A previous HEAD that ``commit`` does not contain is kept reachable under
+        ``refs/usr/saved/<id>``. Returns the commit checked out.
+        """
+        from usr.store import checkout as _checkout
+
+        return _checkout.checkout(self, commit, force=force, expect_head=expect_head)
+
+    def verify_working(self, commit: str | None = None) -> list[FileChange]:
+        """Re-hash every working file (ignoring the stat cache) and compare with ``commit``
+        (default HEAD): an empty list means the files are exactly that state."""
+        limit = inline_limit()
+        files = {}
+        for f in scan(self.path):
+            oid, _ = hash_file(f.abspath, limit, None, None)
+            files[f.relpath] = (oid, f.mode)
+        want = self.tree_of(commit or self.resolve("HEAD"))
+        have = {rel: oid for rel, oid, _ in walk_tree(self.repo, want)}
+        out = []
+        for rel in sorted(set(files) | set(have)):
+            old, new = have.get(rel), files.get(rel, (None, 0))[0]
+            if old != new:
+                out.append(self._change(rel, old, new))
+        return out
+
+    def _change(self, rel: str, old: str | None, new: str | None) -> FileChange:
+        from usr.layout import section_of
+
+        status = "A" if old is None else "D" if new is None else "M"
+        sizes = [self._safe_size(x) for x in (old, new)]
+        return FileChange(rel, status, section_of(rel), old, new, sizes[0], sizes[1])
+
+    def _safe_size(self, oid: str | None) -> int | None:
+        if oid is None:
+            return None
+        try:
+            return self.entry_size(oid)
+        except UsrError:
+            return None
+
+    # -- history --------------------------------------------------------------------------
+
+    def diff(self, a: str | None, b: str | None) -> list[FileChange]:
+        """Exact per-file comparison of two trees or commits (either may be None = empty)."""
+        return diff_trees(self.repo, self.tree_of(a), self.tree_of(b), self.entry_size)
+
+    def log(self, commit: str | None = None, limit: int | None = None) -> list[LogEntry]:
+        """Recorded states reachable from ``commit`` (default HEAD), newest first."""
+        start = self.resolve(commit) if commit else self.head()
+        if start is None:
+            return []
+        walker = self.repo.walk(
+            pygit2.Oid(hex=start), pygit2.enums.SortMode.TOPOLOGICAL | pygit2.enums.SortMode.TIME
+        )
+        out = []
+        for c in walker:
+            if limit is not None and len(out) >= limit:
+                break
+            out.append(self.log_entry(str(c.id)))
+        return out
+
+    def log_entry(self, commit: str) -> LogEntry:
+        """One commit as a :class:`LogEntry`."""
+        c = self.repo[commit]
+        action, _, rest = c.message.partition("\n")
+        return LogEntry(
+            id=str(c.id),
+            parents=tuple(str(p) for p in c.parent_ids),
+            tree=str(c.tree_id),
+            time=c.author.time,
+            offset=c.author.offset,
+            actor=c.author.name,
+            action=action,
+            message=rest.strip("\n"),
+        )
+
+    def merge_base(self, a: str, b: str) -> str | None:
+        """Best common ancestor of two commits, or None if they share no history."""
+        base = self.repo.merge_base(pygit2.Oid(hex=a), pygit2.Oid(hex=b))
+        return str(base) if base is not None else None
+
+    def is_ancestor(self, a: str, b: str) -> bool:
+        """True if commit ``a`` is ``b`` or one of its ancestors."""
+        return a == b or self.repo.descendant_of(pygit2.Oid(hex=b), pygit2.Oid(hex=a))
+
+    # -- objects --------------------------------------------------------------------------
+
+    def has_object(self, oid: str) -> bool:
+        """True if the git object is stored (not verified)."""
+        return self.repo.odb.exists(oid)
+
+    def read_object(self, oid: str) -> tuple[str, bytes]:
+        """``(type_name, bytes)`` of a git object, verified against its id."""
+        try:
+            obj_type, data = self.repo.odb.read(oid)
+        except KeyError:
+            raise NotFoundError(f"object {oid} is not in the store") from None
+        except (pygit2.GitError, ValueError) as exc:
+            raise VerifyError(f"object {oid} is corrupt: {exc}") from None
+        name = _TYPE_NAMES.get(int(obj_type), "unknown")
+        if git_object_id(name, data) != oid:
+            raise VerifyError(f"object {oid} is corrupt: its bytes hash differently")
+        return name, data
+
+    def write_object(self, type_name: str, data: bytes, expect: str | None = None) -> str:
+        """Store a git object; VerifyError if ``expect`` is given and differs (nothing
+        written). Blobs that claim to be manifests must parse."""
+        if type_name not in OBJECT_TYPES:
+            raise InputError(f"bad object type {type_name!r}")
+        oid = git_object_id(type_name, data)
+        if expect is not None and oid != expect:
+            raise VerifyError(f"object {expect}: received bytes hash to {oid}; refused")
+        if type_name == "blob" and data.startswith(MAGIC):
+            Manifest.decode(data, where=f"manifest {oid}")
+        if not self.repo.odb.exists(oid):
+            written = str(self.repo.odb.write(OBJECT_TYPES[type_name], data))
+            if written != oid:
+                raise VerifyError(f"object store wrote {written}, expected {oid}")
+        return oid
+
+    def manifest_of(self, blob_id: str) -> Manifest | None:
+        """The manifest behind a tree entry, or None for an inline blob."""
+        name, data = self.read_object(blob_id)
+        if name != "blob":
+            raise InputError(f"{blob_id} is a {name}, not a file entry")
+        if not data.startswith(MAGIC):
+            return None
+        return Manifest.decode(data, where=f"manifest {blob_id}")
+
+    def entry_size(self, blob_id: str) -> int:
+        """Whole-file size behind a tree entry (the manifest's size for chunked files)."""
+        try:
+            _, size = self.repo.odb.read_header(blob_id)
+        except KeyError:
+            raise NotFoundError(f"object {blob_id} is not in the store") from None
+        if size < len(MAGIC) or size > (1 << 28):
+            return size
+        manifest = self.manifest_of(blob_id)
+        return manifest.size if manifest is not None else size
+
+    def open_entry(self, blob_id: str, where: str = "") -> Iterator[bytes]:
+        """The file content behind a tree entry, streamed and verified piece by piece."""
+        return stream_entry(self.repo, self.chunks, blob_id, where or blob_id)
+
+    def ls_tree(self, rev: str | None) -> list[tuple[str, str, int]]:
+        """``(path, entry_id, mode)`` of every file in a tree or commit, sorted by path."""
+        return list(walk_tree(self.repo, self.tree_of(rev)))
+
+    def chunk_ids(self, blob_ids: Iterable[str]) -> list[str]:
+        """The chunk ids named by the manifests among ``blob_ids``, without repeats."""
+        seen: dict[str, None] = {}
+        for oid in blob_ids:
+            manifest = self.manifest_of(oid)
+            if manifest is not None:
+                for cid, _ in manifest.chunks:
+                    seen.setdefault(cid, None)
+        return list(seen)
+
+    def missing_objects(self, wants: Iterable[str], haves: Iterable[str]) -> list[str]:
+        """Git ids reachable from the commits ``wants`` but not from ``haves``, ordered so
+        a receiver can write them as they come (blobs and subtrees before the trees that
+        name them, trees before their commit, parents before children).
+
+        ``haves`` the local store lacks are ignored; objects of the trees of known haves
+        are excluded, which may send a few objects a receiver already has (never fewer).
+        """
+        known = [h for h in haves if h and self.repo.get(h) is not None]
+        walker = None
+        for w in wants:
+            if walker is None:
+                walker = self.repo.walk(
+                    pygit2.Oid(hex=w),
+                    pygit2.enums.SortMode.TOPOLOGICAL | pygit2.enums.SortMode.REVERSE,
+                )
+            else:
+                walker.push(pygit2.Oid(hex=w))
+        if walker is None:
+            return []
+        for h in known:
+            walker.hide(pygit2.Oid(hex=h))
+        commits = [str(c.id) for c in walker]
+        seen: set[str] = set()
+        for h in known:
+            self._mark_tree(str(self.repo[h].tree_id), seen)
+        out: list[str] = []
+        for c in commits:
+            self._emit_tree(str(self.repo[c].tree_id), seen, out)
+            out.append(c)
+        return out
+
+    def _mark_tree(self, tree_id: str, seen: set[str]) -> None:
+        if tree_id in seen:
+            return
+        seen.add(tree_id)
+        for e in self.repo[tree_id]:
+            if e.filemode == 0o040000:
+                self._mark_tree(str(e.id), seen)
+            else:
+                seen.add(str(e.id))
+
+    def _emit_tree(self, tree_id: str, seen: set[str], out: list[str]) -> None:
+        if tree_id in seen:
+            return
+        seen.add(tree_id)
+        for e in self.repo[tree_id]:
+            oid = str(e.id)
+            if e.filemode == 0o040000:
+                self._emit_tree(oid, seen, out)
+            elif oid not in seen:
+                seen.add(oid)
+                out.append(oid)
+        out.append(tree_id)
+
+    # -- maintenance ----------------------------------------------------------------------
+
+    def gc(self, prune_age: float = 3600.0):
+        """Remove objects, chunks and temp files no ref reaches (older than ``prune_age``
+        seconds, so a transfer in flight keeps what it has sent). See usr.store.gc."""
+        from usr.store import gc as _gc
+
+        return _gc.gc(self, prune_age)
+
+    def fsck(self):
+        """Verify every reachable object and chunk and the events append-only rule;
+        returns a list of :class:`Problem` (empty when the store is sound)."""
+        from usr.store import fsck as _fsck
+
+        return _fsck.fsck(self)

@@ -1,0 +1,271 @@
+"""The working files of a dataset, as the store sees them: scanning, hashing, writing back.
+
+Scanning walks the dataset directory, skips runtime paths (:func:`usr.layout.is_runtime_path`)
+and refuses anything that is not a regular file or directory (symlinks, devices, fifos,
+sockets) with an :class:`InputError` naming the path. Hashing turns a file into a tree entry
+id (an inline blob, or a manifest plus chunks, see :mod:`usr.store.objects`), streaming so
+memory stays bounded whatever the file size. Materialising does the reverse, verifying
+every byte it writes against the ids it was asked for.
+"""
+
+from __future__ import annotations
+
+import os
+import stat as statmod
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import blake3
+import pygit2
+from pyfastcdc import FastCDC
+
+from usr.errors import InputError, VerifyError
+from usr.layout import check_relpath, is_runtime_path
+from usr.store.chunks import ChunkStore, PackWriter, chunk_id
+from usr.store.objects import CHUNK_AVG, CHUNK_MAX, CHUNK_MIN, MAGIC, Manifest, git_object_id
+
+MODE_FILE = 0o100644
+MODE_EXEC = 0o100755
+MODE_TREE = 0o040000
+FILE_MODES = (MODE_FILE, MODE_EXEC)
+
+#: How often a file that keeps changing while it is hashed is retried before giving up.
+_STABLE_TRIES = 5
+
+
+def chunker() -> FastCDC:
+    """The one FastCDC configuration every machine must use (see docs/format.md)."""
+    return FastCDC(avg_size=CHUNK_AVG, min_size=CHUNK_MIN, max_size=CHUNK_MAX)
+
+
+@dataclass(frozen=True)
+class ScannedFile:
+    relpath: str
+    abspath: str
+    st: os.stat_result
+
+    @property
+    def mode(self) -> int:
+        return MODE_EXEC if self.st.st_mode & 0o100 else MODE_FILE
+
+
+def scan(dataset_dir: Path) -> Iterator[ScannedFile]:
+    """Every recordable regular file under ``dataset_dir`` (runtime paths skipped).
+
+    Raises :class:`InputError` for a symlink, device, fifo or socket, or a name usr cannot
+    record, naming the path: silently skipping it would let a state look recorded when it
+    is not.
+    """
+    stack = [("", str(dataset_dir))]
+    while stack:
+        prefix, directory = stack.pop()
+        with os.scandir(directory) as it:
+            entries = list(it)
+        for entry in entries:
+            rel = f"{prefix}{entry.name}"
+            if is_runtime_path(entry.name):
+                continue
+            st = entry.stat(follow_symlinks=False)
+            if statmod.S_ISDIR(st.st_mode):
+                stack.append((rel + "/", entry.path))
+            elif statmod.S_ISREG(st.st_mode):
+                try:
+                    check_relpath(rel)
+                except InputError as exc:
+                    raise InputError(f"{exc.message}: cannot record {rel!r}") from None
+                yield ScannedFile(rel, entry.path, st)
+            else:
+                kind = "symlink" if statmod.S_ISLNK(st.st_mode) else "special file"
+                raise InputError(
+                    f"refusing to record {rel!r}: it is a {kind}",
+                    "usr records regular files only; replace it with a copy of the data",
+                )
+
+
+def _same_content_stat(a: os.stat_result, b: os.stat_result) -> bool:
+    return (a.st_size, a.st_mtime_ns, a.st_ino) == (b.st_size, b.st_mtime_ns, b.st_ino)
+
+
+def _chunk_stream(fh, writer: PackWriter | None, first: bytes = b"") -> tuple[Manifest, int]:
+    """Cut an open file into chunks, store them (unless ``writer`` is None), build a manifest."""
+    whole = blake3.blake3()
+    chunks: list[tuple[str, int]] = []
+    size = 0
+
+    class _Prefixed:
+        """The file with ``first`` (already read) in front, as a readinto stream."""
+
+        def __init__(self) -> None:
+            self.pending = memoryview(first)
+
+        def readinto(self, buf: memoryview) -> int:
+            if self.pending:
+                n = min(len(buf), len(self.pending))
+                buf[:n] = self.pending[:n]
+                self.pending = self.pending[n:]
+                return n
+            return fh.readinto(buf)
+
+    for piece in chunker().cut_stream(_Prefixed()):
+        data = piece.data
+        cid = chunk_id(data)
+        whole.update(data)
+        if writer is not None:
+            writer.add(cid, data)
+        chunks.append((cid, piece.length))
+        size += piece.length
+    manifest = Manifest(size=size, blake3=whole.hexdigest(), chunks=tuple(chunks))
+    return manifest, size
+
+
+def hash_file(
+    path: str,
+    limit: int,
+    repo: pygit2.Repository | None,
+    writer: PackWriter | None,
+) -> tuple[str, os.stat_result]:
+    """The entry id of the file at ``path`` and the stat it is valid for.
+
+    With ``repo``/``writer`` the blob or manifest and the chunks are written to the store
+    (like ``git add``); with None nothing is written (used to check staged files). A file
+    that changes while it is read is re-read; one that never holds still is an InputError.
+    """
+    for _ in range(_STABLE_TRIES):
+        with open(path, "rb") as fh:
+            before = os.fstat(fh.fileno())
+            if before.st_size <= limit:
+                data = fh.read(limit + 1)
+                if not data.startswith(MAGIC) and len(data) <= limit:
+                    after = os.fstat(fh.fileno())
+                    if not _same_content_stat(before, after):
+                        continue
+                    if repo is not None:
+                        return str(repo.create_blob(data)), after
+                    return git_object_id("blob", data), after
+                first = data  # starts with the magic (or grew): store it chunked
+            else:
+                first = b""
+            manifest, _ = _chunk_stream(fh, writer, first)
+            after = os.fstat(fh.fileno())
+            if not _same_content_stat(before, after):
+                continue
+            encoded = manifest.encode()
+            if repo is not None:
+                return str(repo.create_blob(encoded)), after
+            return git_object_id("blob", encoded), after
+    raise InputError(
+        f"{path} kept changing while usr read it",
+        "stop the writer, or retry when it has finished",
+    )
+
+
+def build_tree(repo: pygit2.Repository, files: dict[str, tuple[str, int]]) -> str:
+    """Write the trees for ``{relpath: (entry_id, mode)}`` and return the root tree id."""
+    root: dict = {}
+    for rel, (oid, mode) in files.items():
+        node = root
+        parts = rel.split("/")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = (oid, mode)
+
+    def write(node: dict) -> pygit2.Oid:
+        tb = repo.TreeBuilder()
+        for name, value in node.items():
+            if isinstance(value, dict):
+                tb.insert(name, write(value), MODE_TREE)
+            else:
+                tb.insert(name, pygit2.Oid(hex=value[0]), value[1])
+        return tb.write()
+
+    return str(write(root))
+
+
+def walk_tree(repo: pygit2.Repository, tree_id: str | None) -> Iterator[tuple[str, str, int]]:
+    """``(relpath, entry_id, mode)`` for every file in a tree, recursively, sorted by path.
+
+    Every path is checked with :func:`usr.layout.check_relpath` and every mode must be a
+    regular file or directory: a tree from a peer naming ``..``, ``.usr`` or a symlink is
+    refused before any path touches disk.
+    """
+    if tree_id is None:
+        return
+    stack: list[tuple[str, pygit2.Tree]] = [("", repo[tree_id])]
+    out: list[tuple[str, str, int]] = []
+    while stack:
+        prefix, tree = stack.pop()
+        for entry in tree:
+            rel = f"{prefix}{entry.name}"
+            check_relpath(rel)
+            if entry.filemode == MODE_TREE:
+                stack.append((rel + "/", repo[entry.id]))
+            elif entry.filemode in FILE_MODES:
+                out.append((rel, str(entry.id), entry.filemode))
+            else:
+                raise InputError(f"tree entry {rel!r} has mode {entry.filemode:o}; refused")
+    out.sort()
+    yield from out
+
+
+def read_blob(repo: pygit2.Repository, oid: str) -> bytes:
+    """A blob's bytes, verified against its id (a corrupt object is never returned)."""
+    try:
+        obj_type, data = repo.odb.read(oid)
+    except KeyError:
+        raise VerifyError(f"object {oid} is missing from the store") from None
+    except pygit2.GitError as exc:
+        raise VerifyError(f"object {oid} is corrupt: {exc}") from None
+    if git_object_id("blob", data) != oid or int(obj_type) != int(pygit2.enums.ObjectType.BLOB):
+        raise VerifyError(f"object {oid} is corrupt: its bytes hash differently")
+    return data
+
+
+def stream_entry(
+    repo: pygit2.Repository, chunks: ChunkStore, oid: str, where: str
+) -> Iterator[bytes]:
+    """The file content behind a tree entry, piece by piece, every piece verified.
+
+    For a manifest, each chunk is checked by its blake3 and the whole by the manifest's
+    size and blake3; a failure raises :class:`VerifyError` naming ``where`` (the path).
+    """
+    data = read_blob(repo, oid)
+    if not data.startswith(MAGIC):
+        yield data
+        return
+    manifest = Manifest.decode(data, where=f"{where} (manifest {oid})")
+    whole = blake3.blake3()
+    for cid, length in manifest.chunks:
+        try:
+            piece = chunks.get(cid)
+        except VerifyError as exc:
+            raise VerifyError(f"{where}: {exc.message}") from None
+        if len(piece) != length:
+            raise VerifyError(f"{where}: chunk {cid} has length {len(piece)}, manifest {length}")
+        whole.update(piece)
+        yield piece
+    if whole.hexdigest() != manifest.blake3:
+        raise VerifyError(f"{where}: content does not match manifest {oid} blake3")
+
+
+def write_entry(
+    repo: pygit2.Repository, chunks: ChunkStore, oid: str, mode: int, dest: Path, where: str
+) -> os.stat_result:
+    """Write the verified content of an entry to ``dest`` (fsynced); return its stat.
+
+    ``dest`` is a staging path: on any failure it is removed, never left half-written.
+    """
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(dest.name + ".part")
+    try:
+        with open(tmp, "wb") as fh:
+            for piece in stream_entry(repo, chunks, oid, where):
+                fh.write(piece)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o755 if mode == MODE_EXEC else 0o644)
+        os.replace(tmp, dest)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return os.stat(dest)
