@@ -1,0 +1,460 @@
+"""The client end of the protocol: :class:`RemoteSession`, one conversation with one server.
+
+A session speaks to ``usr plumbing serve`` over any byte channel — a local subprocess, an
+SSH exec channel, or the warm-auth connection holder — with the same methods, so the sync
+engine never knows which. Open one from a profile name with :func:`open_session`::
+
+    with open_session("bu-scc", remotes_config=None) as remote:
+        heads = remote.heads("densegen/my_dataset")
+
+Every method is one request and one reply (bulk transfers stream many frames each way
+without waiting), so a no-op sync costs a handful of round trips whatever the dataset size.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shlex
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from usr import __version__
+from usr.errors import TransportError, UsrError
+from usr.layout import validate_dataset_id
+from usr.sync import packstream
+from usr.sync import protocol as p
+
+
+@dataclass
+class TransferStats:
+    """What one fetch or push moved, observed on the wire (not inferred)."""
+
+    objects: int = 0
+    chunks: int = 0
+    payload_bytes: int = 0
+    wire_bytes_in: int = 0
+    wire_bytes_out: int = 0
+    seconds: float = 0.0
+    #: Whole-file sizes of blobs named by fetched trees (``fetch_trees``), by blob id.
+    sizes: dict[str, int] = field(default_factory=dict)
+
+
+class StderrTail:
+    """Keeps the last few KiB a peer wrote on stderr, to explain a failure."""
+
+    def __init__(self, limit: int = 4096) -> None:
+        self.limit = limit
+        self.data = bytearray()
+
+    def feed(self, data: bytes) -> None:
+        self.data += data
+        del self.data[: max(0, len(self.data) - self.limit)]
+
+    def text(self) -> str:
+        lines = self.data.decode("utf-8", "replace").strip().splitlines()
+        return lines[-1].strip() if lines else ""
+
+
+class RemoteSession:
+    """One protocol session with a server. Use as a context manager; see docs/protocol.md.
+
+    ``channel`` carries the bytes; ``name`` is what errors call the peer ("remote bu-scc");
+    ``closer`` ends the transport and returns the peer's exit status if it has one;
+    ``stderr`` is the peer's stderr tail, used to explain a dead connection.
+    """
+
+    def __init__(
+        self,
+        channel: p.ByteChannel,
+        name: str,
+        closer: Callable[[], int | None] | None = None,
+        stderr: StderrTail | None = None,
+        lock_timeout: float | None = None,
+    ) -> None:
+        self.fio = p.FrameIO(channel, peer=name)
+        self.name = name
+        self._closer = closer
+        self._stderr = stderr or StderrTail()
+        self.lock_timeout = lock_timeout
+        self.server: dict[str, Any] = {}
+        self.handshake_seconds = 0.0
+        self._closed = False
+
+    # -- lifecycle -----------------------------------------------------------------------
+    @classmethod
+    def open(
+        cls,
+        remote: Any,
+        remotes_config: str | os.PathLike[str] | None = None,
+        **options: Any,
+    ) -> RemoteSession:
+        """Open and handshake a session with a profile (or a profile name); see
+        :func:`open_session`."""
+        return open_session(remote, remotes_config, **options)
+
+    def __enter__(self) -> RemoteSession:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> int | None:
+        """End the session (the server exits on EOF); returns the peer's exit status."""
+        if self._closed:
+            return None
+        self._closed = True
+        return self._closer() if self._closer else None
+
+    @contextlib.contextmanager
+    def _exchange(self):
+        """Translate a dead connection into one line that says why (stderr, exit status)."""
+        try:
+            yield
+        except (BrokenPipeError, ConnectionError, OSError) as exc:
+            raise self._dead(f"connection to {self.name} lost: {exc}") from None
+        except TransportError as exc:
+            if "closed mid-" in exc.message or "did not start" in exc.message:
+                raise self._dead(exc.message, exc.hint) from None
+            raise
+
+    def _dead(self, message: str, hint: str | None = None) -> UsrError:
+        status = self.close()
+        why = self._stderr.text()
+        if status == 127 or "not found" in why and "usr" in why:
+            return TransportError(
+                f"{self.name}: usr is not installed on the remote ({why or 'exit 127'})",
+                "install usr there, or set remote_usr in the profile to the command that runs it",
+            )
+        detail = f": {why}" if why else ""
+        code = f" (exit {status})" if status not in (None, 0) else ""
+        return TransportError(f"{message}{code}{detail}", hint or "rerun; the transfer resumes")
+
+    def _request(self, t: str, expect: str, **fields: Any) -> dict[str, Any]:
+        with self._exchange():
+            self.fio.send_message(t, **fields)
+            self.fio.flush()
+            return self.fio.read_message(expect)
+
+    # -- handshake and queries ------------------------------------------------------------
+    def hello(self) -> dict[str, Any]:
+        """Exchange versions; refuses a server speaking another protocol version."""
+        start = time.monotonic()
+        with self._exchange():
+            self.fio.read_magic()
+        reply = self._request(
+            "hello",
+            "hello",
+            usr_version=__version__,
+            protocol=p.PROTOCOL_VERSION,
+            lock_timeout=self.lock_timeout,
+        )
+        if reply.get("protocol") != p.PROTOCOL_VERSION:
+            raise TransportError(
+                f"{self.name} speaks protocol {reply.get('protocol')!r}, this usr "
+                f"{__version__} speaks {p.PROTOCOL_VERSION}",
+                "install the same usr version on both machines",
+            )
+        self.server = reply
+        self.handshake_seconds = time.monotonic() - start
+        return reply
+
+    def heads(self, ds: str) -> dict[str, Any]:
+        """``{"exists": bool, "head": commit | None, "refs": {name: commit}}`` of ``ds``.
+
+        ``exists`` says the dataset directory is there; ``head`` is None until it has a
+        recorded state."""
+        r = self._request("heads", "heads", ds=validate_dataset_id(ds))
+        refs = r.get("refs") or {}
+        if not isinstance(refs, dict):
+            raise TransportError(f"bad heads reply from {self.name}")
+        return {
+            "exists": bool(r.get("exists")),
+            "head": _oid_or_none(r.get("head"), self.name),
+            "refs": {str(k): _oid_or_none(v, self.name) for k, v in refs.items()},
+        }
+
+    def record(self, ds: str, action: str, actor: str | None = None) -> dict[str, Any]:
+        """Have the remote record its working state under its dataset lock (the one
+        ``Store.record``) -> ``{"commit": head after, "created": bool}``."""
+        r = self._request(
+            "record", "recorded", ds=validate_dataset_id(ds), action=action, actor=actor
+        )
+        return {
+            "commit": _oid_or_none(r.get("commit"), self.name),
+            "created": bool(r.get("created")),
+        }
+
+    def working_tree(self, ds: str) -> str:
+        """Tree id of the remote's working files now, without committing (diff, dry-run).
+
+        Fetch its objects with ``fetch_trees(store, ds, tree_id)`` to compare it locally."""
+        r = self._request("working-tree", "working-tree", ds=validate_dataset_id(ds))
+        return p.check_oid(r.get("tree"), self.name)
+
+    def log(self, ds: str, limit: int | None = None) -> list[dict[str, Any]]:
+        """The remote history from its head, newest first: dicts with at least ``id``."""
+        r = self._request("log", "log", ds=validate_dataset_id(ds), limit=limit)
+        commits = r.get("commits")
+        if not isinstance(commits, list):
+            raise TransportError(f"bad log reply from {self.name}")
+        return commits
+
+    def probe(self) -> dict[str, Any]:
+        """Doctor facts about the served root: exists, writable, free disk, a test lock."""
+        return self._request("probe", "probe")
+
+    # -- fetch ---------------------------------------------------------------------------
+    def fetch(
+        self,
+        ds: str,
+        store: Any,
+        wants: list[str],
+        haves: list[str] | None = None,
+        blobs: bool = True,
+    ) -> TransferStats:
+        """Bring commits (or trees) ``wants`` and everything below them into ``store``.
+
+        Only objects the local store lacks move (by git id), then only chunks it lacks (by
+        blake3). Objects are verified and written as they arrive; manifests are written
+        only after their chunks, so a cut fetch resumes where it stopped. ``haves`` are
+        local commits the server may assume the client has (default: every local ref).
+        Refs and working files are not touched.
+        """
+        start = time.monotonic()
+        ds = validate_dataset_id(ds)
+        wants = [p.check_oid(w, "caller") for w in wants]
+        if haves is None:
+            haves = _local_haves(store)
+        haves = [h for h in haves if h and packstream.has_object(store, h)]
+        in0, out0 = self.fio.bytes_in, self.fio.bytes_out
+        listing = self._request("want", "objects", ds=ds, wants=wants, haves=haves, blobs=blobs)
+        oids = [p.check_oid(o, self.name) for o in p.require(listing, "oids", list, self.name)]
+        sizes = p.require(listing, "sizes", dict, self.name)
+        stats = TransferStats(sizes={str(k): int(v) for k, v in sizes.items()})
+        self._get(ds, store, [o for o in oids if not packstream.has_object(store, o)], stats)
+        stats.wire_bytes_in = self.fio.bytes_in - in0
+        stats.wire_bytes_out = self.fio.bytes_out - out0
+        stats.seconds = time.monotonic() - start
+        return stats
+
+    def _get(self, ds: str, store: Any, need: list[str], stats: TransferStats) -> None:
+        """Fetch the objects ``need``, then the chunks their manifests name that are missing
+        here, then write the held-back manifests (two round trips, whatever the count)."""
+        if not need:
+            return
+        with self._exchange():
+            self.fio.send_message("get", ds=ds, oids=need, cids=[])
+            self.fio.flush()
+            got = packstream.receive(store, self.fio, self.name, end="done", hold_manifests=True)
+        stats.objects += got.objects
+        stats.payload_bytes += got.bytes
+        cids = store.chunks.missing(dict.fromkeys(got.manifest_chunks))
+        if cids:
+            with self._exchange():
+                self.fio.send_message("get", ds=ds, oids=[], cids=cids)
+                self.fio.flush()
+                more = packstream.receive(store, self.fio, self.name, end="done")
+            stats.chunks += more.chunks
+            stats.payload_bytes += more.bytes
+        stats.objects += packstream.write_held(store, got.held)
+
+    def fetch_trees(self, ds: str, store: Any, wants: list[str]) -> TransferStats:
+        """The commits and trees of ``wants`` and their history (no file contents), plus
+        ``sizes`` of the blobs they name: enough for a tree comparison, log and ancestry."""
+        return self.fetch(ds, store, wants, blobs=False)
+
+    def fetch_tree(self, ds: str, store: Any, tree: str) -> TransferStats:
+        """The trees below one tree id (e.g. from :meth:`working_tree`), no file contents."""
+        return self.fetch(ds, store, [tree], haves=[], blobs=False)
+
+    def fetch_blobs(self, ds: str, store: Any, blob_ids: list[str]) -> TransferStats:
+        """Particular files' contents by blob id (with their chunks if they are manifests)."""
+        stats = TransferStats()
+        start = time.monotonic()
+        need = [p.check_oid(b, "caller") for b in blob_ids]
+        self._get(ds, store, [b for b in need if not packstream.has_object(store, b)], stats)
+        stats.seconds = time.monotonic() - start
+        return stats
+
+    # -- push ----------------------------------------------------------------------------
+    def push(
+        self, ds: str, store: Any, new: str, old: str | None, create: bool | None = None
+    ) -> TransferStats:
+        """Send what the remote lacks of commit ``new``, then move its head ``old`` -> ``new``.
+
+        Negotiates once (which objects and chunks the remote lacks), then streams them in one
+        pipelined burst (chunks before the manifests naming them); the remote verifies each
+        by hash as it lands. Then, under the remote dataset lock, the remote compares its
+        head with ``old`` (``ConflictError`` "remote moved" if it differs), checks ``new`` out
+        into its working directory (staged, verified, promoted) and moves
+        ``refs/heads/main`` in the same locked step. ``create`` makes the dataset directory
+        on the remote (bootstrap); by default it is ``old is None``.
+        """
+        if create is None:
+            create = old is None
+        start = time.monotonic()
+        ds = validate_dataset_id(ds)
+        p.check_oid(new, "caller")
+        in0, out0 = self.fio.bytes_in, self.fio.bytes_out
+        haves = [old] if old and packstream.has_object(store, old) else []
+        oids = list(store.missing_objects([new], haves))
+        chunks_of: dict[str, list[str]] = {}
+        for oid in oids:
+            kind, data = store.read_object(oid)
+            if kind == "blob":
+                cids = packstream.manifest_chunks(data, f"blob {oid}")
+                if cids:
+                    chunks_of[oid] = cids
+        all_cids = list(dict.fromkeys(c for cids in chunks_of.values() for c in cids))
+        r = self._request("have", "have", ds=ds, oids=oids, cids=all_cids, create=create)
+        send_oids = [p.check_oid(o, self.name) for o in p.require(r, "oids", list, self.name)]
+        send_cids = {p.check_cid(c, self.name) for c in p.require(r, "cids", list, self.name)}
+        stats = TransferStats()
+        with self._exchange():
+            self.fio.send_message("pack", ds=ds, create=create)
+            for oid in send_oids:
+                for cid in chunks_of.get(oid, ()):
+                    if cid in send_cids:
+                        data = store.chunks.get(cid)
+                        self.fio.send_chunk(cid, data)
+                        send_cids.discard(cid)
+                        stats.chunks += 1
+                        stats.payload_bytes += len(data)
+                kind, data = store.read_object(oid)
+                self.fio.send_object(kind, oid, data)
+                stats.objects += 1
+                stats.payload_bytes += len(data)
+            for cid in sorted(send_cids):  # chunks of manifests the remote already has
+                data = store.chunks.get(cid)
+                self.fio.send_chunk(cid, data)
+                stats.chunks += 1
+                stats.payload_bytes += len(data)
+            self.fio.send_message("end")
+            # Pipelined: the ref update is queued behind the stream, no extra round trip.
+            self.fio.send_message("update", ds=ds, new=new, old=old)
+            self.fio.flush()
+            self.fio.read_message("received")
+            self.fio.read_message("updated")
+        stats.wire_bytes_in = self.fio.bytes_in - in0
+        stats.wire_bytes_out = self.fio.bytes_out - out0
+        stats.seconds = time.monotonic() - start
+        return stats
+
+
+def _oid_or_none(value: Any, peer: str) -> str | None:
+    return None if value is None else p.check_oid(value, peer)
+
+
+def _local_haves(store: Any) -> list[str]:
+    refs = getattr(store, "refs", None)
+    names = refs.names() if refs is not None and hasattr(refs, "names") else ["refs/heads/main"]
+    haves = []
+    for name in names:
+        oid = store.head(name)
+        if oid:
+            haves.append(oid)
+    return list(dict.fromkeys(haves))
+
+
+# -- opening sessions ----------------------------------------------------------------------
+
+
+def _pump_stderr(stream: Any, tail: StderrTail) -> None:
+    for piece in iter(lambda: stream.read1(4096), b""):
+        tail.feed(piece)
+        if os.environ.get("USR_DEBUG") == "1":
+            sys.stderr.buffer.write(piece)
+
+
+def spawn_local(
+    base_dir: str | os.PathLike[str],
+    remote_usr: str | None = None,
+    name: str = "local",
+    lock_timeout: float | None = None,
+) -> RemoteSession:
+    """A session with ``usr plumbing serve --root BASE_DIR`` run as a local subprocess.
+
+    ``remote_usr`` (a command line, split like a shell would) defaults to this Python's
+    ``-m usr``, so a local remote always runs the same usr as the client.
+    """
+    if remote_usr and remote_usr != "usr":
+        argv = shlex.split(remote_usr)
+    else:
+        argv = [sys.executable, "-m", "usr"]
+    argv += ["plumbing", "serve", "--root", str(Path(base_dir).expanduser())]
+    env = dict(os.environ)
+    package_parent = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_parent, env.get("PYTHONPATH")]))
+    try:
+        proc = subprocess.Popen(
+            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
+        )
+    except OSError as exc:
+        raise TransportError(
+            f"cannot start {argv[0]}: {exc.strerror}", "check remote_usr in the profile"
+        ) from None
+    tail = StderrTail()
+    pump = threading.Thread(target=_pump_stderr, args=(proc.stderr, tail), daemon=True)
+    pump.start()
+
+    def closer() -> int | None:
+        with contextlib.suppress(OSError):
+            proc.stdin.close()
+        try:
+            status = proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            status = proc.wait()
+        pump.join(timeout=5)
+        return status
+
+    session = RemoteSession(
+        p.FileChannel(proc.stdout, proc.stdin), name, closer, tail, lock_timeout
+    )
+    session.process = proc  # type: ignore[attr-defined]  # tests kill it mid-transfer
+    return session
+
+
+def open_session(
+    remote: str | Any,
+    remotes_config: str | os.PathLike[str] | None = None,
+    *,
+    lock_timeout: float | None = None,
+    interactive: bool | None = None,
+    use_holder: bool = True,
+) -> RemoteSession:
+    """Open and handshake a session with a remote named in the profiles (or a Profile).
+
+    ``local`` remotes spawn a subprocess; ``ssh`` remotes reuse a live warm-auth holder when
+    there is one (``use_holder``), else log in through asyncssh. ``interactive`` allows
+    keyboard-interactive prompts on the terminal (default: not ``batch_mode`` and a TTY).
+    """
+    from usr import remotes
+
+    profile = remotes.get(remote, remotes_config) if isinstance(remote, str) else remote
+    label = f"remote {profile.name}"
+    if profile.type == "local":
+        session = spawn_local(profile.base_dir, profile.remote_usr, label, lock_timeout)
+    else:
+        session = None
+        if use_holder:
+            from usr.sync import connholder
+
+            session = connholder.try_session(profile, label, lock_timeout)
+        if session is None:
+            from usr import ssh
+
+            session = ssh.open_session(profile, label, lock_timeout, interactive=interactive)
+    try:
+        session.hello()
+    except BaseException:
+        session.close()
+        raise
+    return session

@@ -1,0 +1,297 @@
+"""Moving objects and chunks between two stores over frames, in an order that resumes.
+
+Both directions use the same rules, so a cut transfer leaves a store a rerun can finish:
+
+* presence is decided per object and per chunk, never "has X so has all below X";
+* a manifest blob is written only once every chunk it names is stored (a push sends the
+  chunks first; a fetch holds the manifests back until their chunks have landed), so a
+  stored manifest always means a complete large file;
+* every object is checked against its git id and every chunk against its blake3 *before*
+  anything is written, so a hostile or broken peer cannot plant bytes under a false name;
+* chunks land in packs that are finalised even when the stream breaks, so whatever arrived
+  is kept and the next negotiation skips it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from usr.errors import ConflictError, InputError, TransportError, UsrError, VerifyError
+from usr.layout import check_relpath
+from usr.store.chunks import chunk_id
+from usr.store.objects import Manifest, git_object_id, is_manifest_bytes
+from usr.sync import protocol as p
+
+_TREE_MODES = {b"40000": "tree", b"100644": "blob", b"100755": "blob"}
+
+
+@dataclass
+class Received:
+    """What a receive loop wrote (objects, chunks, payload bytes) and the chunks it learned
+    manifests need."""
+
+    objects: int = 0
+    chunks: int = 0
+    bytes: int = 0
+    manifest_chunks: list[str] = field(default_factory=list)
+    held: dict[str, bytes] = field(default_factory=dict)
+
+
+def has_object(store: Any, oid: str) -> bool:
+    return bool(store.has_object(oid))
+
+
+def parse_tree(data: bytes, where: str = "tree") -> list[tuple[str, str, str]]:
+    """``(kind, name, oid)`` of each entry of raw git tree bytes, refusing what usr never
+    writes: escaping or runtime names, symlinks, submodules, duplicates."""
+    out: list[tuple[str, str, str]] = []
+    seen: set[bytes] = set()
+    i = 0
+    while i < len(data):
+        sp = data.find(b" ", i)
+        nul = data.find(b"\x00", sp + 1)
+        if sp < 0 or nul < 0 or nul + 21 > len(data):
+            raise VerifyError(f"{where}: malformed tree object")
+        mode, name = data[i:sp], data[sp + 1 : nul]
+        kind = _TREE_MODES.get(mode)
+        if kind is None:
+            raise VerifyError(f"{where}: entry {name[:60]!r} has refused mode {mode.decode()}")
+        if name in seen:
+            raise VerifyError(f"{where}: duplicate entry {name[:60]!r}")
+        seen.add(name)
+        try:
+            text = name.decode("utf-8")
+            if "/" in text:
+                raise InputError("slash in name")
+            check_relpath(text)
+        except (UnicodeDecodeError, InputError):
+            raise VerifyError(f"{where}: refused entry name {name[:60]!r}") from None
+        out.append((kind, text, data[nul + 1 : nul + 21].hex()))
+        i = nul + 21
+    return out
+
+
+def _commit_links(data: bytes) -> list[str]:
+    """Tree and parent ids named in a commit's header."""
+    links = []
+    for line in data.split(b"\n\n", 1)[0].split(b"\n"):
+        if line.startswith((b"tree ", b"parent ")):
+            links.append(line.split(b" ", 1)[1].decode("ascii", "replace"))
+    return links
+
+
+def _walk(
+    store: Any,
+    oid: str,
+    kind: str,
+    member: set[str] | None,
+    types: dict[str, str],
+    order: list[str],
+) -> None:
+    """Post-order walk (children first) from ``oid``, typing what it meets; descends only
+    into ``member`` ids (None: everything), since a requester that has an object has all
+    below it."""
+    if oid in types or (member is not None and oid not in member):
+        return
+    types[oid] = kind
+    if kind != "blob":
+        _, data = store.read_object(oid)
+        if kind == "commit":
+            links = _commit_links(data)
+            _walk(store, links[0], "tree", member, types, order)
+            for parent in links[1:]:
+                _walk(store, parent, "commit", member, types, order)
+        else:
+            for child_kind, name, child in parse_tree(data, f"tree {oid}"):
+                del name
+                _walk(store, child, child_kind, member, types, order)
+    order.append(oid)
+
+
+def list_objects(store: Any, wants: list[str], haves: list[str], blobs: bool = True) -> dict:
+    """The ``objects`` reply: ids the requester lacks (in writable order) with their types.
+
+    ``wants`` are commits (negotiated against ``haves``) or trees (a working tree for a
+    diff: listed whole; the requester skips what it has). Types come from walking commits
+    and trees, never from reading blobs. With ``blobs`` false only commits and trees are
+    listed, plus the size of every blob they name (``sizes``): enough to compare trees
+    without moving file contents.
+    """
+    types: dict[str, str] = {}
+    order: list[str] = []
+    commit_wants = []
+    for oid in wants:
+        kind, _ = store.read_object(oid)
+        if kind == "commit":
+            commit_wants.append(oid)
+        elif kind == "tree":
+            _walk(store, oid, "tree", None, types, order)
+        else:
+            raise InputError(f"cannot fetch {oid}: a {kind}, not a commit or tree")
+    if commit_wants:
+        missing = list(store.missing_objects(commit_wants, haves))
+        member = set(missing)
+        for oid in commit_wants:
+            _walk(store, oid, "commit", member, types, order)
+        seen = set(order)
+        order = [o for o in missing if o in seen] + [o for o in order if o not in member]
+    sizes: dict[str, int] = {}
+    if not blobs:
+        for oid in order:
+            if types[oid] == "tree":
+                _, data = store.read_object(oid)
+                for kind, _name, child in parse_tree(data):
+                    if kind == "blob" and child not in sizes:
+                        sizes[child] = store.entry_size(child)
+        order = [o for o in order if types[o] != "blob"]
+    return {"oids": order, "types": [types[o] for o in order], "sizes": sizes}
+
+
+def send_objects(store: Any, fio: p.FrameIO, oids: Iterable[str]) -> int:
+    """Queue ``oids`` as ``O`` frames (flushed in 1 MiB batches: no round trip per object)."""
+    n = 0
+    for oid in oids:
+        kind, data = store.read_object(oid)
+        fio.send_object(kind, oid, data)
+        n += 1
+    return n
+
+
+def send_chunks(store: Any, fio: p.FrameIO, cids: Iterable[str]) -> int:
+    n = 0
+    for cid in cids:
+        fio.send_chunk(cid, store.chunks.get(cid))
+        n += 1
+    return n
+
+
+def manifest_chunks(data: bytes, where: str) -> list[str]:
+    """Chunk ids a blob needs: none for an inline blob, the manifest's list otherwise."""
+    if not is_manifest_bytes(data):
+        return []
+    return [cid for cid, _length in Manifest.decode(data, where).chunks]
+
+
+def receive(
+    store: Any, fio: p.FrameIO, peer: str, end: str = "end", hold_manifests: bool = False
+) -> Received:
+    """Write ``O``/``K`` frames into ``store`` as they arrive, until the ``end`` message.
+
+    Each object and chunk is verified against its id before it is written. On the first
+    mismatch the rest of the stream is still read (and dropped), so the session stays in
+    step, and then :class:`VerifyError` is raised: nothing unverified is ever stored. A
+    broken stream (truncated, oversized, unparseable) raises :class:`TransportError` at once;
+    what landed before it stays, and a rerun skips it.
+
+    With ``hold_manifests`` (a fetch, whose chunks come in a later request) manifest blobs
+    are verified and kept in ``Received.held`` instead of written; see :func:`write_held`.
+    """
+    got = Received()
+    failure: UsrError | None = None
+    with store.chunks.writer() as packer:
+        while True:
+            kind, payload = fio.read_frame()
+            if kind == p.JSON:
+                msg = p.decode_json(payload, peer)
+                if msg["t"] == "error":
+                    raise p.error_from_message(msg, peer)
+                if msg["t"] != end:
+                    raise TransportError(f"protocol error from {peer}: {msg['t']!r} mid-stream")
+                break
+            if failure is not None:
+                continue
+            try:
+                if kind == p.OBJECT:
+                    type_name, oid, data = p.decode_object(payload, peer)
+                    _land_object(store, packer, type_name, oid, data, got, hold_manifests)
+                else:
+                    cid, data = p.decode_chunk(payload, peer)
+                    if chunk_id(data) != cid:
+                        raise VerifyError(f"chunk {cid} from {peer}: bytes hash differently")
+                    if packer.add(cid, data):
+                        got.chunks += 1
+                        got.bytes += len(data)
+            except TransportError:
+                raise
+            except UsrError as exc:
+                failure = exc
+    if failure is not None:
+        raise failure
+    return got
+
+
+def _land_object(
+    store: Any,
+    packer: Any,
+    type_name: str,
+    oid: str,
+    data: bytes,
+    got: Received,
+    hold_manifests: bool,
+) -> None:
+    if git_object_id(type_name, data) != oid:
+        raise VerifyError(f"object {oid}: bytes hash to a different id; refused")
+    where = f"{type_name} {oid}"
+    if type_name == "tree":
+        parse_tree(data, where)
+    elif type_name == "blob":
+        cids = manifest_chunks(data, where)
+        if cids:
+            got.manifest_chunks.extend(cids)
+            if hold_manifests:
+                got.held[oid] = data
+                return
+            packer.close()  # the chunks before this manifest are durable before it is
+            missing = store.chunks.missing(cids)
+            if missing:
+                raise VerifyError(f"{where}: {len(missing)} of its chunks were not sent first")
+    elif type_name != "commit":
+        raise VerifyError(f"{where}: object type not used by usr")
+    if has_object(store, oid):
+        return
+    store.write_object(type_name, data, expect=oid)
+    got.objects += 1
+    got.bytes += len(data)
+
+
+def write_held(store: Any, held: dict[str, bytes]) -> int:
+    """Write manifests held back by a fetch, once their chunks are stored; refuses any whose
+    chunks are still missing (so a stored manifest always means a complete file)."""
+    n = 0
+    for oid, data in held.items():
+        missing = store.chunks.missing(manifest_chunks(data, f"blob {oid}"))
+        if missing:
+            raise VerifyError(f"blob {oid}: {len(missing)} chunks missing after transfer")
+        if not has_object(store, oid):
+            store.write_object("blob", data, expect=oid)
+            n += 1
+    return n
+
+
+def update_and_checkout(store: Any, new: str, old: str | None) -> str:
+    """The one locked step of a push: HEAD must still be ``old`` and ``new`` must contain
+    it (fast-forward only); then ``new`` is checked out (staged, verified, promoted) and
+    ``refs/heads/main`` moves with it. Unrecorded changes in the working directory refuse
+    it (ConflictError), so nothing written there since the record is ever overwritten."""
+    if not store.has_object(new):
+        raise VerifyError(f"commit {new} did not arrive; refusing to move the ref")
+    with store.lock("push: update ref and check out"):
+        head = store.head()
+        if head != old:
+            raise ConflictError(
+                f"remote moved: head is {head or 'absent'}, expected {old or 'absent'}",
+                "someone else pushed or recorded; rerun to see the new state",
+            )
+        if old is not None and not store.is_ancestor(old, new):
+            raise ConflictError(f"{new} does not contain remote head {old}: not a fast-forward")
+        store.checkout(new, expect_head=old)
+    return store.head()
+
+
+def log_entries(store: Any, head: str | None, limit: int | None) -> list[dict]:
+    """``usr log``-style dicts of the history from ``head``, newest first."""
+    if head is None:
+        return []
+    return [e.as_dict() for e in store.log(head, limit)]

@@ -1,0 +1,236 @@
+"""The remote end: ``usr plumbing serve --root BASE_DIR`` answering one client on stdin/stdout.
+
+Like git's upload-pack and receive-pack in one process. It serves only datasets under its
+root (every id through :func:`usr.layout.validate_dataset_id`), verifies every object and
+chunk against its id as it lands, and moves a ref only by compare-and-swap under the dataset
+lock, in the same locked step as checking the new head out into the working directory. Locks
+are never held while objects stream: objects and chunks are immutable and content-addressed,
+so writing them needs no lock, and batch writers on the cluster never stall behind a push.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from usr import __version__
+from usr.errors import InputError, NotFoundError, TransportError, UsrError, VerifyError
+from usr.layout import dataset_path, validate_dataset_id
+from usr.locks import hold
+from usr.sync import packstream
+from usr.sync import protocol as p
+
+
+class Server:
+    """Serves one connection. ``fio`` is already set up; :meth:`run` loops until EOF."""
+
+    def __init__(self, root: Path, fio: p.FrameIO) -> None:
+        self.root = root
+        self.fio = fio
+        self.peer = "client"
+        #: Set when a pushed pack was refused: no ref update may follow it in this session.
+        self.pack_failed = False
+        self._stores: dict[Path, Any] = {}
+
+    # -- helpers -------------------------------------------------------------------------
+    def _dir(self, msg: dict[str, Any]) -> tuple[str, Path]:
+        ds = p.require(msg, "ds", str, self.peer)
+        validate_dataset_id(ds)
+        if not self.root.is_dir():
+            raise NotFoundError(
+                f"base_dir {self.root} does not exist on the remote",
+                "create it there, or fix base_dir in the remote profile",
+            )
+        path = dataset_path(self.root, ds)
+        # Refuse a dataset that resolves outside the root through a symlinked directory.
+        real_root = self.root.resolve()
+        resolved = path.resolve()
+        if resolved != real_root and real_root not in resolved.parents:
+            raise InputError(f"dataset {ds!r} resolves outside the served root")
+        return ds, path
+
+    def _store(self, msg: dict[str, Any], create: bool = False):
+        from usr.store import Store
+
+        ds, path = self._dir(msg)
+        if path in self._stores:
+            return self._stores[path]
+        if not create and not (path / ".usr").is_dir():
+            raise NotFoundError(f"dataset {ds!r} not found under {self.root}")
+        if create:
+            path.mkdir(parents=True, exist_ok=True)
+        store = self._stores[path] = Store.open(path, create=True)
+        return store
+
+    # -- loop ----------------------------------------------------------------------------
+    def run(self) -> int:
+        """Answer messages until the client closes; a protocol error ends the session."""
+        self.fio.channel.write(p.MAGIC)
+        self.fio.flush()
+        while True:
+            try:
+                frame = self.fio.read_frame(eof_ok=True)
+            except TransportError as exc:
+                self._fail(exc)
+                return 1
+            if frame is None:
+                return 0  # the client closed between requests: a normal end
+            kind, payload = frame
+            try:
+                if kind != p.JSON:
+                    raise TransportError("bad frame from client: expected a request")
+                msg = p.decode_json(payload, self.peer)
+                handler = getattr(self, "op_" + msg["t"].replace("-", "_"), None)
+                if handler is None:
+                    raise TransportError(f"unknown request {msg['t'][:40]!r}")
+                handler(msg)
+                self.fio.flush()
+            except TransportError as exc:
+                # The stream is no longer trustworthy: report and end the session.
+                self._fail(exc)
+                return 1
+            except UsrError as exc:
+                self.fio.send_error(exc)
+                self.fio.flush()
+
+    def _fail(self, exc: UsrError) -> None:
+        try:
+            self.fio.send_error(exc)
+            self.fio.flush()
+        except OSError:
+            pass
+        print(f"usr serve: {exc.one_line()}", file=sys.stderr)
+
+    # -- requests ------------------------------------------------------------------------
+    def op_hello(self, msg: dict[str, Any]) -> None:
+        theirs = msg.get("protocol")
+        if theirs != p.PROTOCOL_VERSION:
+            raise TransportError(
+                f"incompatible protocol: client speaks {theirs!r}, this usr {__version__} "
+                f"speaks {p.PROTOCOL_VERSION}",
+                "install the same usr version on both machines",
+            )
+        timeout = msg.get("lock_timeout")
+        if isinstance(timeout, int | float) and timeout >= 0:
+            # Our dataset locks read it (usr.locks); the client's --lock-timeout rules here too.
+            os.environ["USR_LOCK_TIMEOUT"] = str(timeout)
+        self.fio.send_message(
+            "hello",
+            usr_version=__version__,
+            protocol=p.PROTOCOL_VERSION,
+            root=str(self.root),
+            root_exists=self.root.is_dir(),
+        )
+
+    def op_heads(self, msg: dict[str, Any]) -> None:
+        ds, path = self._dir(msg)
+        if not (path / ".usr").is_dir():
+            self.fio.send_message("heads", exists=path.is_dir(), head=None, refs={})
+            return
+        store = self._store(msg)
+        refs = {}
+        for name in ("refs/heads/main",):
+            refs[name] = store.head(name)
+        self.fio.send_message("heads", exists=True, head=store.head(), refs=refs)
+
+    def op_record(self, msg: dict[str, Any]) -> None:
+        store = self._store(msg)
+        action = p.require(msg, "action", str, self.peer)
+        actor = msg.get("actor")
+        rec = store.record(action, actor=actor if isinstance(actor, str) else None)
+        self.fio.send_message("recorded", commit=rec.commit, created=rec.created)
+
+    def op_working_tree(self, msg: dict[str, Any]) -> None:
+        store = self._store(msg)
+        self.fio.send_message("working-tree", tree=store.working_tree())
+
+    def op_log(self, msg: dict[str, Any]) -> None:
+        store = self._store(msg)
+        head = store.head()
+        limit = msg.get("limit")
+        commits = packstream.log_entries(store, head, limit if isinstance(limit, int) else None)
+        self.fio.send_message("log", head=head, commits=commits)
+
+    def op_want(self, msg: dict[str, Any]) -> None:
+        """List the objects a fetch of ``wants`` needs, given the client's ``haves``."""
+        store = self._store(msg)
+        wants = [p.check_oid(o, self.peer) for o in p.require(msg, "wants", list, self.peer)]
+        haves = [p.check_oid(o, self.peer) for o in p.require(msg, "haves", list, self.peer)]
+        blobs = bool(msg.get("blobs", True))
+        listing = packstream.list_objects(store, wants, haves, blobs=blobs)
+        self.fio.send_message("objects", **listing)
+
+    def op_get(self, msg: dict[str, Any]) -> None:
+        """Stream the named objects, then the named chunks, then ``done``."""
+        store = self._store(msg)
+        oids = [p.check_oid(o, self.peer) for o in msg.get("oids", [])]
+        cids = [p.check_cid(c, self.peer) for c in msg.get("cids", [])]
+        sent = packstream.send_objects(store, self.fio, oids)
+        sent += packstream.send_chunks(store, self.fio, cids)
+        self.fio.send_message("done", sent=sent)
+
+    def op_have(self, msg: dict[str, Any]) -> None:
+        """Push negotiation: which of the client's objects and chunks are missing here."""
+        store = self._store(msg, create=bool(msg.get("create")))
+        oids = [p.check_oid(o, self.peer) for o in p.require(msg, "oids", list, self.peer)]
+        cids = [p.check_cid(c, self.peer) for c in p.require(msg, "cids", list, self.peer)]
+        missing_oids = [o for o in oids if not packstream.has_object(store, o)]
+        missing_cids = list(store.chunks.missing(cids)) if cids else []
+        self.fio.send_message("have", oids=missing_oids, cids=missing_cids)
+
+    def op_pack(self, msg: dict[str, Any]) -> None:
+        """Receive a pushed stream of objects and chunks, verifying each as it lands."""
+        store = self._store(msg, create=bool(msg.get("create")))
+        self.pack_failed = True
+        stats = packstream.receive(store, self.fio, self.peer)
+        self.pack_failed = False
+        self.fio.send_message("received", objects=stats.objects, chunks=stats.chunks)
+
+    def op_update(self, msg: dict[str, Any]) -> None:
+        """Compare-and-swap ``refs/heads/main`` old -> new and check new out, locked."""
+        if self.pack_failed:
+            raise VerifyError("refusing to move the ref: the objects sent with it were refused")
+        store = self._store(msg)
+        new = p.check_oid(p.require(msg, "new", str, self.peer), self.peer)
+        old = msg.get("old")
+        if old is not None:
+            old = p.check_oid(old, self.peer)
+        head = packstream.update_and_checkout(store, new, old)
+        self.fio.send_message("updated", head=head)
+
+    def op_probe(self, msg: dict[str, Any]) -> None:
+        """Doctor information about the served root (and optionally one dataset)."""
+        info: dict[str, Any] = {"root": str(self.root), "usr_version": __version__}
+        info["root_exists"] = self.root.is_dir()
+        info["root_writable"] = self.root.is_dir() and os.access(self.root, os.W_OK | os.X_OK)
+        if info["root_exists"]:
+            usage = shutil.disk_usage(self.root)
+            info["free_bytes"] = usage.free
+            info["total_bytes"] = usage.total
+        info["lock_ok"] = False
+        info["lock_error"] = None
+        if info["root_writable"]:
+            try:
+                with (
+                    tempfile.TemporaryDirectory(prefix=".usr-tmp-probe-", dir=self.root) as tmp,
+                    hold(Path(tmp) / ".usr.lock", what="usr remotes doctor", timeout=5),
+                ):
+                    pass
+                info["lock_ok"] = True
+            except (OSError, UsrError) as exc:
+                info["lock_error"] = str(exc)
+        self.fio.send_message("probe", **info)
+
+
+def serve(root: str | os.PathLike[str]) -> int:
+    """Serve on this process's stdin/stdout. Stray prints go to stderr, never the wire."""
+    base = Path(root).expanduser().absolute()
+    wire_out = os.fdopen(os.dup(1), "wb", buffering=0)
+    os.dup2(2, 1)  # anything printed by accident must not corrupt the frame stream
+    wire_in = os.fdopen(os.dup(0), "rb", buffering=0)
+    fio = p.FrameIO(p.FileChannel(wire_in, wire_out), peer="client")
+    return Server(base, fio).run()
