@@ -1,0 +1,576 @@
+"""A dataset: ``<root>/<id>/`` with its records, overlays, event log and meta.md.
+
+This is the Python API batch writers call directly; the lifecycle CLI is a thin layer over
+it. Every mutating method follows one order: validate everything, write under the dataset
+lock (atomically, so a refusal leaves every file byte-identical), append one event line,
+then record a state in the object store through :meth:`Dataset.record_state`.
+
+    ds = Dataset.init(root, "densegen/my_dataset", source="densegen run 7")
+    ds.append_records([{"sequence": "ACGT"}], bio_type="dna")
+    ds.attach("scores.csv", namespace="infer", key="id", key_col="id", columns=["ll"])
+    ds.head(5)
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pcsv
+import pyarrow.parquet as pq
+
+from usr import events as ev
+from usr import importers, overlays, records
+from usr.atomic import atomic_writer, write_text
+from usr.errors import InputError, NotFoundError, UsageError, UsrError
+from usr.layout import (
+    EVENTS_FILE,
+    META_FILE,
+    RECORDS_FILE,
+    STORE_DIR,
+    dataset_path,
+    resolve_root,
+    validate_dataset_id,
+)
+from usr.locks import dataset_lock
+from usr.registry import Registry, type_name
+
+ON_DUPLICATE = ("error", "skip")
+
+
+@dataclass
+class AppendResult:
+    added: int
+    skipped: int
+    rows: int
+    event: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class AttachResult:
+    part: Path
+    namespace: str
+    rows: int
+    missing: int
+    columns: list[str]
+    event: dict[str, Any] = field(default_factory=dict)
+
+
+def _refuse_symlinks(root: Path, dataset_id: str) -> None:
+    """A dataset directory (or its namespace directory) must not be a symlink: the store
+    would record, and sync would write, somewhere outside the root."""
+    here = root
+    for part in dataset_id.split("/"):
+        here = here / part
+        if here.is_symlink():
+            raise InputError(
+                f"dataset path {here} is a symlink", "datasets must be real directories"
+            )
+
+
+def _as_table(data: pa.Table | Iterable[Mapping[str, Any]]) -> pa.Table:
+    if isinstance(data, pa.Table):
+        return data
+    rows = list(data)
+    if not rows:
+        raise InputError("input has no rows")
+    names = list(dict.fromkeys(k for row in rows for k in row))
+    try:
+        return pa.Table.from_pydict({k: [row.get(k) for row in rows] for k in names})
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        raise InputError(f"rows do not form a table: {exc}") from exc
+
+
+class Dataset:
+    """One dataset directory. Create with :meth:`init`, reach with :meth:`open`."""
+
+    def __init__(self, root: Path, dataset_id: str) -> None:
+        self.root = resolve_root(root)
+        self.id = validate_dataset_id(dataset_id)
+        self.path = dataset_path(self.root, dataset_id)
+
+    def __repr__(self) -> str:
+        return f"Dataset({str(self.root)!r}, {self.id!r})"
+
+    @property
+    def records_path(self) -> Path:
+        return self.path / RECORDS_FILE
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, root: Path | str | None, dataset_id: str) -> Dataset:
+        """The existing dataset ``dataset_id`` under ``root`` (NotFoundError otherwise)."""
+        ds = cls(resolve_root(root), dataset_id)
+        _refuse_symlinks(ds.root, ds.id)
+        if not ds.records_path.is_file():
+            raise NotFoundError(
+                f"dataset {dataset_id!r} not found under {ds.root}",
+                f"run: usr --root {ds.root} init {dataset_id}",
+            )
+        return ds
+
+    @classmethod
+    def init(
+        cls,
+        root: Path | str | None,
+        dataset_id: str,
+        source: str = "",
+        notes: str = "",
+        actor: str | None = None,
+    ) -> Dataset:
+        """Create an empty dataset: records.parquet (core schema), meta.md, first event."""
+        ds = cls(resolve_root(root), dataset_id)
+        _refuse_symlinks(ds.root, ds.id)
+        if ds.records_path.exists():
+            raise InputError(f"dataset {dataset_id!r} already exists at {ds.path}")
+        if ds.path.exists() and (not ds.path.is_dir() or any(ds.path.iterdir())):
+            raise InputError(
+                f"{ds.path} exists and is not an empty directory", "pick another dataset id"
+            )
+        if "/" in dataset_id and (ds.root / dataset_id.split("/")[0] / RECORDS_FILE).exists():
+            raise InputError(
+                f"{dataset_id.split('/')[0]!r} is a dataset, not a namespace directory"
+            )
+        ds.path.mkdir(parents=True, exist_ok=True)
+        with dataset_lock(ds.path, what="init"):
+            created = records.now_utc().strftime("%Y-%m-%dT%H:%M:%SZ")
+            records.write_records(ds.records_path, [], records.CORE_SCHEMA)
+            meta = f"# {dataset_id}\n\n- created_at: {created}\n- source: {source}\n"
+            write_text(ds.path / META_FILE, meta + (f"\n## Notes\n\n{notes}\n" if notes else ""))
+            ds.append_event("init", {"source": source}, actor=actor)
+        ds.record_state("init", actor=actor)
+        return ds
+
+    def record_state(self, action: str, actor: str | None = None) -> Any:
+        """Record the working files as a commit: the one call every mutation ends with."""
+        from usr.actor import current_actor
+        from usr.store import Store
+
+        return Store.open(self.path).record(action, actor or current_actor())
+
+    def append_event(
+        self, action: str, args: dict[str, Any] | None = None, actor: str | None = None
+    ) -> dict[str, Any]:
+        """Append one line to ``.events.log`` (secrets in ``args`` redacted)."""
+        return ev.append_event(self.path, action, self.id, args, actor)
+
+    # -- records -----------------------------------------------------------------------
+
+    def append_records(
+        self,
+        data: pa.Table | Iterable[Mapping[str, Any]],
+        *,
+        bio_type: str | None = None,
+        alphabet: str | None = None,
+        source: str | None = None,
+        on_duplicate: str = "error",
+        actor: str | None = None,
+        action: str = "import",
+        event_args: dict[str, Any] | None = None,
+    ) -> AppendResult:
+        """Append rows (a table or dicts with at least ``sequence``) at the end.
+
+        Duplicate ids -- within ``data`` or against the dataset -- are refused unless
+        ``on_duplicate="skip"``, which keeps the first occurrence.
+        """
+        if on_duplicate not in ON_DUPLICATE:
+            raise UsageError(f"bad on_duplicate {on_duplicate!r}", "use error or skip")
+        new = records.build_records(
+            _as_table(data), bio_type=bio_type, alphabet=alphabet, source=source
+        )
+        with dataset_lock(self.path, what=action):
+            existing = records.read_records(self.records_path, columns=["id"]).column("id")
+            new, skipped = self._drop_duplicates(new, existing, on_duplicate)
+            if new.num_rows:
+                schema = records.read_schema(self.records_path).remove_metadata()
+                if not schema.equals(records.CORE_SCHEMA):
+                    raise InputError(
+                        f"{self.records_path} does not have the core schema; cannot append",
+                        "run: usr validate " + self.id,
+                    )
+                batches = _chain(records.iter_batches(self.records_path), new.to_batches())
+                records.write_records(self.records_path, batches, records.CORE_SCHEMA)
+            args = {"added": new.num_rows, "skipped": skipped, **(event_args or {})}
+            event = self.append_event(action, args, actor=actor)
+        self.record_state(action, actor=actor)
+        return AppendResult(new.num_rows, skipped, len(existing) + new.num_rows, event)
+
+    @staticmethod
+    def _drop_duplicates(
+        new: pa.Table, existing: pa.ChunkedArray, on_duplicate: str
+    ) -> tuple[pa.Table, int]:
+        dups_inside = records.duplicate_ids(new)
+        clash = pc.is_in(new.column("id"), value_set=existing.combine_chunks())
+        n_clash = pc.sum(clash.cast(pa.int64())).as_py() or 0
+        if on_duplicate == "error" and (dups_inside or n_clash):
+            first = dups_inside[0] if dups_inside else new.filter(clash).column("id")[0]
+            where = "repeat within the input" if dups_inside else "are already in the dataset"
+            count = len(dups_inside) if dups_inside else n_clash
+            raise InputError(
+                f"{count} record id(s) {where}, e.g. {str(first)!r}",
+                "pass --on-duplicate skip to keep the existing rows",
+            )
+        before = new.num_rows
+        new = new.filter(pc.invert(clash))
+        if dups_inside:
+            idx = pa.array(range(new.num_rows), type=pa.int64())
+            firsts = (
+                new.append_column("__i", idx)
+                .group_by("id", use_threads=False)
+                .aggregate([("__i", "min")])
+                .column("__i_min")
+            )
+            new = new.take(pa.array(sorted(firsts.to_pylist()), type=pa.int64()))
+        return new, before - new.num_rows
+
+    def import_file(
+        self,
+        path: Path | str,
+        fmt: str | None = None,
+        **kwargs: Any,
+    ) -> AppendResult:
+        """Append the rows of a csv/tsv/parquet/jsonl file (see :meth:`append_records`)."""
+        table = importers.read_table(
+            Path(path), fmt, text_columns=["sequence", "bio_type", "alphabet", "source"]
+        )
+        args = {"path": str(path), "format": importers.format_of(Path(path), fmt)}
+        args.update(kwargs.pop("event_args", None) or {})
+        return self.append_records(table, event_args=args, **kwargs)
+
+    # -- overlays ----------------------------------------------------------------------
+
+    def attach(
+        self,
+        data: pa.Table | Path | str,
+        *,
+        namespace: str,
+        key: str = "id",
+        key_col: str | None = None,
+        columns: list[str] | None = None,
+        allow_missing: bool = False,
+        allow_overwrite: bool = False,
+        fmt: str | None = None,
+        actor: str | None = None,
+        event_args: dict[str, Any] | None = None,
+    ) -> AttachResult:
+        """Attach overlay columns of a registered namespace as one new part.
+
+        ``data`` is a table or a csv/tsv/parquet/jsonl file; ``key_col`` (default: ``key``)
+        holds record ids or sequences. Refused unless every column is registered and fits
+        its type, keys are unique and present (or ``allow_missing``), and no existing
+        overlay value would be replaced (or ``allow_overwrite``).
+        """
+        registry = Registry.load(self.root)
+        ns = registry.get(namespace)
+        key_col = key_col or key
+        from_text = False
+        if isinstance(data, pa.Table):
+            table = data
+        else:
+            path = Path(data)
+            fmt = importers.format_of(path, fmt)
+            from_text = fmt in importers.TEXT_FORMATS
+            table = importers.read_table(path, fmt, text_columns=list(_all_csv_columns(path, fmt)))
+        with dataset_lock(self.path, what=f"attach {namespace}"):
+            base = records.read_records(self.records_path, columns=["id", "sequence"])
+            keyed, missing = overlays.resolve_keys(table, key, key_col, base, allow_missing)
+            part = overlays.build_part(keyed, ns, columns, key_col, from_text)
+            if not allow_overwrite:
+                self._refuse_overwrite(part, namespace)
+            written = overlays.write_part(self.path, part, ns, registry, key, key_col)
+            cols = part.column_names[1:]
+            args = {
+                "namespace": namespace,
+                "key": key,
+                "key_col": key_col,
+                "columns": cols,
+                "rows": part.num_rows,
+                "missing": missing,
+                "part": written.relative_to(self.path).as_posix(),
+                **(event_args or {}),
+            }
+            event = self.append_event(f"attach {namespace}", args, actor=actor)
+        self.record_state(f"attach {namespace}", actor=actor)
+        return AttachResult(written, namespace, part.num_rows, missing, cols, event)
+
+    def _refuse_overwrite(self, part: pa.Table, namespace: str) -> None:
+        parts = overlays.list_parts(self.path).get(namespace, [])
+        ids = part.column("id").combine_chunks()
+        for column in part.column_names[1:]:
+            current = overlays.resolve_column(parts, column, ids)
+            n = len(current) - current.null_count
+            if n:
+                raise InputError(
+                    f"attach would overwrite {n} existing value(s) of {column!r}",
+                    "pass --allow-overwrite to replace them",
+                )
+
+    # -- reading -----------------------------------------------------------------------
+
+    def head(self, n: int = 5, overlay: bool = True) -> pa.Table:
+        """The first ``n`` rows of the overlay view (reads only what it needs)."""
+        batches = []
+        have = 0
+        for batch in records.iter_batches(self.records_path):
+            if have >= n:
+                break
+            batches.append(batch.slice(0, n - have))
+            have += batches[-1].num_rows
+        schema = records.read_schema(self.records_path).remove_metadata()
+        base = pa.Table.from_batches(batches, schema=schema) if batches else schema.empty_table()
+        return overlays.apply_overlays(base, self.path) if overlay else base
+
+    def to_table(self, overlay: bool = True) -> pa.Table:
+        """Every row of the overlay view (base rows plus overlay columns)."""
+        base = records.read_records(self.records_path)
+        base = base.replace_schema_metadata(None)
+        return overlays.apply_overlays(base, self.path) if overlay else base
+
+    def schema(self) -> list[dict[str, Any]]:
+        """Columns of the overlay view, each with its origin (core, extra, or namespace)."""
+        out = []
+        for f in records.read_schema(self.records_path):
+            origin = "core" if f.name in records.CORE_COLUMNS else "extra"
+            out.append({"name": f.name, "type": str(f.type), "origin": origin})
+        for column, parts in overlays.overlay_columns(overlays.list_parts(self.path)):
+            newest = next(p for p in reversed(parts) if column in p.columns)
+            dtype = pq.read_schema(newest.path).field(column).type
+            out.append({"name": column, "type": _type_text(dtype), "origin": newest.namespace})
+        return out
+
+    def events_tail(self, n: int = 5) -> list[dict[str, Any]]:
+        return ev.tail(self.path, n)
+
+    def info(self) -> dict[str, Any]:
+        parts = overlays.list_parts(self.path)
+        return {
+            "dataset": self.id,
+            "path": str(self.path),
+            "rows": records.num_rows(self.records_path),
+            "records_bytes": self.records_path.stat().st_size,
+            "columns": len(records.read_schema(self.records_path)),
+            "namespaces": {
+                ns: {
+                    "parts": len(ps),
+                    "rows": sum(p.num_rows for p in ps),
+                    "columns": [c for c, _ in overlays.overlay_columns({ns: ps})],
+                }
+                for ns, ps in parts.items()
+            },
+            "events": len(ev.read_events(self.path)),
+            "meta": (self.path / META_FILE).is_file(),
+            "head": self._store_head(),
+        }
+
+    def _store_head(self) -> str | None:
+        if not (self.path / STORE_DIR).is_dir():
+            return None
+        try:
+            from usr.store import Store
+
+            return Store.open(self.path, create=False).head()
+        except Exception:  # noqa: BLE001 - info must work while the store is damaged
+            return None
+
+    def validate(self, strict: bool = False) -> dict[str, Any]:
+        """Check records, overlays, events and meta; see :func:`validate_dataset`."""
+        return validate_dataset(self, strict)
+
+    def export(self, fmt: str, out_dir: Path | str, overwrite: bool = False) -> Path:
+        """Write the overlay view to ``<out_dir>/<id with / as __>.<fmt>`` atomically."""
+        if fmt not in ("csv", "parquet"):
+            raise InputError(f"unknown export format {fmt!r}", "use csv or parquet")
+        out = Path(out_dir) / f"{self.id.replace('/', '__')}.{fmt}"
+        if out.exists() and not overwrite:
+            raise UsageError(f"{out} exists", "pass -y to overwrite it")
+        table = self.to_table()
+        with atomic_writer(out) as fh:
+            if fmt == "parquet":
+                pq.write_table(table, fh, compression="zstd")
+            else:
+                pcsv.write_csv(_csv_ready(table), fh)
+        return out
+
+
+def _type_text(dtype: pa.DataType) -> str:
+    try:
+        return type_name(dtype)
+    except InputError:
+        return str(dtype)
+
+
+def _chain(*iterables: Iterable[Any]) -> Iterable[Any]:
+    for it in iterables:
+        yield from it
+
+
+def _all_csv_columns(path: Path, fmt: str) -> list[str]:
+    """Header names of a CSV/TSV, so attach can read every value as text and parse it into
+    the registered type itself (rather than trusting a reader's guess)."""
+    if fmt not in importers.TEXT_FORMATS:
+        return []
+    try:
+        with path.open("r", encoding="utf-8", newline="") as fh:
+            header = fh.readline()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"cannot read {path} as {fmt}: {exc}") from exc
+    return [
+        h.strip().strip('"') for h in header.rstrip("\r\n").split("\t" if fmt == "tsv" else ",")
+    ]
+
+
+def _csv_ready(table: pa.Table) -> pa.Table:
+    """Nested columns as JSON text, since CSV has no lists."""
+    cols = []
+    for column in table.columns:
+        if pa.types.is_nested(column.type):
+            values = [None if v is None else json.dumps(v) for v in column.to_pylist()]
+            column = pa.array(values, type=pa.string())
+        cols.append(column)
+    return pa.Table.from_arrays(cols, names=table.column_names)
+
+
+def list_datasets(root: Path | str | None) -> list[str]:
+    """Ids of every dataset under ``root`` (flat and namespace-qualified), sorted."""
+    base = resolve_root(root)
+    found: list[str] = []
+    if not base.is_dir():
+        return found
+    for top in sorted(base.iterdir()):
+        if not top.is_dir() or top.is_symlink() or top.name.startswith((".", "_")):
+            continue
+        if (top / RECORDS_FILE).is_file():
+            found.append(top.name)
+            continue
+        for sub in sorted(top.iterdir()):
+            if sub.is_dir() and not sub.is_symlink() and (sub / RECORDS_FILE).is_file():
+                found.append(f"{top.name}/{sub.name}")
+    return found
+
+
+def validate_dataset(ds: Dataset, strict: bool = False) -> dict[str, Any]:
+    """Report ``errors`` and ``warnings`` for a dataset; ``ok`` is True without errors.
+
+    Errors break a contract (schema, id rule, alphabet, orphan or repeated overlay keys,
+    damaged files). Warnings are drift an operator should know about (unregistered
+    namespace, a part stamped under an older contract, missing meta.md); ``strict`` turns
+    every warning into an error.
+    """
+    errors: list[str] = []
+    warnings: list[str] = []
+    ids = _check_records(ds, errors)
+    _check_overlays(ds, ids, errors, warnings)
+    try:
+        evs = ev.read_events(ds.path)
+        required = ("event_version", "timestamp_utc", "action", "dataset", "args", "actor")
+        for i, event in enumerate(evs, 1):
+            lacking = [k for k in required if k not in event]
+            if lacking:
+                warnings.append(f"{EVENTS_FILE}: event {i} lacks {', '.join(lacking)}")
+    except UsrError as exc:
+        errors.append(exc.message)
+    if not (ds.path / META_FILE).is_file():
+        warnings.append(f"{META_FILE} is missing")
+    if strict:
+        errors, warnings = errors + warnings, []
+    return {
+        "dataset": ds.id,
+        "strict": strict,
+        "ok": not errors,
+        "errors": errors,
+        "warnings": warnings,
+    }
+
+
+def _check_records(ds: Dataset, errors: list[str]) -> pa.Array | None:
+    try:
+        table = records.read_records(ds.records_path)
+    except UsrError as exc:
+        errors.append(exc.message)
+        return None
+    schema = table.schema.remove_metadata()
+    for want in records.CORE_SCHEMA:
+        if want.name not in schema.names:
+            errors.append(f"{RECORDS_FILE}: core column {want.name!r} is missing")
+        elif schema.field(want.name).type != want.type:
+            errors.append(
+                f"{RECORDS_FILE}: column {want.name!r} is {schema.field(want.name).type}, "
+                f"not {want.type}"
+            )
+    if errors:
+        return None
+    extra = [n for n in schema.names if n not in records.CORE_COLUMNS]
+    if extra:
+        errors.append(f"{RECORDS_FILE}: non-core columns {', '.join(extra)}")
+    ids = table.column("id").combine_chunks()
+    if table.num_rows == 0:
+        return ids
+    try:
+        rebuilt = records.build_records(
+            table.select(["sequence", "bio_type", "alphabet", "source"]),
+            created_at=records.now_utc(),
+        )
+    except InputError as exc:
+        errors.append(f"{RECORDS_FILE}: {exc.message}")
+        return ids
+    wrong = pc.invert(pc.equal(rebuilt.column("id"), table.column("id")))
+    if pc.any(wrong).as_py():
+        i = int(pc.index(wrong, True).as_py())
+        errors.append(f"{RECORDS_FILE}: row {i + 1}: id does not follow sha1(bio_type|sequence)")
+    if not pc.all(pc.equal(rebuilt.column("length"), table.column("length"))).as_py():
+        errors.append(f"{RECORDS_FILE}: some length values do not match their sequence")
+    dups = records.duplicate_ids(table)
+    if dups:
+        errors.append(f"{RECORDS_FILE}: {len(dups)} id(s) repeat, e.g. {dups[0]!r}")
+    return ids
+
+
+def _check_overlays(
+    ds: Dataset, ids: pa.Array | None, errors: list[str], warnings: list[str]
+) -> None:
+    try:
+        registry = Registry.load(ds.root)
+    except UsrError as exc:
+        errors.append(exc.message)
+        return
+    try:
+        by_ns = overlays.list_parts(ds.path)
+    except UsrError as exc:
+        errors.append(exc.message)
+        return
+    for ns_name, parts in by_ns.items():
+        ns = registry.namespaces.get(ns_name)
+        if ns is None:
+            warnings.append(f"namespace {ns_name!r} has parts but is not registered")
+        for part in parts:
+            rel = part.path.relative_to(ds.path).as_posix()
+            lacking = [k for k in overlays.STAMP_KEYS if k not in part.stamps]
+            if lacking:
+                warnings.append(f"{rel}: lacks stamps {', '.join(lacking)}")
+            if ns is not None:
+                if part.stamps.get("contract_hash") != ns.contract_hash():
+                    warnings.append(f"{rel}: written under another contract of {ns_name!r}")
+                types = ns.arrow_types()
+                schema = pq.read_schema(part.path)
+                for column in part.columns:
+                    if column not in types:
+                        errors.append(f"{rel}: column {column!r} is not registered")
+                    elif schema.field(column).type != types[column]:
+                        errors.append(f"{rel}: column {column!r} is not {type_name(types[column])}")
+            try:
+                keys = overlays.read_part(part, ["id"]).column("id").combine_chunks()
+            except UsrError as exc:
+                errors.append(exc.message)
+                continue
+            if len(pc.unique(keys)) != len(keys):
+                errors.append(f"{rel}: keys repeat within the part")
+            if ids is not None:
+                orphans = len(keys) - pc.sum(pc.is_in(keys, value_set=ids).cast(pa.int8())).as_py()
+                if orphans:
+                    errors.append(f"{rel}: {orphans} key(s) are not in the dataset")
