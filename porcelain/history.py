@@ -1,3 +1,299 @@
-"""Placeholder; filled by its issue."""
+"""History porcelain: snapshot, status, log, show, checkout, gc, fsck.
 
-COMMANDS: list = []
+Each command is a thin layer over :class:`usr.store.Store`; what changed is always computed
+by the store's one tree comparison, so these agree with ``diff-tree`` and the sync audit.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+
+import click
+
+from porcelain.options import dataset_argument, emit, format_option, pass_settings
+from porcelain.targets import resolve_dataset
+from usr.errors import VerifyError
+from usr.layout import RECORDS_FILE, SECTIONS
+from usr.store import FileChange, LogEntry, Store
+from usr.store.parquet_footer import num_rows
+
+_STATUS_WORD = {"A": "added", "M": "modified", "D": "deleted"}
+
+
+def open_store(settings, dataset: str) -> Store:
+    """The store of DATASET (an id under --root, or a directory), adopting a plain dir."""
+    return Store.open(resolve_dataset(settings, dataset), create=True)
+
+
+def _size(n: int | None) -> str:
+    if n is None:
+        return "-"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def _when(entry: LogEntry) -> str:
+    stamp = time.gmtime(entry.time + entry.offset * 60)
+    sign = "+" if entry.offset >= 0 else "-"
+    hh, mm = divmod(abs(entry.offset), 60)
+    return time.strftime("%Y-%m-%d %H:%M:%S", stamp) + f" {sign}{hh:02d}{mm:02d}"
+
+
+def section_summary(changes: list[FileChange]) -> dict[str, dict]:
+    """Per section: changed flag and counts by status (every section listed)."""
+    out = {}
+    for section in SECTIONS:
+        mine = [c for c in changes if c.section == section]
+        counts = Counter(_STATUS_WORD[c.status] for c in mine)
+        out[section] = {"changed": bool(mine), "files": len(mine), **counts}
+    return out
+
+
+def row_delta(store: Store, changes: list[FileChange]) -> dict | None:
+    """Row counts of records.parquet before and after, from the Parquet footers only."""
+    for c in changes:
+        if c.path == RECORDS_FILE:
+            old = num_rows(store, c.old_id) if c.old_id else 0
+            new = num_rows(store, c.new_id) if c.new_id else 0
+            delta = new - old if old is not None and new is not None else None
+            return {"rows_before": old, "rows_after": new, "rows_delta": delta}
+    return None
+
+
+def _changes_text(changes: list[FileChange], indent: str = "  ") -> list[str]:
+    lines = []
+    for section in SECTIONS:
+        mine = [c for c in changes if c.section == section]
+        if not mine:
+            continue
+        lines.append(f"{indent}{section}:")
+        for c in mine:
+            sizes = (
+                _size(c.new_size)
+                if c.status == "A"
+                else _size(c.old_size)
+                if c.status == "D"
+                else f"{_size(c.old_size)} -> {_size(c.new_size)}"
+            )
+            lines.append(f"{indent}  {_STATUS_WORD[c.status]:<9} {c.path}  ({sizes})")
+    return lines
+
+
+def _stat_text(store: Store, changes: list[FileChange]) -> list[str]:
+    lines = []
+    for section, info in section_summary(changes).items():
+        if not info["changed"]:
+            continue
+        parts = [f"{info[w]} {w}" for w in ("added", "modified", "deleted") if info.get(w)]
+        lines.append(f"    {section}: {', '.join(parts)}")
+    rows = row_delta(store, changes)
+    if rows is not None:
+        delta = rows["rows_delta"]
+        shown = "?" if delta is None else f"{delta:+d}"
+        lines.append(
+            f"    {RECORDS_FILE} rows: {rows['rows_before']} -> {rows['rows_after']} ({shown})"
+        )
+    return lines
+
+
+def _parent_changes(store: Store, entry: LogEntry) -> list[FileChange]:
+    return store.diff(entry.parents[0] if entry.parents else None, entry.id)
+
+
+@click.command("snapshot")
+@dataset_argument
+@click.option("-m", "--message", default=None, help="Say why (kept in the commit message).")
+@format_option
+@pass_settings
+def snapshot_cmd(settings, dataset: str, message: str | None, fmt: str) -> None:
+    """Record the working state of DATASET as a new state (no-op if unchanged).
+
+    A plain directory without a store is adopted: its files become the first state.
+    """
+    store = open_store(settings, dataset)
+    before = store.head()
+    recorded = store.record("snapshot", message=message)
+    changes = store.diff(before, recorded.commit) if recorded.created else []
+    data = {
+        "dataset": dataset,
+        "created": recorded.created,
+        "commit": recorded.commit,
+        "parent": before,
+        "changes": [c.as_dict() for c in changes],
+        "sections": section_summary(changes),
+    }
+    if recorded.created:
+        text = [f"recorded {recorded.commit[:12]} snapshot of {dataset}: {len(changes)} files"]
+        text += _changes_text(changes)
+    elif recorded.commit is None:
+        text = [f"nothing to record: {dataset} has no files"]
+    else:
+        text = [f"nothing to record: {dataset} matches {recorded.commit[:12]}"]
+    emit(fmt, data, "\n".join(text))
+
+
+@click.command("status")
+@dataset_argument
+@format_option
+@pass_settings
+def status_cmd(settings, dataset: str, fmt: str) -> None:
+    """Working files of DATASET against its last recorded state, by section and file."""
+    store = open_store(settings, dataset)
+    head = store.head()
+    changes = store.status()
+    data = {
+        "dataset": dataset,
+        "head": head,
+        "clean": not changes,
+        "changes": [c.as_dict() for c in changes],
+        "sections": section_summary(changes),
+    }
+    where = f"HEAD {head[:12]}" if head else "no recorded state yet"
+    if not changes:
+        text = [f"{dataset}: clean ({where})"]
+    else:
+        text = [f"{dataset}: {len(changes)} unrecorded changes against {where}"]
+        text += _changes_text(changes)
+        clean = [s for s, info in data["sections"].items() if not info["changed"]]
+        text.append(f"  unchanged: {', '.join(clean) or '-'}")
+        text.append(f"(run 'usr snapshot {dataset}' to record them)")
+    emit(fmt, data, "\n".join(text))
+
+
+@click.command("log")
+@dataset_argument
+@click.option("--oneline", is_flag=True, help="One line per state.")
+@click.option("-n", "--max-count", "limit", type=int, default=None, help="Show at most N.")
+@click.option("--stat", is_flag=True, help="Per-section changes and record count deltas.")
+@format_option
+@pass_settings
+def log_cmd(settings, dataset: str, oneline: bool, limit: int | None, stat: bool, fmt: str) -> None:
+    """Recorded states of DATASET, newest first: id, time, actor, action."""
+    store = open_store(settings, dataset)
+    entries = store.log(limit=limit)
+    docs, lines = [], []
+    for e in entries:
+        doc = e.as_dict()
+        changes = _parent_changes(store, e) if stat else []
+        if stat:
+            doc["sections"] = section_summary(changes)
+            doc["records"] = row_delta(store, changes)
+            doc["changes"] = [c.as_dict() for c in changes]
+        docs.append(doc)
+        if oneline:
+            lines.append(f"{e.id[:12]} {_when(e)} {e.action} ({e.actor})")
+        else:
+            lines += [f"state {e.id}", f"Date:   {_when(e)}", f"Actor:  {e.actor}"]
+            lines.append(f"Action: {e.action}")
+            if e.message:
+                lines += [""] + [f"    {line}" for line in e.message.splitlines()]
+        if stat:
+            lines += _stat_text(store, changes)
+        if not oneline:
+            lines.append("")
+    if not entries:
+        lines = [f"{dataset}: no recorded states yet"]
+    emit(fmt, {"dataset": dataset, "states": docs}, "\n".join(lines).rstrip("\n"))
+
+
+@click.command("show")
+@dataset_argument
+@click.argument("commit", default="HEAD")
+@format_option
+@pass_settings
+def show_cmd(settings, dataset: str, commit: str, fmt: str) -> None:
+    """One recorded state of DATASET and what it changed against its parent."""
+    store = open_store(settings, dataset)
+    entry = store.log_entry(store.resolve(commit))
+    changes = _parent_changes(store, entry)
+    doc = entry.as_dict()
+    doc["changes"] = [c.as_dict() for c in changes]
+    doc["sections"] = section_summary(changes)
+    doc["records"] = row_delta(store, changes)
+    lines = [f"state {entry.id}", f"Parents: {' '.join(p[:12] for p in entry.parents) or '-'}"]
+    lines += [f"Date:    {_when(entry)}", f"Actor:   {entry.actor}", f"Action:  {entry.action}"]
+    if entry.message:
+        lines += [""] + [f"    {line}" for line in entry.message.splitlines()]
+    lines.append("")
+    lines += _changes_text(changes) or ["  (no file changes)"]
+    lines += _stat_text(store, changes)
+    emit(fmt, {"dataset": dataset, "state": doc}, "\n".join(lines))
+
+
+@click.command("checkout")
+@dataset_argument
+@click.argument("commit")
+@click.option("--force", is_flag=True, help="Record unrecorded changes first, then go on.")
+@format_option
+@pass_settings
+def checkout_cmd(settings, dataset: str, commit: str, force: bool, fmt: str) -> None:
+    """Restore the working files of DATASET to recorded state COMMIT.
+
+    Files are staged and verified before any working file is replaced; a crash part-way is
+    completed by the next usr command. Unrecorded changes are refused unless --force, which
+    records them first (nothing is lost). States left behind stay under refs/usr/saved/.
+    """
+    store = open_store(settings, dataset)
+    before = store.head()
+    target = store.resolve(commit)
+    store.checkout(target, force=force)
+    data = {"dataset": dataset, "from": before, "to": target}
+    emit(fmt, data, f"checked out {target[:12]} in {dataset} (was {(before or '-')[:12]})")
+
+
+@click.command("gc")
+@dataset_argument
+@click.option(
+    "--prune-age",
+    type=float,
+    default=3600.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="Keep unreachable data younger than this (transfers in flight); 0 prunes now.",
+)
+@format_option
+@pass_settings
+def gc_cmd(settings, dataset: str, prune_age: float, fmt: str) -> None:
+    """Remove objects, chunks and crash leftovers that no recorded state reaches."""
+    store = open_store(settings, dataset)
+    report = store.gc(prune_age=prune_age)
+    text = (
+        f"gc {dataset}: removed {report.objects_removed} objects, {report.chunks_removed} "
+        f"chunks, {report.temp_removed} leftovers; rewrote {report.packs_rewritten} packs; "
+        f"freed {_size(report.bytes_freed)}"
+    )
+    emit(fmt, {"dataset": dataset, **report.as_dict()}, text)
+
+
+@click.command("fsck")
+@dataset_argument
+@format_option
+@pass_settings
+def fsck_cmd(settings, dataset: str, fmt: str) -> None:
+    """Verify every reachable object and chunk of DATASET by hash, and that .events.log
+    only ever grew by appended lines. Exit 5 if anything is wrong."""
+    store = open_store(settings, dataset)
+    problems = store.fsck()
+    counts = getattr(store, "fsck_counts", {})
+    data = {"dataset": dataset, "ok": not problems, "problems": [p.as_dict() for p in problems]}
+    data.update(counts)
+    lines = [f"{p.kind} {p.id}{(' at ' + p.path) if p.path else ''}: {p.message}" for p in problems]
+    lines.append(
+        f"fsck {dataset}: {counts.get('commits', 0)} states, {counts.get('objects', 0)} objects,"
+        f" {counts.get('chunks', 0)} chunks checked; {len(problems)} problems"
+    )
+    emit(fmt, data, "\n".join(lines))
+    if problems:
+        first = problems[0]
+        raise VerifyError(
+            f"fsck found {len(problems)} problems in {dataset}; first: {first.kind} {first.id}"
+            f"{(' at ' + first.path) if first.path else ''}",
+            "restore the damaged objects from a remote (usr pull) or a backup",
+        )
+
+
+COMMANDS = [snapshot_cmd, status_cmd, log_cmd, show_cmd, checkout_cmd, gc_cmd, fsck_cmd]

@@ -459,6 +459,24 @@ class Store:
         """The file content behind a tree entry, streamed and verified piece by piece."""
         return stream_entry(self.repo, self.chunks, blob_id, where or blob_id)
 
+    def read_range(self, blob_id: str, offset: int, length: int) -> bytes:
+        """``length`` bytes at ``offset`` of the file behind an entry, verified; for a
+        chunked file only the chunks covering the range are read."""
+        manifest = self.manifest_of(blob_id)
+        if manifest is None:
+            return self.read_object(blob_id)[1][offset : offset + length]
+        out = []
+        pos = 0
+        end = offset + length
+        for cid, size in manifest.chunks:
+            if pos + size > offset and pos < end:
+                data = self.chunks.get(cid)
+                out.append(data[max(0, offset - pos) : end - pos])
+            pos += size
+            if pos >= end:
+                break
+        return b"".join(out)
+
     def ls_tree(self, rev: str | None) -> list[tuple[str, str, int]]:
         """``(path, entry_id, mode)`` of every file in a tree or commit, sorted by path."""
         return list(walk_tree(self.repo, self.tree_of(rev)))
