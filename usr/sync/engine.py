@@ -31,7 +31,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -50,11 +50,12 @@ from usr.layout import (
     EVENTS_FILE,
     RECORDS_FILE,
     REGISTRY_FILE,
-    STORE_DIR,
     dataset_path,
+    is_runtime_path,
     section_of,
     validate_dataset_id,
 )
+from usr.locks import events_lock
 from usr.store import FileChange
 from usr.sync import audit as audit_mod
 from usr.sync.audit import AuditRun, Comparison, Side, VerifyProfile
@@ -161,11 +162,10 @@ def resolve_target(root: Path, arg: str, options: SyncOptions | None = None) -> 
 @contextmanager
 def _session(remote: str, options: SyncOptions) -> Iterator[Any]:
     """An open :class:`usr.sync.client.RemoteSession` to the named remote profile."""
-    from usr import remotes
     from usr.sync import client
 
-    profile = remotes.get(remote, options.remotes_config)
-    with client.RemoteSession.open(profile) as session:
+    session = client.open_session(remote, options.remotes_config, lock_timeout=options.lock_timeout)
+    with session:
         yield session
 
 
@@ -183,28 +183,55 @@ def _remote_bytes(session: Any) -> tuple[int, int]:
 def _open_store(directory: Path, create: bool = False):
     from usr.store import Store
 
+    directory.mkdir(parents=True, exist_ok=True)
     return Store.open(directory, create=create)
 
 
 def _local_exists(directory: Path) -> bool:
+    """A dataset is here when its directory holds anything but usr's own runtime state
+    (a bootstrap pull cut off after fetching leaves only ``.usr/``: still absent)."""
     if not directory.is_dir():
         return False
-    return (directory / STORE_DIR).is_dir() or any(
-        p.name not in (STORE_DIR,) for p in directory.iterdir()
-    )
+    return any(not is_runtime_path(p.name) for p in directory.iterdir())
+
+
+class _Sizes:
+    """Whole-file sizes of tree entries: from the store, else from what a fetch reported.
+
+    Remote trees are fetched without file contents, so their blobs' sizes come from the
+    server's listing; the comparison itself is still the store's one ``diff_trees``.
+    """
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+        self.known: dict[str, int] = {}
+
+    def add(self, stats: Any) -> None:
+        self.known.update(getattr(stats, "sizes", {}) or {})
+
+    def __call__(self, oid: str) -> int | None:
+        if oid in self.known:
+            return self.known[oid]
+        if self.store.has_object(oid):
+            return self.store.entry_size(oid)
+        return None
+
+
+def tree_diff(store: Any, a: str | None, b: str | None, sizes: _Sizes | None = None):
+    """The store's exact per-file comparison, tolerating blobs only listed, not fetched."""
+    from usr.store.diff_tree import diff_trees
+
+    size_of = sizes or _Sizes(store)
+    return diff_trees(store.repo, store.tree_of(a), store.tree_of(b), size_of)
 
 
 def blob_bytes(store: Any, blob_id: str) -> bytes:
-    """The whole file behind a tree entry (inline blob, or manifest + chunks)."""
-    manifest = store.manifest_of(blob_id)
-    if manifest is None:
-        _type, data = store.read_object(blob_id)
-        return data
-    return b"".join(store.chunks.get(cid) for cid, _length in manifest.chunks)
+    """The whole file behind a tree entry (inline blob, or manifest + chunks), verified."""
+    return b"".join(store.open_entry(blob_id, where=blob_id))
 
 
-def _listing(store: Any, tree: str | None) -> list[FileChange]:
-    return [] if tree is None else store.diff(None, tree)
+def _listing(store: Any, tree: str | None, sizes: _Sizes | None = None) -> list[FileChange]:
+    return [] if tree is None else tree_diff(store, None, tree, sizes)
 
 
 def _entry(files: list[FileChange], path: str) -> FileChange | None:
@@ -237,19 +264,12 @@ def _commits(store: Any, tip: str | None, hide: str | None = None) -> list[str]:
     """Commit ids reachable from ``tip`` and not from ``hide`` (newest first)."""
     if tip is None:
         return []
-    seen_hidden: set[str] = set()
+    import pygit2
+
+    walker = store.repo.walk(pygit2.Oid(hex=tip), pygit2.enums.SortMode.TOPOLOGICAL)
     if hide is not None:
-        seen_hidden = {c for c in _walk(store, hide)}
-    return [c for c in _walk(store, tip) if c not in seen_hidden]
-
-
-def _walk(store: Any, tip: str) -> list[str]:
-    repo = getattr(store, "repo", None)
-    if repo is not None:
-        import pygit2
-
-        return [str(c.id) for c in repo.walk(tip, pygit2.enums.SortMode.TOPOLOGICAL)]
-    return [getattr(e, "commit", e) for e in store.log(tip)]
+        walker.hide(pygit2.Oid(hex=hide))
+    return [str(c.id) for c in walker]
 
 
 def _parents(store: Any, commit: str) -> list[str]:
@@ -307,26 +327,29 @@ class _State:
     remote_tree: str | None = None
     remote_exists: bool = False
     remote_dirty: bool = False
-    notes: list[str] = field(default_factory=list)
+    sizes: _Sizes | None = None
 
 
 def _compare(store: Any, target: Target, remote: str, st: _State) -> Comparison:
-    """Build the audit :class:`Comparison` from both sides' trees (all objects local now)."""
+    """Build the audit :class:`Comparison` from both sides' trees (all trees local now)."""
+    sizes = st.sizes or _Sizes(store)
     heads_rel, base = _relation(store, st.local_head, st.remote_head)
     relation = _effective_relation(heads_rel, st.local_dirty, st.remote_dirty)
     if heads_rel == "equal":
         base = st.local_head
-    local_files = _listing(store, st.local_tree)
-    remote_files = _listing(store, st.remote_tree)
-    changes = store.diff(st.local_tree, st.remote_tree) if st.local_tree != st.remote_tree else []
+    local_files = _listing(store, st.local_tree, sizes)
+    remote_files = _listing(store, st.remote_tree, sizes)
+    changes = (
+        tree_diff(store, st.local_tree, st.remote_tree, sizes)
+        if st.local_tree != st.remote_tree
+        else []
+    )
     local_changed = remote_changed = None
     if base is not None:
-        local_changed = {c.path for c in store.diff(base, st.local_tree)}
-        remote_changed = {c.path for c in store.diff(base, st.remote_tree)}
+        local_changed = {c.path for c in tree_diff(store, base, st.local_tree, sizes)}
+        remote_changed = {c.path for c in tree_diff(store, base, st.remote_tree, sizes)}
     ev_local = _events_of(store, local_files)
     ev_remote = _events_of(store, remote_files)
-    newer_than_local = len(_commits(store, st.remote_head, st.local_head))
-    newer_than_remote = len(_commits(store, st.local_head, st.remote_head))
     return Comparison(
         dataset=target.dataset,
         remote=remote,
@@ -353,8 +376,8 @@ def _compare(store: Any, target: Target, remote: str, st: _State) -> Comparison:
         changes=changes,
         local_changed=local_changed,
         remote_changed=remote_changed,
-        newer_than_local=newer_than_local,
-        newer_than_remote=newer_than_remote,
+        newer_than_local=len(_commits(store, st.remote_head, st.local_head)),
+        newer_than_remote=len(_commits(store, st.local_head, st.remote_head)),
         events_relation=events_relation(ev_local, ev_remote),
     )
 
@@ -364,12 +387,6 @@ def _events_of(store: Any, files: list[FileChange]) -> list[bytes] | None:
     if entry is None or entry.new_id is None:
         return None
     return _event_lines(blob_bytes(store, entry.new_id))
-
-
-def _tree_of(store: Any, commit: str | None) -> str | None:
-    if commit is None:
-        return None
-    return str(store.repo[commit].tree_id)
 
 
 # ----------------------------------------------------------------------------- invariants
@@ -399,8 +416,8 @@ def check_events_chain(store: Any, commits: list[str]) -> None:
             )
 
 
-def _require_primary(store: Any, commit: str, where: str) -> None:
-    if _entry(_listing(store, commit), RECORDS_FILE) is None:
+def _require_primary(store: Any, commit: str, where: str, sizes: _Sizes | None = None) -> None:
+    if _entry(_listing(store, commit, sizes), RECORDS_FILE) is None:
         raise InputError(
             f"{where} state {_short(commit)} has no {RECORDS_FILE}",
             "a dataset without its primary table is never transferred; restore it first",
@@ -410,16 +427,25 @@ def _require_primary(store: Any, commit: str, where: str) -> None:
 # ----------------------------------------------------------------------------- verification
 
 
-def verify_working(store: Any, directory: Path, commit: str, options: SyncOptions) -> int:
+def verify_working(
+    store: Any,
+    directory: Path,
+    commit: str,
+    options: SyncOptions,
+    only: set[str] | None = None,
+) -> int:
     """Re-check the working files against ``commit``'s tree after promotion.
 
     Per section, by the verify profile: primary by ``--verify``; ``meta.md``,
     ``.events.log`` and ``_snapshots`` by hash when sidecars are strict (skipped when off);
     ``_derived``/``_auxiliary`` by hash when content hashes are on, else by size. Returns
     how many files were checked; raises :class:`VerifyError` naming the first mismatch.
+    ``only`` limits the check to the paths a transfer wrote (the rest did not change).
     """
     checked = 0
     for entry in _listing(store, commit):
+        if only is not None and entry.path not in only:
+            continue
         level = _level_for(entry, options)
         if level == "off":
             continue
@@ -513,21 +539,39 @@ def _run(
 # ----------------------------------------------------------------------------- commands
 
 
-def _observe(store: Any, session: Any, target: Target, remote: str, st: _State) -> None:
-    """Learn the remote head (and working tree), fetch its history's trees, move tracking."""
-    heads = session.heads(target.dataset)
-    st.remote_exists = bool(heads.get("exists")) and heads.get("head") is not None
-    st.remote_head = heads.get("head")
-    if st.remote_head is not None:
-        session.fetch_trees(target.dataset, store, [st.remote_head])
-        _set_tracking(store, remote, st.remote_head)
-
-
-def _set_tracking(store: Any, remote: str, head: str) -> None:
+def _set_tracking(store: Any, remote: str, head: str | None) -> None:
+    """Move ``refs/remotes/REMOTE/main`` to the last remote head seen (like git fetch)."""
+    if head is None:
+        return
     ref = TRACKING_REF.format(remote=remote)
     old = store.head(ref)
     if old != head:
         store.update_ref(ref, head, old)
+
+
+def _fetch_remote_trees(session: Any, store: Any, target: Target, st: _State) -> None:
+    """Commits and trees of the remote history (no contents) plus its events log bytes.
+
+    ``haves`` is the local head only (not the tracking ref), so the server's listing names
+    the sizes of every blob the local store lacks; the rest are sized from the store.
+    Sets ``st.remote_tree`` to the head's tree unless a working tree was given.
+    """
+    if st.sizes is None:
+        st.sizes = _Sizes(store)
+    if st.remote_head is not None:
+        st.sizes.add(
+            session.fetch(
+                target.dataset, store, [st.remote_head], _haves(st.local_head), blobs=False
+            )
+        )
+        if st.remote_tree is None:
+            st.remote_tree = store.tree_of(st.remote_head)
+    if st.remote_tree is not None and st.remote_tree != store.tree_of(st.remote_head):
+        st.sizes.add(session.fetch_tree(target.dataset, store, st.remote_tree))
+    if st.remote_tree is not None:
+        entry = _entry(_listing(store, st.remote_tree, st.sizes), EVENTS_FILE)
+        if entry is not None and entry.new_id and not store.has_object(entry.new_id):
+            session.fetch_blobs(target.dataset, store, [entry.new_id])
 
 
 def diff(
@@ -550,49 +594,72 @@ def diff(
     return _run("diff", target, remote, options, audit_json_out, body)
 
 
-def _preview(run: AuditRun, target: Target, remote: str, options: SyncOptions) -> _State:
-    """diff / --dry-run: both working trees without committing (objects may be cached)."""
-    st = _State()
-    st.local_exists = _local_exists(target.path)
-    store = _open_store(_scratch_or_dataset(target), create=True)
-    if st.local_exists:
-        st.local_head = store.head()
-        st.local_tree = store.working_tree()
-        st.local_dirty = st.local_tree != _tree_of(store, st.local_head)
-    with _session(remote, options) as session:
-        try:
-            _observe(store, session, target, remote, st)
-            if st.remote_exists:
-                st.remote_tree = session.working_tree(target.dataset)
-                st.remote_dirty = st.remote_tree != _tree_of(store, st.remote_head)
-                if st.remote_dirty:
-                    session.fetch_tree(target.dataset, store, st.remote_tree)
-                _fetch_events(session, store, target, st.remote_tree)
-        finally:
-            run.bytes_sent, run.bytes_received = _remote_bytes(session)
-    run.set_comparison(_compare(store, target, remote, st))
-    return st
+def _preview_store_dir(target: Target) -> Path:
+    """Where to keep fetched trees when previewing: the dataset's store, or a cache.
 
-
-def _scratch_or_dataset(target: Target) -> Path:
-    """Where to keep objects when previewing: the dataset's store, or a cache if absent.
-
-    A diff against a dataset that does not exist locally must not create it (a diff never
-    changes working files), so its fetched trees go to ``<root>/.usr-cache/<id>``.
+    A diff against a dataset absent here must not create it (a diff never changes working
+    files), so its fetched trees go to ``<root>/.usr-cache/<id>`` instead.
     """
     if _local_exists(target.path):
         return target.path
     return target.root / ".usr-cache" / target.dataset
 
 
-def _fetch_events(session: Any, store: Any, target: Target, tree: str | None) -> None:
-    """Make the remote ``.events.log`` bytes local (for line counts and the invariant)."""
-    if tree is None:
-        return
-    entry = _entry(_listing(store, tree), EVENTS_FILE)
-    if entry is None or entry.new_id is None:
-        return
-    session.fetch_blobs(target.dataset, store, [entry.new_id])
+def _preview(run: AuditRun, target: Target, remote: str, options: SyncOptions) -> _State:
+    """diff / --dry-run: both working trees without committing (trees may be cached)."""
+    st = _State()
+    st.local_exists = _local_exists(target.path)
+    store = _open_store(_preview_store_dir(target), create=True)
+    if st.local_exists:
+        st.local_head = store.head()
+        st.local_tree = store.working_tree()
+        st.local_dirty = st.local_tree != store.tree_of(st.local_head)
+    with _session(remote, options) as session:
+        try:
+            heads = session.heads(target.dataset)
+            st.remote_head = heads["head"]
+            st.remote_exists = st.remote_head is not None
+            if st.remote_exists:
+                st.remote_tree = session.working_tree(target.dataset)
+            _fetch_remote_trees(session, store, target, st)
+            if st.remote_exists:
+                st.remote_dirty = st.remote_tree != store.tree_of(st.remote_head)
+            _set_tracking(store, remote, st.remote_head)
+        finally:
+            run.bytes_sent, run.bytes_received = _remote_bytes(session)
+    if not st.local_exists and not st.remote_exists:
+        raise NotFoundError(
+            f"dataset {target.dataset!r} exists neither here ({target.path}) nor on {remote}",
+            "check the id, --root and the remote's base_dir",
+        )
+    cmp = _compare(store, target, remote, st)
+    run.set_comparison(cmp)
+    if options.dry_run:
+        _dry_run_notes(run, cmp, options)
+    return st
+
+
+def _dry_run_notes(run: AuditRun, cmp: Comparison, options: SyncOptions) -> None:
+    """What the real command would decide, said without doing it."""
+    action = run.action
+    rel = cmp.relation
+    would = {
+        ("pull", "equal"): "would do nothing (up-to-date)",
+        ("push", "equal"): "would do nothing (up-to-date)",
+        ("pull", "remote-ahead"): "would fast-forward local to the remote head",
+        ("pull", "local-missing"): "would bootstrap the dataset here from the remote",
+        ("push", "local-ahead"): "would fast-forward the remote to the local head",
+        ("push", "remote-missing"): "would bootstrap the dataset on the remote",
+        ("pull", "local-ahead"): "would refuse: local has newer states",
+        ("push", "remote-ahead"): "would refuse: remote has newer states; pull first",
+        ("pull", "remote-missing"): "would refuse: the dataset does not exist on the remote",
+        ("push", "local-missing"): "would refuse: the dataset does not exist here",
+    }.get((action, rel), "would refuse: local and remote have diverged")
+    run.notes.append(would)
+    try:
+        check_partial(cmp, options)
+    except UsageError as exc:
+        run.notes.append("would refuse: " + exc.message)
 
 
 def _bootstrap_id_check(target: Target, options: SyncOptions) -> None:
@@ -604,21 +671,22 @@ def _bootstrap_id_check(target: Target, options: SyncOptions) -> None:
         )
 
 
-def _refuse(action: str, relation: str, st: _State, base: str | None) -> None:
-    heads = f"local {_short(st.local_head)}, remote {_short(st.remote_head)}"
+def _refuse(action: str, cmp: Comparison) -> None:
+    """The fast-forward-only rule: refuse (nothing changed yet) unless it fast-forwards."""
+    relation = cmp.relation
+    heads = f"local {_short(cmp.local.head)}, remote {_short(cmp.remote_side.head)}"
     if relation == "diverged":
         raise ConflictError(
-            f"local and remote have diverged: merge base {_short(base)}, {heads}",
+            f"local and remote have diverged: merge base {_short(cmp.merge_base)}, {heads}",
             "nothing was changed on either side; merge the histories (usr merge) first",
         )
     if action == "push" and relation == "remote-ahead":
         raise ConflictError(
-            f"remote has newer states; pull first ({heads})",
-            "run usr pull first, then push again",
+            f"remote has newer states; pull first ({heads})", "run usr pull, then push again"
         )
     if action == "pull" and relation == "local-ahead":
         raise ConflictError(
-            f"local has newer states ({heads})", "push them instead, or nothing to pull"
+            f"local has newer states ({heads})", "nothing to pull; push them instead"
         )
 
 
@@ -646,12 +714,11 @@ def check_partial(cmp: Comparison, options: SyncOptions) -> None:
         )
 
 
-def _confirm(options: SyncOptions, action: str, doc_data: dict[str, Any]) -> None:
+def _confirm(options: SyncOptions, action: str, data: dict[str, Any]) -> None:
+    """Ask (through the caller's ``confirm``) before anything is overwritten."""
     if options.confirm is None:
         return
-    summary = audit_mod.render_text(
-        {"data": {**doc_data, "action": "diff", "status": doc_data.get("status")}}
-    )
+    summary = "\n".join(audit_mod.header_lines(data) + audit_mod.section_lines(data))
     if not options.confirm(summary):
         raise UsageError(f"{action} cancelled; nothing was changed")
 
@@ -683,45 +750,48 @@ def _pull(run: AuditRun, target: Target, remote: str, options: SyncOptions) -> s
     st.local_exists = _local_exists(target.path)
     with _session(remote, options) as session:
         try:
-            heads = session.heads(target.dataset)
-            if not (heads.get("exists") and (heads.get("head") or heads.get("exists"))):
+            if session.heads(target.dataset)["head"] is None:
                 raise NotFoundError(
-                    f"dataset {target.dataset!r} does not exist on remote {remote}",
-                    "push it first, or check the id and base_dir",
+                    f"dataset {target.dataset!r} has no recorded state on remote {remote}",
+                    "push it first, or check the id and the remote's base_dir",
                 )
-            rec = session.record(target.dataset, f"record before pull to {_here()}")
-            st.remote_head = rec["commit"]
-            st.remote_exists = st.remote_head is not None
+            st.remote_head = session.record(
+                target.dataset, f"record before pull to {_here()}", options.actor
+            )["commit"]
+            st.remote_exists = True
             if not st.local_exists:
                 _bootstrap_id_check(target, options)
-                target.path.mkdir(parents=True, exist_ok=True)
             store = _open_store(target.path, create=True)
             if st.local_exists:
-                st.local_head = store.record(f"record before pull {remote}", actor=options.actor)
-                st.local_head = store.head()
-            st.local_tree = _tree_of(store, st.local_head)
-            if st.remote_head is None:
-                raise NotFoundError(f"dataset {target.dataset!r} on {remote} has no states")
-            session.fetch_trees(target.dataset, store, [st.remote_head])
+                with store.lock(f"record before pull {remote}", timeout=options.lock_timeout):
+                    store.record(f"record before pull {remote}", actor=options.actor)
+            st.local_head = store.head()
+            st.local_tree = store.tree_of(st.local_head)
+            _fetch_remote_trees(session, store, target, st)
             _set_tracking(store, remote, st.remote_head)
-            st.remote_tree = _tree_of(store, st.remote_head)
-            _fetch_events(session, store, target, st.remote_tree)
             cmp = _compare(store, target, remote, st)
             data = run.set_comparison(cmp)
-            relation, base = cmp.relation, cmp.merge_base
-            if relation == "equal":
+            if cmp.relation == "equal":
                 return "NO-OP"
-            _refuse("pull", relation, st, base)
+            _refuse("pull", cmp)
             check_partial(cmp, options)
-            _require_primary(store, st.remote_head, f"remote {remote}")
-            new = _commits(store, st.remote_head, st.local_head)
-            session.fetch(target.dataset, store, [st.remote_head], _haves(st.local_head))
-            check_events_chain(store, new)
+            _require_primary(store, st.remote_head, f"remote {remote}", st.sizes)
             _confirm(options, "pull", data)
+            session.fetch(target.dataset, store, [st.remote_head], _haves(st.local_head))
+            check_events_chain(store, _commits(store, st.remote_head, st.local_head))
         finally:
             run.bytes_sent, run.bytes_received = _remote_bytes(session)
-    store.checkout(st.remote_head)
-    verify_working(store, target.path, st.remote_head, options)
+    # Checkout under the dataset lock AND the events lock (same order as every writer),
+    # so a line appended to .events.log meanwhile is either in the recorded state already
+    # or waits for us and lands after promotion; the store refuses if HEAD or the working
+    # files moved since we recorded (nothing is lost, rerun the pull).
+    moved = {c.path for c in cmp.changes if c.new_id is not None}
+    with (
+        store.lock(f"pull {remote}", timeout=options.lock_timeout),
+        events_lock(target.path, timeout=options.lock_timeout),
+    ):
+        store.checkout(st.remote_head, expect_head=st.local_head)
+        verify_working(store, target.path, st.remote_head, options, only=moved)
     return "TRANSFERRED"
 
 
@@ -766,31 +836,29 @@ def _push(run: AuditRun, target: Target, remote: str, options: SyncOptions) -> s
         )
     st.local_exists = True
     store = _open_store(target.path, create=True)
-    store.record(f"record before push {remote}", actor=options.actor)
+    with store.lock(f"record before push {remote}", timeout=options.lock_timeout):
+        store.record(f"record before push {remote}", actor=options.actor)
     st.local_head = store.head()
-    st.local_tree = _tree_of(store, st.local_head)
+    st.local_tree = store.tree_of(st.local_head)
     with _session(remote, options) as session:
         try:
             heads = session.heads(target.dataset)
-            st.remote_exists = bool(heads.get("exists")) and heads.get("head") is not None
-            if st.remote_exists:
-                rec = session.record(target.dataset, f"record before push from {_here()}")
-                st.remote_head = rec["commit"]
-                session.fetch_trees(target.dataset, store, [st.remote_head])
+            if heads["head"] is not None:
+                st.remote_head = session.record(
+                    target.dataset, f"record before push from {_here()}", options.actor
+                )["commit"]
+                st.remote_exists = True
+                _fetch_remote_trees(session, store, target, st)
                 _set_tracking(store, remote, st.remote_head)
-                st.remote_tree = _tree_of(store, st.remote_head)
-                _fetch_events(session, store, target, st.remote_tree)
-            else:
-                _bootstrap_id_check(target, options)
             cmp = _compare(store, target, remote, st)
             data = run.set_comparison(cmp)
             if cmp.relation == "equal":
                 return "NO-OP"
-            _refuse("push", cmp.relation, st, cmp.merge_base)
+            if not st.remote_exists:
+                _bootstrap_id_check(target, options)
+            _refuse("push", cmp)
             check_partial(cmp, options)
-            if st.local_head is None:
-                raise NotFoundError(f"dataset {target.dataset!r} has no recorded state")
-            _require_primary(store, st.local_head, "local")
+            _require_primary(store, st.local_head, "local", st.sizes)
             check_events_chain(store, _commits(store, st.local_head, st.remote_head))
             _confirm(options, "push", data)
             session.push(target.dataset, store, st.local_head, st.remote_head)
