@@ -10,6 +10,7 @@ from __future__ import annotations
 import click
 
 from porcelain.options import Settings, emit, format_option, pass_settings
+from porcelain.targets import resolve_dataset
 from usr import sidecars
 from usr.errors import VerifyError
 
@@ -37,7 +38,8 @@ def verify_sidecars(
     problem: PATH, CHECK, EXPECTED, FOUND (tab-separated).
     """
     root = settings.root
-    dataset_id, dataset_dir = sidecars.resolve_dataset(root, dataset)
+    dataset_dir = resolve_dataset(settings, dataset)
+    dataset_id = sidecars.dataset_label(root, dataset_dir)
     state = sidecars.open_state(dataset_dir, commit)
     if record:
         report = sidecars.vouch(state, dataset_id, dataset_dir, root)

@@ -18,9 +18,10 @@ import click
 
 import usr
 from porcelain.options import Settings, emit, format_option, pass_settings, warn
+from porcelain.targets import resolve_dataset
 from usr import hooks as hookmod
 from usr.errors import InputError, NotFoundError, UsageError
-from usr.sidecars import resolve_dataset
+from usr.sidecars import dataset_label
 
 
 def shipped_hooks_dir() -> Path:
@@ -89,7 +90,8 @@ def install(
     else:
         if not names:
             raise UsageError("name a dataset, or pass --root-wide", "usr hooks install DS")
-        dataset_id, dataset_dir = resolve_dataset(root, names.pop(0))
+        dataset_dir = resolve_dataset(settings, names.pop(0))
+        dataset_id = dataset_label(root, dataset_dir)
         target = hookmod.dataset_hooks_dir(dataset_dir)
         where = f"dataset {dataset_id}"
     available = shipped_hooks()
@@ -132,7 +134,7 @@ def list_hooks(settings: Settings, dataset: str | None, fmt: str) -> None:
     """Show which hook runs for DATASET (or root-wide), from where, and whether it is the
     shipped one. Columns: NAME, SCOPE (dataset|root|-), EXECUTABLE, SHIPPED, PATH."""
     root = settings.root
-    dataset_dir = resolve_dataset(root, dataset)[1] if dataset else None
+    dataset_dir = resolve_dataset(settings, dataset) if dataset else None
     rows = []
     for name in hookmod.HOOK_NAMES:
         path = hookmod.find_hook(name, dataset_dir, root)

@@ -47,7 +47,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from usr import ledger
-from usr.errors import InputError, NotFoundError, VerifyError
+from usr.errors import NotFoundError, VerifyError
 from usr.layout import (
     DERIVED_DIR,
     EVENTS_FILE,
@@ -55,14 +55,10 @@ from usr.layout import (
     RECORDS_FILE,
     REGISTRY_FILE,
     STORE_DIR,
-    dataset_path,
     is_runtime_path,
     section_of,
-    validate_dataset_id,
 )
 from usr.registry import Namespace, Registry
-from usr.store.objects import MAGIC, Manifest
-from usr.store.worktree import read_blob, stream_entry, walk_tree
 
 SIDECAR_SECTIONS = ("derived", "auxiliary")
 #: Where a dataset keeps its frozen copy of the root registry (see usr.dataset).
@@ -466,23 +462,12 @@ def vouch(state: StateView, dataset: str, dataset_dir: Path, root: Path | None) 
 # -- the states checked ---------------------------------------------------------------------
 
 
-def resolve_dataset(root: Path, dataset: str) -> tuple[str, Path]:
-    """``(id, directory)`` of ``dataset``: an id under ``root``, or a dataset directory."""
+def dataset_label(root: Path, dataset_dir: Path) -> str:
+    """The id of ``dataset_dir`` under ``root`` (its directory name when outside it)."""
     try:
-        validate_dataset_id(dataset)
-        candidate = dataset_path(root, dataset)
-        if candidate.is_dir() and not candidate.is_symlink():
-            return dataset, candidate
-    except InputError:
-        pass
-    as_dir = Path(dataset).expanduser()
-    if as_dir.is_dir() and ((as_dir / RECORDS_FILE).exists() or (as_dir / STORE_DIR).is_dir()):
-        as_dir = as_dir.absolute()
-        try:
-            return as_dir.relative_to(root).as_posix(), as_dir
-        except ValueError:
-            return as_dir.name, as_dir
-    raise NotFoundError(f"dataset {dataset!r} not found under {root}", "check the id and --root")
+        return Path(dataset_dir).absolute().relative_to(Path(root).absolute()).as_posix()
+    except ValueError:
+        return Path(dataset_dir).name
 
 
 class WorkingState:
@@ -553,49 +538,48 @@ class CommitState:
 
     def __init__(self, store: Any, commit: str, dataset_dir: Path, is_head: bool) -> None:
         self.store = store
-        self.repo = store.repo
         self.commit = str(commit)
         self.label = self.commit
         self.dataset_dir = Path(dataset_dir)
         self.is_head = is_head
-        obj = self.repo[self.commit]
-        self._parents = [str(p) for p in obj.parent_ids]
-        self._entries = {rel: oid for rel, oid, _mode in walk_tree(self.repo, str(obj.tree_id))}
+        self._parents = [str(p) for p in store.repo[self.commit].parent_ids]
+        self._entries = {rel: oid for rel, oid, _mode in store.ls_tree(self.commit)}
         self._digests: dict[str, str] = {}
-        self._bad: dict[str, str] = {}
         self._local: dict[str, Path | None] = {}
 
     def paths(self) -> list[str]:
         return sorted(self._entries)
 
     def read(self, path: str) -> bytes | None:
+        """The entry's bytes (verified while read), or None when absent or corrupt (a
+        corrupt entry is reported by its ``tree-hash`` check)."""
         oid = self._entries.get(path)
         if oid is None:
             return None
         try:
-            return b"".join(stream_entry(self.repo, self.store.chunks, oid, path))
-        except VerifyError as exc:
-            self._bad[path] = exc.message
+            return b"".join(self.store.open_entry(oid, path))
+        except VerifyError:
             return None
 
     def digest(self, path: str) -> str:
         """blake3 of the entry's bytes: from the manifest, or of the inline blob."""
         if path not in self._digests:
-            data = read_blob(self.repo, self._entries[path])
-            if data.startswith(MAGIC):
-                self._digests[path] = Manifest.decode(data, where=path).blake3
+            oid = self._entries[path]
+            manifest = self.store.manifest_of(oid)
+            if manifest is not None:
+                self._digests[path] = manifest.blake3
             else:
-                self._digests[path] = blake3.blake3(data).hexdigest()
+                self._digests[path] = blake3.blake3(self.store.read_object(oid)[1]).hexdigest()
         return self._digests[path]
 
     def _tree_problem(self, path: str) -> Problem | None:
         """Re-hash every byte behind the entry (chunks and whole file) against its ids."""
         oid = self._entries[path]
         try:
-            for _piece in stream_entry(self.repo, self.store.chunks, oid, path):
+            for _piece in self.store.open_entry(oid, path):
                 pass
             self.digest(path)
-        except VerifyError as exc:
+        except (VerifyError, NotFoundError) as exc:
             return Problem(path, "tree-hash", f"entry {oid[:12]} intact", exc.message)
         return None
 
@@ -646,5 +630,5 @@ def open_state(dataset_dir: Path, commit: str | None = None) -> StateView:
     store = _open_store(dataset_dir)
     if store is None:
         raise NotFoundError(f"{dataset_dir} has no recorded states", "run: usr snapshot DS")
-    resolved = store.rev_parse(commit)
+    resolved = store.resolve(commit)
     return CommitState(store, resolved, dataset_dir, is_head=resolved == store.head())
