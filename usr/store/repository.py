@@ -403,7 +403,9 @@ class Store:
     # -- objects --------------------------------------------------------------------------
 
     def has_object(self, oid: str) -> bool:
-        """True if the git object is stored (not verified)."""
+        """True if the git object is stored (not verified); False for anything not an id."""
+        if not re.match(r"^[0-9a-f]{40}$", oid or ""):
+            return False
         return self.repo.odb.exists(oid)
 
     def read_object(self, oid: str) -> tuple[str, bytes]:
