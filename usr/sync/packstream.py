@@ -24,6 +24,10 @@ from usr.store.chunks import chunk_id
 from usr.store.objects import Manifest, git_object_id, is_manifest_bytes
 from usr.sync import protocol as p
 
+#: Received chunks are sealed into a pack at least this often, so even a receiver killed
+#: outright (SIGKILL, not just a dropped connection) keeps most of what it was sent.
+SEAL_BYTES = 4 * 1024 * 1024
+
 _TREE_MODES = {b"40000": "tree", b"100644": "blob", b"100755": "blob"}
 
 
@@ -190,6 +194,7 @@ def receive(
     """
     got = Received()
     failure: UsrError | None = None
+    unsealed = 0
     with store.chunks.writer() as packer:
         while True:
             kind, payload = fio.read_frame()
@@ -213,6 +218,10 @@ def receive(
                     if packer.add(cid, data):
                         got.chunks += 1
                         got.bytes += len(data)
+                        unsealed += len(data)
+                        if unsealed >= SEAL_BYTES:
+                            packer.close()
+                            unsealed = 0
             except TransportError:
                 raise
             except UsrError as exc:

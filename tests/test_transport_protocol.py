@@ -1,0 +1,273 @@
+"""The serve endpoint and the client against bad peers: garbage, truncated and oversized
+frames, ids escaping the root, objects and chunks whose bytes do not match their ids, an
+incompatible protocol, and a push cut midway that a rerun finishes moving only what is
+missing. Real ``usr plumbing serve`` subprocesses throughout."""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import usr_env
+from usr.errors import InputError, TransportError, VerifyError
+from usr.store import Store
+from usr.store.chunks import chunk_id
+from usr.store.objects import git_object_id
+from usr.sync import protocol as p
+from usr.sync.client import spawn_local
+
+
+def _frame(kind: bytes, payload: bytes) -> bytes:
+    return struct.pack(">cI", kind, len(payload)) + payload
+
+
+def _msg(t: str, **fields) -> bytes:
+    return _frame(b"J", json.dumps({"t": t, **fields}).encode())
+
+
+def _hello() -> bytes:
+    return _msg("hello", usr_version="test", protocol=p.PROTOCOL_VERSION)
+
+
+def _serve(root: Path, data: bytes) -> tuple[int, list[dict], str]:
+    """Feed raw bytes to a real ``usr plumbing serve``; return its status, the messages
+    it answered with, and its stderr."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "usr", "plumbing", "serve", "--root", str(root)],
+        input=data,
+        capture_output=True,
+        env=usr_env(),
+        timeout=60,
+    )
+    out = proc.stdout
+    assert out.startswith(p.MAGIC)
+    out = out[len(p.MAGIC) :]
+    msgs = []
+    while out:
+        kind, length = struct.unpack(">cI", out[:5])
+        if kind == b"J":
+            msgs.append(json.loads(out[5 : 5 + length]))
+        out = out[5 + length :]
+    return proc.returncode, msgs, proc.stderr.decode()
+
+
+def _snapshot(root: Path) -> list[str]:
+    return sorted(str(x.relative_to(root)) for x in root.rglob("*"))
+
+
+@pytest.mark.parametrize(
+    "garbage, words",
+    [
+        (b"Z\x00\x00\x00\x01x", "unknown kind"),
+        (struct.pack(">cI", b"J", p.MAX_FRAME + 1), "exceeds"),
+        (struct.pack(">cI", b"J", 100) + b'{"t": "he', "closed mid-frame"),
+        (_frame(b"J", b"\xff\xfenot json"), "unparseable"),
+        (_frame(b"J", b"[1, 2]"), "without a type"),
+        (b"\x00\x01", "closed mid-frame header"),
+    ],
+)
+def test_serve_refuses_bad_frames(root, garbage, words):
+    before = _snapshot(root)
+    status, msgs, err = _serve(root, _hello() + garbage)
+    assert status != 0
+    assert msgs[0]["t"] == "hello"
+    assert msgs[-1]["t"] == "error" and msgs[-1]["kind"] == "transport"
+    assert words in msgs[-1]["message"]
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert _snapshot(root) == before
+
+
+def test_serve_refuses_incompatible_protocol(root):
+    status, msgs, _ = _serve(root, _msg("hello", usr_version="9", protocol=99))
+    assert status != 0
+    assert msgs[-1]["t"] == "error" and "incompatible protocol" in msgs[-1]["message"]
+
+
+@pytest.mark.parametrize("ds", ["../outside", "/etc", "a/b/c", "..", "a/../../x", ""])
+def test_serve_refuses_ids_escaping_root(root, ds):
+    status, msgs, _ = _serve(root, _hello() + _msg("have", ds=ds, oids=[], cids=[], create=True))
+    assert msgs[-1]["t"] == "error" and msgs[-1]["kind"] == "input"
+    assert _snapshot(root) == []
+    assert not (root.parent / "outside").exists()
+
+
+def test_serve_refuses_symlink_out_of_root(root, tmp_path):
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (root / "evil").symlink_to(outside)
+    _, msgs, _ = _serve(root, _hello() + _msg("have", ds="evil", oids=[], cids=[], create=True))
+    assert msgs[-1]["t"] == "error" and "outside" in msgs[-1]["message"]
+    assert list(outside.iterdir()) == []
+
+
+def test_client_refuses_bad_id_before_sending(root):
+    with spawn_local(root) as remote:
+        remote.hello()
+        with pytest.raises(InputError):
+            remote.heads("../x")
+
+
+def test_pushed_object_with_wrong_bytes_is_refused(root):
+    data = b"honest bytes\n"
+    oid = git_object_id("blob", data)
+    bad = _frame(b"O", bytes([3]) + bytes.fromhex(oid) + b"tampered bytes\n")
+    stream = _hello() + _msg("pack", ds="ds", create=True) + bad + _msg("end")
+    stream += _msg("update", ds="ds", new=oid, old=None)
+    _, msgs, _ = _serve(root, stream)
+    errors = [m for m in msgs if m["t"] == "error"]
+    assert errors[0]["kind"] == "verify" and oid in errors[0]["message"]
+    assert "refusing to move the ref" in errors[1]["message"]
+    assert not Store.open(root / "ds").has_object(oid)
+
+
+def test_pushed_chunk_with_wrong_bytes_is_refused(root):
+    cid = chunk_id(b"x" * 1000)
+    bad = _frame(b"K", bytes.fromhex(cid) + b"y" * 1000)
+    _, msgs, _ = _serve(root, _hello() + _msg("pack", ds="ds", create=True) + bad + _msg("end"))
+    assert msgs[-1]["t"] == "error" and msgs[-1]["kind"] == "verify"
+    assert not Store.open(root / "ds").chunks.has(cid)
+
+
+def test_pushed_tree_with_escaping_path_is_refused(root):
+    blob = git_object_id("blob", b"x")
+    tree = b"100644 ..\x00" + bytes.fromhex(blob)
+    oid = git_object_id("tree", tree)
+    frame = _frame(b"O", bytes([2]) + bytes.fromhex(oid) + tree)
+    _, msgs, _ = _serve(root, _hello() + _msg("pack", ds="ds", create=True) + frame + _msg("end"))
+    assert msgs[-1]["t"] == "error" and msgs[-1]["kind"] == "verify"
+    assert not Store.open(root / "ds").has_object(oid)
+
+
+# -- a hostile server, for the client side ----------------------------------------------------
+
+FAKE_SERVER = r"""
+import json, struct, sys
+mode = sys.argv[1]
+out = sys.stdout.buffer
+def frame(kind, payload):
+    out.write(struct.pack(">cI", kind, len(payload)) + payload); out.flush()
+def msg(t, **f):
+    frame(b"J", json.dumps({"t": t, **f}).encode())
+def read():
+    kind, n = struct.unpack(">cI", sys.stdin.buffer.read(5))
+    return json.loads(sys.stdin.buffer.read(n))
+out.write(b"USRP\x00\x01\r\n"); out.flush()
+if mode == "banner":
+    sys.exit(0)
+read()
+if mode == "proto":
+    msg("hello", usr_version="9.9", protocol=99); sys.exit(0)
+msg("hello", usr_version="x", protocol=1, root="/", root_exists=True)
+if mode == "oversized":
+    out.write(struct.pack(">cI", b"J", 1 << 31)); out.flush(); sys.exit(0)
+if mode == "truncated":
+    out.write(struct.pack(">cI", b"J", 50) + b'{"t": "heads"'); out.flush(); sys.exit(0)
+want = read()
+oid = sys.argv[2]
+msg("objects", oids=[oid], types=["blob"], sizes={})
+read()
+frame(b"O", bytes([3]) + bytes.fromhex(oid) + b"not the bytes of that id")
+msg("done", sent=1)
+read()
+"""
+
+
+@pytest.fixture
+def fake_server(tmp_path):
+    script = tmp_path / "fake_server.py"
+    script.write_text(FAKE_SERVER)
+
+    def start(mode: str, *args: str):
+        argv = f"{sys.executable} {script} {mode} {' '.join(args)}"
+        return spawn_local(tmp_path, remote_usr=argv, name="remote fake")
+
+    return start
+
+
+def test_client_refuses_incompatible_protocol(fake_server):
+    with pytest.raises(TransportError) as err, fake_server("proto") as remote:
+        remote.hello()
+    assert "protocol" in err.value.one_line()
+
+
+@pytest.mark.parametrize("mode, words", [("oversized", "exceeds"), ("truncated", "closed")])
+def test_client_refuses_bad_frames(fake_server, mode, words):
+    with fake_server(mode) as remote:
+        remote.hello()
+        with pytest.raises(TransportError) as err:
+            remote.heads("ds")
+    assert words in err.value.one_line()
+
+
+def test_client_refuses_object_not_matching_its_id(fake_server, tmp_path):
+    store = Store.open(_mkdir(tmp_path / "local"))
+    real = git_object_id("commit", b"tree 0\n")
+    with fake_server("badobject", real) as remote:
+        remote.hello()
+        with pytest.raises(VerifyError):
+            remote.fetch("ds", store, [real], haves=[])
+    assert not store.has_object(real)
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+# -- a push cut midway, then rerun -------------------------------------------------------------
+
+
+class _CutAfter:
+    """Byte channel wrapper that kills the server once ``limit`` bytes have been written."""
+
+    def __init__(self, inner, proc, limit: int) -> None:
+        self.inner, self.proc, self.limit, self.sent = inner, proc, limit, 0
+
+    def read(self, n: int) -> bytes:
+        return self.inner.read(n)
+
+    def write(self, data: bytes) -> None:
+        if self.sent + len(data) > self.limit:
+            self.proc.kill()
+            self.proc.wait()
+        self.inner.write(data)
+        self.sent += len(data)
+
+    def flush(self) -> None:
+        self.inner.flush()
+
+
+def test_interrupted_push_resumes_moving_only_missing_chunks(tmp_path, monkeypatch):
+    monkeypatch.setenv("USR_INLINE_LIMIT", "4096")
+    local = _mkdir(tmp_path / "local" / "ds")
+    (local / "records.parquet").write_bytes(os.urandom(12 * 1024 * 1024))
+    (local / "meta.md").write_text("# m\n")
+    store = Store.open(local)
+    head = store.record("snapshot").commit
+    all_chunks = store.chunk_ids([e for _, e, _ in store.ls_tree(head)])
+    assert len(all_chunks) > 100
+    base = _mkdir(tmp_path / "remote")
+
+    remote = spawn_local(base)
+    remote.hello()
+    remote.fio.channel = _CutAfter(remote.fio.channel, remote.process, 9 * 1024 * 1024)
+    with pytest.raises(TransportError), remote:
+        remote.push("ds", store, head, None)
+    landed = Store.open(base / "ds")
+    assert landed.head() is None  # the ref never moved
+    missing = landed.chunks.missing(all_chunks)
+    assert 0 < len(missing) < len(all_chunks)
+
+    with spawn_local(base) as remote:
+        remote.hello()
+        stats = remote.push("ds", store, head, None)
+        assert remote.heads("ds")["head"] == head
+    assert stats.chunks == len(missing)
+    pushed = (base / "ds" / "records.parquet").read_bytes()
+    assert pushed == (local / "records.parquet").read_bytes()

@@ -1,0 +1,122 @@
+"""The transport over a real OpenSSH sshd (tests/fixtures/sshd.py): connect, auth, host keys,
+remote usr, and a push/fetch round trip through an exec channel."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from usr import remotes
+from usr.errors import AuthError, NotFoundError, TransportError
+from usr.store import Store
+from usr.sync.client import open_session
+
+pytestmark = pytest.mark.ssh
+
+
+def _profile(sshd, tmp_path: Path, base: Path | None = None, **over) -> Path:
+    base = base or tmp_path / "remote"
+    base.mkdir(exist_ok=True)
+    return sshd.write_remotes(tmp_path / "remotes.toml", base, **over)
+
+
+def _dataset(path: Path, size: int = 300_000) -> Store:
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "records.parquet").write_bytes(os.urandom(size))
+    (path / "meta.md").write_text("# meta\n")
+    store = Store.open(path)
+    store.record("snapshot")
+    return store
+
+
+def test_push_and_fetch_over_ssh(sshd, tmp_path, monkeypatch):
+    cfg = _profile(sshd, tmp_path)
+    store = _dataset(tmp_path / "local" / "densegen" / "ds")
+    head = store.head()
+    with open_session("bu-scc", cfg) as remote:
+        assert remote.server["protocol"] == 1
+        assert remote.heads("densegen/ds") == {"exists": False, "head": None, "refs": {}}
+        stats = remote.push("densegen/ds", store, head, None)
+        assert stats.objects > 0
+        assert remote.heads("densegen/ds")["head"] == head
+    pushed = tmp_path / "remote" / "densegen" / "ds" / "records.parquet"
+    assert pushed.read_bytes() == (tmp_path / "local/densegen/ds/records.parquet").read_bytes()
+    back = tmp_path / "back"
+    back.mkdir()
+    copy = Store.open(back)
+    with open_session("bu-scc", cfg) as remote:
+        remote.fetch("densegen/ds", copy, [head])
+        again = remote.fetch("densegen/ds", copy, [head])
+    assert again.objects == 0 and again.chunks == 0
+    copy.checkout(head)
+    assert (back / "records.parquet").read_bytes() == pushed.read_bytes()
+
+
+def test_unknown_host_key_names_fingerprint(sshd, tmp_path):
+    empty = tmp_path / "known_hosts_empty"
+    empty.write_text("")
+    cfg = _profile(sshd, tmp_path, known_hosts=str(empty))
+    with pytest.raises(AuthError) as err:
+        open_session("bu-scc", cfg)
+    line = err.value.one_line()
+    assert sshd.host_fingerprint in line
+    assert "ssh-keyscan" in line
+
+
+def test_changed_host_key_refused(sshd, tmp_path):
+    other = tmp_path / "other"
+    os.system(f"ssh-keygen -q -t ed25519 -N '' -f {other}")
+    kh = tmp_path / "known_hosts_wrong"
+    kh.write_text(f"[127.0.0.1]:{sshd.port} {(tmp_path / 'other.pub').read_text()}")
+    cfg = _profile(sshd, tmp_path, known_hosts=str(kh))
+    with pytest.raises(AuthError) as err:
+        open_session("bu-scc", cfg)
+    assert sshd.host_fingerprint in err.value.one_line()
+
+
+def test_auth_failure(sshd, tmp_path):
+    stranger = tmp_path / "stranger"
+    os.system(f"ssh-keygen -q -t ed25519 -N '' -f {stranger}")
+    cfg = _profile(sshd, tmp_path, ssh_key=str(stranger))
+    with pytest.raises(AuthError) as err:
+        open_session("bu-scc", cfg)
+    assert "authentication" in err.value.one_line()
+
+
+def test_unreachable_host(sshd, tmp_path):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cfg = _profile(sshd, tmp_path, port=port)
+    with pytest.raises(TransportError) as err:
+        open_session("bu-scc", cfg)
+    assert not isinstance(err.value, AuthError)
+    assert "cannot reach" in err.value.one_line()
+
+
+def test_remote_without_usr(sshd, tmp_path):
+    cfg = _profile(sshd, tmp_path, remote_usr="/nonexistent/usr-missing")
+    with pytest.raises(TransportError) as err:
+        open_session("bu-scc", cfg)
+    assert "usr is not installed on the remote" in err.value.one_line()
+
+
+def test_base_dir_missing(sshd, tmp_path):
+    cfg = sshd.write_remotes(tmp_path / "remotes.toml", tmp_path / "nope")
+    with open_session("bu-scc", cfg) as remote:
+        assert remote.server["root_exists"] is False
+        with pytest.raises(NotFoundError) as err:
+            remote.heads("ds")
+    assert "base_dir" in err.value.one_line()
+
+
+def test_unknown_remote_name(tmp_path):
+    cfg = tmp_path / "remotes.toml"
+    cfg.write_text("")
+    with pytest.raises(NotFoundError) as err:
+        remotes.get("nosuch", cfg)
+    assert "nosuch" in err.value.one_line()
