@@ -79,10 +79,12 @@ class Store:
         """Open the store of ``dataset_dir``; with ``create``, make it (adopting whatever
         files are already there — they are recorded by the next ``record``).
 
-        Raises NotFoundError if the directory (or, without ``create``, its store) is
-        missing. Completes a checkout that a crash interrupted.
+        With ``create`` a missing directory is made too (a bootstrap push). Raises
+        NotFoundError if, without ``create``, the directory or its store is missing. Completes a checkout that a crash interrupted.
         """
         path = Path(dataset_dir).absolute()
+        if create and not path.exists():
+            path.mkdir(parents=True)
         if not path.is_dir():
             raise NotFoundError(f"dataset directory {path} does not exist")
         gitdir = path / STORE_DIR
