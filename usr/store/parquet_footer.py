@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import struct
 
-import pyarrow as pa
-import pyarrow.parquet as pq
-
 from usr.errors import UsrError
 
 _MAGIC = b"PAR1"
@@ -19,6 +16,9 @@ _MAGIC = b"PAR1"
 
 def num_rows(store, blob_id: str) -> int | None:
     """Rows in the Parquet file behind ``blob_id``, or None if it is not a readable Parquet."""
+    import pyarrow as pa  # imported here: most commands never need it
+    import pyarrow.parquet as pq
+
     try:
         size = store.entry_size(blob_id)
         if size < 12:

@@ -80,7 +80,8 @@ class Store:
         files are already there — they are recorded by the next ``record``).
 
         With ``create`` a missing directory is made too (a bootstrap push). Raises
-        NotFoundError if, without ``create``, the directory or its store is missing. Completes a checkout that a crash interrupted.
+        NotFoundError if, without ``create``, the directory or its store is missing.
+        Completes a checkout that a crash interrupted.
         """
         path = Path(dataset_dir).absolute()
         if create and not path.exists():
