@@ -15,7 +15,7 @@ import pytest
 
 from usr import registry as reg
 from usr.dataset import Dataset, list_datasets
-from usr.errors import InputError, NotFoundError, UsageError
+from usr.errors import InputError, NotFoundError, UsageError, VerifyError
 from usr.events import REDACTED
 from usr.layout import is_runtime_path
 from usr.records import CORE_SCHEMA, record_id
@@ -198,6 +198,7 @@ def test_events_redact_secrets_and_repair_a_torn_line(ds):
         assert k in last
     with (ds.path / ".events.log").open("ab") as fh:
         fh.write(b'{"torn": ')
+    assert ds.events_tail(1)[0]["action"] == "custom"  # a torn last line is not an event
     ds.append_event("after-tear")
     lines = (ds.path / ".events.log").read_bytes().splitlines()
     assert json.loads(lines[-1])["action"] == "after-tear"
@@ -304,3 +305,17 @@ def test_export_csv_and_parquet_carry_the_overlay_view(ds, tmp_path):
     assert "infer__v" in header and "[0.5, 1.0]" in first
     with pytest.raises(UsageError, match="exists"):
         ds.export("csv", tmp_path / "out")
+
+
+def test_events_tail_reads_the_end_of_a_long_log(ds):
+    log = ds.path / ".events.log"
+    lines = [json.dumps({"action": f"step {i}", "pad": "x" * 100}) + "\n" for i in range(3000)]
+    log.write_text("".join(lines))
+    assert [e["action"] for e in ds.events_tail(3)] == ["step 2997", "step 2998", "step 2999"]
+    assert len(ds.events_tail(2500)) == 2500
+    assert len(ds.events_tail(10_000)) == 3000
+    log.write_text("".join(lines[:5]) + "not json\n" + "".join(lines[5:10]))
+    with pytest.raises(VerifyError, match="line 6 is not JSON"):
+        ds.info()
+    report = ds.validate()
+    assert not report["ok"] and any("line 6" in e for e in report["errors"])

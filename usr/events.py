@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections import deque
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -92,32 +91,58 @@ def append_event(
 
 def read_events(dataset_dir: Path) -> list[dict[str, Any]]:
     """Every event, oldest first; a line that is not a JSON object is a VerifyError."""
-    return list(_parse(dataset_dir / EVENTS_FILE, None))
+    path = dataset_dir / EVENTS_FILE
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return []
+    return _parse(path, data.splitlines(keepends=True), first_line=1)
 
 
 def tail(dataset_dir: Path, n: int) -> list[dict[str, Any]]:
-    """The last ``n`` events, oldest first."""
-    return list(_parse(dataset_dir / EVENTS_FILE, max(n, 0)))
-
-
-def _parse(path: Path, keep: int | None):
+    """The last ``n`` events, oldest first, reading only the end of the file."""
+    path = dataset_dir / EVENTS_FILE
+    if n <= 0:
+        return []
     try:
         fh = path.open("rb")
     except FileNotFoundError:
         return []
     with fh:
-        lines = deque(fh, maxlen=keep) if keep is not None else list(fh)
-    start = 0 if keep is None else None
+        end = fh.seek(0, os.SEEK_END)
+        pos, buf = end, b""
+        # Read backwards in blocks until n complete lines (plus the one before) are in.
+        while pos > 0 and buf.count(b"\n") <= n + 1:
+            step = min(_BLOCK, pos)
+            pos -= step
+            fh.seek(pos)
+            buf = fh.read(step) + buf
+    lines = buf.splitlines(keepends=True)
+    if pos > 0:
+        lines = lines[1:]  # the first line may be cut by the block boundary
+    if lines and not lines[-1].endswith(b"\n"):
+        lines = lines[:-1]
+    return _parse(path, [ln for ln in lines if ln.strip()][-n:], first_line=None)
+
+
+_BLOCK = 64 * 1024
+
+
+def _parse(path: Path, lines: list[bytes], first_line: int | None) -> list[dict[str, Any]]:
+    """Parse event lines. A last line without its newline is a write still in progress
+    (or torn by a crash): skipped, not an error, since the next append repairs it."""
+    if lines and not lines[-1].endswith(b"\n"):
+        lines = lines[:-1]
     out = []
     for i, raw in enumerate(lines):
         if not raw.strip():
             continue
+        where = f"line {first_line + i}" if first_line is not None else "a recent line"
         try:
             event = json.loads(raw)
         except ValueError as exc:
-            where = f"line {start + i + 1}" if start is not None else "a recent line"
             raise VerifyError(f"{path}: {where} is not JSON", "the log is damaged") from exc
         if not isinstance(event, dict):
-            raise VerifyError(f"{path}: an event is not a JSON object", "the log is damaged")
+            raise VerifyError(f"{path}: {where} is not a JSON object", "the log is damaged")
         out.append(event)
     return out
