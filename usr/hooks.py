@@ -26,10 +26,10 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from usr.errors import HookRefused
 from usr.layout import REGISTRY_FILE, STORE_DIR
@@ -286,6 +286,22 @@ def _kill_group(proc: subprocess.Popen[bytes]) -> None:
         proc.wait(timeout=5)
 
 
+def _audited(
+    audit: dict[str, Any] | None, name: str, run: Callable[[], HookOutcome]
+) -> HookOutcome:
+    """Run ``run`` and note its outcome in ``audit["hooks"][name]`` (the audit JSON's
+    ``data``), including ``refused`` when the hook stops the operation."""
+    try:
+        outcome = run()
+    except HookRefused as exc:
+        if audit is not None:
+            audit.setdefault("hooks", {})[name] = {"status": "refused", "error": exc.one_line()}
+        raise
+    if audit is not None:
+        audit.setdefault("hooks", {})[name] = outcome.to_json()
+    return outcome
+
+
 def verify_env(
     verify: str = "hash",
     verify_sidecars: bool = True,
@@ -305,6 +321,37 @@ def verify_env(
     }
 
 
+def verify_env_from(options: Any) -> dict[str, str]:
+    """:func:`verify_env` of anything with the sync flags as attributes (``SyncOptions``)."""
+    return verify_env(
+        verify=str(getattr(options, "verify", "hash")),
+        verify_sidecars=bool(getattr(options, "verify_sidecars", True)),
+        verify_derived_hashes=bool(getattr(options, "verify_derived_hashes", True)),
+        primary_only=bool(getattr(options, "primary_only", False)),
+        skip_snapshots=bool(getattr(options, "skip_snapshots", False)),
+        dry_run=bool(getattr(options, "dry_run", False)),
+    )
+
+
+def remote_target(remote: str, remotes_config: str | os.PathLike[str] | None = None) -> str:
+    """Where a remote points, as a hook's second argument: ``[user@]host:base_dir``
+    (``ssh://[user@]host:port/base_dir`` with a port) for SSH, the base directory for a
+    ``local`` remote; the remote name when its profile cannot be read."""
+    from usr import remotes
+    from usr.errors import UsrError
+
+    try:
+        profile = remotes.get(remote, remotes_config)
+    except UsrError:
+        return remote
+    if profile.type == "local":
+        return str(profile.base_dir)
+    who = f"{profile.user}@" if profile.user else ""
+    if profile.port:
+        return f"ssh://{who}{profile.host}:{profile.port}/{str(profile.base_dir).lstrip('/')}"
+    return f"{who}{profile.host}:{profile.base_dir}"
+
+
 def run_pre_push(
     ctx: HookContext,
     remote: str,
@@ -313,22 +360,28 @@ def run_pre_push(
     remote_id: str | None,
     verify: Mapping[str, str] | None = None,
     no_verify: bool = False,
+    audit: dict[str, Any] | None = None,
 ) -> HookOutcome:
     """Run ``pre-push`` before anything is sent. Raises :class:`HookRefused` to stop the push.
 
     ``target`` says where the push goes (``user@host:base_dir`` or a local path);
     ``verify`` is :func:`verify_env` of the push. ``no_verify`` (``usr push --no-verify``)
-    skips the hook and returns ``skipped`` so the audit JSON can record it.
+    skips the hook and returns ``skipped``. With ``audit`` (the audit JSON's ``data``), the
+    outcome lands in ``audit["hooks"]["pre-push"]``: passed, absent, skipped or refused.
     """
     if no_verify:
-        return HookOutcome("pre-push", "skipped")
+        return _audited(audit, "pre-push", lambda: HookOutcome("pre-push", "skipped"))
     env = {"USR_REMOTE": remote, "USR_TARGET": target, **(verify or {})}
-    return run_hook(
+    return _audited(
+        audit,
         "pre-push",
-        ctx,
-        args=[remote, target],
-        stdin=RefUpdate(local_id, remote_id).line(),
-        env=env,
+        lambda: run_hook(
+            "pre-push",
+            ctx,
+            args=[remote, target],
+            stdin=RefUpdate(local_id, remote_id).line(),
+            env=env,
+        ),
     )
 
 
@@ -340,18 +393,23 @@ def run_post_push(
     remote_id_before: str | None,
     verify: Mapping[str, str] | None = None,
     no_verify: bool = False,
+    audit: dict[str, Any] | None = None,
 ) -> HookOutcome:
     """Run ``post-push`` after the remote ref moved. Advisory: a failure is returned (the
     caller warns), never raised, because the push already happened."""
     if no_verify:
-        return HookOutcome("post-push", "skipped")
+        return _audited(audit, "post-push", lambda: HookOutcome("post-push", "skipped"))
     env = {"USR_REMOTE": remote, "USR_TARGET": target, **(verify or {})}
-    return run_hook(
+    return _audited(
+        audit,
         "post-push",
-        ctx,
-        args=[remote, target],
-        stdin=RefUpdate(local_id, remote_id_before).line(),
-        env=env,
+        lambda: run_hook(
+            "post-push",
+            ctx,
+            args=[remote, target],
+            stdin=RefUpdate(local_id, remote_id_before).line(),
+            env=env,
+        ),
     )
 
 
@@ -363,6 +421,7 @@ def run_post_pull(
     local_id_after: str | None,
     verify: Mapping[str, str] | None = None,
     no_verify: bool = False,
+    audit: dict[str, Any] | None = None,
 ) -> HookOutcome:
     """Run ``post-pull`` after pulled files were promoted. Advisory, like ``post-push``.
 
@@ -371,7 +430,7 @@ def run_post_pull(
     ``$USR_PREVIOUS_HEAD``.
     """
     if no_verify:
-        return HookOutcome("post-pull", "skipped")
+        return _audited(audit, "post-pull", lambda: HookOutcome("post-pull", "skipped"))
     env = {
         "USR_REMOTE": remote,
         "USR_TARGET": target,
@@ -379,7 +438,11 @@ def run_post_pull(
         **(verify or {}),
     }
     update = RefUpdate(local_id_after, local_id_after, remote_ref=f"refs/remotes/{remote}/main")
-    return run_hook("post-pull", ctx, args=[remote, target], stdin=update.line(), env=env)
+    return _audited(
+        audit,
+        "post-pull",
+        lambda: run_hook("post-pull", ctx, args=[remote, target], stdin=update.line(), env=env),
+    )
 
 
 def run_pre_snapshot(
