@@ -101,6 +101,7 @@ class ChunkStore:
         self.packs_dir = directory / "packs"
         self._index: dict[str, PackEntry] = {}
         self._packs_seen: set[str] = set()
+        self._packs_stamp = -1
         self._fds: dict[str, int] = {}
 
     # -- lookup ---------------------------------------------------------------------------
@@ -110,8 +111,13 @@ class ChunkStore:
 
     def _scan_packs(self) -> bool:
         """Load the trailers of packs not seen yet; True if any were new."""
-        if not self.packs_dir.is_dir():
+        try:
+            stamp = os.stat(self.packs_dir).st_mtime_ns
+        except FileNotFoundError:
             return False
+        if stamp == self._packs_stamp:
+            return False  # no pack added or removed since the last look
+        self._packs_stamp = stamp
         new = False
         for entry in os.scandir(self.packs_dir):
             name = entry.name
@@ -125,7 +131,7 @@ class ChunkStore:
         return new
 
     def _locate(self, cid: str) -> PackEntry | Path | None:
-        if not self._packs_seen:
+        if self._packs_stamp == -1:
             self._scan_packs()
         entry = self._index.get(cid)
         if entry is not None:
@@ -253,6 +259,7 @@ class ChunkStore:
         if fd is not None:
             os.close(fd)
         self._packs_seen.discard(f"{pack}.pack")
+        self._packs_stamp = -1
         self._index = {c: e for c, e in self._index.items() if e.pack != pack}
 
 
