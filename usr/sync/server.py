@@ -173,9 +173,17 @@ class Server:
         sent += packstream.send_chunks(store, self.fio, cids)
         self.fio.send_message("done", sent=sent)
 
+    def _transfer_lock(self, store: Any, what: str):
+        """``.usr.transfer.lock``: held while a push streams in, and taken for a moment by
+        negotiation, so a rerun after a cut connection sees everything the dying receiver
+        kept. It is not the dataset lock: recording and batch writers never wait on it."""
+        return hold(store.path / ".usr.transfer.lock", what=what)
+
     def op_have(self, msg: dict[str, Any]) -> None:
         """Push negotiation: which of the client's objects and chunks are missing here."""
         store = self._store(msg, create=bool(msg.get("create")))
+        with self._transfer_lock(store, "usr serve: push negotiation"):
+            pass
         oids = [p.check_oid(o, self.peer) for o in p.require(msg, "oids", list, self.peer)]
         cids = [p.check_cid(c, self.peer) for c in p.require(msg, "cids", list, self.peer)]
         missing_oids = [o for o in oids if not packstream.has_object(store, o)]
@@ -186,7 +194,8 @@ class Server:
         """Receive a pushed stream of objects and chunks, verifying each as it lands."""
         store = self._store(msg, create=bool(msg.get("create")))
         self.pack_failed = True
-        stats = packstream.receive(store, self.fio, self.peer)
+        with self._transfer_lock(store, "usr serve: receiving a push"):
+            stats = packstream.receive(store, self.fio, self.peer)
         self.pack_failed = False
         self.fio.send_message("received", objects=stats.objects, chunks=stats.chunks)
 
