@@ -339,7 +339,10 @@ def check_events(state: StateView) -> list[Problem]:
     problems: list[Problem] = []
     if data is None:
         data = b""
-    for i, raw in enumerate(data.splitlines(), start=1):
+    lines = data.split(b"\n")
+    # The last piece is "" or a line still being written (no newline yet): not checked,
+    # as usr.events does, since the next append completes or seals it.
+    for i, raw in enumerate(lines[:-1], start=1):
         if not raw.strip():
             continue
         try:
