@@ -9,7 +9,6 @@ the store's content-defined chunker dedupes all of them; only the tail and foote
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import re
 from collections.abc import Iterable, Iterator
@@ -276,6 +275,8 @@ def read_schema(path: Path) -> pa.Schema:
 
 
 def num_rows(path: Path) -> int:
-    with contextlib.suppress(pa.ArrowInvalid, OSError):
+    """Row count from the footer alone."""
+    try:
         return pq.ParquetFile(path).metadata.num_rows
-    raise VerifyError(f"cannot read {path}", "restore it from a recorded state")
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise VerifyError(f"cannot read {path}: {exc}", "restore it from a recorded state") from exc
