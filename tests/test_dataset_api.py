@@ -84,6 +84,12 @@ def test_open_unknown_and_symlinked_datasets(root, tmp_path):
         Dataset.open(root, "linked")
     with pytest.raises(InputError, match="symlink"):
         Dataset.init(root, "linked/sub")
+    inner = Dataset.init(root, "inner")
+    (inner.path / ".events.log").unlink()
+    (inner.path / ".events.log").symlink_to(tmp_path / "elsewhere.log")
+    with pytest.raises(InputError, match="events.log is a symlink"):
+        Dataset.open(root, "inner")
+    assert not (tmp_path / "elsewhere.log").exists()
 
 
 def test_append_applies_the_id_rule_and_defaults(ds):

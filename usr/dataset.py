@@ -71,6 +71,9 @@ def _refuse_symlinks(root: Path, dataset_id: str) -> None:
             raise InputError(
                 f"dataset path {here} is a symlink", "datasets must be real directories"
             )
+    for name in (RECORDS_FILE, META_FILE, EVENTS_FILE):
+        if (here / name).is_symlink():
+            raise InputError(f"{here / name} is a symlink", "dataset files must be real files")
 
 
 def _as_table(data: pa.Table | Iterable[Mapping[str, Any]]) -> pa.Table:
