@@ -271,3 +271,36 @@ def test_interrupted_push_resumes_moving_only_missing_chunks(tmp_path, monkeypat
     assert stats.chunks == len(missing)
     pushed = (base / "ds" / "records.parquet").read_bytes()
     assert pushed == (local / "records.parquet").read_bytes()
+
+
+# -- plumbing over a local remote ----------------------------------------------------------------
+
+
+def test_plumbing_ls_remote_send_pack_fetch_pack(usr, tmp_path):
+    base = _mkdir(tmp_path / "remote")
+    cfg = tmp_path / "remotes.toml"
+    cfg.write_text(f'[remotes.lab]\ntype = "local"\nbase_dir = "{base}"\n')
+    cfg.chmod(0o600)
+    here = _mkdir(tmp_path / "here")
+    store = Store.open(_mkdir(here / "ds"))
+    (here / "ds" / "meta.md").write_text("# x\n")
+    head = store.record("snapshot").commit
+    common = ["--remotes-config", str(cfg)]
+    r = usr("plumbing", "ls-remote", "lab", "ds", *common)
+    assert r.returncode == 0 and r.stdout == ""
+    r = usr("--root", str(here), "plumbing", "send-pack", "lab", "ds", *common)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == f"-\t{head}"
+    assert (base / "ds" / "meta.md").read_text() == "# x\n"
+    r = usr("plumbing", "ls-remote", "lab", "ds", *common)
+    assert r.stdout.strip() == f"{head}\trefs/heads/main"
+    there = _mkdir(tmp_path / "there")
+    r = usr(
+        "--root", str(there), "plumbing", "fetch-pack", "lab", "ds", "--format", "json", *common
+    )
+    assert r.returncode == 0, r.stderr
+    data = json.loads(r.stdout)["data"]
+    assert data["head"] == head and data["ref"] == "refs/remotes/lab/main"
+    fetched = Store.open(there / "ds")
+    assert fetched.head("refs/remotes/lab/main") == head and fetched.head() is None
+    assert not (there / "ds" / "meta.md").exists()
