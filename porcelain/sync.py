@@ -149,6 +149,7 @@ def build_options(ctx: click.Context, params: dict[str, Any], action: str) -> Sy
         lock_timeout=params.get("lock_timeout"),
         remote_path=params.get("remote_path"),
         remotes_config=params.get("remotes_config"),
+        no_verify=bool(params.get("no_verify")),
     )
 
 
@@ -208,6 +209,11 @@ def diff_command(ctx: click.Context, settings: Settings, **params: Any) -> None:
 @_sync_options
 @yes_option
 @click.option("--dry-run", is_flag=True, help="Say what a pull would do; change nothing.")
+@click.option(
+    "--no-verify",
+    is_flag=True,
+    help="Skip the dataset's push/pull hooks (recorded as skipped in the audit).",
+)
 @pass_settings
 @click.pass_context
 def pull_command(ctx: click.Context, settings: Settings, **params: Any) -> None:
@@ -223,6 +229,11 @@ def pull_command(ctx: click.Context, settings: Settings, **params: Any) -> None:
 @_sync_options
 @yes_option
 @click.option("--dry-run", is_flag=True, help="Say what a push would do; change nothing.")
+@click.option(
+    "--no-verify",
+    is_flag=True,
+    help="Skip the dataset's push/pull hooks (recorded as skipped in the audit).",
+)
 @pass_settings
 @click.pass_context
 def push_command(ctx: click.Context, settings: Settings, **params: Any) -> None:

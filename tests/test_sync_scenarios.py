@@ -56,21 +56,27 @@ class Env:
         return engine.push(self.target(), "bu-scc", self.opts(**kw))["data"]
 
 
-@pytest.fixture(params=["local", "ssh"])
-def env(request, tmp_path) -> Env:
+def make_env(kind: str, tmp_path: Path, request=None) -> Env:
+    """A laptop root, a cluster root and a remotes.toml whose ``bu-scc`` reaches the
+    cluster root over sshd (``kind="ssh"``) or as a local subprocess (``"local"``)."""
     local_root = tmp_path / "laptop"
     remote_root = tmp_path / "cluster"
     local_root.mkdir()
     remote_root.mkdir()
     config = tmp_path / "remotes.toml"
-    if request.param == "ssh":
+    if kind == "ssh":
         sshd = request.getfixturevalue("sshd")
         sshd.write_remotes(config, remote_root)
     else:
         table = {"type": "local", "base_dir": str(remote_root)}
         config.write_text(tomli_w.dumps({"remotes": {"bu-scc": table}}))
         config.chmod(0o600)
-    return Env(local_root, remote_root, config, request.param)
+    return Env(local_root, remote_root, config, kind)
+
+
+@pytest.fixture(params=["local", "ssh"])
+def env(request, tmp_path) -> Env:
+    return make_env(request.param, tmp_path, request)
 
 
 def make_dataset(root: Path, rows: int = 2) -> Dataset:
@@ -93,159 +99,105 @@ def files_of(directory: Path) -> dict[str, bytes]:
     return out
 
 
-def test_bootstrap_remote_to_local_then_repeated_noop(env):
-    make_dataset(env.remote_root)
+def _write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+def test_cluster_batch_loop(env):
+    """Bootstrap remote->local, repeated NO-OPs, a batch appends rows and events on the
+    cluster then a pull, then sidecar drift (meta.md, _derived same-name content change,
+    _registry/, _auxiliary) detected on each side while .events.log is unchanged."""
+    remote = make_dataset(env.remote_root)
+    _write(env.remote_dir / "_derived/infer/part-0.parquet", "v1")
+    Store.open(env.remote_dir).record("write part")
     before = env.diff()
     assert before["relation"] == "local-missing"
+    assert before["_derived"]["remote_only"] == ["_derived/infer/part-0.parquet"]
     assert not env.local_dir.exists()  # a diff never creates the dataset
+
     data = env.pull()
     assert data["primary"]["changed"] is True
     assert files_of(env.local_dir) == files_of(env.remote_dir)
     assert head(env.local_dir) == head(env.remote_dir)
-    for _ in range(2):
-        assert env.pull()["relation"] == "equal"
-        doc = engine.pull(env.target(), "bu-scc", env.opts())
-        assert doc["data"]["transfer_state"] == "NO-OP"
-        assert not doc["changes"]["any"]
-    assert env.diff()["status"] == "up-to-date"
+    doc = engine.pull(env.target(), "bu-scc", env.opts())
+    assert doc["data"]["transfer_state"] == "NO-OP"
+    assert not doc["changes"]["any"]
 
-
-def test_bootstrap_local_to_remote_then_noop(env):
-    make_dataset(env.local_root)
-    doc = engine.push(env.target(), "bu-scc", env.opts())
-    assert doc["data"]["transfer_state"] == "TRANSFERRED"
-    assert doc["data"]["relation"] == "remote-missing"
-    assert doc["data"]["bytes_moved"]["sent"] > 0
-    assert files_of(env.remote_dir) == files_of(env.local_dir)
-    again = engine.push(env.target(), "bu-scc", env.opts())
-    assert again["data"]["transfer_state"] == "NO-OP"
-    assert env.diff()["status"] == "up-to-date"
-
-
-def test_remote_batch_appends_then_local_pull(env):
-    remote = make_dataset(env.remote_root)
-    env.pull()
     remote.append_records([{"sequence": "AAAACCCCGG"}], bio_type="dna", alphabet="dna_4")
     d = env.diff()
     assert d["relation"] == "remote-ahead"
     assert d[".events.log"]["remote"] == d[".events.log"]["local"] + 1
     assert d["_snapshots"]["newer_than_local"] == 1
     local_head = head(env.local_dir)
-    data = env.pull()
+    doc = engine.pull(env.target(), "bu-scc", env.opts())
+    data = doc["data"]
+    assert data["transfer_state"] == "TRANSFERRED"
     assert data["primary"]["changed"] and data[".events.log"]["changed"]
-    assert data["_snapshots"]["newer_than_local"] == 1
+    assert data["bytes_moved"]["received"] > 0
     assert head(env.local_dir) == head(env.remote_dir) != local_head
     assert files_of(env.local_dir) == files_of(env.remote_dir)
     tracking = Store.open(env.local_dir).head("refs/remotes/bu-scc/main")
     assert tracking == head(env.remote_dir)
 
-
-def test_local_overlay_attach_then_push(env):
-    import pyarrow as pa
-
-    from usr.registry import register
-
-    make_dataset(env.local_root)
-    env.push()
-    register(env.local_root, "infer", [("infer__score", "float64")])
-    local = Dataset.open(env.local_root, DS)
-    ids = local.to_table(overlay=False).column("id").to_pylist()
-    local.attach(pa.table({"id": ids, "infer__score": [0.5] * len(ids)}), namespace="infer")
-    d = env.diff()
-    assert d["relation"] == "local-ahead"
-    assert d["_derived"]["changed"] and d["_derived"]["local_only"]
-    assert d["_derived"]["remote_only"] == []
-    data = env.push()
-    assert data["_derived"]["changed"] is True
-    assert files_of(env.remote_dir) == files_of(env.local_dir)
-    assert env.diff()["status"] == "up-to-date"
-
-
-def _write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-
-
-def test_sidecar_drift_without_event_changes_is_detected(env):
-    make_dataset(env.remote_root)
-    env.pull()
-    _write(env.remote_dir / "_derived/infer/part-0.parquet", "remote part")
+    _write(env.remote_dir / "_derived/infer/part-0.parquet", "v2")  # same name, new bytes
     _write(env.remote_dir / "_registry/infer.toml", "registry")
     _write(env.remote_dir / "meta.md", "# changed on the cluster\n")
     _write(env.local_dir / "_auxiliary/notes.txt", "local note")
     _write(env.local_dir / "_artifacts/plot.svg", "<svg/>")
+    heads_before = head(env.local_dir), head(env.remote_dir)
     d = env.diff()
     assert d[".events.log"]["changed"] is False
     assert d["meta"]["changed"] and d["meta"]["changed_by"] == "remote"
     assert d["_derived"]["remote_only"] == ["_derived/infer/part-0.parquet"]
     assert d["_derived"]["local_only"] == []
+    assert d["_derived"]["local_files"] == d["_derived"]["remote_files"] == 1
+    (entry,) = [f for f in d["files"] if f["section"] == "derived"]
+    assert entry["status"] == "modified" and entry["old_id"] != entry["new_id"]
     aux = d["_auxiliary"]
     assert aux["remote_only"] == ["_registry/infer.toml"]
     assert aux["local_only"] == ["_artifacts/plot.svg", "_auxiliary/notes.txt"]
     assert d["relation"] == "diverged"  # both sides have unrecorded changes
     assert d["changes"]["derived"] and d["changes"]["auxiliary"] and d["changes"]["meta"]
     # diff recorded nothing and moved no branch on either side
-    assert head(env.local_dir) == head(env.remote_dir)
+    assert (head(env.local_dir), head(env.remote_dir)) == heads_before
 
 
-def test_same_name_derived_content_change_is_detected(env):
-    make_dataset(env.remote_root)
-    _write(env.remote_dir / "_derived/infer/part-0.parquet", "v1")
-    Store.open(env.remote_dir).record("write part")
-    env.pull()
-    _write(env.remote_dir / "_derived/infer/part-0.parquet", "v2")
-    d = env.diff()
-    assert d["_derived"]["changed"] is True
-    assert d["_derived"]["remote_only"] == ["_derived/infer/part-0.parquet"]
-    assert d["_derived"]["local_files"] == d["_derived"]["remote_files"] == 1
-    (entry,) = [f for f in d["files"] if f["section"] == "derived"]
-    assert entry["status"] == "modified" and entry["old_id"] != entry["new_id"]
-    env.pull()
-    assert (env.local_dir / "_derived/infer/part-0.parquet").read_text() == "v2"
+def test_laptop_annotate_loop(env):
+    """Bootstrap local->remote, NO-OP, overlay attach then push, then the fast-forward-only
+    refusals (push behind, pull ahead) and concurrent writes refused as diverged with
+    nothing changed on either side."""
+    import pyarrow as pa
 
+    from usr.registry import register
 
-def test_equal_line_count_different_event_content(env):
-    make_dataset(env.remote_root)
-    env.pull()
-    log = env.remote_dir / ".events.log"
-    lines = log.read_text().splitlines(keepends=True)
-    lines[-1] = lines[-1].replace('"action"', '"action_x"', 1)
-    log.write_text("".join(lines))
-    d = env.diff()
-    ev = d[".events.log"]
-    assert ev["local"] == ev["remote"]
-    assert ev["changed"] is True and ev["relation"] == "diverged"
-    before = files_of(env.local_dir)
-    with pytest.raises(ConflictError, match="events.log"):
-        env.pull()
-    assert files_of(env.local_dir) == before
-
-
-def test_remote_missing_primary_refuses_pull(env):
-    make_dataset(env.remote_root)
-    env.pull()
-    (env.remote_dir / "records.parquet").unlink()
-    before, h = files_of(env.local_dir), head(env.local_dir)
-    with pytest.raises(InputError, match="records.parquet"):
-        env.pull()
-    assert files_of(env.local_dir) == before and head(env.local_dir) == h
-
-
-def test_local_missing_primary_refuses_push(env):
     make_dataset(env.local_root)
-    env.push()
-    (env.local_dir / "records.parquet").unlink()
-    remote_before, h = files_of(env.remote_dir), head(env.remote_dir)
-    with pytest.raises(InputError, match="records.parquet"):
-        env.push()
-    assert files_of(env.remote_dir) == remote_before and head(env.remote_dir) == h
+    doc = engine.push(env.target(), "bu-scc", env.opts())
+    assert doc["data"]["transfer_state"] == "TRANSFERRED"
+    assert doc["data"]["relation"] == "remote-missing"
+    assert doc["data"]["bytes_moved"]["sent"] > 0
+    assert files_of(env.remote_dir) == files_of(env.local_dir)
+    assert engine.push(env.target(), "bu-scc", env.opts())["data"]["transfer_state"] == "NO-OP"
 
+    register(env.local_root, "infer", [("infer__score", "float64")])
+    local = Dataset.open(env.local_root, DS)
+    ids = local.to_table(overlay=False).column("id").to_pylist()
+    local.attach(pa.table({"id": ids, "infer__score": [0.5] * len(ids)}), namespace="infer")
+    data = env.push()
+    assert data["relation"] == "local-ahead"
+    assert data["_derived"]["changed"] and data["_derived"]["local_only"]
+    assert data["_derived"]["remote_only"] == []
+    assert files_of(env.remote_dir) == files_of(env.local_dir)
 
-def test_concurrent_writes_refused_as_diverged(env):
-    make_dataset(env.remote_root)
-    env.pull()
     append_event(env.remote_dir, "batch", DS, {"n": 1})
+    with pytest.raises(ConflictError, match="remote has newer states; pull first"):
+        env.push()
+    env.pull()
     append_event(env.local_dir, "notebook", DS, {"n": 2})
+    with pytest.raises(ConflictError, match="local has newer states"):
+        env.pull()
+
+    append_event(env.remote_dir, "batch", DS, {"n": 3})
     local_files, remote_files = files_of(env.local_dir), files_of(env.remote_dir)
     for op in (env.pull, env.push):
         with pytest.raises(ConflictError, match="diverged: merge base") as exc:
@@ -255,16 +207,36 @@ def test_concurrent_writes_refused_as_diverged(env):
     assert files_of(env.remote_dir) == remote_files
 
 
-def test_push_behind_and_pull_ahead_refusals(env):
-    remote = make_dataset(env.remote_root)
+def test_refused_states(env):
+    """Rewritten events with an equal line count, a remote without records.parquet, a
+    local without it: each detected and refused, the receiver untouched."""
+    make_dataset(env.remote_root)
     env.pull()
-    remote.append_event("batch", {"n": 1})
-    with pytest.raises(ConflictError, match="remote has newer states; pull first"):
-        env.push()
-    env.pull()
-    append_event(env.local_dir, "notebook", DS, {"n": 2})
-    with pytest.raises(ConflictError, match="local has newer states"):
+    log = env.remote_dir / ".events.log"
+    original = log.read_text()
+    lines = original.splitlines(keepends=True)
+    lines[-1] = lines[-1].replace('"action"', '"action_x"', 1)
+    log.write_text("".join(lines))
+    ev = env.diff()[".events.log"]
+    assert ev["local"] == ev["remote"]
+    assert ev["changed"] is True and ev["relation"] == "diverged"
+    before, h = files_of(env.local_dir), head(env.local_dir)
+    with pytest.raises(ConflictError, match="events.log"):
         env.pull()
+    assert files_of(env.local_dir) == before and head(env.local_dir) == h
+
+    log.write_text(original)
+    (env.remote_dir / "records.parquet").unlink()
+    with pytest.raises(InputError, match="records.parquet"):
+        env.pull()
+    assert files_of(env.local_dir) == before and head(env.local_dir) == h
+
+    other = Dataset.init(env.local_root, "densegen/other", source="t")
+    other.records_path.unlink()
+    target = engine.resolve_target(env.local_root, "densegen/other", env.opts())
+    with pytest.raises(InputError, match="records.parquet"):
+        engine.push(target, "bu-scc", env.opts())
+    assert not (env.remote_root / "densegen/other").exists()
 
 
 def test_event_appended_while_pull_is_staged_is_never_lost(env):

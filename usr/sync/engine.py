@@ -37,7 +37,7 @@ from typing import Any
 
 import blake3
 
-from usr import atomic
+from usr import atomic, hooks
 from usr.errors import (
     ConflictError,
     InputError,
@@ -84,6 +84,8 @@ class SyncOptions:
     #: Asked with a summary before a pull/push overwrites anything; None means "yes".
     confirm: Callable[[str], bool] | None = None
     actor: str | None = None
+    #: ``--no-verify``: skip the pre-push/post-push/post-pull hooks (audited as skipped).
+    no_verify: bool = False
 
     def profile(self) -> VerifyProfile:
         return VerifyProfile(
@@ -98,6 +100,7 @@ class SyncOptions:
             "primary_only": self.primary_only,
             "skip_snapshots": self.skip_snapshots,
             "strict_bootstrap_id": self.strict_bootstrap_id,
+            "no_verify": self.no_verify,
         }
 
 
@@ -792,6 +795,18 @@ def _pull(run: AuditRun, target: Target, remote: str, options: SyncOptions) -> s
     ):
         store.checkout(st.remote_head, expect_head=st.local_head)
         verify_working(store, target.path, st.remote_head, options, only=moved)
+    outcome = hooks.run_post_pull(
+        hooks.context_for(target.path, target.root, target.dataset),
+        remote,
+        hooks.remote_target(remote, options.remotes_config),
+        st.local_head,
+        st.remote_head,
+        hooks.verify_env_from(options),
+        no_verify=options.no_verify,
+        audit=data,
+    )
+    if outcome.status == "failed":
+        run.notes.append(f"post-pull hook failed (exit {outcome.exit_code}); the pull stands")
     return "TRANSFERRED"
 
 
@@ -861,10 +876,35 @@ def _push(run: AuditRun, target: Target, remote: str, options: SyncOptions) -> s
             _require_primary(store, st.local_head, "local", st.sizes)
             check_events_chain(store, _commits(store, st.local_head, st.remote_head))
             _confirm(options, "push", data)
+            ctx = hooks.context_for(target.path, target.root, target.dataset)
+            where = hooks.remote_target(remote, options.remotes_config)
+            verify_env = hooks.verify_env_from(options)
+            hooks.run_pre_push(
+                ctx,
+                remote,
+                where,
+                st.local_head,
+                st.remote_head,
+                verify_env,
+                no_verify=options.no_verify,
+                audit=data,
+            )
             session.push(target.dataset, store, st.local_head, st.remote_head)
             _set_tracking(store, remote, st.local_head)
         finally:
             run.bytes_sent, run.bytes_received = _remote_bytes(session)
+    outcome = hooks.run_post_push(
+        ctx,
+        remote,
+        where,
+        st.local_head,
+        st.remote_head,
+        verify_env,
+        no_verify=options.no_verify,
+        audit=data,
+    )
+    if outcome.status == "failed":
+        run.notes.append(f"post-push hook failed (exit {outcome.exit_code}); the push stands")
     return "TRANSFERRED"
 
 

@@ -1,0 +1,158 @@
+"""usr diff/pull/push through the real CLI: prompts, text output, audit files, target modes,
+and transfers killed midway (``USR_FAULT_POINT``) then rerun to completion.
+
+Over sshd (profile ``bu-scc``) and a ``local`` remote, like test_sync_scenarios.py.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import tomli_w
+
+from tests.conftest import run_usr
+from tests.test_sync_scenarios import DS, Env, files_of, head, make_dataset, make_env
+from usr.errors import TransportError
+from usr.sync import engine
+
+
+@pytest.fixture(params=["local", "ssh"])
+def env(request, tmp_path) -> Env:
+    """Both remote kinds: for the transfer scenarios (interrupted, rerun)."""
+    return make_env(request.param, tmp_path, request)
+
+
+@pytest.fixture
+def local_env(tmp_path) -> Env:
+    """CLI behaviour that does not depend on the transport (prompts, output, targets)."""
+    return make_env("local", tmp_path)
+
+
+def cli(e, *args, extra_env=None):
+    environment = {"USR_REMOTES_PATH": str(e.config), **(extra_env or {})}
+    return run_usr("--root", str(e.local_root), *args, env=environment)
+
+
+def test_no_tty_without_yes_refuses_and_writes_a_failed_audit(local_env, tmp_path):
+    make_dataset(local_env.remote_root)
+    audit = tmp_path / "pull.json"
+    r = cli(local_env, "pull", DS, "bu-scc", "--audit-json-out", str(audit))
+    assert r.returncode == 2
+    assert "stdin is not a terminal" in r.stderr and "-y" in r.stderr
+    assert not (local_env.local_dir / "records.parquet").exists()
+    doc = json.loads(audit.read_text())
+    assert doc["data"]["transfer_state"] == "FAILED"
+    assert doc["data"]["error"]["kind"] == "usage"
+    assert doc["data"]["remote"] == "bu-scc"
+    assert doc["data"]["started_at"] and doc["data"]["finished_at"]
+
+    r = cli(local_env, "pull", DS, "bu-scc", "-y", "--audit-json-out", str(audit))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines()[0] == "PULL audit: TRANSFERRED"
+    assert json.loads(audit.read_text())["data"]["transfer_state"] == "TRANSFERRED"
+    # Nothing left to overwrite: a NO-OP needs no -y.
+    r = cli(local_env, "pull", DS, "bu-scc")
+    assert r.returncode == 0 and r.stdout.startswith("PULL audit: NO-OP")
+
+
+def test_diff_text_and_json(local_env):
+    make_dataset(local_env.remote_root)
+    r = cli(local_env, "diff", DS, "bu-scc")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[-1] == "Status: CHANGES"
+    for label in ("Primary:", "meta.md:", ".events.log:", "_snapshots:", "_derived:"):
+        assert any(line.startswith(label) for line in lines), label
+    assert "Relation:    local-missing" in r.stdout
+    r = cli(local_env, "diff", DS, "bu-scc", "--format", "json")
+    doc = json.loads(r.stdout)
+    assert doc["usr_output_version"] == 1
+    assert doc["data"]["transfer_state"] == "DIFF-ONLY"
+    assert r.stderr == ""
+
+
+def test_refusals_exit_codes_and_messages(local_env):
+    remote = make_dataset(local_env.remote_root)
+    assert cli(local_env, "pull", DS, "bu-scc", "-y").returncode == 0
+    remote.append_event("batch", {"n": 1})
+    r = cli(local_env, "push", DS, "bu-scc", "-y")
+    assert r.returncode == 8
+    assert "remote has newer states; pull first" in r.stderr
+
+
+def test_dataset_directory_path_outside_root(local_env, tmp_path):
+    make_dataset(local_env.remote_root)
+    (local_env.local_root / "registry.toml").write_text("")
+    engine.pull(local_env.target(), "bu-scc", local_env.opts())
+    r = run_usr(
+        "diff",
+        str(local_env.local_dir),
+        "bu-scc",
+        env={"USR_REMOTES_PATH": str(local_env.config)},
+        cwd=tmp_path,
+    )
+    assert r.returncode == 0, r.stderr
+    assert f"Dataset:     {DS}" in r.stdout
+    assert r.stdout.splitlines()[-1] == "Status: up-to-date"
+
+
+def test_strict_bootstrap_id(local_env):
+    Dataset = pytest.importorskip("usr.dataset").Dataset
+    Dataset.init(local_env.remote_root, "flat_ds", source="t")
+    r = run_usr(
+        "--root",
+        str(local_env.local_root),
+        "pull",
+        "flat_ds",
+        "bu-scc",
+        "-y",
+        env={"USR_REMOTES_PATH": str(local_env.config), "USR_SYNC_STRICT_BOOTSTRAP_ID": "1"},
+    )
+    assert r.returncode == 2 and "NAMESPACE/NAME" in r.stderr
+    assert not (local_env.local_root / "flat_ds" / "records.parquet").exists()
+
+
+def test_interrupted_pull_then_rerun_completes(env):
+    remote = make_dataset(env.remote_root)
+    assert cli(env, "pull", DS, "bu-scc", "-y").returncode == 0
+    remote.append_records([{"sequence": "AAAACCCCGG"}], bio_type="dna", alphabet="dna_4")
+    r = cli(env, "pull", DS, "bu-scc", "-y", extra_env={"USR_FAULT_POINT": "checkout.mid-stage"})
+    assert r.returncode == -9  # SIGKILL mid-checkout
+    r = cli(env, "pull", DS, "bu-scc", "-y")
+    assert r.returncode == 0, r.stderr
+    assert files_of(env.local_dir) == files_of(env.remote_dir)
+    assert head(env.local_dir) == head(env.remote_dir)
+
+
+def test_interrupted_push_then_rerun_completes(env):
+    make_dataset(env.local_root)
+    engine.push(env.target(), "bu-scc", env.opts())
+    from usr.dataset import Dataset
+
+    Dataset.open(env.local_root, DS).append_records(
+        [{"sequence": "AAAACCCCGG"}], bio_type="dna", alphabet="dna_4"
+    )
+    # The remote usr dies after writing its checkout journal (kill -9 on the cluster).
+    import tomllib
+
+    table = tomllib.loads(env.config.read_text())["remotes"]["bu-scc"]
+    base = table.get("remote_usr", "usr")
+    faulty = dict(table)
+    faulty["remote_usr"] = "env USR_FAULT_POINT=checkout.journal-written " + (
+        base if base != "usr" else "python3 -m usr"
+    )
+    if env.kind == "local":
+        import sys
+
+        faulty["remote_usr"] = (
+            f"env USR_FAULT_POINT=checkout.journal-written {sys.executable} -m usr"
+        )
+    env.config.write_text(tomli_w.dumps({"remotes": {"bu-scc": faulty}}))
+    with pytest.raises(TransportError):
+        engine.push(env.target(), "bu-scc", env.opts())
+    env.config.write_text(tomli_w.dumps({"remotes": {"bu-scc": table}}))
+    doc = engine.push(env.target(), "bu-scc", env.opts())
+    assert doc["data"]["transfer_state"] in ("NO-OP", "TRANSFERRED")
+    assert files_of(env.remote_dir) == files_of(env.local_dir)
+    assert head(env.remote_dir) == head(env.local_dir)
