@@ -304,3 +304,38 @@ def test_plumbing_ls_remote_send_pack_fetch_pack(usr, tmp_path):
     fetched = Store.open(there / "ds")
     assert fetched.head("refs/remotes/lab/main") == head and fetched.head() is None
     assert not (there / "ds" / "meta.md").exists()
+
+
+def test_remote_lock_timeout_names_holder(tmp_path):
+    from usr.errors import LockTimeout
+    from usr.locks import dataset_lock
+
+    base = _mkdir(tmp_path / "remote")
+    ds = _mkdir(base / "ds")
+    (ds / "meta.md").write_text("x\n")
+    Store.open(ds).record("snapshot")
+    with dataset_lock(ds, what="batch writer"), spawn_local(base, lock_timeout=0.2) as remote:
+        remote.hello()
+        with pytest.raises(LockTimeout) as err:
+            remote.record("ds", "record before push")
+    assert "batch writer" in err.value.one_line() and "pid" in err.value.one_line()
+
+
+def test_push_refused_when_remote_moved(tmp_path):
+    from usr.errors import ConflictError
+
+    base = _mkdir(tmp_path / "remote")
+    a = Store.open(_mkdir(tmp_path / "a" / "ds"))
+    (a.path / "meta.md").write_text("from a\n")
+    head_a = a.record("snapshot").commit
+    b = Store.open(_mkdir(tmp_path / "b" / "ds"))
+    (b.path / "meta.md").write_text("from b\n")
+    head_b = b.record("snapshot").commit
+    with spawn_local(base) as remote:
+        remote.hello()
+        remote.push("ds", a, head_a, None)
+        with pytest.raises(ConflictError) as err:
+            remote.push("ds", b, head_b, None)
+        assert "remote moved" in err.value.one_line()
+        assert remote.heads("ds")["head"] == head_a
+    assert (base / "ds" / "meta.md").read_text() == "from a\n"

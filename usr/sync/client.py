@@ -117,7 +117,7 @@ class RemoteSession:
         """Translate a dead connection into one line that says why (stderr, exit status)."""
         try:
             yield
-        except (BrokenPipeError, ConnectionError, OSError) as exc:
+        except (BrokenPipeError, ConnectionError) as exc:
             raise self._dead(f"connection to {self.name} lost: {exc}") from None
         except TransportError as exc:
             if "closed mid-" in exc.message or "did not start" in exc.message:

@@ -96,6 +96,9 @@ class Server:
             except UsrError as exc:
                 self.fio.send_error(exc)
                 self.fio.flush()
+            except Exception as exc:  # noqa: BLE001 - the client must hear why, in one line
+                self._fail(UsrError(f"internal error in usr serve: {type(exc).__name__}: {exc}"))
+                return 1
 
     def _fail(self, exc: UsrError) -> None:
         try:
