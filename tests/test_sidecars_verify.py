@@ -8,6 +8,7 @@ rewritten by an editor) and must produce exactly the problem it is about.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pyarrow as pa
@@ -73,7 +74,12 @@ def _write_part(
 def test_attach_records_its_part_and_a_clean_dataset_passes(ds: Dataset) -> None:
     book = ledger.load(ds.path)
     rel = _part(ds).relative_to(ds.path).as_posix()
-    assert [(e.path, e.via) for e in book.entries] == [(rel, "attach")]
+    assert [(e.path, e.via) for e in book.entries] == [
+        (rel, "attach"),
+        ("_registry/registry.toml", "attach"),
+    ]
+    frozen = registry.Registry.load(ds.path / "_registry")
+    assert frozen.namespaces["infer"] == registry.Registry.load(ds.root).namespaces["infer"]
     assert _check(ds) == []
     head = _record(ds)  # the ledger itself is now part of the recorded state
     assert _check(ds, head) == []
@@ -134,15 +140,21 @@ def test_unregistered_namespace(ds: Dataset) -> None:
 
 
 def test_frozen_registry_copy_covers_a_namespace_the_root_lacks(ds: Dataset) -> None:
-    other = ds.root.parent / "other-root"
-    ns, _ = registry.register(other, "ghost", [("ghost__v", "float64")])
-    (ds.path / "_registry" / "registry.toml").write_bytes((other / "registry.toml").read_bytes())
-    ledger.record(ds.path, ["_registry/registry.toml"])
-    rel = _write_part(
-        ds, pa.table({"id": _ids(ds), "ghost__v": [1.0, 2.0, 3.0]}), "ghost", ns.contract_hash()
-    )
-    assert _check(ds) == []
-    assert rel.startswith("_derived/ghost/")
+    """A dataset received on a machine whose root never registered its namespace."""
+    head = _record(ds)
+    elsewhere = ds.root.parent / "laptop" / DS
+    shutil.copytree(ds.path, elsewhere)
+    assert not (ds.root.parent / "laptop" / "registry.toml").exists()
+    assert _check_at(elsewhere, ds.root.parent / "laptop", head) == []
+    (elsewhere / "_registry" / "registry.toml").unlink()
+    assert _check_at(elsewhere, ds.root.parent / "laptop", None) == [
+        (_part(ds).relative_to(ds.path).as_posix(), "namespace")
+    ]
+
+
+def _check_at(path: Path, root: Path, commit: str | None) -> list[tuple[str, str]]:
+    report = sidecars.check_state(sidecars.open_state(path, commit), DS, root)
+    return [(p.path, p.check) for p in report.problems]
 
 
 def test_stale_contract_hash(ds: Dataset) -> None:

@@ -25,7 +25,7 @@ import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 
 from usr import events as ev
-from usr import importers, ledger, overlays, records
+from usr import importers, overlays, records, sidecars
 from usr.atomic import atomic_writer, write_text
 from usr.errors import InputError, NotFoundError, UsageError, UsrError
 from usr.layout import (
@@ -287,8 +287,8 @@ class Dataset:
             if not allow_overwrite:
                 self._refuse_overwrite(part, namespace)
             written = overlays.write_part(self.path, part, ns, registry, key, key_col)
-            # Validated and written by usr: vouch for these bytes (see usr.ledger).
-            ledger.record(self.path, [written.relative_to(self.path).as_posix()], via="attach")
+            # Validated and written by usr: freeze its contract, vouch for it (docs/hooks.md).
+            sidecars.record_overlay_part(self.path, written, ns)
             cols = part.column_names[1:]
             args = {
                 "namespace": namespace,

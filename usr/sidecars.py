@@ -47,6 +47,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from usr import ledger
+from usr.atomic import write_bytes
 from usr.errors import NotFoundError, VerifyError
 from usr.layout import (
     DERIVED_DIR,
@@ -61,8 +62,10 @@ from usr.layout import (
 from usr.registry import Namespace, Registry
 
 SIDECAR_SECTIONS = ("derived", "auxiliary")
-#: Where a dataset keeps its frozen copy of the root registry (see usr.dataset).
-FROZEN_REGISTRY_PATHS = ("_registry/registry.toml",)
+#: The dataset's frozen copy of the namespaces its overlays use (same TOML as the root's
+#: ``registry.toml``), written by :func:`record_overlay_part` at attach time.
+FROZEN_REGISTRY_DIR = "_registry"
+FROZEN_REGISTRY = f"{FROZEN_REGISTRY_DIR}/{REGISTRY_FILE}"
 
 
 @dataclass(frozen=True)
@@ -172,12 +175,24 @@ def _parse_registry_bytes(data: bytes) -> dict[str, Namespace]:
 
 def registry_view(state: StateView, root: Path | None) -> RegistryView:
     root_reg = Registry.load(root) if root is not None else None
-    frozen: dict[str, Namespace] = {}
-    for path in FROZEN_REGISTRY_PATHS:
-        data = state.read(path)
-        if data is not None:
-            frozen.update(_parse_registry_bytes(data))
+    data = state.read(FROZEN_REGISTRY)
+    frozen = _parse_registry_bytes(data) if data is not None else {}
     return RegistryView(root_reg, frozen)
+
+
+def record_overlay_part(dataset_dir: Path, part: Path, namespace: Namespace) -> list[str]:
+    """The writer's side of verification, called by attach right after it wrote a part it
+    validated (under the dataset lock): freeze ``namespace``'s contract into the dataset's
+    registry copy, so a machine whose root registry lacks it can still check the part, and
+    vouch for the part and the copy in the ledger. Returns the paths vouched for."""
+    dataset_dir = Path(dataset_dir)
+    frozen = Registry.load(dataset_dir / FROZEN_REGISTRY_DIR)
+    if frozen.namespaces.get(namespace.name) != namespace:
+        frozen.namespaces[namespace.name] = namespace
+        write_bytes(frozen.path, frozen.to_toml())
+    relpaths = [Path(part).relative_to(dataset_dir).as_posix(), FROZEN_REGISTRY]
+    ledger.record(dataset_dir, relpaths, via="attach")
+    return relpaths
 
 
 # -- overlay parts --------------------------------------------------------------------------
