@@ -169,10 +169,15 @@ def status_cmd(settings, dataset: str, fmt: str) -> None:
 @click.option("--oneline", is_flag=True, help="One line per state.")
 @click.option("-n", "--max-count", "limit", type=int, default=None, help="Show at most N.")
 @click.option("--stat", is_flag=True, help="Per-section changes and record count deltas.")
+@click.option("--graph", is_flag=True, help="Draw the history as lanes (merges join them).")
 @format_option
 @pass_settings
-def log_cmd(settings, dataset: str, oneline: bool, limit: int | None, stat: bool, fmt: str) -> None:
-    """Recorded states of DATASET, newest first: id, time, actor, action."""
+def log_cmd(
+    settings, dataset: str, oneline: bool, limit: int | None, stat: bool, graph: bool, fmt: str
+) -> None:
+    """Recorded states of DATASET, newest first: id, time, actor, action.
+
+    --graph draws one line per state with lanes, so a merge shows both its parents."""
     store = open_store(settings, dataset)
     entries = store.log(limit=limit)
     docs, lines = [], []
@@ -195,6 +200,14 @@ def log_cmd(settings, dataset: str, oneline: bool, limit: int | None, stat: bool
             lines += _stat_text(store, changes)
         if not oneline:
             lines.append("")
+    if graph:
+        from porcelain.merge import graph_rows
+
+        by_id = {e.id: e for e in entries}
+        lines = []
+        for prefix, cid in graph_rows([(e.id, e.parents) for e in entries]):
+            e = by_id[cid] if cid else None
+            lines.append(f"{prefix} {e.id[:12]} {_when(e)} {e.action} ({e.actor})" if e else prefix)
     if not entries:
         lines = [f"{dataset}: no recorded states yet"]
     emit(fmt, {"dataset": dataset, "states": docs}, "\n".join(lines).rstrip("\n"))

@@ -61,19 +61,40 @@ def _ends_with_newline(store, blob_id: str) -> bool:
     return last in (b"", b"\n")
 
 
+#: Trailer of a merge state's message naming its remote-side parent (see usr.merge).
+MERGE_REMOTE_TRAILER = "Merge-remote-parent"
+
+
+def events_parent(store, commit: str) -> str | None:
+    """The parent whose ``.events.log`` ``commit``'s must extend: the only parent, or for a
+    merge the remote-side one (named by its ``Merge-remote-parent:`` trailer, else its last
+    parent). A merge appends the local-only lines after the remote's log, so it is exempt
+    from the rule towards its local parent only."""
+    c = store.repo[commit]
+    parents = [str(p) for p in c.parent_ids]
+    if len(parents) < 2:
+        return parents[0] if parents else None
+    for line in c.message.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == MERGE_REMOTE_TRAILER and value.strip() in parents:
+            return value.strip()
+    return parents[-1]
+
+
 def check_events_append_only(store, commit: str) -> str | None:
-    """None if ``commit``'s ``.events.log`` is a line-prefix extension of its FIRST
-    parent's, else a message saying how it is not.
+    """None if ``commit``'s ``.events.log`` is a line-prefix extension of its parent's
+    (for a merge: its remote-side parent's, see :func:`events_parent`), else a message
+    saying how it is not.
 
     Line-prefix: the parent's log is a prefix of the child's, and ends at a line boundary
     (empty or ending in ``\\n``), so consumers that tail the shared copy only ever see
-    whole lines appended. The merge engine refines which parent a merge must extend; this
-    is the one function it should change.
+    whole lines appended.
     """
     c = store.repo[commit]
-    if not c.parent_ids:
+    which = events_parent(store, commit)
+    if which is None:
         return None
-    parent = store.repo[c.parent_ids[0]]
+    parent = store.repo[which]
     old = _entry_id(store, str(parent.tree_id), EVENTS_FILE)
     new = _entry_id(store, str(c.tree_id), EVENTS_FILE)
     if old is None or old == new:
@@ -138,7 +159,13 @@ class _Checker:
             return
         first = oid not in self.seen
         self.seen.update((oid, key))
-        data = self.read(oid, "blob", path) if first else self.store.read_object(oid)[1]
+        if first:
+            data = self.read(oid, "blob", path)
+        else:
+            try:
+                data = self.store.read_object(oid)[1]
+            except UsrError:
+                return  # already reported when first seen
         if data is None or not data.startswith(MAGIC):
             return
         try:
