@@ -317,3 +317,20 @@ def test_scan_time_is_not_a_test_dependency() -> None:
     from usr.store.index import RACY_NS
 
     assert RACY_NS > 0 and time.time_ns() > PAST
+
+
+@pytest.mark.parametrize(
+    ("mode", "name"),
+    [(b"100644", b".."), (b"100644", b".usr"), (b"120000", b"link"), (b"160000", b"sub")],
+)
+def test_hostile_tree_refused_before_disk(tmp_path: Path, mode: bytes, name: bytes) -> None:
+    ds = make_dataset(tmp_path / "ds", {"meta.md": b"m"})
+    store = Store.open(ds)
+    store.record("import")
+    blob = store.write_object("blob", b"evil")
+    tree = store.write_object("tree", mode + b" " + name + b"\x00" + bytes.fromhex(blob))
+    commit = store.commit_tree(tree, [store.head()], "pull evil")
+    with pytest.raises(InputError, match="refused|bad path"):
+        store.checkout(commit)
+    assert sorted(p.name for p in ds.iterdir()) == [".usr", ".usr.lock", "meta.md"]
+    assert store.verify_working() == []

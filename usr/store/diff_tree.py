@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 
 import pygit2
 
+from usr.errors import InputError
 from usr.layout import check_relpath, section_of
 from usr.store.model import FileChange
 from usr.store.worktree import FILE_MODES, MODE_TREE
@@ -44,6 +45,9 @@ def _walk(
         o, n = old.get(name), new.get(name)
         if o == n:
             continue
+        for side in (o, n):
+            if side is not None and side[1] != MODE_TREE and side[1] not in FILE_MODES:
+                raise InputError(f"tree entry {rel!r} has mode {side[1]:o}; refused")
         o_tree = o is not None and o[1] == MODE_TREE
         n_tree = n is not None and n[1] == MODE_TREE
         if o_tree or n_tree:

@@ -303,7 +303,7 @@ class Store:
         else:
             name, email = actor, actor.rpartition(" ")[2] or "unknown"
         stamp = int(time.time()) if when is None else when
-        offset = -time.timezone // 60 if not time.daylight else -time.altzone // 60
+        offset = time.localtime(stamp).tm_gmtoff // 60
         sig = pygit2.Signature(name, email, stamp, offset)
         text = action + "\n" if not message else f"{action}\n\n{message.rstrip()}\n"
         oid = self.repo.create_commit(
@@ -505,6 +505,11 @@ class Store:
         are excluded, which may send a few objects a receiver already has (never fewer).
         """
         known = [h for h in haves if h and self.repo.get(h) is not None]
+        wants = list(wants)
+        for w in wants:
+            obj = self.repo.get(w)
+            if obj is None or obj.type != pygit2.enums.ObjectType.COMMIT:
+                raise NotFoundError(f"commit {w} is not in the store")
         walker = None
         for w in wants:
             if walker is None:
