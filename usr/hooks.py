@@ -448,17 +448,22 @@ def run_post_pull(
 def run_pre_snapshot(
     dataset_dir: Path,
     action: str,
+    head: str | None = None,
     root: Path | None = None,
     dataset_id: str | None = None,
     no_verify: bool = False,
 ) -> HookOutcome:
     """Run ``pre-snapshot`` before a state is recorded; raises :class:`HookRefused` to stop it.
 
-    Call it *before* taking the dataset lock: a hook that runs ``usr`` itself must not
-    deadlock against the lock its caller holds. Argument: the action (``snapshot``,
-    ``import``, ``push bu-scc``...).
+    The store calls it under the dataset lock, once it knows the working files differ from
+    HEAD, so the hook sees exactly the files about to be recorded and no other recorder can
+    interleave. The hook may read the dataset (``usr plumbing verify-sidecars DS`` checks
+    the working files) but must not record states itself: it would wait for the lock.
+    Argument: the action (``snapshot``, ``import``, ``record before push bu-scc``...);
+    ``$USR_HEAD`` is the head before recording (forty zeros for the first state).
     """
     if no_verify:
         return HookOutcome("pre-snapshot", "skipped")
     ctx = context_for(dataset_dir, root, dataset_id)
-    return run_hook("pre-snapshot", ctx, args=[action], stdin="")
+    env = {"USR_HEAD": head or ZERO_ID}
+    return run_hook("pre-snapshot", ctx, args=[action], stdin="", env=env)
