@@ -157,9 +157,9 @@ def msg(t, **f):
 def read():
     kind, n = struct.unpack(">cI", sys.stdin.buffer.read(5))
     return json.loads(sys.stdin.buffer.read(n))
-out.write(b"USRP\x00\x01\r\n"); out.flush()
 if mode == "banner":
-    sys.exit(0)
+    out.write(b"Welcome to the cluster! Quota: 90% used\n"); out.flush(); sys.exit(0)
+out.write(b"USRP\x00\x01\r\n"); out.flush()
 read()
 if mode == "proto":
     msg("hello", usr_version="9.9", protocol=99); sys.exit(0)

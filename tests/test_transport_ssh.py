@@ -166,3 +166,20 @@ def test_push_cut_over_ssh_resumes_with_only_missing_chunks(sshd, tmp_path, monk
     assert 0 < stats.chunks < len(all_chunks)
     pushed = (tmp_path / "remote" / "ds" / "records.parquet").read_bytes()
     assert pushed == (tmp_path / "local" / "ds" / "records.parquet").read_bytes()
+
+
+@pytest.mark.parametrize(
+    "mode, words",
+    [("proto", "protocol 99"), ("banner", "did not start the usr protocol")],
+)
+def test_incompatible_or_chatty_remote_over_ssh(sshd, tmp_path, mode, words):
+    import sys
+
+    from tests.test_transport_protocol import FAKE_SERVER
+
+    script = tmp_path / "fake_server.py"
+    script.write_text(FAKE_SERVER)
+    cfg = _profile(sshd, tmp_path, remote_usr=f"{sys.executable} {script} {mode}")
+    with pytest.raises(TransportError) as err:
+        open_session("bu-scc", cfg, use_holder=False)
+    assert words in err.value.one_line()
