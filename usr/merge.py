@@ -47,6 +47,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from usr import records
+from usr.atomic import TMP_PREFIX
 from usr.errors import ConflictError
 from usr.layout import DERIVED_DIR, EVENTS_FILE, RECORDS_FILE, section_of
 from usr.ledger import LEDGER_PATH
@@ -405,7 +406,8 @@ def merge_trees(
         else:
             why = "rewritten differently on both sides"
             result.conflicts.append(Conflict(path, "both-modified", why))
-    with tempfile.TemporaryDirectory(dir=store.gitdir, prefix="merge-") as tmp:
+    # Scratch files carry the temp prefix so that a crash's leftovers are removed by gc.
+    with tempfile.TemporaryDirectory(dir=store.gitdir, prefix=f"{TMP_PREFIX}merge-") as tmp:
         scratch = Path(tmp)
         with store.chunks.writer() as writer:
             for path in content:
