@@ -235,6 +235,7 @@ class ChunkStore:
     # -- enumeration (gc, fsck) -----------------------------------------------------------
 
     def loose_ids(self) -> Iterator[str]:
+        """Ids of every loose chunk (gc and fsck walk them)."""
         if not self.loose_dir.is_dir():
             return
         for sub in os.scandir(self.loose_dir):
@@ -244,11 +245,13 @@ class ChunkStore:
                         yield f.name
 
     def pack_names(self) -> list[str]:
+        """Ids of every pack, sorted."""
         if not self.packs_dir.is_dir():
             return []
         return sorted(e.name[:-5] for e in os.scandir(self.packs_dir) if e.name.endswith(".pack"))
 
     def close(self) -> None:
+        """Close cached pack file descriptors."""
         for fd in self._fds.values():
             os.close(fd)
         self._fds.clear()
