@@ -419,3 +419,47 @@ def write_report(report: dict[str, Any], path: Path) -> Path:
     """The report as indented JSON with sorted keys (atomically)."""
     write_text(path, json.dumps(report, indent=2, sort_keys=True, default=str) + "\n")
     return path
+
+
+# ----------------------------------------------------------------------------- adversaries
+#
+# Small hostile writers for the harness and the adversarial tests: each produces the input
+# a careless or broken tool would, so the check that must refuse it runs for real.
+
+
+def write_schema_violating_overlay(
+    root: Path | str, dataset_id: str, out: Path | str, namespace: str = "infer", rows: int = 3
+) -> Path:
+    """A CSV keyed by real record ids whose ``ll`` values are not numbers, for a namespace
+    whose ``<namespace>__ll`` is registered float64: attach must refuse it (exit 3)."""
+    from usr.dataset import Dataset
+
+    ids = Dataset.open(root, dataset_id).head(rows, overlay=False).column("id").to_pylist()
+    lines = ["id,ll"] + [f"{rid},not-a-number" for rid in ids]
+    path = Path(out)
+    write_text(path, "\n".join(lines) + "\n")
+    return path
+
+
+def tamper_overlay_part(root: Path | str, dataset_id: str, namespace: str = "infer") -> str:
+    """Edit the newest overlay part of ``namespace`` in place (one value changed, still
+    valid Parquet), as a tool that bypasses ``attach`` would. Its bytes no longer match the
+    sidecar ledger, so verify-sidecars and the shipped pre-push hook must refuse it.
+    Returns the part's dataset-relative path."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    directory = dataset_path(Path(root).absolute(), dataset_id)
+    parts = sorted((directory / "_derived" / namespace).glob("*.parquet"))
+    if not parts:
+        raise FileNotFoundError(f"no overlay part of {namespace!r} in {directory}")
+    part = parts[-1]
+    table = pq.read_table(part)
+    column = f"{namespace}__ll"
+    values = table.column(column).to_pylist()
+    values[0] = (values[0] or 0.0) + 1.0
+    index = table.schema.get_field_index(column)
+    table = table.set_column(index, table.schema.field(index), pa.array(values, pa.float64()))
+    with part.open("wb") as fh:  # in place, deliberately: this is the tampering
+        pq.write_table(table, fh)
+    return part.relative_to(directory).as_posix()
