@@ -250,3 +250,8 @@ def test_chunked_part_is_rehashed_through_its_manifest(
     oid = dict((p, o) for p, o, _ in store.ls_tree(head))[rel]
     assert store.manifest_of(oid) is not None  # the part really is chunked
     assert _check(d, head) == []
+    # An older state: records.parquet and the part come from chunks, not the working files.
+    d.append_records([{"sequence": "ACGTACGTAAAA"}], bio_type="dna")
+    assert Store.open(d.path).head() != head
+    assert _check(d, head) == []
+    assert _check(d, "HEAD") == []

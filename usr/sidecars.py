@@ -32,9 +32,10 @@ a peer; nothing here writes to the dataset except :func:`vouch`.
 
 from __future__ import annotations
 
-import io
 import json
 import os
+import stat
+import tempfile
 import tomllib
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -60,6 +61,7 @@ from usr.layout import (
     section_of,
 )
 from usr.registry import Namespace, Registry
+from usr.store.index import StatKey
 
 SIDECAR_SECTIONS = ("derived", "auxiliary")
 #: The dataset's frozen copy of the namespaces its overlays use (same TOML as the root's
@@ -98,6 +100,7 @@ class StateView(Protocol):
 
     def paths(self) -> list[str]: ...
     def read(self, path: str) -> bytes | None: ...
+    def stream(self, path: str) -> Iterator[bytes]: ...
     def digest(self, path: str) -> str: ...
     def problems_of(self, path: str) -> list[Problem]: ...
     def parents(self) -> list[StateView]: ...
@@ -226,13 +229,21 @@ def _stamp(stamps: dict[str, str], *names: str) -> str | None:
 
 
 def _open_parquet(state: StateView, path: str) -> pq.ParquetFile:
+    """A Parquet file of the state: the working file when it holds the entry's bytes, else
+    the entry streamed into an anonymous temporary file, so memory stays bounded whatever
+    the size of ``records.parquet`` or a part."""
     local = state.local_path(path)
     if local is not None:
         return pq.ParquetFile(local, page_checksum_verification=True)
-    data = state.read(path)
-    if data is None:
-        raise OSError("missing")
-    return pq.ParquetFile(io.BytesIO(data), page_checksum_verification=True)
+    fh = tempfile.TemporaryFile(prefix=".usr-tmp-verify-")  # noqa: SIM115 - lives with the reader
+    try:
+        for piece in state.stream(path):
+            fh.write(piece)
+        fh.seek(0)
+        return pq.ParquetFile(fh, page_checksum_verification=True)
+    except BaseException:
+        fh.close()
+        raise
 
 
 class RecordKeys:
@@ -524,6 +535,14 @@ class WorkingState:
         target = self.local_path(path)
         return target.read_bytes() if target is not None else None
 
+    def stream(self, path: str) -> Iterator[bytes]:
+        target = self.local_path(path)
+        if target is None:
+            raise OSError(f"{path}: {_kind(self.dataset_dir / path)}")
+        with open(target, "rb") as fh:
+            while block := fh.read(1 << 20):
+                yield block
+
     def digest(self, path: str) -> str:
         if path not in self._digests:
             self._digests[path] = ledger.file_digest(self.dataset_dir / path)[0]
@@ -579,6 +598,15 @@ class CommitState:
         except VerifyError:
             return None
 
+    def stream(self, path: str) -> Iterator[bytes]:
+        oid = self._entries.get(path)
+        if oid is None:
+            raise OSError(f"{path}: not in state {self.commit[:12]}")
+        try:
+            yield from self.store.open_entry(oid, path)
+        except VerifyError as exc:
+            raise OSError(exc.message) from None
+
     def digest(self, path: str) -> str:
         """blake3 of the entry's bytes: from the manifest, or of the inline blob."""
         if path not in self._digests:
@@ -626,8 +654,22 @@ class CommitState:
         return []
 
     def local_path(self, path: str) -> Path | None:
-        """The working file, when it is known to hold exactly the entry's bytes."""
-        return self._local.get(path)
+        """The working file, when it is known to hold exactly the entry's bytes: re-hashed
+        by :meth:`problems_of`, or (``records.parquet``, never re-hashed here) unchanged
+        since the store last hashed it, by its stat-cache entry."""
+        if path in self._local or not self.is_head or path not in self._entries:
+            return self._local.get(path)
+        target = self.dataset_dir / path
+        found = None
+        try:
+            st = os.lstat(target)
+            if stat.S_ISREG(st.st_mode):
+                cached = self.store.stat_cache().lookup(path, StatKey.of(st))
+                found = target if cached == self._entries[path] else None
+        except OSError:
+            found = None
+        self._local[path] = found
+        return found
 
     def parents(self) -> list[StateView]:
         return [CommitState(self.store, p, self.dataset_dir, is_head=False) for p in self._parents]
