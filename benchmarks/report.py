@@ -1,0 +1,257 @@
+"""Targets of issue 7 judged against a results document, and the Markdown table of them.
+
+Targets are judged in every mode, but the absolute ones (seconds, MiB) are only the issue's
+targets at full sizes; quick and smoke runs show them for orientation (``at_issue_sizes``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+KIB = 1024
+
+
+def _get(doc: dict[str, Any], *path: Any) -> Any:
+    cur: Any = doc["results"]
+    for key in path:
+        in_dict = isinstance(cur, dict) and key in cur
+        in_list = isinstance(cur, list) and isinstance(key, int) and -len(cur) <= key < len(cur)
+        if not (in_dict or in_list):
+            return None
+        cur = cur[key]
+    return cur
+
+
+def _row(
+    figure: str, target: str, usr: Any, baseline: Any, ratio: Any, met: bool | None
+) -> dict[str, Any]:
+    return {
+        "figure": figure,
+        "target": target,
+        "usr": usr,
+        "baseline": baseline,
+        "ratio": ratio,
+        "met": met,
+    }
+
+
+def _le(value: Any, limit: float) -> bool | None:
+    return None if value is None else value <= limit
+
+
+def _ge(value: Any, limit: float) -> bool | None:
+    return None if value is None else value >= limit
+
+
+def _s(value: Any, unit: str = "s") -> str:
+    return "-" if value is None else f"{value:g} {unit}"
+
+
+def _mib(n: Any) -> str:
+    return "-" if n is None else f"{n / 2**20:.1f} MiB"
+
+
+def targets(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per target of issue 7 item 2."""
+    rows = []
+    ip = "initial_push"
+    rows.append(
+        _row(
+            "initial push, throughput vs raw ssh cat",
+            ">= 0.7x",
+            _s(_get(doc, ip, "usr", "seconds")),
+            _s(_get(doc, ip, "ssh_cat_seconds")) + " (ssh cat)",
+            _get(doc, ip, "throughput_vs_ssh_cat"),
+            _ge(_get(doc, ip, "throughput_vs_ssh_cat"), 0.7),
+        )
+    )
+    rows.append(
+        _row(
+            "initial push, time vs rsync -a",
+            "< 1x (faster)",
+            _s(_get(doc, ip, "usr", "seconds")),
+            _s(_get(doc, ip, "rsync_seconds")) + " (rsync -a)",
+            _get(doc, ip, "time_vs_rsync"),
+            None if _get(doc, ip, "time_vs_rsync") is None else _get(doc, ip, "time_vs_rsync") < 1,
+        )
+    )
+    inc = "incremental_push"
+    rows.append(
+        _row(
+            "1% append push, bytes on the wire / file",
+            "<= 1.5%",
+            _mib(_get(doc, inc, "usr_wire_bytes")),
+            _mib(_get(doc, inc, "rsync_wire_bytes")) + " (rsync -a)",
+            _pct(_get(doc, inc, "usr_wire_fraction_of_file")),
+            _le(_get(doc, inc, "usr_wire_fraction_of_file"), 0.015),
+        )
+    )
+    rows.append(
+        _row(
+            "1% append push, time vs rsync -a",
+            "<= 1x",
+            _s(_get(doc, inc, "usr", "seconds")),
+            _s(_get(doc, inc, "rsync_seconds")) + " (rsync -a)",
+            _get(doc, inc, "time_vs_rsync"),
+            _le(_get(doc, inc, "time_vs_rsync"), 1.0),
+        )
+    )
+    for action in ("push", "pull"):
+        key = f"noop_{action}"
+        rt = _get(doc, key, "usr_round_trips_after_handshake")
+        wire = _get(doc, key, "usr_wire_bytes")
+        rows.append(
+            _row(
+                f"no-op re-{action}: round trips after handshake / bytes on the wire",
+                "<= 2 / <= 64 KiB",
+                f"{rt} / {_kib(wire)}",
+                _kib(_get(doc, key, "baseline_wire_bytes")) + " (rsync -a)",
+                f"{_s(_get(doc, key, 'usr', 'seconds'))} vs "
+                f"{_s(_get(doc, key, 'baseline_seconds'))}",
+                None if rt is None or wire is None else rt <= 2 and wire <= 64 * KIB,
+            )
+        )
+    nd = "noop_diff"
+    secs = _get(doc, nd, "usr", "seconds")
+    ratio = _get(doc, nd, "time_vs_baseline")
+    rows.append(
+        _row(
+            "no-op diff incl. SSH handshake",
+            "<= 1 s and <= rsync -an",
+            _s(secs),
+            _s(_get(doc, nd, "baseline_seconds")) + " (rsync -an)",
+            ratio,
+            None if secs is None or ratio is None else secs <= 1.0 and ratio <= 1.0,
+        )
+    )
+    sf = "small_files"
+    rows.append(
+        _row(
+            f"first push of {_get(doc, sf, 'files')} small files vs one tar through ssh cat",
+            ">= 0.5x",
+            _s(_get(doc, sf, "usr", "seconds")),
+            _s(_get(doc, sf, "ssh_cat_seconds")) + " (tar | ssh cat)",
+            _get(doc, sf, "throughput_vs_ssh_cat"),
+            _ge(_get(doc, sf, "throughput_vs_ssh_cat"), 0.5),
+        )
+    )
+    big = _rss_values(_get(doc, "big_file", "rss_mib"))
+    rows.append(
+        _row(
+            "peak RSS, snapshot/push/pull/checkout of a "
+            f"{_gib(_get(doc, 'big_file', 'bytes'))} file",
+            "<= 256 MiB each side",
+            _s(max(big) if big else None, "MiB"),
+            "-",
+            "-",
+            _le(max(big) if big else None, 256),
+        )
+    )
+    small = _rss_values(_get(doc, sf, "rss_mib"))
+    rows.append(
+        _row(
+            f"peak RSS, dataset of {_get(doc, sf, 'files')} files",
+            "<= 300 MiB each side",
+            _s(max(small) if small else None, "MiB"),
+            "-",
+            "-",
+            _le(max(small) if small else None, 300),
+        )
+    )
+    st = _get(doc, "storage", "store_vs_final_file")
+    rows.append(
+        _row(
+            f"storage of {_get(doc, 'storage', 'states_after_appends')} states after 1% appends",
+            "<= 1.5x final file",
+            _mib(_get(doc, "storage", "store_bytes")),
+            _mib(_get(doc, "storage", "final_records_bytes")) + " (file)",
+            st,
+            _le(st, 1.5),
+        )
+    )
+    scaling = _get(doc, "status_scaling") or []
+    if scaling:
+        lo, hi = scaling[0], scaling[-1]
+        growth = (hi["seconds"] / lo["seconds"]) / (hi["files"] / lo["files"])
+        content = hi["content_bytes"] - lo["content_bytes"]
+        read_growth = (hi["rchar"] - lo["rchar"]) / content if content else None
+        points = ", ".join(f"{r['files']} files {r['seconds']:g} s" for r in scaling)
+        rows.append(
+            _row(
+                "no-op status: " + points,
+                "~linear, <= 1 s at 100k, no contents read",
+                _s(hi["seconds"]),
+                _s(hi["find_stat_seconds"]) + " (find -printf stat)",
+                "-" if read_growth is None else f"rchar growth / content growth {read_growth:.3f}",
+                hi["seconds"] <= 1.0 and growth <= 1.5 and (read_growth or 0) < 0.5,
+            )
+        )
+    at_issue_sizes = doc.get("mode") == "full"
+    for row in rows:
+        row["at_issue_sizes"] = at_issue_sizes
+    return rows
+
+
+def _pct(x: Any) -> str | None:
+    return None if x is None else f"{100 * x:.2f}%"
+
+
+def _kib(n: Any) -> str:
+    return "-" if n is None else f"{n / 1024:.1f} KiB"
+
+
+def _gib(n: Any) -> str:
+    return "?" if n is None else f"{n / 2**30:g} GiB"
+
+
+def _rss_values(rss: Any) -> list[float]:
+    out: list[float] = []
+    if not isinstance(rss, dict):
+        return out
+    for value in rss.values():
+        if isinstance(value, dict):
+            out.extend(v for v in value.values() if v)
+        elif value:
+            out.append(value)
+    return out
+
+
+def markdown(doc: dict[str, Any]) -> str:
+    m = doc["machine"]
+    lines = [
+        f"Mode `{doc['mode']}` — `{doc['command']}` — {doc.get('started_utc', '')}, "
+        f"{doc.get('seconds', '?')} s in all.",
+        "",
+        f"Machine: {m['nproc']} cores ({m['cpu']}), {m['memory_gib']} GiB, Linux {m['kernel']}; "
+        f"Python {m['python']}, pyarrow {m['pyarrow']}, pygit2 {m['pygit2']}, "
+        f"asyncssh {m['asyncssh']}; {m['openssh']}; {m['rsync']}.",
+        "",
+        "| Figure | Target | usr | Baseline | Ratio | Met |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for row in doc.get("targets", []):
+        met = {True: "yes", False: "**no**", None: "-"}[row["met"]]
+        if not row.get("at_issue_sizes") and row["met"] is not None:
+            met += " (smaller sizes)"
+        ratio = row["ratio"]
+        lines.append(
+            f"| {row['figure']} | {row['target']} | {row['usr']} | {row['baseline']} | "
+            f"{'-' if ratio is None else ratio} | {met} |"
+        )
+    fl = doc["results"].get("floors")
+    if fl:
+        lines += [
+            "",
+            f"Floors on this machine: `ssh host true` {fl['ssh_login_true_seconds']:g} s; "
+            f"`import porcelain.cli` {fl['python_import_porcelain_seconds']:g} s "
+            f"({fl['python_import_porcelain_cpu_seconds']:g} s CPU); `import asyncssh` "
+            f"{fl['python_import_asyncssh_seconds']:g} s "
+            f"({fl['python_import_asyncssh_cpu_seconds']:g} s CPU); `usr --version` "
+            f"{fl['usr_version_seconds']:g} s.",
+        ]
+    loads = [v for d in doc.get("load", {}).values() for k, v in d.items() if "loadavg" in k]
+    if loads:
+        lines += ["", f"1-minute load average during the run: {min(loads):g} to {max(loads):g}."]
+    if doc.get("errors"):
+        lines += ["", "Errors: " + "; ".join(f"{k}: {v}" for k, v in doc["errors"].items())]
+    return "\n".join(lines) + "\n"

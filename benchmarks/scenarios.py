@@ -1,0 +1,461 @@
+"""The measurements of issue 7, each against baselines run in the same place on the same data.
+
+Every scenario gets a :class:`Bench` (local and remote roots, the loopback sshd, runners)
+and stores its figures in ``bench.results[name]``. Baselines are OpenSSH and rsync against
+the same sshd: ``tar | ssh host 'cat > file'`` (raw stream of the same bytes), ``rsync -a``
+and ``rsync -an`` (the no-op diff). Each figure is reported absolute and as a ratio.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import shutil
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import datagen
+from loopback import Loopback
+from measure import Run, UsrRunner, run
+
+from usr.dataset import Dataset
+from usr.store import Store
+
+MIB = 1 << 20
+RSYNC_EXCLUDES = ["--exclude=/.usr", "--exclude=.usr.lock", "--exclude=.events.lock"]
+
+
+@dataclass
+class Sizes:
+    """How big each scenario's data is (see MODES)."""
+
+    primary_bytes: int
+    sidecars: int
+    small_files: int
+    small_file_bytes: int
+    big_file_bytes: int
+    history_bytes: int
+    history_states: int
+    status_files: tuple[int, ...]
+    repeats: int
+
+
+MODES = {
+    # The issue's sizes.
+    "full": Sizes(
+        1 << 30, 10_000, 100_000, 10_000, 4 << 30, 1 << 30, 20, (1000, 10_000, 100_000), 3
+    ),
+    # Under 3 minutes on 2 cores: the same scenarios, smaller.
+    "quick": Sizes(48 * MIB, 1000, 4000, 10_000, 384 * MIB, 16 * MIB, 20, (1000, 3000, 10_000), 3),
+    # Seconds: only checks that every scenario runs (used by the test suite).
+    "smoke": Sizes(1 * MIB, 20, 100, 2000, 8 * MIB, 1 * MIB, 3, (50, 100, 200), 1),
+}
+
+
+class Bench:
+    """Everything a scenario needs; ``results`` collects the figures."""
+
+    def __init__(self, workdir: Path, sizes: Sizes, loop: Loopback) -> None:
+        self.workdir = workdir
+        self.sizes = sizes
+        self.loop = loop
+        self.local = workdir / "local"
+        self.remote = loop.remote_root
+        self.pulled = workdir / "pulled"
+        self.baseline = workdir / "baseline"
+        for d in (self.local, self.pulled, self.baseline, workdir / "logs"):
+            d.mkdir(parents=True, exist_ok=True)
+        self.usr = UsrRunner(self.local, loop.remotes, loop.probe_log, workdir / "logs")
+        self.results: dict[str, Any] = {}
+        self.per_row: float | None = None
+
+    # -- baselines ----------------------------------------------------------------------
+    def _ssh(self, host: str, command: str) -> str:
+        return f"{self.loop.ssh_command()} {host} {shlex.quote(command)}"
+
+    def cat_tree(self, src: Path, dest: str, host: str = "bench") -> Run:
+        """Raw stream: the dataset's files (no store) as one tar, into ``ssh 'cat > f'``."""
+        target = self.baseline / dest
+        line = f"tar -C {shlex.quote(str(src))} --exclude=./.usr -cf - . | " + self._ssh(
+            host, f"cat > {shlex.quote(str(target))}"
+        )
+        return run(line).check("ssh cat")
+
+    def cat_file(self, src: Path, dest: str, host: str = "bench") -> Run:
+        target = self.baseline / dest
+        line = f"{self._ssh(host, 'cat > ' + shlex.quote(str(target)))} < {shlex.quote(str(src))}"
+        return run(line).check("ssh cat")
+
+    def rsync(self, src: Path, dest: str, host: str = "bench", dry: bool = False) -> Run:
+        """``rsync -a`` (or ``-an``) of a dataset directory, store excluded, with --stats."""
+        target = self.baseline / dest
+        argv = ["rsync", "-a", "--delete", "--stats", *RSYNC_EXCLUDES]
+        if dry:
+            argv.append("-n")
+        argv += ["-e", self.loop.ssh_command(), f"{src}/", f"{host}:{target}/"]
+        proxy = self.loop.proxy if host == "bench-wire" else None
+        result = run(argv, proxy=proxy).check("rsync")
+        return result
+
+    # -- usr ----------------------------------------------------------------------------
+    def sync(self, action: str, ds: str, remote: str = "bench", root: Path | None = None) -> Run:
+        """``usr push|pull|diff`` with an audit file; the audit is kept on ``Run.client``."""
+        audit = self.workdir / "logs" / f"audit-{self.usr.count + 1:04d}.json"
+        args = [action, ds, remote, "--audit-json-out", str(audit)]
+        if action != "diff":
+            args.append("-y")
+        proxy = self.loop.proxy if remote == "bench-wire" else None
+        result = self.usr(*args, proxy=proxy, root=root).check(f"usr {action}")
+        if audit.exists():
+            result.client["audit"] = json.loads(audit.read_text())["data"]
+        return result
+
+    def rows_for(self, target: int) -> int:
+        if self.per_row is None:
+            self.per_row = datagen.bytes_per_row(self.workdir)
+        return datagen.rows_for(target, self.per_row)
+
+
+# -- helpers ---------------------------------------------------------------------------
+
+
+def _rsync_stats(r: Run) -> dict[str, int]:
+    out = {}
+    for key, pattern in (
+        ("sent", r"Total bytes sent: ([\d,.]+)"),
+        ("received", r"Total bytes received: ([\d,.]+)"),
+    ):
+        m = re.search(pattern, r.stdout)
+        if m:
+            out[key] = int(re.sub(r"[,.]", "", m.group(1)))
+    return out
+
+
+def _usr_side(r: Run) -> dict[str, Any]:
+    """What one usr command cost on each side."""
+    audit = r.client.get("audit", {})
+    return {
+        "seconds": round(r.seconds, 3),
+        "client_cpu_seconds": round(r.cpu_seconds, 3),
+        "server_cpu_seconds": round(r.server_cpu_seconds(), 3),
+        "client_rss_mib": round(r.client_rss_mib(), 1),
+        "server_rss_mib": round(r.server_rss_mib(), 1),
+        "protocol_bytes": int(r.client.get("bytes_in", 0) + r.client.get("bytes_out", 0)),
+        "round_trips_after_handshake": r.round_trips_after_handshake(),
+        "sessions": int(r.client.get("sessions", 0)),
+        "transfer_state": audit.get("transfer_state"),
+    }
+
+
+def _median(runs: list[Run]) -> Run:
+    ordered = sorted(runs, key=lambda r: r.seconds)
+    return ordered[len(ordered) // 2]
+
+
+def _repeat(n: int, fn: Callable[[], Run]) -> tuple[Run, list[float]]:
+    runs = [fn() for _ in range(n)]
+    return _median(runs), [round(r.seconds, 3) for r in runs]
+
+
+def _ratio(a: float, b: float) -> float | None:
+    return round(a / b, 3) if b else None
+
+
+def _rss(r: Run) -> dict[str, float]:
+    return {"client": round(r.client_rss_mib(), 1), "server": round(r.server_rss_mib(), 1)}
+
+
+def _remove(*paths: Path) -> None:
+    """Free the disk a finished scenario used (full mode writes tens of GB)."""
+    for path in paths:
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        elif path.exists():
+            path.unlink()
+
+
+# -- scenarios -------------------------------------------------------------------------
+
+
+def floors(b: Bench) -> None:
+    """Fixed costs every command pays on this machine, to read the other figures against:
+    an OpenSSH login that runs nothing, and importing what a usr client needs."""
+    n = max(3, b.sizes.repeats)
+    login, login_all = _repeat(n, lambda: run(f"{b.loop.ssh_command()} bench true"))
+    usr_import, _ = _repeat(n, lambda: run([sys.executable, "-c", "import porcelain.cli"]))
+    ssh_import, _ = _repeat(n, lambda: run([sys.executable, "-c", "import asyncssh"]))
+    version, _ = _repeat(n, lambda: b.usr("--version"))
+    b.results["floors"] = {
+        "ssh_login_true_seconds": round(login.seconds, 3),
+        "ssh_login_true_seconds_all": login_all,
+        "python_import_porcelain_seconds": round(usr_import.seconds, 3),
+        "python_import_porcelain_cpu_seconds": round(usr_import.cpu_seconds, 3),
+        "python_import_asyncssh_seconds": round(ssh_import.seconds, 3),
+        "python_import_asyncssh_cpu_seconds": round(ssh_import.cpu_seconds, 3),
+        "usr_version_seconds": round(version.seconds, 3),
+    }
+
+
+def primary_dataset(b: Bench) -> None:
+    """A dataset of ``primary_bytes`` of records, overlays and ``sidecars`` small files:
+    first snapshot, initial push against ssh cat and rsync, bootstrap pull."""
+    s = b.sizes
+    ds = Dataset.init(b.local, "bench/ds", source="benchmark")
+    rows = b.rows_for(s.primary_bytes)
+    start = time.perf_counter()
+    datagen.write_records(ds, rows, seed=1)
+    datagen.write_files(ds.path / "_artifacts" / "summaries", s.sidecars, seed=2)
+    gen_s = time.perf_counter() - start
+    snap = b.usr("snapshot", "bench/ds", "-m", "benchmark import").check("usr snapshot")
+    datagen.attach_overlays(ds, max(100, rows // 20), seed=3)
+    files, total = datagen.tree_bytes(ds.path)
+    b.results["dataset"] = {
+        "rows": rows,
+        "records_bytes": ds.records_path.stat().st_size,
+        "files": files,
+        "bytes": total,
+        "generate_seconds": round(gen_s, 1),
+    }
+    b.results["snapshot_initial"] = {
+        "seconds": round(snap.seconds, 3),
+        "mib_per_s": round(total / MIB / snap.seconds, 1),
+        "rss_mib": round(snap.client_rss_mib(), 1),
+    }
+    cat = b.cat_tree(ds.path, "ds.tar")
+    rs = b.rsync(ds.path, "ds")
+    push = b.sync("push", "bench/ds")
+    pull = b.sync("pull", "bench/ds", root=b.pulled)
+    b.results["initial_push"] = {
+        "bytes": total,
+        "usr": _usr_side(push),
+        "ssh_cat_seconds": round(cat.seconds, 3),
+        "rsync_seconds": round(rs.seconds, 3),
+        "usr_mib_per_s": round(total / MIB / push.seconds, 1),
+        "ssh_cat_mib_per_s": round(total / MIB / cat.seconds, 1),
+        "throughput_vs_ssh_cat": _ratio(cat.seconds, push.seconds),
+        "time_vs_rsync": _ratio(push.seconds, rs.seconds),
+    }
+    b.results["initial_pull"] = {
+        "usr": _usr_side(pull),
+        "throughput_vs_ssh_cat": _ratio(cat.seconds, pull.seconds),
+    }
+
+
+def incremental(b: Bench) -> None:
+    """Append 1% rows; push it and rsync it, both through the counting proxy."""
+    ds = Dataset.open(b.local, "bench/ds")
+    rows = b.results["dataset"]["rows"]
+    start = time.perf_counter()
+    datagen.append_rows(ds, max(1, rows // 100), seed=4)
+    append_s = time.perf_counter() - start
+    size = ds.records_path.stat().st_size
+    rs = b.rsync(ds.path, "ds", host="bench-wire")
+    push = b.sync("push", "bench/ds", "bench-wire")
+    stats = _rsync_stats(rs)
+    b.results["incremental_push"] = {
+        "records_bytes": size,
+        "append_and_record_seconds": round(append_s, 2),
+        "usr": _usr_side(push),
+        "usr_wire_bytes": push.wire_bytes,
+        "usr_wire_fraction_of_file": round(push.wire_bytes / size, 5),
+        "usr_protocol_fraction_of_file": round(_usr_side(push)["protocol_bytes"] / size, 5),
+        "rsync_seconds": round(rs.seconds, 3),
+        "rsync_wire_bytes": rs.wire_bytes,
+        "rsync_wire_fraction_of_file": round(rs.wire_bytes / size, 5),
+        "rsync_stats": stats,
+        "time_vs_rsync": _ratio(push.seconds, rs.seconds),
+        "wire_vs_rsync": _ratio(push.wire_bytes, rs.wire_bytes),
+    }
+    # The pulled copy catches up too (so later no-op pulls are no-ops).
+    b.results["incremental_pull"] = {"usr": _usr_side(b.sync("pull", "bench/ds", root=b.pulled))}
+
+
+def noop(b: Bench) -> None:
+    """Re-push, re-pull and diff with nothing changed: round trips, bytes, time."""
+    n = b.sizes.repeats
+    ds_path = b.local / "bench" / "ds"
+    out: dict[str, Any] = {}
+    rs, rs_times = _repeat(n, lambda: b.rsync(ds_path, "ds"))
+    rs_dry, rs_dry_times = _repeat(n, lambda: b.rsync(ds_path, "ds", dry=True))
+    rs_wire = b.rsync(ds_path, "ds", host="bench-wire")
+    rs_dry_wire = b.rsync(ds_path, "ds", host="bench-wire", dry=True)
+    for action, root, baseline, base_times, base_wire in (
+        ("push", None, rs, rs_times, rs_wire),
+        ("pull", b.pulled, rs, rs_times, rs_wire),
+        ("diff", None, rs_dry, rs_dry_times, rs_dry_wire),
+    ):
+        timed, times = _repeat(n, lambda a=action, r=root: b.sync(a, "bench/ds", root=r))
+        wired = b.sync(action, "bench/ds", "bench-wire", root=root)
+        out[f"noop_{action}"] = {
+            "usr": _usr_side(timed),
+            "usr_seconds_all": times,
+            "usr_wire_bytes": wired.wire_bytes,
+            "usr_round_trips_after_handshake": wired.round_trips_after_handshake(),
+            "usr_protocol_bytes": _usr_side(wired)["protocol_bytes"],
+            "baseline": "rsync -an" if action == "diff" else "rsync -a",
+            "baseline_seconds": round(baseline.seconds, 3),
+            "baseline_seconds_all": base_times,
+            "baseline_wire_bytes": base_wire.wire_bytes,
+            "time_vs_baseline": _ratio(timed.seconds, baseline.seconds),
+        }
+    b.results.update(out)
+
+
+def small_files(b: Bench) -> None:
+    """First push of many ~10 KB files against one tar stream through ssh cat; RSS of
+    snapshot, push, pull and checkout of that dataset."""
+    s = b.sizes
+    ds = Dataset.init(b.local, "bench/small", source="benchmark")
+    total = datagen.write_files(
+        ds.path / "_artifacts" / "reads",
+        s.small_files,
+        seed=6,
+        kind="fasta",
+        size=s.small_file_bytes,
+    )
+    snap = b.usr("snapshot", "bench/small", "-m", "reads").check("usr snapshot")
+    files, tree_total = datagen.tree_bytes(ds.path)
+    cat = b.cat_tree(ds.path, "small.tar")
+    rs = b.rsync(ds.path, "small")
+    push = b.sync("push", "bench/small")
+    pull = b.sync("pull", "bench/small", root=b.pulled)
+    # checkout moves main with it, so go back to the recorded id, not to "main".
+    head = Store.open(ds.path, create=False).head()
+    back = b.usr("checkout", "bench/small", "HEAD~1").check("usr checkout")
+    fwd = b.usr("checkout", "bench/small", head).check("usr checkout")
+    status = b.usr("status", "bench/small").check("usr status")
+    b.results["small_files"] = {
+        "files": files,
+        "bytes": tree_total,
+        "payload_bytes": total,
+        "usr": _usr_side(push),
+        "ssh_cat_seconds": round(cat.seconds, 3),
+        "rsync_seconds": round(rs.seconds, 3),
+        "throughput_vs_ssh_cat": _ratio(cat.seconds, push.seconds),
+        "time_vs_rsync": _ratio(push.seconds, rs.seconds),
+        "files_per_s": round(files / push.seconds),
+        "rss_mib": {
+            "snapshot": round(snap.client_rss_mib(), 1),
+            "push": _rss(push),
+            "pull": _rss(pull),
+            "checkout_back": round(back.client_rss_mib(), 1),
+            "checkout_forward": round(fwd.client_rss_mib(), 1),
+            "status": round(status.client_rss_mib(), 1),
+        },
+        "seconds": {
+            "snapshot": round(snap.seconds, 3),
+            "pull": round(pull.seconds, 3),
+            "checkout_forward": round(fwd.seconds, 3),
+        },
+    }
+    _remove(ds.path, b.remote / "bench" / "small", b.pulled / "bench" / "small")
+    _remove(b.baseline / "small")
+    _remove(b.baseline / "small.tar")
+
+
+def big_file(b: Bench) -> None:
+    """Peak RSS on each side for snapshot, push, pull and checkout of one huge file."""
+    size = b.sizes.big_file_bytes
+    ds = Dataset.init(b.local, "bench/big", source="benchmark")
+    path = ds.path / "_artifacts" / "big.bin"
+    datagen.write_big_file(path, size, seed=7)
+    snap = b.usr("snapshot", "bench/big", "-m", "big").check("usr snapshot")
+    cat = b.cat_file(path, "big.bin")
+    push = b.sync("push", "bench/big")
+    pull = b.sync("pull", "bench/big", root=b.pulled)
+    # checkout moves main with it, so go back to the recorded id, not to "main".
+    head = Store.open(ds.path, create=False).head()
+    back = b.usr("checkout", "bench/big", "HEAD~1").check("usr checkout")
+    fwd = b.usr("checkout", "bench/big", head).check("usr checkout")
+    b.results["big_file"] = {
+        "bytes": size,
+        "rss_mib": {
+            "snapshot": round(snap.client_rss_mib(), 1),
+            "push": _rss(push),
+            "pull": _rss(pull),
+            "checkout": round(fwd.client_rss_mib(), 1),
+            "checkout_back": round(back.client_rss_mib(), 1),
+        },
+        "seconds": {
+            "snapshot": round(snap.seconds, 3),
+            "push": round(push.seconds, 3),
+            "pull": round(pull.seconds, 3),
+            "checkout": round(fwd.seconds, 3),
+            "ssh_cat": round(cat.seconds, 3),
+        },
+        "snapshot_mib_per_s": round(size / MIB / snap.seconds, 1),
+        "push_throughput_vs_ssh_cat": _ratio(cat.seconds, push.seconds),
+    }
+    _remove(ds.path, b.remote / "bench" / "big", b.pulled / "bench" / "big", b.baseline / "big.bin")
+
+
+def storage(b: Bench) -> None:
+    """``history_states`` states, each after a 1% append: bytes in ``.usr`` vs the file."""
+    s = b.sizes
+    ds = Dataset.init(b.local, "bench/history", source="benchmark")
+    rows = b.rows_for(s.history_bytes)
+    datagen.write_records(ds, rows, seed=8)
+    ds.record_state("import")
+    per_append = []
+    for i in range(s.history_states):
+        start = time.perf_counter()
+        datagen.append_rows(ds, max(1, rows // 100), seed=100 + i)
+        per_append.append(time.perf_counter() - start)
+        rows += max(1, rows // 100)
+    store = ds.path / ".usr"
+    final = ds.records_path.stat().st_size
+    apparent = datagen.dir_bytes(store)
+    blocks = sum(p.stat().st_blocks * 512 for p in store.rglob("*") if p.is_file())
+    b.results["storage"] = {
+        "states_after_appends": s.history_states,
+        "final_records_bytes": final,
+        "store_bytes": apparent,
+        "store_disk_bytes": blocks,
+        "store_vs_final_file": round(apparent / final, 3),
+        "append_and_record_seconds_median": round(statistics.median(per_append), 2),
+    }
+
+
+def status_scaling(b: Bench) -> None:
+    """No-op ``usr status`` on 1k/10k/100k files; rchar shows no file contents are read."""
+    out = []
+    for n in b.sizes.status_files:
+        name = f"bench/status_{n}"
+        ds = Dataset.init(b.local, name, source="benchmark")
+        total = datagen.write_files(ds.path / "_artifacts" / "s", n, seed=9)
+        b.usr("snapshot", name).check("usr snapshot")
+        timed, times = _repeat(b.sizes.repeats, lambda nm=name: b.usr("status", nm))
+        floor, _ = _repeat(
+            b.sizes.repeats, lambda p=ds.path: run(["find", str(p), "-printf", "%s %T@\\n"])
+        )
+        out.append(
+            {
+                "files": n,
+                "content_bytes": total,
+                "seconds": round(timed.seconds, 3),
+                "seconds_all": times,
+                "rss_mib": round(timed.client_rss_mib(), 1),
+                "rchar": timed.client.get("rchar", 0),
+                "find_stat_seconds": round(floor.seconds, 3),
+                "time_vs_find": _ratio(timed.seconds, floor.seconds),
+            }
+        )
+    b.results["status_scaling"] = out
+
+
+SCENARIOS: list[tuple[str, Callable[[Bench], None]]] = [
+    ("floors", floors),
+    ("primary_dataset", primary_dataset),
+    ("incremental", incremental),
+    ("noop", noop),
+    ("small_files", small_files),
+    ("big_file", big_file),
+    ("storage", storage),
+    ("status_scaling", status_scaling),
+]
