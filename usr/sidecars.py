@@ -190,8 +190,11 @@ def record_overlay_part(dataset_dir: Path, part: Path, namespace: Namespace) -> 
     vouch for the part and the copy in the ledger. Returns the paths vouched for."""
     dataset_dir = Path(dataset_dir)
     frozen = Registry.load(dataset_dir / FROZEN_REGISTRY_DIR)
-    if frozen.namespaces.get(namespace.name) != namespace:
-        frozen.namespaces[namespace.name] = namespace
+    # The contract only (no owner, description, created_at): two roots that registered the
+    # same contract freeze identical bytes, so their copies never conflict in a merge.
+    contract = Namespace(name=namespace.name, columns=tuple(namespace.columns))
+    if frozen.namespaces.get(namespace.name) != contract:
+        frozen.namespaces[namespace.name] = contract
         write_bytes(frozen.path, frozen.to_toml())
     relpaths = [Path(part).relative_to(dataset_dir).as_posix(), FROZEN_REGISTRY]
     ledger.record(dataset_dir, relpaths, via="attach")
