@@ -56,6 +56,12 @@ def test_reduced_fidelity_refused_before_any_check(
     assert "reduced sidecar fidelity accepted" in out.stderr
 
 
+def test_primary_only_is_named_as_such(ctx: hooks.HookContext) -> None:
+    env = hooks.verify_env(verify_sidecars=False, verify_derived_hashes=False, primary_only=True)
+    with pytest.raises(HookRefused, match=r"reduced sidecar fidelity \(--primary-only\)"):
+        hooks.run_pre_push(ctx, "bu-scc", "/r", "a" * 40, None, env)
+
+
 def test_allow_does_not_excuse_failed_checks(
     ctx: hooks.HookContext, monkeypatch: pytest.MonkeyPatch
 ) -> None:
