@@ -11,7 +11,13 @@ from collections import Counter
 
 import click
 
-from porcelain.options import dataset_argument, emit, format_option, pass_settings
+from porcelain.options import (
+    dataset_argument,
+    emit,
+    format_option,
+    pass_settings,
+    remotes_config_option,
+)
 from porcelain.targets import resolve_dataset
 from usr.errors import VerifyError
 from usr.layout import RECORDS_FILE, SECTIONS
@@ -138,11 +144,27 @@ def snapshot_cmd(settings, dataset: str, message: str | None, fmt: str) -> None:
 
 @click.command("status")
 @dataset_argument
+@click.argument("remote", required=False, default=None)
+@remotes_config_option
 @format_option
 @pass_settings
-def status_cmd(settings, dataset: str, fmt: str) -> None:
-    """Working files of DATASET against its last recorded state, by section and file."""
+def status_cmd(
+    settings, dataset: str, remote: str | None, remotes_config: str | None, fmt: str
+) -> None:
+    """Working files of DATASET against its last recorded state, by section and file.
+
+    Also how far local and each remote are apart: as last seen, or asked live when
+    REMOTE is given (see usr.sync.engine.remote_status)."""
+    from usr.sync import engine
+
     store = open_store(settings, dataset)
+    if remote is None:
+        apart = engine.last_seen_status(store)
+    else:
+        target = engine.resolve_target(settings.root, dataset)
+        apart = engine.remote_status(
+            target, remote, engine.SyncOptions(remotes_config=remotes_config)
+        )
     head = store.head()
     changes = store.status()
     data = {
@@ -161,6 +183,8 @@ def status_cmd(settings, dataset: str, fmt: str) -> None:
         clean = [s for s, info in data["sections"].items() if not info["changed"]]
         text.append(f"  unchanged: {', '.join(clean) or '-'}")
         text.append(f"(run 'usr snapshot {dataset}' to record them)")
+    data["remotes"] = apart
+    text += engine.status_text(apart)
     emit(fmt, data, "\n".join(text))
 
 
@@ -170,16 +194,30 @@ def status_cmd(settings, dataset: str, fmt: str) -> None:
 @click.option("-n", "--max-count", "limit", type=int, default=None, help="Show at most N.")
 @click.option("--stat", is_flag=True, help="Per-section changes and record count deltas.")
 @click.option("--graph", is_flag=True, help="Draw the history as lanes (merges join them).")
+@click.option("--remote", default=None, metavar="REMOTE", help="The remote-tracking history.")
 @format_option
 @pass_settings
 def log_cmd(
-    settings, dataset: str, oneline: bool, limit: int | None, stat: bool, graph: bool, fmt: str
+    settings,
+    dataset: str,
+    oneline: bool,
+    limit: int | None,
+    stat: bool,
+    graph: bool,
+    remote: str | None,
+    fmt: str,
 ) -> None:
     """Recorded states of DATASET, newest first: id, time, actor, action.
 
-    --graph draws one line per state with lanes, so a merge shows both its parents."""
+    --graph draws one line per state with lanes, so a merge shows both its parents.
+    --remote REMOTE shows what the last diff/pull/push saw on REMOTE instead."""
     store = open_store(settings, dataset)
-    entries = store.log(limit=limit)
+    if remote:
+        from usr.sync.engine import remote_log
+
+        entries = remote_log(store, remote, limit)
+    else:
+        entries = store.log(limit=limit)
     docs, lines = [], []
     for e in entries:
         doc = e.as_dict()

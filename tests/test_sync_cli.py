@@ -156,3 +156,23 @@ def test_interrupted_push_then_rerun_completes(env):
     assert doc["data"]["transfer_state"] in ("NO-OP", "TRANSFERRED")
     assert files_of(env.remote_dir) == files_of(env.local_dir)
     assert head(env.remote_dir) == head(env.local_dir)
+
+
+def test_status_and_log_against_the_remote(local_env):
+    remote = make_dataset(local_env.remote_root)
+    engine.pull(local_env.target(), "bu-scc", local_env.opts())
+    remote.append_event("batch", {"n": 1})
+    remote.record_state("batch")
+    r = cli(local_env, "status", DS)
+    assert r.returncode == 0, r.stderr
+    assert "bu-scc (last seen" in r.stdout and "up-to-date" in r.stdout
+    r = cli(local_env, "status", DS, "bu-scc", "--format", "json")
+    assert r.returncode == 0, r.stderr
+    (entry,) = json.loads(r.stdout)["data"]["remotes"]
+    assert entry["live"] is True and entry["relation"] == "remote-ahead"
+    assert (entry["ahead"], entry["behind"]) == (0, 1)
+    r = cli(local_env, "log", DS, "--remote", "bu-scc", "--oneline")
+    assert r.returncode == 0, r.stderr
+    assert " batch (" in r.stdout.splitlines()[0]
+    r = cli(local_env, "log", DS, "--remote", "nowhere")
+    assert r.returncode == 4 and "usr diff" in r.stderr
