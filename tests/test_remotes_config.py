@@ -3,7 +3,6 @@ and one-line errors naming the bad key."""
 
 from __future__ import annotations
 
-import json
 import stat
 
 import pytest
@@ -38,32 +37,19 @@ def test_crud_through_cli(usr, tmp_path):
     )
     assert r.returncode == 0, r.stderr
     assert stat.S_IMODE((tmp_path / "conf" / "remotes.toml").stat().st_mode) == 0o600
-    r = usr(
-        "remotes",
-        "add",
-        "laptop",
-        "--type",
-        "local",
-        "--base-dir",
-        str(tmp_path),
-        "--remotes-config",
-        cfg,
-    )
-    assert r.returncode == 0, r.stderr
+    remotes.add(remotes.Profile(name="laptop", type="local", base_dir=str(tmp_path)), cfg)
     r = usr("remotes", "list", "--remotes-config", cfg)
     assert r.stdout.splitlines() == [
         "bu-scc\tssh\tssh alice@scc1.bu.edu:/project/alice/usr/datasets",
         f"laptop\tlocal\tlocal {tmp_path}",
     ]
-    r = usr("remotes", "show", "bu-scc", "--format", "json", "--remotes-config", cfg)
-    data = json.loads(r.stdout)["data"]
-    assert data["host"] == "scc1.bu.edu" and data["type"] == "ssh"
-    r = usr("remotes", "add", "bu-scc", "--host", "x", "--base-dir", "/d", "--remotes-config", cfg)
-    assert r.returncode == 3 and "already exists" in r.stderr
+    with pytest.raises(InputError, match="already exists"):
+        remotes.add(remotes.Profile(name="bu-scc", host="x", base_dir="/d"), cfg)
     assert usr("remotes", "remove", "bu-scc", "--remotes-config", cfg).returncode == 0
-    r = usr("remotes", "show", "bu-scc", "--remotes-config", cfg)
+    r = usr("remotes", "show", "bu-scc", "--format", "json", "--remotes-config", cfg)
     assert r.returncode == 4 and "unknown remote 'bu-scc'" in r.stderr
-    assert len(r.stderr.strip().splitlines()) == 1
+    assert len(r.stderr.strip().splitlines()) == 1 and r.stdout == ""
+    assert remotes.get("laptop", cfg).to_toml() == {"type": "local", "base_dir": str(tmp_path)}
 
 
 @pytest.mark.parametrize(
@@ -80,16 +66,21 @@ def test_crud_through_cli(usr, tmp_path):
         ("[other]\nx = 1\n", "unknown top-level key"),
     ],
 )
-def test_bad_toml_names_the_key(tmp_path, usr, text, words):
+def test_bad_toml_names_the_key(tmp_path, text, words):
     cfg = tmp_path / "remotes.toml"
     cfg.write_text(text)
-    cfg.chmod(0o600)
     with pytest.raises(InputError) as err:
         remotes.load(cfg)
     assert words in err.value.one_line()
+
+
+def test_bad_toml_is_one_line_exit_3(tmp_path, usr):
+    cfg = tmp_path / "remotes.toml"
+    cfg.write_text('[remotes.a]\ntype = "ssh"\nhost = "h"\nbase_dir = "/d"\nprot = 22\n')
+    cfg.chmod(0o600)
     r = usr("remotes", "list", "--remotes-config", str(cfg))
     assert r.returncode == 3
-    assert r.stderr.startswith("usr: error:") and words in r.stderr
+    assert r.stderr.startswith("usr: error:") and "remotes.a.prot: unknown key" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
 
 

@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from porcelain.remotes import doctor
 from usr import remotes
 from usr.sync import connholder
 from usr.sync.client import open_session
@@ -37,8 +38,8 @@ def test_doctor_reports_host_key_and_base_dir(sshd, tmp_path, usr):
     assert checks["connect"]["ok"] and not checks["host key"]["ok"]
     assert sshd.host_fingerprint in checks["host key"]["detail"]
     cfg = sshd.write_remotes(tmp_path / "remotes.toml", tmp_path / "nope")
-    r = usr("remotes", "doctor", "--remote", "bu-scc", "--remotes-config", str(cfg))
-    assert "FAIL  base_dir" in r.stdout and "does not exist" in r.stdout
+    text = doctor(remotes.get("bu-scc", cfg)).text()
+    assert "FAIL  base_dir" in text and "does not exist" in text
 
 
 def test_status_and_warm_auth_holder(sshd, tmp_path, usr, monkeypatch):
@@ -49,17 +50,16 @@ def test_status_and_warm_auth_holder(sshd, tmp_path, usr, monkeypatch):
     runtime.mkdir()
     env = {"XDG_RUNTIME_DIR": str(runtime)}
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
-    r = usr("remotes", "status", "--remote", "bu-scc", "--remotes-config", str(cfg), env=env)
-    assert r.returncode == 0 and "reachable" in r.stdout and "not running" in r.stdout
+    profile = remotes.get("bu-scc", cfg)
+    assert connholder.status(profile) is None
     r = usr("remotes", "warm-auth", "--remote", "bu-scc", "--remotes-config", str(cfg), env=env)
     assert r.returncode == 0, r.stderr
-    profile = remotes.get("bu-scc", cfg)
     sock = connholder.socket_path(profile)
     try:
         assert oct(sock.stat().st_mode & 0o777) == "0o600"
         assert oct(sock.parent.stat().st_mode & 0o777) == "0o700"
         r = usr("remotes", "status", "--remote", "bu-scc", "--remotes-config", str(cfg), env=env)
-        assert "holder live" in r.stdout
+        assert "bu-scc: reachable" in r.stdout and "holder live" in r.stdout
         with open_session("bu-scc", cfg) as remote:
             assert getattr(remote, "via_holder", False)
             assert remote.heads("ds")["exists"] is False
