@@ -194,7 +194,8 @@ def _perturb(root: Path, namespace: str, artifact: str, note: str) -> list[str]:
 
 
 def _section_report(data: dict[str, Any], paths: list[str], side: str) -> dict[str, Any]:
-    """Did the audit list each path as changed on ``side`` only, in its section?"""
+    """Did the audit list each path as changed on ``side`` only, in its section, with
+    that side ahead (anything written on the other side meanwhile fails the step)?"""
     other = "remote" if side == "local" else "local"
     derived = [p for p in paths if p.startswith("_derived/")]
     aux = [p for p in paths if not p.startswith("_derived/")]
@@ -212,7 +213,8 @@ def _section_report(data: dict[str, Any], paths: list[str], side: str) -> dict[s
         "changes": data["changes"],
     }
     observed["ok"] = (
-        d["changed"]
+        data["relation"] == f"{side}-ahead"
+        and d["changed"]
         and a["changed"]
         and data["changes"]["derived"]
         and data["changes"]["auxiliary"]
