@@ -164,7 +164,11 @@ def resolve_keys(
             f"key column {key_col!r} is not in the input",
             f"columns are: {', '.join(table.column_names)}",
         )
+    if table.num_rows == 0:
+        raise InputError("input has no rows")
     keys = table.column(key_col).combine_chunks()
+    if pa.types.is_null(keys.type):
+        raise InputError(f"key column {key_col!r} has empty keys")
     if not _is_text(keys.type):
         raise InputError(f"key column {key_col!r} must be text, not {keys.type}")
     keys = pc.utf8_trim_whitespace(keys.cast(pa.string()))
@@ -193,7 +197,7 @@ def resolve_keys(
         idx = pc.index_in(keys, value_set=hits.column("sequence").combine_chunks())
         ids = pc.take(hits.column("id").combine_chunks(), idx)
         present = pc.is_valid(ids)
-    missing = len(keys) - pc.sum(present.cast(pa.int64())).as_py()
+    missing = len(keys) - (pc.sum(present.cast(pa.int64())).as_py() or 0)
     if missing and not allow_missing:
         first = keys.filter(pc.invert(present))[0].as_py()
         raise InputError(
