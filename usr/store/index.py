@@ -49,6 +49,9 @@ class StatCache:
         self.inline_limit = inline_limit
         self.scan_ns = 0
         self.entries: dict[str, tuple[StatKey, str]] = {}
+        #: The tree the cached entries make (with the modes then), so a scan where every
+        #: file hits the cache needs to write no tree at all.
+        self.tree: str | None = None
         self._load()
 
     def _load(self) -> None:
@@ -57,6 +60,7 @@ class StatCache:
             if doc.get("version") != VERSION or doc.get("inline_limit") != self.inline_limit:
                 return  # a different inline limit gives different entry ids: start over
             self.scan_ns = int(doc["scan_ns"])
+            self.tree = doc.get("tree")
             self.entries = {
                 path: (StatKey(*row[:4]), row[4]) for path, row in doc["entries"].items()
             }
@@ -70,14 +74,19 @@ class StatCache:
             return None  # racy: could have changed within the tick it was hashed in
         return hit[1]
 
-    def replace(self, entries: dict[str, tuple[StatKey, str]], scan_ns: int) -> None:
-        """Make ``entries`` (from a scan that started at ``scan_ns``) the whole cache."""
+    def replace(
+        self, entries: dict[str, tuple[StatKey, str]], scan_ns: int, tree: str | None = None
+    ) -> None:
+        """Make ``entries`` (from a scan that started at ``scan_ns``, giving ``tree``) the
+        whole cache."""
         self.entries = entries
         self.scan_ns = scan_ns
+        self.tree = tree
 
     def update(self, relpath: str, key: StatKey, entry_id: str) -> None:
         """Remember one entry (after checkout wrote a verified file)."""
         self.entries[relpath] = (key, entry_id)
+        self.tree = None
 
     def entry_ids(self) -> set[str]:
         """Every entry id the cache names (gc keeps them, as git keeps index blobs)."""
@@ -89,6 +98,7 @@ class StatCache:
             "version": VERSION,
             "inline_limit": self.inline_limit,
             "scan_ns": self.scan_ns,
+            "tree": self.tree,
             "entries": {
                 path: [k.size, k.mtime_ns, k.ctime_ns, k.inode, oid]
                 for path, (k, oid) in sorted(self.entries.items())

@@ -240,23 +240,36 @@ class Store:
         stats = ScanStats()
         files: dict[str, tuple[str, int]] = {}
         entries: dict[str, tuple[StatKey, str]] = {}
+        modes: list[int] = []
         with self.chunks.writer() as writer:
             for f in scan(self.path):
                 stats.files += 1
                 key = StatKey.of(f.st)
+                # A cached id needs no existence check: gc keeps every id the cache names.
                 oid = cache.lookup(f.relpath, key)
-                if oid is None or not self.repo.odb.exists(oid):
+                if oid is None:
                     oid, st = hash_file(f.abspath, limit, self.repo, writer)
                     key = StatKey.of(st)
                     stats.hashed += 1
                     stats.bytes_hashed += st.st_size
                 files[f.relpath] = (oid, f.mode)
                 entries[f.relpath] = (key, oid)
+                modes.append(f.mode)
         faults.point(FAULT_SNAPSHOT_CHUNKS)
-        tree = build_tree(self.repo, files)
-        cache.replace(entries, scan_ns)
-        with contextlib.suppress(OSError):
-            cache.save()  # only ever saves work: a read-only store still works
+        unchanged = (
+            stats.hashed == 0
+            and cache.tree is not None
+            and entries.keys() == cache.entries.keys()
+            and all(m == 0o100644 for m in modes)  # modes are not in the cache key
+            and self.repo.odb.exists(cache.tree)
+        )
+        if unchanged:
+            tree = cache.tree  # nothing changed since the cache was written: reuse its tree
+        else:
+            tree = build_tree(self.repo, files)
+            cache.replace(entries, scan_ns, tree)
+            with contextlib.suppress(OSError):
+                cache.save()  # only ever saves work: a read-only store still works
         self.last_scan = stats
         return tree
 
