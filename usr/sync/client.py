@@ -127,7 +127,10 @@ class RemoteSession:
     def _dead(self, message: str, hint: str | None = None) -> UsrError:
         status = self.close()
         why = self._stderr.text()
-        if status == 127 or "not found" in why and "usr" in why:
+        missing = "command not found" in why or (
+            status in (None, 126, 127) and "No such file or directory" in why
+        )
+        if status == 127 or missing:
             return TransportError(
                 f"{self.name}: usr is not installed on the remote ({why or 'exit 127'})",
                 "install usr there, or set remote_usr in the profile to the command that runs it",
