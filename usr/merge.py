@@ -625,12 +625,31 @@ def merge_pull(
 def merge(
     target: Any, remote: str, options: Any, audit_json_out: Path | None = None
 ) -> dict[str, Any]:
-    """``usr merge DS REMOTE``: ``usr pull --merge`` — fast-forward when the remote is
-    ahead, merge when diverged, nothing when local holds the remote head. Returns the pull
-    audit document, whose ``data.merge`` is the merge report."""
+    """``usr merge DS REMOTE`` and ``usr pull DS REMOTE --merge``: fast-forward when the
+    remote is ahead, merge when diverged, nothing when local holds the remote head.
+
+    A dry run of the merge comes first (working trees, nothing recorded): when it finds
+    conflicts the command stops there, so a conflict leaves even ``refs/heads/main`` of
+    both sides where they were (a real run would record unrecorded work first). Returns
+    the pull audit document, whose ``data.merge`` is the merge report.
+    """
+    from dataclasses import replace
+
+    from usr.errors import UsageError
     from usr.sync import engine
 
+    if target.kind != "dataset":
+        raise UsageError("merge works on datasets, not single files (file mode)")
     options.merge = True
+    if options.dry_run:
+        return engine.pull(target, remote, options, audit_json_out)
+    first = engine.pull(target, remote, replace(options, dry_run=True, confirm=None))
+    rep = first["data"].get("merge")
+    if rep is not None and not rep["mergeable"]:
+        exc = MergeConflict(rep, first["data"])
+        data = dict(first["data"], transfer_state="FAILED", error=exc.to_json())
+        engine._write_audit(audit_json_out, dict(first, data=data))
+        raise exc
     return engine.pull(target, remote, options, audit_json_out)
 
 
