@@ -325,3 +325,13 @@ def test_events_tail_reads_the_end_of_a_long_log(ds):
         ds.info()
     report = ds.validate()
     assert not report["ok"] and any("line 6" in e for e in report["errors"])
+
+
+def test_meta_is_replaced_whole_logged_and_recorded(ds):
+    from usr.store import Store
+
+    head = Store.open(ds.path).head()
+    ds.write_meta("# demo\n\nPromoter library, run 7")
+    assert ds.read_meta() == "# demo\n\nPromoter library, run 7\n"
+    assert ds.events_tail(1)[0]["action"] == "meta"
+    assert Store.open(ds.path).head() != head

@@ -163,6 +163,20 @@ class Dataset:
         """Append one line to ``.events.log`` (secrets in ``args`` redacted)."""
         return ev.append_event(self.path, action, self.id, args, actor)
 
+    def read_meta(self) -> str:
+        """``meta.md``: free-form notes people keep with the dataset ('' if absent)."""
+        try:
+            return (self.path / META_FILE).read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return ""
+
+    def write_meta(self, text: str, actor: str | None = None) -> None:
+        """Replace ``meta.md`` atomically, log it, and record the state."""
+        with dataset_lock(self.path, what="meta"):
+            write_text(self.path / META_FILE, text if text.endswith("\n") else text + "\n")
+            self.append_event("meta", {"bytes": len(text.encode())}, actor=actor)
+        self.record_state("meta", actor=actor)
+
     # -- records -----------------------------------------------------------------------
 
     def append_records(
