@@ -259,6 +259,7 @@ def run_hook(
         _kill_group(proc)
         for t in readers:
             t.join(timeout=2)
+        _close_pipes(proc, readers)
         raise HookRefused(
             f"{name} hook {path} did not finish within {timeout:g}s; its process group was killed",
             f"fix the hook, or raise {TIMEOUT_ENV}",
@@ -267,6 +268,7 @@ def run_hook(
         # Output of a grandchild that escaped the group may keep a pipe open; do not wait
         # for it forever.
         t.join(timeout=5)
+    _close_pipes(proc, readers)
     stderr_text = bytes(err_buf).decode("utf-8", "replace")
     if code == 0:
         return HookOutcome(name, "passed", str(path), 0, stderr_text)
@@ -277,6 +279,14 @@ def run_hook(
             f"see its output above; {path}",
         )
     return HookOutcome(name, "failed", str(path), code, stderr_text)
+
+
+def _close_pipes(proc: subprocess.Popen[bytes], readers: list[threading.Thread]) -> None:
+    """Close the output pipes whose reader finished (one still reading keeps its pipe)."""
+    for pipe, reader in zip((proc.stdout, proc.stderr), readers, strict=True):
+        if pipe is not None and not reader.is_alive():
+            with contextlib.suppress(OSError):
+                pipe.close()
 
 
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:
