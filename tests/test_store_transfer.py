@@ -29,14 +29,14 @@ def test_bootstrap_copy_checkout_and_repack(
     monkeypatch.setenv("USR_INLINE_LIMIT", "4096")
     a = tmp_path / "laptop"
     (a / "_aux").mkdir(parents=True)
-    for i in range(260):
+    for i in range(20):
         (a / f"_aux/part-{i:03d}.bin").write_bytes(os.urandom(5000))  # one chunk each
     (a / "meta.md").write_bytes(b"# shared\n")
     src = Store.open(a)
     first = src.record("import").commit
 
     dst = Store.open(tmp_path / "cluster")  # created empty, like a bootstrap push
-    assert _copy(src, dst, [first], []) == 260
+    assert _copy(src, dst, [first], []) == 20
     dst.checkout(first, expect_head=None)
     assert dst.head() == first and dst.verify_working() == []
     assert (tmp_path / "cluster/_aux/part-007.bin").read_bytes() == (
@@ -48,8 +48,8 @@ def test_bootstrap_copy_checkout_and_repack(
     assert _copy(src, dst, [second], [first]) == 1  # only the new chunk moves
     dst.checkout(second, expect_head=first)  # ref CAS and files in one locked step
 
-    assert len(list(dst.chunks.loose_ids())) == 261
-    dst.gc(prune_age=0)
+    assert len(list(dst.chunks.loose_ids())) == 21
+    dst.gc(prune_age=0, repack_min=16)
     assert list(dst.chunks.loose_ids()) == [] and len(dst.chunks.pack_names()) == 1
     assert Store.open(dst.path).fsck() == []
     assert dst.verify_working(second) == []

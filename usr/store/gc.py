@@ -82,7 +82,11 @@ def _remove(path: str, report: GcReport) -> None:
         os.unlink(path)
 
 
-def gc(store, prune_age: float = 3600.0) -> GcReport:
+#: Loose chunks are repacked once at least this many are live.
+REPACK_LOOSE_MIN = 256
+
+
+def gc(store, prune_age: float = 3600.0, repack_min: int = REPACK_LOOSE_MIN) -> GcReport:
     """Run gc under the dataset lock; see the module docstring."""
     report = GcReport()
     cutoff = time.time() - prune_age
@@ -127,7 +131,7 @@ def gc(store, prune_age: float = 3600.0) -> GcReport:
             report.packs_rewritten += 1
         # Repack loose chunks once there are many of them (sync writes them one by one).
         loose = [c for c in cs.loose_ids() if c in live_chunks]
-        if len(loose) >= 256:
+        if loose and len(loose) >= repack_min:
             with cs.writer() as writer:
                 for cid in loose:
                     path = cs.loose_dir / cid[:2] / cid

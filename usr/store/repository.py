@@ -571,12 +571,12 @@ class Store:
 
     # -- maintenance ----------------------------------------------------------------------
 
-    def gc(self, prune_age: float = 3600.0):
+    def gc(self, prune_age: float = 3600.0, repack_min: int = 256):
         """Remove objects, chunks and temp files no ref reaches (older than ``prune_age``
         seconds, so a transfer in flight keeps what it has sent). See usr.store.gc."""
         from usr.store import gc as _gc
 
-        return _gc.gc(self, prune_age)
+        return _gc.gc(self, prune_age, repack_min)
 
     def fsck(self):
         """Verify every reachable object and chunk and the events append-only rule;
