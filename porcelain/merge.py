@@ -55,6 +55,8 @@ def report_lines(data: dict[str, Any]) -> list[str]:
         lines.append(f"  CONFLICT      {c['path'] or '(history)'}: {c['why']} [{c['kind']}]")
     if rep.get("conflicts"):
         lines.append(f"Not mergeable: {len(rep['conflicts'])} conflict(s); nothing was changed.")
+    elif rep.get("mergeable") is None:
+        lines.append(f"Mergeable:   unknown ({rep.get('error', 'not computed')})")
     elif rep.get("commit"):
         lines.append(f"Merged:      state {_short(rep['commit'])} (tree {_short(rep['tree'])})")
         lines.append(f"Next:        usr push {data.get('dataset')} {data.get('remote')}")

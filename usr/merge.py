@@ -48,7 +48,7 @@ import pyarrow.parquet as pq
 
 from usr import records
 from usr.atomic import TMP_PREFIX
-from usr.errors import ConflictError
+from usr.errors import ConflictError, UsrError
 from usr.layout import DERIVED_DIR, EVENTS_FILE, RECORDS_FILE, section_of
 from usr.ledger import LEDGER_PATH
 from usr.store.fsck import MERGE_REMOTE_TRAILER
@@ -553,8 +553,13 @@ def preview(session: Any, store: Any, dataset: str, st: Any) -> dict[str, Any] |
     if base is None:
         return _unrelated(st.local_head, st.remote_head)
     base_tree = store.tree_of(base)
-    _fetch_needed(session, store, dataset, base_tree, st.local_tree, st.remote_tree)
-    result = merge_trees(store, base_tree, st.local_tree, st.remote_tree)
+    try:
+        _fetch_needed(session, store, dataset, base_tree, st.local_tree, st.remote_tree)
+        result = merge_trees(store, base_tree, st.local_tree, st.remote_tree)
+    except UsrError as exc:
+        # A diff must still report the rest; mergeable stays unknown (a real merge, which
+        # fetches everything, raises the same error where it can be acted on).
+        return {"mergeable": None, "conflicts": [], "files": [], "error": exc.message}
     return report(result, st.local_head, st.remote_head, base)
 
 
