@@ -7,6 +7,7 @@ import contextlib
 import ctypes
 import os
 import re
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -43,7 +44,7 @@ _TILDE_RE = re.compile(r"^(.*?)((?:~\d*|\^)+)$")
 
 # Dataset locks this process holds, with a depth: fcntl locks are per open file, so taking
 # the same lock twice in one process would wait on itself. Store.lock() is reentrant.
-_HELD: dict[str, int] = {}
+_HELD: dict[str, int] = {}  # key: dataset path + thread id
 
 
 def _syncfs(path: Path) -> None:
@@ -139,7 +140,7 @@ class Store:
         store calls that must see no other writer: record, checkout and compare-and-swap
         take it themselves, and nesting is then free.
         """
-        key = str(self.path)
+        key = f"{self.path}\0{threading.get_ident()}"  # another thread must really wait
         if _HELD.get(key):
             _HELD[key] += 1
             try:
