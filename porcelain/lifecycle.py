@@ -9,6 +9,7 @@ flags, calls one library function, and prints. Read commands print through ``emi
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Any
 
 import click
@@ -23,7 +24,7 @@ from porcelain.options import (
 )
 from usr import registry as reg
 from usr.dataset import Dataset, list_datasets
-from usr.errors import UsageError
+from usr.errors import UsageError, VerifyError
 from usr.importers import FORMATS
 
 _KEY_CHOICES = click.Choice(["id", "sequence"])
@@ -305,8 +306,6 @@ def events_tail(settings: Settings, dataset: str, n: int, fmt: str) -> None:
 @pass_settings
 def validate(settings: Settings, dataset: str, strict: bool, fmt: str) -> None:
     """Check records, overlays, events and meta; exit 5 when a check fails."""
-    from usr.errors import VerifyError
-
     report = Dataset.open(settings.root, dataset).validate(strict=strict)
     lines = [f"error: {e}" for e in report["errors"]]
     lines += [f"warning: {w}" for w in report["warnings"]]
@@ -328,8 +327,6 @@ def validate(settings: Settings, dataset: str, strict: bool, fmt: str) -> None:
 @pass_settings
 def export(settings: Settings, dataset: str, out_fmt: str, out: str, yes: bool, fmt: str) -> None:
     """Write the overlay view to DIR/<dataset>.<fmt> (ids with / become __)."""
-    from pathlib import Path
-
     ds = Dataset.open(settings.root, dataset)
     target = Path(out) / f"{ds.id.replace('/', '__')}.{out_fmt}"
     overwrite = yes

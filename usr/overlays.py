@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 from usr.atomic import atomic_writer
 from usr.errors import InputError, VerifyError
 from usr.layout import DERIVED_DIR, NAMESPACE_RE
-from usr.registry import Namespace, Registry, qualify
+from usr.registry import Namespace, Registry, qualify, type_name
 
 STAMP_KEYS = ("namespace", "key", "key_col", "created_at", "registry_hash", "contract_hash")
 _PREFIX = "usr:"
@@ -128,8 +128,6 @@ def conform(arr: pa.Array, target: pa.DataType, name: str, from_text: bool) -> p
 
 
 def _show(t: pa.DataType) -> str:
-    from usr.registry import type_name
-
     try:
         return type_name(t)
     except InputError:
