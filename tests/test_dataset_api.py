@@ -331,6 +331,11 @@ def test_meta_is_replaced_whole_logged_and_recorded(ds):
     from usr.store import Store
 
     head = Store.open(ds.path).head()
+    ds.append_event("note", {"n": 1})
+    assert Store.open(ds.path).head() == head
+    ds.append_event("note", {"n": 2}, record=True)
+    assert Store.open(ds.path).head() != head
+    head = Store.open(ds.path).head()
     ds.write_meta("# demo\n\nPromoter library, run 7")
     assert ds.read_meta() == "# demo\n\nPromoter library, run 7\n"
     assert ds.events_tail(1)[0]["action"] == "meta"

@@ -158,10 +158,22 @@ class Dataset:
         return Store.open(self.path).record(action, actor or current_actor())
 
     def append_event(
-        self, action: str, args: dict[str, Any] | None = None, actor: str | None = None
+        self,
+        action: str,
+        args: dict[str, Any] | None = None,
+        actor: str | None = None,
+        record: bool = False,
     ) -> dict[str, Any]:
-        """Append one line to ``.events.log`` (secrets in ``args`` redacted)."""
-        return ev.append_event(self.path, action, self.id, args, actor)
+        """Append one line to ``.events.log`` (secrets in ``args`` redacted).
+
+        With ``record``, also record the state. It is off by default because callers
+        usually log as one step of a larger write made under the dataset lock, and
+        recording takes that lock; they call :meth:`record_state` once, after releasing it.
+        """
+        event = ev.append_event(self.path, action, self.id, args, actor)
+        if record:
+            self.record_state(action, actor=actor)
+        return event
 
     def read_meta(self) -> str:
         """``meta.md``: free-form notes people keep with the dataset ('' if absent)."""
