@@ -150,6 +150,7 @@ def build_options(ctx: click.Context, params: dict[str, Any], action: str) -> Sy
         remote_path=params.get("remote_path"),
         remotes_config=params.get("remotes_config"),
         no_verify=bool(params.get("no_verify")),
+        merge=bool(params.get("merge")),
     )
 
 
@@ -209,6 +210,11 @@ def diff_command(ctx: click.Context, settings: Settings, **params: Any) -> None:
 @_sync_options
 @yes_option
 @click.option("--dry-run", is_flag=True, help="Say what a pull would do; change nothing.")
+@click.option(
+    "--merge",
+    is_flag=True,
+    help="When the histories diverged, merge the remote states in (three-way; see usr merge).",
+)
 @click.option(
     "--no-verify",
     is_flag=True,

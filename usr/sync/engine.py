@@ -87,6 +87,9 @@ class SyncOptions:
     actor: str | None = None
     #: ``--no-verify``: skip the pre-push/post-push/post-pull hooks (audited as skipped).
     no_verify: bool = False
+    #: ``pull --merge`` / ``usr merge``: merge diverged histories (usr.merge) instead of
+    #: refusing them.
+    merge: bool = False
 
     def profile(self) -> VerifyProfile:
         return VerifyProfile(
@@ -102,6 +105,7 @@ class SyncOptions:
             "skip_snapshots": self.skip_snapshots,
             "strict_bootstrap_id": self.strict_bootstrap_id,
             "no_verify": self.no_verify,
+            "merge": self.merge,
         }
 
 
@@ -629,6 +633,7 @@ def _preview(run: AuditRun, target: Target, remote: str, options: SyncOptions) -
             if st.remote_exists:
                 st.remote_dirty = st.remote_tree != store.tree_of(st.remote_head)
             _set_tracking(store, remote, st.remote_head)
+            merge_report = _merge_preview(run, session, store, target, st, options)
         finally:
             run.bytes_sent, run.bytes_received = _remote_bytes(session)
     if not st.local_exists and not st.remote_exists:
@@ -637,10 +642,38 @@ def _preview(run: AuditRun, target: Target, remote: str, options: SyncOptions) -
             "check the id, --root and the remote's base_dir",
         )
     cmp = _compare(store, target, remote, st)
-    run.set_comparison(cmp)
+    data = run.set_comparison(cmp)
+    if merge_report is not None:
+        data.update(
+            mergeable=merge_report["mergeable"],
+            conflicts=merge_report["conflicts"],
+            merge=merge_report,
+        )
     if options.dry_run:
         _dry_run_notes(run, cmp, options)
     return st
+
+
+def _merge_preview(
+    run: AuditRun, session: Any, store: Any, target: Target, st: _State, options: SyncOptions
+) -> dict[str, Any] | None:
+    """What a merge of diverged sides would do (``usr.merge.preview``), for ``diff`` and a
+    ``--merge`` dry run; None when the sides have not diverged. A diff still reports when
+    the preview itself fails (say, a file it cannot read), noting why."""
+    if run.action != "diff" and not options.merge:
+        return None
+    if st.local_head is None or st.remote_head is None:
+        return None
+    from usr import merge as merge_mod
+
+    try:
+        return merge_mod.preview(session, store, target.dataset, st)
+    except Exception as exc:  # noqa: BLE001 - a diff must report even if its preview fails
+        if run.action != "diff":
+            raise
+        why = exc.one_line() if isinstance(exc, UsrError) else f"{type(exc).__name__}: {exc}"
+        run.notes.append(f"merge preview unavailable: {why}")
+        return None
 
 
 def _dry_run_notes(run: AuditRun, cmp: Comparison, options: SyncOptions) -> None:
@@ -777,6 +810,10 @@ def _pull(run: AuditRun, target: Target, remote: str, options: SyncOptions) -> s
             data = run.set_comparison(cmp)
             if cmp.relation == "equal":
                 return "NO-OP"
+            if options.merge and cmp.relation in ("diverged", "local-ahead"):
+                from usr import merge as merge_mod
+
+                return merge_mod.merge_pull(run, session, store, target, remote, st, cmp, options)
             _refuse("pull", cmp)
             check_partial(cmp, options)
             _require_primary(store, st.remote_head, f"remote {remote}", st.sizes)
