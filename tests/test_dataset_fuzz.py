@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -117,3 +118,27 @@ def _dataset(tmp_path: Path) -> Dataset:
     ds.append_records([{"sequence": s} for s in ("ACGT", "GGCC", "TTAA")])
     reg.register(root, "infer", [("infer__ll", "float64"), ("infer__v", "list<float64>")])
     return ds
+
+
+ODD_COLUMNS = {
+    "ints": pa.array([1, 2]),
+    "lists": pa.array([[1], [2, 3]]),
+    "structs": pa.array([{"a": 1}, {"a": 2}]),
+    "bad utf8": pa.array([b"AC\xff", b"GG"], type=pa.binary()),
+    "nulls": pa.array([None, None], type=pa.null()),
+    "floats": pa.array([1.5, float("nan")]),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(ODD_COLUMNS))
+def test_odd_parquet_column_types_fail_cleanly(tmp_path, kind):
+    ds = _dataset(tmp_path)
+    ids = ds.to_table(False).column("id").to_pylist()[:2]
+    odd = ODD_COLUMNS[kind]
+    pq.write_table(pa.table({"sequence": odd}), tmp_path / "r.parquet")
+    attempt(ds, lambda: ds.import_file(tmp_path / "r.parquet"))
+    for table in (pa.table({"id": odd, "ll": [1.0, 2.0]}), pa.table({"id": ids, "ll": odd})):
+        pq.write_table(table, tmp_path / "o.parquet")
+        attempt(ds, lambda: ds.attach(tmp_path / "o.parquet", namespace="infer"))
+        pq.write_table(table.rename_columns(["id", "v"]), tmp_path / "v.parquet")
+        attempt(ds, lambda: ds.attach(tmp_path / "v.parquet", namespace="infer"))

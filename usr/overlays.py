@@ -118,7 +118,13 @@ def conform(arr: pa.Array, target: pa.DataType, name: str, from_text: bool) -> p
             inner = conform(arr.flatten(), target.value_type, name, from_text=False)
             offsets = arr.offsets
             return pa.ListArray.from_arrays(offsets, inner, mask=arr.is_null()).cast(target)
-    except (pa.ArrowInvalid, pa.ArrowTypeError, ValueError, TypeError) as exc:
+    except (
+        pa.ArrowInvalid,
+        pa.ArrowNotImplementedError,
+        pa.ArrowTypeError,
+        ValueError,
+        TypeError,
+    ) as exc:
         raise InputError(
             f"column {name!r} does not fit its registered type {_show(target)}: "
             f"{' '.join(str(exc).split())[:160]}",

@@ -73,7 +73,7 @@ def _column_or_default(table: pa.Table, name: str, default: str | None, n: int) 
         if not pa.types.is_string(col.type) and not pa.types.is_large_string(col.type):
             try:
                 col = col.cast(pa.string())
-            except pa.ArrowInvalid as exc:
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as exc:
                 raise InputError(f"column {name!r} must be text, not {col.type}") from exc
         col = col.cast(pa.string())
         if default is not None:
