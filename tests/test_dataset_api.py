@@ -283,6 +283,11 @@ def test_parquet_types_must_match_the_contract(ds, tmp_path):
     pq.write_table(pa.table({"id": ids, "ll": [1, 2, 3]}), path)
     ds.attach(path, namespace="infer", columns=["ll"])
     assert ds.head(3).column("infer__ll").to_pylist() == [1.0, 2.0, 3.0]
+    # Dictionary-encoded (categorical) keys and values decode to their registered types.
+    labels = pa.array(["x", "y", "x"]).dictionary_encode()
+    pq.write_table(pa.table({"id": pa.array(ids).dictionary_encode(), "label": labels}), path)
+    ds.attach(path, namespace="infer", columns=["label"])
+    assert ds.head(3).column("infer__label").to_pylist() == ["x", "y", "x"]
 
 
 def test_validate_flags_orphans_bad_ids_and_contract_drift(ds, tmp_path):

@@ -93,6 +93,8 @@ def conform(arr: pa.Array, target: pa.DataType, name: str, from_text: bool) -> p
     contract violation rather than something to guess about.
     """
     arr = arr.combine_chunks() if isinstance(arr, pa.ChunkedArray) else arr
+    if pa.types.is_dictionary(arr.type):  # e.g. a categorical written by pandas
+        arr = arr.dictionary_decode()
     if arr.type == target:
         return arr
     mismatch = InputError(
@@ -171,6 +173,8 @@ def resolve_keys(
     if table.num_rows == 0:
         raise InputError("input has no rows")
     keys = table.column(key_col).combine_chunks()
+    if pa.types.is_dictionary(keys.type):
+        keys = keys.dictionary_decode()
     if pa.types.is_null(keys.type):
         raise InputError(f"key column {key_col!r} has empty keys")
     if not _is_text(keys.type):
