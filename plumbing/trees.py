@@ -38,7 +38,7 @@ def _write(fmt: str, data, records: list[str], nul: bool) -> None:
 @pass_settings
 def ls_tree(settings, args: tuple[str, ...], recursive: bool, nul: bool, fmt: str) -> None:
     """List a tree (default HEAD): mode, type, id, whole-file size, path."""
-    if len(args) == 2 or (len(args) == 1 and "/" not in args[0] and _is_dataset(settings, args[0])):
+    if len(args) == 2 or (len(args) == 1 and _is_dataset(settings, args[0])):
         store, rest = split_dataset(settings, args, len(args) - 1)
     else:
         store, rest = split_dataset(settings, args, len(args))

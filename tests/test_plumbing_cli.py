@@ -115,3 +115,17 @@ def test_write_tree_commit_tree_update_ref(dataset, capsys, monkeypatch) -> None
     assert store.head("refs/remotes/hpc/main") is None
     bad = plumb("update-ref", "ds", "refs/heads/../x", a, ZERO)
     assert bad.returncode == 3
+
+
+def test_qualified_id_alone_names_the_dataset(tmp_path: Path, capsys, monkeypatch) -> None:
+    root = tmp_path / "root"
+    ds = root / "ns" / "ds"
+    ds.mkdir(parents=True)
+    (ds / "meta.md").write_bytes(b"m\n")
+    Store.open(ds).record("import")
+    monkeypatch.chdir(tmp_path)
+    out = run_inproc(capsys, "--root", str(root), "plumbing", "ls-tree", "ns/ds")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.endswith("\tmeta.md\n")
+    outside = run_inproc(capsys, "plumbing", "diff-tree", "HEAD", "HEAD")
+    assert outside.returncode == 4 and "not inside a dataset" in outside.stderr
