@@ -176,3 +176,32 @@ def test_status_and_log_against_the_remote(local_env):
     assert " batch (" in r.stdout.splitlines()[0]
     r = cli(local_env, "log", DS, "--remote", "nowhere")
     assert r.returncode == 4 and "usr diff" in r.stderr
+
+
+def test_reduced_fidelity_is_named_in_the_audit(local_env, tmp_path):
+    make_dataset(local_env.remote_root)
+    out = tmp_path / "dry.json"
+    r = cli(
+        local_env,
+        "pull",
+        DS,
+        "bu-scc",
+        "--dry-run",
+        "--verify",
+        "parquet",
+        "--no-verify-sidecars",
+        "--no-verify-derived-hashes",
+        "--audit-json-out",
+        str(out),
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("PULL audit: DRY-RUN")
+    assert "would bootstrap" in r.stdout
+    assert not local_env.local_dir.exists()
+    d = json.loads(out.read_text())["data"]
+    assert d["verify"] == {"primary": "parquet", "sidecars": "off", "content_hashes": "off"}
+    r = cli(local_env, "pull", DS, "bu-scc", "-y", "--primary-only", "--audit-json-out", str(out))
+    assert r.returncode == 2 and "--primary-only would leave out changed sections" in r.stderr
+    d = json.loads(out.read_text())["data"]
+    assert d["transfer_state"] == "FAILED"
+    assert d["verify"]["sidecars"] == "off" and d["options"]["primary_only"] is True

@@ -62,8 +62,9 @@ def _require(session: Any, name: str) -> Any:
     fn = getattr(session, name, None)
     if fn is None:
         raise UsrError(
-            f"file mode needs the remote session's {name} request, which this usr lacks",
-            "upgrade usr on both machines",
+            f"file mode needs the transport's {name} request, which this usr's protocol "
+            "does not offer yet",
+            "sync the file's dataset instead, or copy the file by other means",
         )
     return fn
 
