@@ -345,3 +345,12 @@ def test_meta_is_replaced_whole_logged_and_recorded(ds):
     assert ds.read_meta() == "# demo\n\nPromoter library, run 7\n"
     assert ds.events_tail(1)[0]["action"] == "meta"
     assert Store.open(ds.path).head() != head
+
+
+def test_validate_uses_the_frozen_contract_on_a_root_without_the_namespace(ds, tmp_path):
+    ds.attach(_scores(ds, tmp_path / "a.csv", [0.5]), namespace="infer")
+    (ds.root / "registry.toml").unlink()  # as on a laptop root that pulled the dataset
+    assert ds.validate(strict=True)["ok"]
+    (ds.path / "_registry" / "registry.toml").unlink()
+    report = ds.validate(strict=True)
+    assert not report["ok"] and "not registered" in report["errors"][0]

@@ -575,8 +575,15 @@ def _check_overlays(
     except UsrError as exc:
         errors.append(exc.message)
         return
+    try:
+        # The contracts attach froze into the dataset: a pulled dataset's namespaces are
+        # checkable on a root that never registered them.
+        frozen = Registry.load(ds.path / sidecars.FROZEN_REGISTRY_DIR).namespaces
+    except UsrError as exc:
+        errors.append(exc.message)
+        frozen = {}
     for ns_name, parts in by_ns.items():
-        ns = registry.namespaces.get(ns_name)
+        ns = registry.namespaces.get(ns_name) or frozen.get(ns_name)
         if ns is None:
             warnings.append(f"namespace {ns_name!r} has parts but is not registered")
         for part in parts:
