@@ -8,8 +8,8 @@ answers are checked against what the runbooks say they mean.
 
 ``infer`` (another tool in the chained DenseGen/Infer loop) is stood in for by a small
 script that writes derived outputs through the dataset API, as the real tool would. Chains
-that run scripts of the drill harness (``src/dnadesign/usr/scripts/...``) run when those
-scripts exist in this repository and are skipped, saying so, otherwise.
+that run the drill harness (``src/dnadesign/usr/scripts/...`` and its test files) run when
+every path they name exists in this repository and are skipped, naming them, otherwise.
 """
 
 from __future__ import annotations
@@ -243,8 +243,8 @@ def test_sync_audit_loop_quick_loop_and_decision_checks(shell):
 )
 def test_harness_chains(shell, heading):
     chain = sections("workflow-map.md")[heading]
-    scripts = re.findall(r"src/dnadesign/usr/scripts/\S+", chain)
-    missing = [s for s in scripts if not (REPO / s).exists()]
+    paths = dict.fromkeys(re.findall(r"src/dnadesign/usr/\S+", chain))
+    missing = [p for p in paths if not (REPO / p).exists()]
     if missing:
-        pytest.skip(f"drill harness scripts not in this repository: {', '.join(missing)}")
+        pytest.skip(f"harness files not in this repository: {', '.join(missing)}")
     shell(f"cd {REPO}\n" + chain)
