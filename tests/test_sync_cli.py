@@ -205,3 +205,40 @@ def test_reduced_fidelity_is_named_in_the_audit(local_env, tmp_path):
     d = json.loads(out.read_text())["data"]
     assert d["transfer_state"] == "FAILED"
     assert d["verify"]["sidecars"] == "off" and d["options"]["primary_only"] is True
+
+
+def test_terminal_prompt_before_overwriting(local_env):
+    """On a terminal pull asks first; answering no changes nothing."""
+    import os
+    import pty
+    import subprocess
+    import sys
+
+    from tests.conftest import usr_env
+
+    make_dataset(local_env.remote_root)
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "usr", "--root", str(local_env.local_root), "pull", DS, "bu-scc"],
+        stdin=slave,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=usr_env({"USR_REMOTES_PATH": str(local_env.config)}),
+    )
+    os.close(slave)
+    os.write(master, b"n\n")
+    out, err = proc.communicate(timeout=120)
+    os.close(master)
+    assert b"Proceed with pull?" in err
+    assert proc.returncode == 2 and b"cancelled; nothing was changed" in err
+    assert not (local_env.local_dir / "records.parquet").exists()
+
+
+def test_lock_timeout_names_the_holder(local_env):
+    from usr.locks import dataset_lock
+
+    make_dataset(local_env.local_root)
+    with dataset_lock(local_env.local_dir, what="batch writer"):
+        r = cli(local_env, "push", DS, "bu-scc", "-y", "--lock-timeout", "0.2")
+    assert r.returncode == 9
+    assert "batch writer" in r.stderr
