@@ -163,8 +163,15 @@ def hash_file(
     )
 
 
-def build_tree(repo: pygit2.Repository, files: dict[str, tuple[str, int]]) -> str:
-    """Write the trees for ``{relpath: (entry_id, mode)}`` and return the root tree id."""
+def build_tree(
+    repo: pygit2.Repository, files: dict[str, tuple[str, int]], strict: bool = True
+) -> str:
+    """Write the trees for ``{relpath: (entry_id, mode)}`` and return the root tree id.
+
+    With ``strict`` (the default) every entry id must be in the store, as libgit2 checks.
+    ``strict=False`` is for previews (a merge of trees whose blobs were never fetched): the
+    trees are written anyway; they must not be committed until their blobs are present.
+    """
     root: dict = {}
     for rel, (oid, mode) in files.items():
         node = root
@@ -182,7 +189,14 @@ def build_tree(repo: pygit2.Repository, files: dict[str, tuple[str, int]]) -> st
                 tb.insert(name, pygit2.Oid(hex=value[0]), value[1])
         return tb.write()
 
-    return str(write(root))
+    if strict:
+        return str(write(root))
+    # libgit2's check is a process-wide switch; usr runs one store operation per thread.
+    pygit2.settings.enable_strict_object_creation(False)
+    try:
+        return str(write(root))
+    finally:
+        pygit2.settings.enable_strict_object_creation(True)  # libgit2's default
 
 
 def walk_tree(repo: pygit2.Repository, tree_id: str | None) -> Iterator[tuple[str, str, int]]:
