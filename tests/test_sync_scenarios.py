@@ -135,6 +135,7 @@ def test_cluster_batch_loop(env):
     assert data["transfer_state"] == "TRANSFERRED"
     assert data["primary"]["changed"] and data[".events.log"]["changed"]
     assert data["bytes_moved"]["received"] > 0
+    assert data["transfer"]["basis"] == "observed" and data["transfer"]["objects"] > 0
     assert head(env.local_dir) == head(env.remote_dir) != local_head
     assert files_of(env.local_dir) == files_of(env.remote_dir)
     tracking = Store.open(env.local_dir).head("refs/remotes/bu-scc/main")

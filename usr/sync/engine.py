@@ -712,6 +712,12 @@ def _refuse(action: str, cmp: Comparison) -> None:
     """The fast-forward-only rule: refuse (nothing changed yet) unless it fast-forwards."""
     relation = cmp.relation
     heads = f"local {_short(cmp.local.head)}, remote {_short(cmp.remote_side.head)}"
+    if relation == "diverged" and cmp.merge_base is None:
+        raise ConflictError(
+            f"local and remote histories are unrelated (no common state): {heads}",
+            "nothing was changed on either side; keep one copy (move the other aside) and "
+            "pull or push again",
+        )
     if relation == "diverged":
         raise ConflictError(
             f"local and remote have diverged: merge base {_short(cmp.merge_base)}, {heads}",
@@ -818,7 +824,8 @@ def _pull(run: AuditRun, target: Target, remote: str, options: SyncOptions) -> s
             check_partial(cmp, options)
             _require_primary(store, st.remote_head, f"remote {remote}", st.sizes)
             _confirm(options, "pull", data)
-            session.fetch(target.dataset, store, [st.remote_head], _haves(st.local_head))
+            stats = session.fetch(target.dataset, store, [st.remote_head], _haves(st.local_head))
+            _observed_transfer(data, stats)
             check_events_chain(store, _commits(store, st.remote_head, st.local_head))
         finally:
             run.bytes_sent, run.bytes_received = _remote_bytes(session)
@@ -846,6 +853,17 @@ def _pull(run: AuditRun, target: Target, remote: str, options: SyncOptions) -> s
     if outcome.status == "failed":
         run.notes.append(f"post-pull hook failed (exit {outcome.exit_code}); the pull stands")
     return "TRANSFERRED"
+
+
+def _observed_transfer(data: dict[str, Any], stats: Any) -> None:
+    """Replace the audit's transfer estimate with what the transport really moved."""
+    data["transfer"] = dict(
+        data.get("transfer") or {},
+        objects=int(getattr(stats, "objects", 0)),
+        chunks=int(getattr(stats, "chunks", 0)),
+        payload_bytes=int(getattr(stats, "payload_bytes", 0)),
+        basis="observed",
+    )
 
 
 def _haves(head: str | None) -> list[str]:
@@ -927,7 +945,8 @@ def _push(run: AuditRun, target: Target, remote: str, options: SyncOptions) -> s
                 no_verify=options.no_verify,
                 audit=data,
             )
-            session.push(target.dataset, store, st.local_head, st.remote_head)
+            stats = session.push(target.dataset, store, st.local_head, st.remote_head)
+            _observed_transfer(data, stats)
             _set_tracking(store, remote, st.local_head)
         finally:
             run.bytes_sent, run.bytes_received = _remote_bytes(session)
