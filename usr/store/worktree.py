@@ -20,7 +20,7 @@ import blake3
 import pygit2
 from pyfastcdc import FastCDC
 
-from usr.errors import InputError, VerifyError
+from usr.errors import InputError, NotFoundError, VerifyError
 from usr.layout import RUNTIME_NAMES, RUNTIME_PREFIXES, check_relpath
 from usr.store.chunks import ChunkStore, PackWriter, chunk_id
 from usr.store.objects import CHUNK_AVG, CHUNK_MAX, CHUNK_MIN, MAGIC, Manifest, git_object_id
@@ -186,7 +186,14 @@ def build_tree(
             if isinstance(value, dict):
                 tb.insert(name, write(value), MODE_TREE)
             else:
-                tb.insert(name, pygit2.Oid(hex=value[0]), value[1])
+                try:
+                    tb.insert(name, pygit2.Oid(hex=value[0]), value[1])
+                except pygit2.GitError:
+                    raise NotFoundError(
+                        f"cannot write a tree naming {name!r}: object {value[0]} is not in "
+                        "the store",
+                        "fetch its objects first",
+                    ) from None
         return tb.write()
 
     if strict:
