@@ -53,7 +53,6 @@ from usr.layout import (
     REGISTRY_FILE,
     dataset_path,
     is_runtime_path,
-    section_of,
     validate_dataset_id,
 )
 from usr.locks import events_lock
@@ -151,7 +150,8 @@ def resolve_target(root: Path, arg: str, options: SyncOptions | None = None) -> 
     if _looks_like_path(arg) or (as_dir.is_dir() and not in_root.is_dir() and "/" in arg):
         if not as_dir.is_dir():
             raise NotFoundError(f"dataset directory {as_dir} does not exist")
-        found = _find_registry_root(as_dir.parent)
+        found = root if root.absolute() in as_dir.parents else None
+        found = found or _find_registry_root(as_dir.parent)
         if found is None:
             raise NotFoundError(
                 f"no {REGISTRY_FILE} above {as_dir}: cannot tell which datasets root it is in",
@@ -963,11 +963,6 @@ def _push(run: AuditRun, target: Target, remote: str, options: SyncOptions) -> s
     if outcome.status == "failed":
         run.notes.append(f"post-push hook failed (exit {outcome.exit_code}); the push stands")
     return "TRANSFERRED"
-
-
-def section_paths(files: list[FileChange], sections: set[str]) -> list[str]:
-    """Paths of ``files`` in the given sections (used by partial transfers and tests)."""
-    return [f.path for f in files if section_of(f.path) in sections]
 
 
 # ----------------------------------------------------------------------------- log / status
