@@ -11,7 +11,7 @@ It counts, without changing usr's code:
   protocol's own payload and framing, not SSH's);
 * round trips: each time this end wrote and then had to wait for a reply (a write
   followed by a read). The first one of a session is the ``hello`` handshake;
-* peak RSS of the process (``ru_maxrss``, which covers the interpreter, imports, asyncssh
+* peak RSS of the process (``VmHWM``, which covers the interpreter, imports, asyncssh
   and everything else a user pays for) and ``rchar`` from ``/proc/self/io``.
 
 One JSON line per process is appended to ``FILE`` at exit (``O_APPEND``: client and server
@@ -83,6 +83,19 @@ def _proc_io() -> dict[str, int]:
     return out
 
 
+def _peak_rss_kib() -> int:
+    """Peak RSS of this process image (``VmHWM``). Not ``ru_maxrss``: Linux carries that
+    over from before ``exec``, so a child forked from a big benchmark process would report
+    the benchmark's size instead of its own."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
 def main(argv: list[str]) -> int:
     log = argv[argv.index("--log") + 1]
     args = argv[argv.index("--") + 1 :]
@@ -103,7 +116,7 @@ def main(argv: list[str]) -> int:
             "args": args[:3],
             "exit": code,
             "seconds": time.perf_counter() - start,
-            "maxrss_kib": me.ru_maxrss,
+            "maxrss_kib": _peak_rss_kib(),
             "cpu_seconds": round(me.ru_utime + me.ru_stime, 3),
             "children_maxrss_kib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss,
             "rchar": io.get("rchar", 0),

@@ -83,6 +83,34 @@ def machine() -> dict[str, Any]:
     }
 
 
+def source() -> dict[str, str]:
+    """Which code was measured: ``$BENCH_COMMIT`` (set when running an exported tree),
+    else this checkout's HEAD and whether its working tree had uncommitted changes."""
+    if os.environ.get("BENCH_COMMIT"):
+        return {"commit": os.environ["BENCH_COMMIT"], "tree": str(REPO)}
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+    except OSError:
+        return {"commit": "unknown", "tree": str(REPO)}
+    return {"commit": head, "tree": str(REPO), "uncommitted_changes": str(bool(dirty))}
+
+
+def _save(doc: dict[str, Any], out: Path | None) -> None:
+    """Write the results so far (a long full run keeps what it measured if cut short)."""
+    if out is None:
+        return
+    doc["targets"] = report.targets(doc)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(doc, indent=2) + "\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     mode = parser.add_mutually_exclusive_group()
@@ -109,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": command,
         "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": machine(),
+        "source": source(),
         "sizes": sizes.__dict__ | {"status_files": list(sizes.status_files)},
         "results": {},
         "errors": {},
@@ -138,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
                 "loadavg_1min_before": round(load0, 2),
                 "loadavg_1min_after": round(os.getloadavg()[0], 2),
             }
+            _save(doc, opts.out)
             print(
                 f"[bench] {scenario} done in {time.perf_counter() - t0:.1f}s",
                 file=sys.stderr,
@@ -150,9 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     doc["seconds"] = round(time.perf_counter() - start, 1)
     doc["targets"] = report.targets(doc)
     table = report.markdown(doc)
-    if opts.out:
-        opts.out.parent.mkdir(parents=True, exist_ok=True)
-        opts.out.write_text(json.dumps(doc, indent=2) + "\n")
+    _save(doc, opts.out)
     if opts.markdown:
         opts.markdown.write_text(table)
     print(table)
