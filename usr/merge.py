@@ -48,7 +48,7 @@ import pyarrow.parquet as pq
 
 from usr import records
 from usr.atomic import TMP_PREFIX
-from usr.errors import ConflictError, UsrError
+from usr.errors import ConflictError
 from usr.layout import DERIVED_DIR, EVENTS_FILE, RECORDS_FILE, section_of
 from usr.ledger import LEDGER_PATH
 from usr.store.fsck import MERGE_REMOTE_TRAILER
@@ -358,13 +358,15 @@ def _path_clashes(files: dict[str, Any]) -> list[Conflict]:
 
 
 def merge_trees(
-    store: Any, base_tree: str | None, local_tree: str, remote_tree: str
+    store: Any, base_tree: str | None, local_tree: str, remote_tree: str, strict: bool = True
 ) -> MergeResult:
     """Three-way merge of trees (all objects, and the contents it must read, in ``store``).
 
     Writes the merged files and trees into the store (objects only: no ref, no working
     file moves) and returns the merged tree id, or the conflicts. Deterministic: the
     result depends on the three trees only, never on time or on which machine runs it.
+    ``strict=False`` (previews) lets the merged tree name blobs not fetched yet; such a
+    tree must not be committed before they are (see ``build_tree``).
     """
     result = MergeResult(base_tree, local_tree, remote_tree)
     b, lo, r = _files(store, base_tree), _files(store, local_tree), _files(store, remote_tree)
@@ -419,7 +421,7 @@ def merge_trees(
     if not result.conflicts:
         from usr.store.worktree import build_tree
 
-        result.tree = build_tree(store.repo, merged)
+        result.tree = build_tree(store.repo, merged, strict=strict)
     return result
 
 
@@ -553,13 +555,9 @@ def preview(session: Any, store: Any, dataset: str, st: Any) -> dict[str, Any] |
     if base is None:
         return _unrelated(st.local_head, st.remote_head)
     base_tree = store.tree_of(base)
-    try:
-        _fetch_needed(session, store, dataset, base_tree, st.local_tree, st.remote_tree)
-        result = merge_trees(store, base_tree, st.local_tree, st.remote_tree)
-    except UsrError as exc:
-        # A diff must still report the rest; mergeable stays unknown (a real merge, which
-        # fetches everything, raises the same error where it can be acted on).
-        return {"mergeable": None, "conflicts": [], "files": [], "error": exc.message}
+    _fetch_needed(session, store, dataset, base_tree, st.local_tree, st.remote_tree)
+    # Files only one side changed are never read, so their blobs need not be here.
+    result = merge_trees(store, base_tree, st.local_tree, st.remote_tree, strict=False)
     return report(result, st.local_head, st.remote_head, base)
 
 
