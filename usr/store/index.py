@@ -18,8 +18,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from usr.atomic import write_bytes
 
@@ -27,9 +27,8 @@ VERSION = 1
 RACY_NS = 2_000_000_000
 
 
-@dataclass(frozen=True)
-class StatKey:
-    """The stat fields a cached entry is valid for."""
+class StatKey(NamedTuple):
+    """The stat fields a cached entry is valid for (a tuple: a scan makes one per file)."""
 
     size: int
     mtime_ns: int
