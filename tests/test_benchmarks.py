@@ -1,0 +1,55 @@
+"""The benchmark runner (benchmarks/run.py) works end to end on tiny sizes.
+
+Only that it runs and reports: no timing is asserted (timings belong in
+docs/performance.md, measured on a known machine, not in CI on a shared one).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import usr_env
+
+pytestmark = pytest.mark.ssh
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_benchmark_runner_smoke(sshd, tmp_path: Path) -> None:
+    # ``sshd`` only makes this skip (or fail under USR_REQUIRE_SSHD) exactly like the other
+    # SSH tests when OpenSSH is missing; the runner starts its own loopback server.
+    del sshd
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "benchmarks" / "run.py"),
+            "--smoke",
+            "--only",
+            "primary_dataset",
+            "--only",
+            "storage",
+            "--out",
+            str(out),
+            "--workdir",
+            str(tmp_path / "work"),
+        ],
+        capture_output=True,
+        text=True,
+        env=usr_env(),
+        timeout=280,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    doc = json.loads(out.read_text())
+    assert doc["mode"] == "smoke" and not doc["errors"]
+    push = doc["results"]["initial_push"]["usr"]
+    assert push["transfer_state"] == "TRANSFERRED"
+    assert push["protocol_bytes"] > doc["results"]["dataset"]["records_bytes"]
+    assert push["server_rss_mib"] > 0  # the remote side was measured through the probe
+    assert doc["results"]["storage"]["states_after_appends"] == 3
+    assert "| Figure | Target |" in proc.stdout
