@@ -17,6 +17,7 @@ from porcelain.options import (
     format_option,
     pass_settings,
     remotes_config_option,
+    stderr_is_terminal,
 )
 from porcelain.targets import resolve_dataset
 from usr.errors import VerifyError
@@ -28,8 +29,33 @@ _STATUS_WORD = {"A": "added", "M": "modified", "D": "deleted"}
 
 
 def open_store(settings, dataset: str) -> Store:
-    """The store of DATASET (an id under --root, or a directory), adopting a plain dir."""
-    return Store.open(resolve_dataset(settings, dataset), create=True)
+    """The store of DATASET (an id under --root, or a directory), adopting a plain dir.
+
+    When stderr is a terminal, hashing large files shows progress there.
+    """
+    store = Store.open(resolve_dataset(settings, dataset), create=True)
+    if stderr_is_terminal():
+        store.progress = _terminal_progress()
+    return store
+
+
+def _terminal_progress():
+    last = [0.0]
+
+    def show(path: str, done: int, total: int) -> None:
+        now = time.monotonic()
+        if done < total and now - last[0] < 0.2:
+            return
+        last[0] = now
+        pct = 100 * done // total if total else 100
+        end = "\n" if done >= total else ""
+        click.echo(
+            f"\rhashing {path}: {_size(done)} / {_size(total)} ({pct}%)\x1b[K{end}",
+            err=True,
+            nl=False,
+        )
+
+    return show
 
 
 def _size(n: int | None) -> str:

@@ -9,7 +9,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import pygit2
@@ -72,6 +72,9 @@ class Store:
         self.refs = Refs(self.gitdir, repo)
         self.chunks = ChunkStore(self.gitdir / "chunks")
         self.last_scan = ScanStats()
+        #: Set by a terminal UI: called as ``progress(path, bytes_done, bytes_total)`` while
+        #: large files are hashed. Library callers leave it None (silent).
+        self.progress: Callable[[str, int, int], None] | None = None
 
     # -- opening --------------------------------------------------------------------------
 
@@ -249,7 +252,7 @@ class Store:
                 # A cached id needs no existence check: gc keeps every id the cache names.
                 oid = cache.lookup(f.relpath, key)
                 if oid is None:
-                    oid, st = hash_file(f.abspath, limit, self.repo, writer)
+                    oid, st = hash_file(f.abspath, limit, self.repo, writer, self._file_progress(f))
                     key = StatKey.of(st)
                     stats.hashed += 1
                     stats.bytes_hashed += st.st_size
@@ -273,6 +276,18 @@ class Store:
                 cache.save()  # only ever saves work: a read-only store still works
         self.last_scan = stats
         return tree
+
+    def _file_progress(self, f) -> Callable[[int], None] | None:
+        if self.progress is None:
+            return None
+        done = [0]
+        report, total = self.progress, f.st.st_size
+
+        def step(n: int) -> None:
+            done[0] += n
+            report(f.relpath, done[0], total)
+
+        return step
 
     def status(self) -> list[FileChange]:
         """Working files against HEAD: what the next ``record`` would commit."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import stat as statmod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import NamedTuple
 
@@ -90,7 +90,12 @@ def _same_content_stat(a: os.stat_result, b: os.stat_result) -> bool:
     return (a.st_size, a.st_mtime_ns, a.st_ino) == (b.st_size, b.st_mtime_ns, b.st_ino)
 
 
-def _chunk_stream(fh, writer: PackWriter | None, first: bytes = b"") -> tuple[Manifest, int]:
+Progress = Callable[[int], None]
+
+
+def _chunk_stream(
+    fh, writer: PackWriter | None, first: bytes = b"", progress: Progress | None = None
+) -> tuple[Manifest, int]:
     """Cut an open file into chunks, store them (unless ``writer`` is None), build a manifest."""
     whole = blake3.blake3()
     chunks: list[tuple[str, int]] = []
@@ -116,6 +121,8 @@ def _chunk_stream(fh, writer: PackWriter | None, first: bytes = b"") -> tuple[Ma
         whole.update(data)
         if writer is not None:
             writer.add(cid, data)
+        if progress is not None:
+            progress(piece.length)
         chunks.append((cid, piece.length))
         size += piece.length
     manifest = Manifest(size=size, blake3=whole.hexdigest(), chunks=tuple(chunks))
@@ -127,11 +134,13 @@ def hash_file(
     limit: int,
     repo: pygit2.Repository | None,
     writer: PackWriter | None,
+    progress: Progress | None = None,
 ) -> tuple[str, os.stat_result]:
     """The entry id of the file at ``path`` and the stat it is valid for.
 
     With ``repo``/``writer`` the blob or manifest and the chunks are written to the store
-    (like ``git add``); with None nothing is written (used to check staged files). A file
+    (like ``git add``); with None nothing is written (used to check staged files).
+    ``progress(n)`` is called as each chunk of a large file is done. A file
     that changes while it is read is re-read; one that never holds still is an InputError.
     """
     for _ in range(_STABLE_TRIES):
@@ -149,7 +158,7 @@ def hash_file(
                 first = data  # starts with the magic (or grew): store it chunked
             else:
                 first = b""
-            manifest, _ = _chunk_stream(fh, writer, first)
+            manifest, _ = _chunk_stream(fh, writer, first, progress)
             after = os.fstat(fh.fileno())
             if not _same_content_stat(before, after):
                 continue
