@@ -46,7 +46,12 @@ Additions (refinements noted here, not in the original contract):
 - ``resolve(rev) -> str``, ``tree_of(rev)``, ``status()``, ``verify_working(commit)``,
   ``open_entry(blob_id)`` (streamed, verified content), ``ls_tree(rev)``,
   ``chunk_ids(blob_ids)``, ``has_object(oid)``, ``commit_tree(...)``, ``log_entry(id)``,
-  ``gc(prune_age)``, ``fsck()``; ``chunks.writer()`` batches chunks into packs.
+  ``gc(prune_age, repack_min)``, ``fsck()``, ``read_range(blob_id, offset, length)``;
+  ``chunks.writer()`` batches chunks into packs; ``store.progress`` (a terminal UI's
+  ``(path, done, total)`` callback while large files are hashed); ``store.last_scan``.
+- ``Store.open(dir, create=True)`` also makes a missing directory (bootstrap).
+- ``usr.store.worktree.build_tree(repo, files, strict=True)``: ``strict=False`` writes
+  trees naming objects not fetched yet (merge previews; never commit those).
 """
 
 from __future__ import annotations
