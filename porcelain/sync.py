@@ -106,9 +106,8 @@ def build_options(ctx: click.Context, params: dict[str, Any], action: str) -> Sy
     Refused (UsageError, exit 2) with the reason: ``--verify-sidecars`` or
     ``--verify-derived-hashes`` named together with ``--primary-only`` (nothing of those
     sections is transferred, so there is nothing to verify); ``--primary-only`` with
-    ``--skip-snapshots`` (redundant: primary-only already skips them); sidecar/derived
-    verification flags with ``--verify`` other than hash in file mode; ``--remote-path``
-    with a non-positive ``--lock-timeout``.
+    ``--skip-snapshots`` (redundant); ``--remote-path`` (file mode, one file) with either;
+    a non-positive ``--lock-timeout``.
     """
     primary_only = params["primary_only"]
     if primary_only and _explicit(ctx, "verify_sidecars") and params["verify_sidecars"]:
