@@ -60,16 +60,15 @@ class StatCache:
                 return  # a different inline limit gives different entry ids: start over
             self.scan_ns = int(doc["scan_ns"])
             self.tree = doc.get("tree")
-            self.entries = {
-                path: (StatKey(*row[:4]), row[4]) for path, row in doc["entries"].items()
-            }
+            self.entries = {path: (tuple(row[:4]), row[4]) for path, row in doc["entries"].items()}
 
-    def lookup(self, relpath: str, key: StatKey) -> str | None:
-        """The cached entry id for ``relpath`` if its stat matches and is not racy."""
+    def lookup(self, relpath: str, key: tuple[int, int, int, int]) -> str | None:
+        """The cached entry id for ``relpath`` if its stat (a :class:`StatKey` or the same
+        four fields as a plain tuple) matches and is not racy."""
         hit = self.entries.get(relpath)
         if hit is None or hit[0] != key:
             return None
-        if key.mtime_ns >= self.scan_ns - RACY_NS:
+        if key[1] >= self.scan_ns - RACY_NS:
             return None  # racy: could have changed within the tick it was hashed in
         return hit[1]
 
@@ -98,9 +97,6 @@ class StatCache:
             "inline_limit": self.inline_limit,
             "scan_ns": self.scan_ns,
             "tree": self.tree,
-            "entries": {
-                path: [k.size, k.mtime_ns, k.ctime_ns, k.inode, oid]
-                for path, (k, oid) in sorted(self.entries.items())
-            },
+            "entries": {path: [*k, oid] for path, (k, oid) in sorted(self.entries.items())},
         }
         write_bytes(self.path, json.dumps(doc, separators=(",", ":")).encode())

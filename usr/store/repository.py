@@ -25,7 +25,15 @@ from usr.store.index import StatCache, StatKey
 from usr.store.model import FileChange, LogEntry, Recorded, ScanStats
 from usr.store.objects import MAGIC, Manifest, git_object_id, inline_limit
 from usr.store.refs import MAIN, Refs
-from usr.store.worktree import build_tree, hash_file, scan, stream_entry, walk_tree
+from usr.store.worktree import (
+    MODE_EXEC,
+    MODE_FILE,
+    build_tree,
+    hash_file,
+    scan,
+    stream_entry,
+    walk_tree,
+)
 
 FAULT_SNAPSHOT_CHUNKS = faults.register(
     "snapshot.after-chunks", "working files hashed, chunks and blobs written; no tree yet"
@@ -244,27 +252,31 @@ class Store:
         stats = ScanStats()
         files: dict[str, tuple[str, int]] = {}
         entries: dict[str, tuple[StatKey, str]] = {}
-        modes: list[int] = []
+        all_plain = True  # every file mode 100644 (modes are not in the cache key)
+        lookup = cache.lookup
         with self.chunks.writer() as writer:
             for f in scan(self.path):
-                stats.files += 1
-                key = StatKey.of(f.st)
+                st = f.st
+                # Plain tuples, not StatKey: this loop runs once per file of the dataset.
+                key = (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
                 # A cached id needs no existence check: gc keeps every id the cache names.
-                oid = cache.lookup(f.relpath, key)
+                oid = lookup(f.relpath, key)
                 if oid is None:
                     oid, st = hash_file(f.abspath, limit, self.repo, writer, self._file_progress(f))
-                    key = StatKey.of(st)
+                    key = (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
                     stats.hashed += 1
                     stats.bytes_hashed += st.st_size
-                files[f.relpath] = (oid, f.mode)
+                mode = MODE_EXEC if f.st.st_mode & 0o100 else MODE_FILE
+                all_plain = all_plain and mode == MODE_FILE
+                files[f.relpath] = (oid, mode)
                 entries[f.relpath] = (key, oid)
-                modes.append(f.mode)
+        stats.files = len(files)
         faults.point(FAULT_SNAPSHOT_CHUNKS)
         unchanged = (
             stats.hashed == 0
             and cache.tree is not None
             and entries.keys() == cache.entries.keys()
-            and all(m == 0o100644 for m in modes)  # modes are not in the cache key
+            and all_plain
             and self.repo.odb.exists(cache.tree)
         )
         if unchanged:
