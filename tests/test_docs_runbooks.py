@@ -7,6 +7,7 @@ as remote ``bu-scc`` (remotes.toml at ``$USR_REMOTES_PATH``), holding
 checkout through small shims on PATH (``uv``, ``usr``, ``python``), so the blocks are run
 exactly as written. Each block runs with ``bash -e -o pipefail`` in a scratch working
 directory that links ``scripts/`` from the repository; blocks share files, not variables.
+Runbooks run two at a time, each in its own world (they share only the sshd).
 
 A block preceded by ``<!-- docs-test: skip (reason) -->`` is not run (things only a real
 cluster or a person at a terminal can do); the reason is required and skips stay few.
@@ -19,6 +20,7 @@ import re
 import shutil
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -102,29 +104,30 @@ def _shims(bindir: Path) -> None:
         (bindir / name).chmod(0o755)
 
 
-@pytest.mark.parametrize("doc", RUNBOOKS)
-def test_runbook_blocks_run(doc: str, sshd, tmp_path: Path) -> None:
-    found = blocks(doc)
-    runnable = [b for b in found if b.skip is None]
-    assert runnable, f"{doc} has no runnable bash block"
-    if shutil.which("jq") is None and any("jq " in b.code for b in runnable):
-        if os.environ.get("USR_REQUIRE_SSHD") == "1":
-            pytest.fail(f"{doc} needs jq (CI installs it)")
-        pytest.skip("jq is not installed")
-    cluster, laptop, work, home = (tmp_path / n for n in ("cluster", "laptop", "work", "home"))
+def _needs_jq(doc: str) -> bool:
+    return any("jq " in b.code for b in blocks(doc) if b.skip is None)
+
+
+def run_runbook(doc: str, sshd, base: Path) -> str | None:
+    """Run every unmarked bash block of ``doc`` in a fresh world under ``base``; return a
+    failure description, or None when every block exited 0."""
+    runnable = [b for b in blocks(doc) if b.skip is None]
+    if not runnable:
+        return f"{doc} has no runnable bash block"
+    cluster, laptop, work, home = (base / n for n in ("cluster", "laptop", "work", "home"))
     for d in (cluster, laptop, work, home):
-        d.mkdir()
+        d.mkdir(parents=True)
     (work / "scripts").symlink_to(REPO / "scripts")
-    config = sshd.write_remotes(tmp_path / "remotes.toml", cluster)
+    config = sshd.write_remotes(base / "remotes.toml", cluster)
     mock.mock_batch(cluster, DATASET, rows=30, seed=1)
-    _shims(tmp_path / "bin")
+    _shims(base / "bin")
     env = usr_env(
         {
             "USR_ROOT": str(laptop),
             "USR_REMOTES_PATH": str(config),
             "HOME": str(home),
-            "PATH": f"{tmp_path / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}",
-            "TMPDIR": str(tmp_path),
+            "PATH": f"{base / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}",
+            "TMPDIR": str(base),
         }
     )
     for block in runnable:
@@ -136,10 +139,39 @@ def test_runbook_blocks_run(doc: str, sshd, tmp_path: Path) -> None:
             text=True,
             timeout=300,
         )
-        assert proc.returncode == 0, (
-            f"{doc}:{block.line}: block exited {proc.returncode}\n--- block\n{block.code}"
-            f"--- stdout\n{proc.stdout[-4000:]}\n--- stderr\n{proc.stderr[-4000:]}"
-        )
+        if proc.returncode != 0:
+            return (
+                f"{doc}:{block.line}: block exited {proc.returncode}\n--- block\n{block.code}"
+                f"--- stdout\n{proc.stdout[-4000:]}\n--- stderr\n{proc.stderr[-4000:]}"
+            )
+    return None
+
+
+@pytest.fixture(scope="module")
+def runbook_results(request, sshd, tmp_path_factory) -> dict[str, str | None]:
+    """Run the selected runbooks two at a time (each in its own world: they share nothing
+    but the sshd), so the wall time is about half of running them one after another."""
+    wanted = [
+        doc
+        for doc in RUNBOOKS
+        if any(f"test_runbook_blocks_run[{doc}]" in item.nodeid for item in request.session.items)
+    ]
+    if shutil.which("jq") is None:
+        wanted = [d for d in wanted if not _needs_jq(d)]
+    base = tmp_path_factory.mktemp("runbooks")
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        futures = {doc: pool.submit(run_runbook, doc, sshd, base / doc[:-3]) for doc in wanted}
+        return {doc: f.result() for doc, f in futures.items()}
+
+
+@pytest.mark.parametrize("doc", RUNBOOKS)
+def test_runbook_blocks_run(doc: str, runbook_results: dict[str, str | None]) -> None:
+    if doc not in runbook_results:
+        if os.environ.get("USR_REQUIRE_SSHD") == "1":
+            pytest.fail(f"{doc} needs jq (CI installs it)")
+        pytest.skip("jq is not installed")
+    failure = runbook_results[doc]
+    assert failure is None, failure
 
 
 def test_skips_are_few_and_say_why() -> None:
