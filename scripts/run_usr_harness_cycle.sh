@@ -29,7 +29,12 @@
 # Exit status: 0 when every step passed (or was skipped), else the failing step's exit code.
 set -uo pipefail
 
-REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+SELF=${BASH_SOURCE[0]}
+# Follow a symlinked script back to the checkout it belongs to.
+if command -v readlink >/dev/null 2>&1 && readlink -f "$SELF" >/dev/null 2>&1; then
+    SELF=$(readlink -f "$SELF")
+fi
+REPO=$(cd "$(dirname "$SELF")/.." && pwd)
 cd "$REPO" || exit 1
 
 USR_CMD=${USR_HARNESS_USR:-uv run usr}
@@ -40,6 +45,9 @@ REPORT=${USR_HARNESS_REPORT_PATH:-${TMPDIR:-/tmp}/usr-harness-report.json}
 RUN_DRILL=${USR_HARNESS_RUN_SYNC_AUDIT_DRILL:-0}
 CYCLES=${USR_HARNESS_BATCH_CYCLES:-2}
 ROWS=${USR_HARNESS_BATCH_ROWS:-100}
+case "$CYCLES" in
+    '' | *[!0-9]* | 0) echo "USR_HARNESS_BATCH_CYCLES must be a whole number >= 1 (the later steps need a dataset)" >&2; exit 2 ;;
+esac
 RUFF_PATHS=${USR_HARNESS_RUFF_PATHS:-.}
 FOCUSED_DEFAULT="tests/test_sync_iterative_batch_flow.py tests/test_sync_schema_adversarial.py tests/test_usr_sync_audit_drill_script.py"
 FOCUSED=${USR_HARNESS_FOCUSED_TESTS:-$FOCUSED_DEFAULT}
