@@ -242,3 +242,19 @@ def test_lock_timeout_names_the_holder(local_env):
         r = cli(local_env, "push", DS, "bu-scc", "-y", "--lock-timeout", "0.2")
     assert r.returncode == 9
     assert "batch writer" in r.stderr
+
+
+def test_a_copy_without_history_adopts_the_identical_remote_history(local_env):
+    """A dataset copied here by rsync (files, no .usr/) joins the remote history."""
+    import shutil
+
+    make_dataset(local_env.remote_root)
+    shutil.copytree(
+        local_env.remote_dir,
+        local_env.local_dir,
+        ignore=shutil.ignore_patterns(".usr", "*.lock"),
+    )
+    doc = engine.pull(local_env.target(), "bu-scc", local_env.opts())
+    assert doc["data"]["transfer_state"] == "NO-OP"
+    assert any("adopted the remote history" in n for n in doc["data"]["notes"])
+    assert head(local_env.local_dir) == head(local_env.remote_dir)

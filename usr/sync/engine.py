@@ -805,6 +805,8 @@ def _pull(run: AuditRun, target: Target, remote: str, options: SyncOptions) -> s
             if not st.local_exists:
                 _bootstrap_id_check(target, options)
             store = _open_store(target.path, create=True)
+            if st.local_exists and store.head() is None:
+                _adopt_if_identical(run, session, store, target, st, options)
             if st.local_exists:
                 with store.lock(f"record before pull {remote}", timeout=options.lock_timeout):
                     store.record(f"record before pull {remote}", actor=options.actor)
@@ -853,6 +855,25 @@ def _pull(run: AuditRun, target: Target, remote: str, options: SyncOptions) -> s
     if outcome.status == "failed":
         run.notes.append(f"post-pull hook failed (exit {outcome.exit_code}); the pull stands")
     return "TRANSFERRED"
+
+
+def _adopt_if_identical(
+    run: AuditRun, session: Any, store: Any, target: Target, st: _State, options: SyncOptions
+) -> None:
+    """Adopt the remote history for a copy that has files but no history of its own.
+
+    A dataset copied here by other means (rsync, an archive) would otherwise record an
+    unrelated first state that every later sync refuses. If its files are exactly the
+    remote head's, point ``refs/heads/main`` at that head instead (nothing is rewritten).
+    """
+    st.sizes = st.sizes or _Sizes(store)
+    st.sizes.add(session.fetch(target.dataset, store, [st.remote_head], [], blobs=False))
+    with store.lock("adopt remote history", timeout=options.lock_timeout):
+        if store.head() is None and store.working_tree() == store.tree_of(st.remote_head):
+            store.update_ref(MAIN_REF, st.remote_head, None)
+            run.notes.append(
+                f"adopted the remote history: the files here already equal {_short(st.remote_head)}"
+            )
 
 
 def _observed_transfer(data: dict[str, Any], stats: Any) -> None:
