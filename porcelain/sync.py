@@ -7,6 +7,7 @@ audit summary. All decisions and the audit itself live in the library.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -16,7 +17,6 @@ import click
 
 from porcelain.options import (
     Settings,
-    emit,
     format_option,
     pass_settings,
     remotes_config_option,
@@ -185,7 +185,9 @@ def _run(settings: Settings, ctx: click.Context, action: str, params: dict[str, 
     doc = fn(target, params["remote"], options, audit_json_out=audit_out)
     fmt = params.get("fmt", "text")
     if fmt == "json":
-        emit("json", doc["data"])
+        # The same document --audit-json-out writes: the usual envelope plus top-level
+        # "changes", so one jq query works on either.
+        click.echo(json.dumps(doc, indent=2, sort_keys=True, default=str))
     else:
         click.echo(audit_mod.render_text(doc))
 

@@ -69,6 +69,7 @@ def test_diff_text_and_json(local_env):
     doc = json.loads(r.stdout)
     assert doc["usr_output_version"] == 1
     assert doc["data"]["transfer_state"] == "DIFF-ONLY"
+    assert doc["changes"] == doc["data"]["changes"] and doc["changes"]["primary"] is True
     assert r.stderr == ""
 
 
