@@ -235,7 +235,9 @@ def primary_dataset(b: Bench) -> None:
         "bytes": total,
         "usr": _usr_side(push),
         "ssh_cat_seconds": round(cat.seconds, 3),
+        "ssh_cat_client_cpu_seconds": round(cat.cpu_seconds, 3),
         "rsync_seconds": round(rs.seconds, 3),
+        "rsync_client_cpu_seconds": round(rs.cpu_seconds, 3),
         "usr_mib_per_s": round(total / MIB / push.seconds, 1),
         "ssh_cat_mib_per_s": round(total / MIB / cat.seconds, 1),
         "throughput_vs_ssh_cat": _ratio(cat.seconds, push.seconds),
@@ -266,6 +268,7 @@ def incremental(b: Bench) -> None:
         "usr_wire_fraction_of_file": round(push.wire_bytes / size, 5),
         "usr_protocol_fraction_of_file": round(_usr_side(push)["protocol_bytes"] / size, 5),
         "rsync_seconds": round(rs.seconds, 3),
+        "rsync_client_cpu_seconds": round(rs.cpu_seconds, 3),
         "rsync_wire_bytes": rs.wire_bytes,
         "rsync_wire_fraction_of_file": round(rs.wire_bytes / size, 5),
         "rsync_stats": stats,
@@ -300,11 +303,33 @@ def noop(b: Bench) -> None:
             "usr_protocol_bytes": _usr_side(wired)["protocol_bytes"],
             "baseline": "rsync -an" if action == "diff" else "rsync -a",
             "baseline_seconds": round(baseline.seconds, 3),
+            "baseline_client_cpu_seconds": round(baseline.cpu_seconds, 3),
             "baseline_seconds_all": base_times,
             "baseline_wire_bytes": base_wire.wire_bytes,
             "time_vs_baseline": _ratio(timed.seconds, baseline.seconds),
         }
     b.results.update(out)
+    b.results["noop_diff_warm_auth"] = _warm_diff(b, n, rs_dry)
+
+
+def _warm_diff(b: Bench, n: int, baseline: Run) -> dict[str, Any]:
+    """The same no-op diff through a warm-auth holder (``usr remotes warm-auth``): no SSH
+    login and no asyncssh import in the command itself, as an operator's second command
+    within ``idle_timeout`` would run."""
+    holder = ["remotes", "warm-auth", "--remote", "bench", "--remotes-config", str(b.loop.remotes)]
+    b.usr(*holder).check("usr remotes warm-auth")
+    try:
+        timed, times = _repeat(n, lambda: b.sync("diff", "bench/ds"))
+    finally:
+        b.usr(*holder, "--stop")
+    return {
+        "usr": _usr_side(timed),
+        "usr_seconds_all": times,
+        "via_holder": True,
+        "baseline": "rsync -an",
+        "baseline_seconds": round(baseline.seconds, 3),
+        "time_vs_baseline": _ratio(timed.seconds, baseline.seconds),
+    }
 
 
 def small_files(b: Bench) -> None:
@@ -336,7 +361,9 @@ def small_files(b: Bench) -> None:
         "payload_bytes": total,
         "usr": _usr_side(push),
         "ssh_cat_seconds": round(cat.seconds, 3),
+        "ssh_cat_client_cpu_seconds": round(cat.cpu_seconds, 3),
         "rsync_seconds": round(rs.seconds, 3),
+        "rsync_client_cpu_seconds": round(rs.cpu_seconds, 3),
         "throughput_vs_ssh_cat": _ratio(cat.seconds, push.seconds),
         "time_vs_rsync": _ratio(push.seconds, rs.seconds),
         "files_per_s": round(files / push.seconds),
@@ -441,6 +468,7 @@ def status_scaling(b: Bench) -> None:
                 "seconds": round(timed.seconds, 3),
                 "seconds_all": times,
                 "rss_mib": round(timed.client_rss_mib(), 1),
+                "cpu_seconds": round(timed.cpu_seconds, 3),
                 "rchar": timed.client.get("rchar", 0),
                 "find_stat_seconds": round(floor.seconds, 3),
                 "time_vs_find": _ratio(timed.seconds, floor.seconds),
