@@ -10,6 +10,7 @@ non-zero at the first step that does not.
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 import sys
@@ -103,20 +104,16 @@ def _log_text(root: Path) -> str:
     """``usr log --oneline`` of the demo dataset, through the real command."""
     from porcelain.history import log_cmd
 
-    runner_ctx = click.Context(log_cmd, obj=Settings(root_option=str(root)))
-    with runner_ctx, _capture() as out:
-        runner_ctx.invoke(
-            log_cmd, dataset=DEMO_DATASET, oneline=True, limit=None, stat=False, fmt="text"
-        )
+    ctx = click.Context(log_cmd, obj=Settings(root_option=str(root)))
+    with ctx, _StdoutCapture() as out:
+        ctx.invoke(log_cmd, dataset=DEMO_DATASET, oneline=True, limit=None, stat=False, fmt="text")
     return out.getvalue().rstrip("\n")
 
 
-class _capture:
+class _StdoutCapture:
     """Collect what click.echo writes to stdout (to indent it under its step)."""
 
-    def __enter__(self):
-        import io
-
+    def __enter__(self) -> io.StringIO:
         self._old = sys.stdout
         self.buffer = io.StringIO()
         sys.stdout = self.buffer
