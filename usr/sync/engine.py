@@ -796,7 +796,8 @@ def _pull(run: AuditRun, target: Target, remote: str, options: SyncOptions) -> s
             if session.heads(target.dataset)["head"] is None:
                 raise NotFoundError(
                     f"dataset {target.dataset!r} has no recorded state on remote {remote}",
-                    "push it first, or check the id and the remote's base_dir",
+                    "push it first, record it there (usr snapshot), or check the id and the "
+                    "remote's base_dir",
                 )
             st.remote_head = session.record(
                 target.dataset, f"record before pull to {_here()}", options.actor
