@@ -181,7 +181,7 @@ def _perturb(root: Path, namespace: str, artifact: str, note: str) -> list[str]:
     ``_registry``: the frozen registry copy and the sidecar ledger that pass updates;
     ``_auxiliary``: an artifact file, vouched for in the ledger as a writer would.
     """
-    from usr import ledger
+    from usr import ledger, sidecars
 
     result = mock.mock_infer(root, DATASET_ID, namespace=namespace, seed=7)
     directory = dataset_path(root, DATASET_ID)
@@ -190,7 +190,7 @@ def _perturb(root: Path, namespace: str, artifact: str, note: str) -> list[str]:
     ledger.record(directory, [artifact], via="api")
     if result.part is None:
         raise RuntimeError(f"mock annotation in {namespace!r} scored no rows")
-    return sorted([result.part, artifact, mock.FROZEN_REGISTRY, ledger.LEDGER_PATH])
+    return sorted([result.part, artifact, sidecars.FROZEN_REGISTRY, ledger.LEDGER_PATH])
 
 
 def _section_report(data: dict[str, Any], paths: list[str], side: str) -> dict[str, Any]:

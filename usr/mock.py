@@ -1,9 +1,9 @@
 """Mock writers: a batch job that appends sequences, and an annotation tool that attaches
 an overlay. The demo, the drills, the harness and the tests drive the sync loop with them.
 
-They use only the public Python API (:class:`usr.dataset.Dataset`, :func:`usr.registry.register`,
-:func:`usr.ledger.record`), exactly as a real batch writer on the cluster or an inference
-tool on a laptop would, so the loop they exercise is the loop operators run. Output is a
+They use only the public Python API (:class:`usr.dataset.Dataset`,
+:func:`usr.registry.register`), exactly as a real batch writer on the cluster or an
+inference tool on a laptop would, so the loop they exercise is the loop operators run. Output is a
 function of ``seed`` and of what the dataset already holds (never of the clock or of global
 random state): the same calls on the same dataset write the same rows and values. Only
 timestamps (``created_at``, event times, part names) differ between runs.
@@ -22,22 +22,16 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from usr import ledger
-from usr.atomic import write_bytes
 from usr.dataset import Dataset
 from usr.errors import InputError
 from usr.layout import dataset_path, resolve_root
-from usr.locks import dataset_lock
-from usr.registry import Registry, register
+from usr.registry import register
 
 #: Length of every mock sequence (long enough that ids never collide in practice).
 SEQUENCE_LENGTH = 60
 #: The overlay contract the mock annotation writer registers: a pseudo log-likelihood and
 #: the GC fraction of each sequence, as an Evo2-like scoring run would attach.
 INFER_COLUMNS = ("ll", "gc")
-#: Where :func:`freeze_registry` keeps the dataset's copy of the contracts it uses;
-#: ``usr plumbing verify-sidecars`` reads it when the receiving root does not know them.
-FROZEN_REGISTRY = "_registry/registry.toml"
 
 
 @dataclass(frozen=True)
@@ -126,16 +120,16 @@ def mock_infer(
     dataset_id: str,
     namespace: str = "infer",
     seed: int = 0,
-    freeze: bool = True,
 ) -> InferResult:
     """Score every record that has no ``<namespace>__ll`` yet and attach one overlay part.
 
     Registers ``namespace`` (``ll``, ``gc`` as float64) on this root if needed, so it runs
     on a fresh laptop root. Rows already scored are left alone (an attach never overwrites
-    without being told to), so repeated passes after new batches add one part each. With
-    ``freeze`` the namespace contract is also copied into the dataset (see
-    :func:`freeze_registry`) so the part verifies on a machine whose root lacks it.
-    Returns ``scored=0`` and no part when every row already has a score.
+    without being told to), so repeated passes after new batches add one part each.
+    ``Dataset.attach`` freezes the namespace contract into the dataset's
+    ``_registry/registry.toml`` and vouches for the part, so the part verifies on a machine
+    whose root never registered the namespace. Returns ``scored=0`` and no part when every
+    row already has a score.
     """
     base = resolve_root(root)
     ds = Dataset.open(base, dataset_id)
@@ -158,32 +152,6 @@ def mock_infer(
     result = ds.attach(
         table, namespace=namespace, event_args={"tool": "usr.mock infer", "seed": seed}
     )
-    if freeze:
-        freeze_registry(base, dataset_id, namespace)
     return InferResult(
         dataset_id, namespace, result.rows, result.part.relative_to(ds.path).as_posix()
     )
-
-
-def freeze_registry(root: Path | str | None, dataset_id: str, namespace: str) -> bool:
-    """Make sure the dataset carries the contract of ``namespace`` in its frozen registry.
-
-    The namespace registry lives in the datasets root, which is not synced; a part pushed to
-    a root that never registered its namespace verifies there only through the dataset's
-    own copy, ``_registry/registry.toml``. ``Dataset.attach`` keeps that copy itself where
-    it can; this fallback adds the contract (vouched for in the ledger, with an event and a
-    recorded state) only when the copy lacks it. Returns True when it wrote the copy.
-    """
-    base = resolve_root(root)
-    ds = Dataset.open(base, dataset_id)
-    path = ds.path / FROZEN_REGISTRY
-    frozen = Registry.load(path.parent)
-    if namespace in frozen.namespaces:
-        return False
-    frozen.namespaces[namespace] = Registry.load(base).get(namespace)
-    with dataset_lock(ds.path, what="freeze registry"):
-        write_bytes(path, frozen.to_toml())
-        ledger.record(ds.path, [FROZEN_REGISTRY], via="api")
-        ds.append_event("freeze registry", {"path": FROZEN_REGISTRY, "namespace": namespace})
-    ds.record_state("freeze registry")
-    return True
