@@ -20,6 +20,7 @@ dataset (full mode: ~40 GB).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -123,12 +124,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--only", action="append", default=[], help="run only these scenarios (repeatable)"
     )
+    parser.add_argument(
+        "--size",
+        action="append",
+        default=[],
+        metavar="FIELD=INT",
+        help="override one size of the mode (e.g. history_bytes=268435456); recorded",
+    )
     opts = parser.parse_args(argv)
     name = "smoke" if opts.smoke else "quick" if opts.quick else "full"
-    sizes = scenarios.MODES[name]
+    sizes = dataclasses.replace(scenarios.MODES[name])
+    for item in opts.size:
+        field, _, value = item.partition("=")
+        if not hasattr(sizes, field) or field == "status_files":
+            parser.error(f"--size {item}: unknown field")
+        setattr(sizes, field, int(value))
     command = "uv run python benchmarks/run.py" + {"full": "", "quick": " --quick"}.get(
         name, " --smoke"
     )
+    command += "".join(f" --size {item}" for item in opts.size)
+    command += "".join(f" --only {only}" for only in opts.only)
 
     workdir = opts.workdir or Path(tempfile.mkdtemp(prefix=f"usr-bench-{name}-"))
     workdir.mkdir(parents=True, exist_ok=True)
