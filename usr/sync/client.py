@@ -139,6 +139,18 @@ class RemoteSession:
         code = f" (exit {status})" if status not in (None, 0) else ""
         return TransportError(f"{message}{code}{detail}", hint or "rerun; the transfer resumes")
 
+    @contextlib.contextmanager
+    def _meter(self, what: str, base: int):
+        """A progress line on stderr (terminal only) fed with absolute wire byte counts."""
+        from usr.progress import Progress
+
+        meter = Progress(f"{what} {self.name}")
+        offset = _Offset(meter, base)
+        try:
+            yield offset
+        finally:
+            meter.close()
+
     def _request(self, t: str, expect: str, **fields: Any) -> dict[str, Any]:
         with self._exchange():
             self.fio.send_message(t, **fields)
@@ -255,18 +267,20 @@ class RemoteSession:
         here, then write the held-back manifests (two round trips, whatever the count)."""
         if not need:
             return
-        with self._exchange():
+        with self._exchange(), self._meter("fetch", self.fio.bytes_in) as meter:
             self.fio.send_message("get", ds=ds, oids=need, cids=[])
             self.fio.flush()
-            got = packstream.receive(store, self.fio, self.name, end="done", hold_manifests=True)
+            got = packstream.receive(
+                store, self.fio, self.name, end="done", hold_manifests=True, meter=meter
+            )
         stats.objects += got.objects
         stats.payload_bytes += got.bytes
         cids = store.chunks.missing(dict.fromkeys(got.manifest_chunks))
         if cids:
-            with self._exchange():
+            with self._exchange(), self._meter("fetch chunks", self.fio.bytes_in) as meter:
                 self.fio.send_message("get", ds=ds, oids=[], cids=cids)
                 self.fio.flush()
-                more = packstream.receive(store, self.fio, self.name, end="done")
+                more = packstream.receive(store, self.fio, self.name, end="done", meter=meter)
             stats.chunks += more.chunks
             stats.payload_bytes += more.bytes
         stats.objects += packstream.write_held(store, got.held)
@@ -323,7 +337,7 @@ class RemoteSession:
         send_oids = [p.check_oid(o, self.name) for o in p.require(r, "oids", list, self.name)]
         send_cids = {p.check_cid(c, self.name) for c in p.require(r, "cids", list, self.name)}
         stats = TransferStats()
-        with self._exchange():
+        with self._exchange(), self._meter("push", self.fio.bytes_out) as meter:
             self.fio.send_message("pack", ds=ds, create=create)
             for oid in send_oids:
                 for cid in chunks_of.get(oid, ()):
@@ -333,10 +347,12 @@ class RemoteSession:
                         send_cids.discard(cid)
                         stats.chunks += 1
                         stats.payload_bytes += len(data)
+                        meter.update(self.fio.bytes_out)
                 kind, data = store.read_object(oid)
                 self.fio.send_object(kind, oid, data)
                 stats.objects += 1
                 stats.payload_bytes += len(data)
+                meter.update(self.fio.bytes_out)
             for cid in sorted(send_cids):  # chunks of manifests the remote already has
                 data = store.chunks.get(cid)
                 self.fio.send_chunk(cid, data)
@@ -352,6 +368,16 @@ class RemoteSession:
         stats.wire_bytes_out = self.fio.bytes_out - out0
         stats.seconds = time.monotonic() - start
         return stats
+
+
+class _Offset:
+    """Feeds a meter the bytes moved since ``base`` from absolute wire counters."""
+
+    def __init__(self, meter: Any, base: int) -> None:
+        self.meter, self.base = meter, base
+
+    def update(self, absolute: int) -> None:
+        self.meter.update(absolute - self.base)
 
 
 def _oid_or_none(value: Any, peer: str) -> str | None:

@@ -179,7 +179,12 @@ def manifest_chunks(data: bytes, where: str) -> list[str]:
 
 
 def receive(
-    store: Any, fio: p.FrameIO, peer: str, end: str = "end", hold_manifests: bool = False
+    store: Any,
+    fio: p.FrameIO,
+    peer: str,
+    end: str = "end",
+    hold_manifests: bool = False,
+    meter: Any = None,
 ) -> Received:
     """Write ``O``/``K`` frames into ``store`` as they arrive, until the ``end`` message.
 
@@ -205,6 +210,8 @@ def receive(
                 if msg["t"] != end:
                     raise TransportError(f"protocol error from {peer}: {msg['t']!r} mid-stream")
                 break
+            if meter is not None:
+                meter.update(fio.bytes_in)
             if failure is not None:
                 continue
             try:
