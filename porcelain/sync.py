@@ -182,6 +182,10 @@ def _run(settings: Settings, ctx: click.Context, action: str, params: dict[str, 
     target = resolve_target(settings.root, params["dataset"], options)
     audit_out = Path(params["audit_json_out"]) if params.get("audit_json_out") else None
     fn = {"diff": engine.diff, "pull": engine.pull, "push": engine.push}[action]
+    if options.merge:  # usr.merge.merge dry-runs the merge first: conflicts change nothing
+        from usr import merge as merge_mod
+
+        fn = merge_mod.merge
     doc = fn(target, params["remote"], options, audit_json_out=audit_out)
     fmt = params.get("fmt", "text")
     if fmt == "json":

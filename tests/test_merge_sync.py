@@ -23,7 +23,7 @@ from usr import registry as reg
 from usr.dataset import Dataset
 from usr.events import read_events
 from usr.store import Store
-from usr.sync import engine
+from usr.sync import audit, engine
 from usr.sync.engine import SyncOptions
 
 DS = "densegen/my_dataset"
@@ -123,14 +123,17 @@ def test_chained_loop_merges_then_push_fast_forwards(sides, capsys):
     heads_before = (refs_of(sides.local.path), refs_of(sides.remote.path))
     files_before = (files_of(sides.local.path), files_of(sides.remote.path))
 
-    diff = engine.diff(sides.target(), "bu-scc", sides.opts())["data"]
+    diff_doc = engine.diff(sides.target(), "bu-scc", sides.opts())
+    diff = diff_doc["data"]
     assert diff["relation"] == "diverged"
     assert diff["mergeable"] is True and diff["conflicts"] == []
+    assert "Mergeable:   yes" in audit.render_text(diff_doc)
 
     res = sides.cli(capsys, "merge", DS, "bu-scc", "--dry-run", "--format", "json")
     assert res.returncode == 0, res.stderr
     dry = json.loads(res.stdout)["data"]
     assert dry["transfer_state"] == "DRY-RUN" and dry["mergeable"] is True
+    assert any(n.startswith("would merge") for n in dry["notes"])
     rules = {f["path"]: f["resolution"] for f in dry["merge"]["files"]}
     assert rules["records.parquet"] == "records-union"
     assert rules[".events.log"] == "events-append"
@@ -191,8 +194,10 @@ def test_conflicts_are_reported_and_change_nothing(sides, capsys):
     heads = (refs_of(local.path), refs_of(remote.path))
     files = (files_of(local.path), files_of(remote.path))
 
-    diff = engine.diff(sides.target(), "bu-scc", sides.opts())["data"]
+    diff_doc = engine.diff(sides.target(), "bu-scc", sides.opts())
+    diff = diff_doc["data"]
     assert diff["relation"] == "diverged" and diff["mergeable"] is False
+    assert "Mergeable:   no (3 conflicts: " in audit.render_text(diff_doc)
     kinds = {(c["path"].split("/")[0], c["kind"]) for c in diff["conflicts"]}
     assert ("meta.md", "both-modified") in kinds and ("_derived", "overlay-values") in kinds
 

@@ -443,13 +443,19 @@ def header_lines(data: dict[str, Any]) -> list[str]:
     relation = data.get("relation") or "unknown"
     if data.get("merge_base") and relation == "diverged":
         relation += f" (merge base {_short(data['merge_base'])})"
-    return [
+    lines = [
         f"Dataset:     {data.get('dataset')}",
         f"Remote:      {data.get('remote')}",
         f"Local head:  {local}",
         f"Remote head: {remote}",
         f"Relation:    {relation}",
     ]
+    if data.get("mergeable") is not None:  # diverged: what a merge would do (usr.merge)
+        conflicts = data.get("conflicts") or []
+        paths = ", ".join(c["path"] for c in conflicts[:3]) + (", ..." if conflicts[3:] else "")
+        why = "yes" if data["mergeable"] else f"no ({len(conflicts)} conflicts: {paths})"
+        lines.append(f"Mergeable:   {why}")
+    return lines
 
 
 def render_text(doc: dict[str, Any]) -> str:

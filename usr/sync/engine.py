@@ -692,6 +692,17 @@ def _dry_run_notes(run: AuditRun, cmp: Comparison, options: SyncOptions) -> None
         ("pull", "remote-missing"): "would refuse: the dataset does not exist on the remote",
         ("push", "local-missing"): "would refuse: the dataset does not exist here",
     }.get((action, rel), "would refuse: local and remote have diverged")
+    if options.merge and action == "pull" and rel in ("diverged", "local-ahead"):
+        mergeable = ((run.data or {}).get("merge") or {}).get("mergeable")
+        would = (
+            "would do nothing: local already holds the remote head (push it)"
+            if rel == "local-ahead"
+            else "would merge; then 'usr push' fast-forwards the remote"
+            if mergeable
+            else "would refuse: merge conflicts (nothing would change)"
+            if mergeable is False
+            else "would try to merge (mergeability unknown)"
+        )
     run.notes.append(would)
     try:
         check_partial(cmp, options)
