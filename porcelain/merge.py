@@ -115,12 +115,14 @@ def merge_command(
 ) -> None:
     """Merge REMOTE's states of DATASET with the local ones (three-way, from their base).
 
-    Both sides record their working state first. Changes on one side are taken; overlay
-    parts added on both sides are kept; .events.log appended on both sides becomes the
-    remote log then the local-only lines; records appended on both sides become the union
-    of rows by id. Anything else is a conflict: every conflicting path is reported with
-    why, and nothing changes on either side (exit 8). Otherwise the merge is recorded here
-    with parents [local, remote] and checked out; 'usr push' then fast-forwards REMOTE.
+    Changes on one side are taken; overlay parts added on both sides are kept;
+    .events.log appended on both sides becomes the remote log then the local-only lines;
+    records appended on both sides become the union of rows by id. Anything else is a
+    conflict. The merge is dry-run first: on conflicts every conflicting path is reported
+    with why and nothing changes on either side (exit 8). Otherwise both sides record
+    their working state, the merge is recorded here with parents [local, remote] and
+    checked out (staged, verified); 'usr push' then fast-forwards REMOTE. Not diverged:
+    fast-forward when behind, nothing to do when ahead.
     """
     from porcelain.sync import _confirmer
 
