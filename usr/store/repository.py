@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pygit2
 
-from usr import faults
+from usr import faults, hooks
 from usr.actor import Actor, current_actor
 from usr.errors import InputError, NotFoundError, UsrError, VerifyError
 from usr.layout import STORE_DIR
@@ -319,6 +319,7 @@ class Store:
             head = self.head()
             if head is not None and str(self.repo[head].tree_id) == tree:
                 return Recorded(head, False)
+            hooks.run_pre_snapshot(self.path, action, head)  # may refuse: nothing recorded
             commit = self.commit_tree(tree, [head] if head else [], action, actor, message)
             faults.point(FAULT_SNAPSHOT_BEFORE_REF)
             self.update_ref(MAIN, commit, head)
