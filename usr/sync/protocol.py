@@ -43,6 +43,13 @@ HEADER = struct.Struct(">cI")
 #: Largest frame either side accepts (a manifest of a multi-GiB file fits with room).
 MAX_FRAME = 64 * 1024 * 1024
 
+#: Bytes asked of the channel per read. More than asyncssh's channel window (2 MiB) on
+#: purpose: asyncssh grants the peer a whole new window each time it resumes delivering
+#: after a pause, so a reader that takes less than a window per read lets a fast sender run
+#: ahead and asyncssh buffers the difference without bound (measured: 994 MiB peak RSS
+#: pulling 1 GiB). Taking all that is buffered per read keeps it near one window.
+READ_SIZE = 4 * 1024 * 1024
+
 JSON = b"J"
 OBJECT = b"O"
 CHUNK = b"K"
@@ -118,7 +125,7 @@ class FrameIO:
     # -- reading -------------------------------------------------------------------------
     def _fill(self, n: int, what: str) -> bytes:
         while len(self._buf) < n:
-            piece = self.channel.read(max(n - len(self._buf), 256 * 1024))
+            piece = self.channel.read(max(n - len(self._buf), READ_SIZE))
             if not piece:
                 got = len(self._buf)
                 raise TransportError(
@@ -154,7 +161,7 @@ class FrameIO:
         With ``eof_ok`` a close exactly between frames returns None (a server's normal end).
         """
         if eof_ok and not self._buf:
-            piece = self.channel.read(256 * 1024)
+            piece = self.channel.read(READ_SIZE)
             if not piece:
                 return None
             self._buf += piece
