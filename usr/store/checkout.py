@@ -36,6 +36,9 @@ from usr.store.refs import MAIN
 from usr.store.worktree import hash_file, walk_tree, write_entry
 
 STAGING_PREFIX = ".usr-staging-"
+#: Above this many files to write, staging flushes the filesystem once instead of
+#: fsyncing each file.
+BATCH_FSYNC_FILES = 16
 JOURNAL = "CHECKOUT"
 
 FAULT_MID_STAGE = faults.register("checkout.mid-stage", "some files staged, not all")
@@ -68,6 +71,11 @@ def _stage(store, target_tree: str, changes) -> tuple[Path, list[dict]]:
     modes = {rel: mode for rel, _, mode in walk_tree(store.repo, target_tree)}
     ops: list[dict] = []
     limit = inline_limit()
+    # One fsync per file costs a journal commit each (measured: 7.4 of 13 s checking out
+    # 2,000 small files). Past a few files, stage without them and flush the filesystem
+    # once before the journal is written: the journal still only ever names durable files,
+    # and a crash before it leaves staged files that are re-verified by hash before reuse.
+    batched = sum(1 for c in changes if c.status != "D") > BATCH_FSYNC_FILES
     for change in changes:
         rel = check_relpath(change.path)
         if change.status == "D":
@@ -79,9 +87,15 @@ def _stage(store, target_tree: str, changes) -> tuple[Path, list[dict]]:
             with contextlib.suppress(OSError, InputError):
                 reuse = hash_file(str(dest), limit, None, None)[0] == change.new_id
         if not reuse:
-            write_entry(store.repo, store.chunks, change.new_id, modes[rel], dest, rel)
+            write_entry(
+                store.repo, store.chunks, change.new_id, modes[rel], dest, rel, fsync=not batched
+            )
         ops.append({"op": "put", "path": rel, "id": change.new_id})
         faults.point(FAULT_MID_STAGE)
+    if batched:
+        from usr.store.repository import _syncfs  # here: repository imports this module
+
+        _syncfs(staging)
     return staging, ops
 
 

@@ -282,11 +282,18 @@ def stream_entry(
 
 
 def write_entry(
-    repo: pygit2.Repository, chunks: ChunkStore, oid: str, mode: int, dest: Path, where: str
+    repo: pygit2.Repository,
+    chunks: ChunkStore,
+    oid: str,
+    mode: int,
+    dest: Path,
+    where: str,
+    fsync: bool = True,
 ) -> os.stat_result:
     """Write the verified content of an entry to ``dest`` (fsynced); return its stat.
 
     ``dest`` is a staging path: on any failure it is removed, never left half-written.
+    ``fsync=False`` leaves the flush to the caller (one filesystem flush for many files).
     """
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(dest.name + ".part")
@@ -295,7 +302,8 @@ def write_entry(
             for piece in stream_entry(repo, chunks, oid, where):
                 fh.write(piece)
             fh.flush()
-            os.fsync(fh.fileno())
+            if fsync:
+                os.fsync(fh.fileno())
         os.chmod(tmp, 0o755 if mode == MODE_EXEC else 0o644)
         os.replace(tmp, dest)
     except BaseException:
