@@ -221,7 +221,10 @@ class _Sizes:
         if oid in self.known:
             return self.known[oid]
         if self.store.has_object(oid):
-            return self.store.entry_size(oid)
+            # Remembered: sizing reads the object, and both sides' listings ask for the
+            # same unchanged files.
+            self.known[oid] = self.store.entry_size(oid)
+            return self.known[oid]
         return None
 
 
@@ -236,6 +239,16 @@ def tree_diff(store: Any, a: str | None, b: str | None, sizes: _Sizes | None = N
 def blob_bytes(store: Any, blob_id: str) -> bytes:
     """The whole file behind a tree entry (inline blob, or manifest + chunks), verified."""
     return b"".join(store.open_entry(blob_id, where=blob_id))
+
+
+def _events_blob(store: Any, rev: str) -> str | None:
+    """Blob id of ``.events.log`` in a state or tree, found by path: listing (and sizing)
+    every file just to find it cost seconds on a dataset of 10,000 files."""
+    tree = store.repo[store.tree_of(rev)]
+    try:
+        return str(tree[EVENTS_FILE].id)
+    except KeyError:
+        return None
 
 
 def _listing(store: Any, tree: str | None, sizes: _Sizes | None = None) -> list[FileChange]:
@@ -346,7 +359,10 @@ def _compare(store: Any, target: Target, remote: str, st: _State) -> Comparison:
     if heads_rel == "equal":
         base = st.local_head
     local_files = _listing(store, st.local_tree, sizes)
-    remote_files = _listing(store, st.remote_tree, sizes)
+    if st.remote_tree == st.local_tree:
+        remote_files = list(local_files)  # same tree, same listing: walk it once
+    else:
+        remote_files = _listing(store, st.remote_tree, sizes)
     changes = (
         tree_diff(store, st.local_tree, st.remote_tree, sizes)
         if st.local_tree != st.remote_tree
@@ -406,14 +422,22 @@ def check_events_chain(store: Any, commits: list[str]) -> None:
     A merge state must extend at least one parent (the remote-side parent, by the merge
     rules), so the shared copy consumers tail only ever grows.
     """
+    lines: dict[str, list[bytes]] = {}
+
+    def events_at(commit: str) -> list[bytes]:
+        if commit not in lines:
+            blob = _events_blob(store, commit)
+            lines[commit] = _event_lines(blob_bytes(store, blob)) if blob else []
+        return lines[commit]
+
     for commit in commits:
-        mine = _events_of(store, _listing(store, commit)) or []
+        mine = events_at(commit)
         parents = _parents(store, commit)
         if not parents:
             continue
         ok = False
         for parent in parents:
-            theirs = _events_of(store, _listing(store, parent)) or []
+            theirs = events_at(parent)
             if mine[: len(theirs)] == theirs:
                 ok = True
                 break
@@ -577,9 +601,9 @@ def _fetch_remote_trees(session: Any, store: Any, target: Target, st: _State) ->
     if st.remote_tree is not None and st.remote_tree != store.tree_of(st.remote_head):
         st.sizes.add(session.fetch_tree(target.dataset, store, st.remote_tree))
     if st.remote_tree is not None:
-        entry = _entry(_listing(store, st.remote_tree, st.sizes), EVENTS_FILE)
-        if entry is not None and entry.new_id and not store.has_object(entry.new_id):
-            session.fetch_blobs(target.dataset, store, [entry.new_id])
+        events = _events_blob(store, st.remote_tree)
+        if events is not None and not store.has_object(events):
+            session.fetch_blobs(target.dataset, store, [events])
 
 
 def diff(
