@@ -109,9 +109,10 @@ def check_relpath(relpath: str) -> str:
     """
     if not relpath or "\x00" in relpath or "\\" in relpath:
         raise InputError(f"bad path {relpath!r} in dataset")
-    p = PurePosixPath(relpath)
-    if p.is_absolute() or any(part in ("", ".", "..") for part in relpath.split("/")):
+    # Plain string splits, no pathlib: this runs for every entry of every tree walked.
+    parts = relpath.split("/")
+    if any(part in ("", ".", "..") for part in parts):  # "" covers absolute paths too
         raise InputError(f"bad path {relpath!r}: absolute or escapes the dataset")
-    if is_runtime_path(relpath):
+    if any(part in RUNTIME_NAMES or part.startswith(RUNTIME_PREFIXES) for part in parts):
         raise InputError(f"bad path {relpath!r}: names usr runtime state")
     return relpath
