@@ -140,11 +140,12 @@ class RemoteSession:
         return TransportError(f"{message}{code}{detail}", hint or "rerun; the transfer resumes")
 
     @contextlib.contextmanager
-    def _meter(self, what: str, base: int):
-        """A progress line on stderr (terminal only) fed with absolute wire byte counts."""
+    def _meter(self, what: str, base: int, total: int | None = None):
+        """A progress line on stderr (terminal only) fed with absolute wire byte counts;
+        with ``total`` (payload bytes expected) it shows a percentage and an ETA."""
         from usr.progress import Progress
 
-        meter = Progress(f"{what} {self.name}")
+        meter = Progress(f"{what} {self.name}", total)
         offset = _Offset(meter, base)
         try:
             yield offset
@@ -277,7 +278,16 @@ class RemoteSession:
         stats.payload_bytes += got.bytes
         cids = store.chunks.missing(dict.fromkeys(got.manifest_chunks))
         if cids:
-            with self._exchange(), self._meter("fetch chunks", self.fio.bytes_in) as meter:
+            lengths = {
+                cid: n
+                for oid, data in got.held.items()
+                for cid, n in packstream.manifest_entries(data, f"blob {oid}")
+            }
+            total = sum(lengths.get(c, 0) for c in cids) or None
+            with (
+                self._exchange(),
+                self._meter("fetch chunks", self.fio.bytes_in, total) as meter,
+            ):
                 self.fio.send_message("get", ds=ds, oids=[], cids=cids)
                 self.fio.flush()
                 more = packstream.receive(store, self.fio, self.name, end="done", meter=meter)
@@ -326,18 +336,22 @@ class RemoteSession:
         haves = [old] if old and packstream.has_object(store, old) else []
         oids = list(store.missing_objects([new], haves))
         chunks_of: dict[str, list[str]] = {}
+        sizes: dict[str, int] = {}  # bytes of each object and chunk, for the ETA
         for oid in oids:
             kind, data = store.read_object(oid)
+            sizes[oid] = len(data)
             if kind == "blob":
-                cids = packstream.manifest_chunks(data, f"blob {oid}")
-                if cids:
-                    chunks_of[oid] = cids
+                entries = packstream.manifest_entries(data, f"blob {oid}")
+                if entries:
+                    chunks_of[oid] = [cid for cid, _ in entries]
+                    sizes.update(entries)
         all_cids = list(dict.fromkeys(c for cids in chunks_of.values() for c in cids))
         r = self._request("have", "have", ds=ds, oids=oids, cids=all_cids, create=create)
         send_oids = [p.check_oid(o, self.name) for o in p.require(r, "oids", list, self.name)]
         send_cids = {p.check_cid(c, self.name) for c in p.require(r, "cids", list, self.name)}
         stats = TransferStats()
-        with self._exchange(), self._meter("push", self.fio.bytes_out) as meter:
+        total = sum(sizes.get(x, 0) for x in [*send_oids, *send_cids])
+        with self._exchange(), self._meter("push", self.fio.bytes_out, total) as meter:
             self.fio.send_message("pack", ds=ds, create=create)
             for oid in send_oids:
                 for cid in chunks_of.get(oid, ()):

@@ -173,9 +173,14 @@ def send_chunks(store: Any, fio: p.FrameIO, cids: Iterable[str]) -> int:
 
 def manifest_chunks(data: bytes, where: str) -> list[str]:
     """Chunk ids a blob needs: none for an inline blob, the manifest's list otherwise."""
+    return [cid for cid, _length in manifest_entries(data, where)]
+
+
+def manifest_entries(data: bytes, where: str) -> list[tuple[str, int]]:
+    """``(chunk id, length)`` of each chunk a blob needs (none for an inline blob)."""
     if not is_manifest_bytes(data):
         return []
-    return [cid for cid, _length in Manifest.decode(data, where).chunks]
+    return list(Manifest.decode(data, where).chunks)
 
 
 def receive(
