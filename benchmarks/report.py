@@ -155,7 +155,7 @@ def targets(doc: dict[str, Any]) -> list[dict[str, Any]]:
             f"first push of {_get(doc, sf, 'files')} small files vs one tar through ssh cat",
             ">= 0.5x",
             _u(doc, sf),
-            _s(_get(doc, sf, "ssh_cat_seconds")) + " (tar | ssh cat)",
+            _s(_get(doc, sf, "ssh_cat_seconds")) + " (tar piped to ssh cat)",
             _get(doc, sf, "throughput_vs_ssh_cat"),
             _ge(_get(doc, sf, "throughput_vs_ssh_cat"), 0.5),
         )
@@ -244,8 +244,9 @@ def _rss_values(rss: Any) -> list[float]:
 def markdown(doc: dict[str, Any]) -> str:
     m = doc["machine"]
     lines = [
-        f"Mode `{doc['mode']}` — `{doc['command']}` — {doc.get('started_utc', '')}, "
-        f"{doc.get('seconds', '?')} s in all.",
+        f"Mode `{doc['mode']}` — `{doc['command']}` — {doc.get('started_utc', '')}, "(
+            f"{doc['seconds']} s in all." if isinstance(doc.get("seconds"), int | float) else ""
+        ),
         "",
         f"Machine: {m['nproc']} cores ({m['cpu']}), {m['memory_gib']} GiB, Linux {m['kernel']}; "
         f"Python {m['python']}, pyarrow {m['pyarrow']}, pygit2 {m['pygit2']}, "
