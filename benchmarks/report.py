@@ -243,10 +243,10 @@ def _rss_values(rss: Any) -> list[float]:
 
 def markdown(doc: dict[str, Any]) -> str:
     m = doc["machine"]
+    total = doc.get("seconds")
+    took = f", {total} s in all" if isinstance(total, int | float) else ""
     lines = [
-        f"Mode `{doc['mode']}` — `{doc['command']}` — {doc.get('started_utc', '')}, "(
-            f"{doc['seconds']} s in all." if isinstance(doc.get("seconds"), int | float) else ""
-        ),
+        f"Mode `{doc['mode']}` — `{doc['command']}` — {doc.get('started_utc', '')}{took}.",
         "",
         f"Machine: {m['nproc']} cores ({m['cpu']}), {m['memory_gib']} GiB, Linux {m['kernel']}; "
         f"Python {m['python']}, pyarrow {m['pyarrow']}, pygit2 {m['pygit2']}, "
