@@ -9,6 +9,13 @@ no flush — exactly what a kill -9 or a power cut leaves behind).
 N-th time that point is reached (1-based), so a test can stop in the middle of a loop.
 Every point name is listed in :data:`KNOWN_POINTS` by the module that owns it (documented
 in docs/format.md), so tests can sweep them.
+
+Concurrency tests need the opposite: hold a process at a point while another one runs, then
+let it go. ``USR_PAUSE_POINT=name:FIFO`` (several separated by commas) makes the first arrival
+at ``name`` open the named pipe ``FIFO`` for reading, which blocks until the test opens it for
+writing (so the test knows the process is there), and then read it to EOF, which returns
+when the test closes it (the release). Each point pauses once per process. A pause instead
+of a sleep makes the overlap of two processes exact rather than likely.
 """
 
 from __future__ import annotations
@@ -17,11 +24,13 @@ import os
 import signal
 
 ENV = "USR_FAULT_POINT"
+PAUSE_ENV = "USR_PAUSE_POINT"
 
 #: name -> what has happened when the point is reached. Modules register their points here.
 KNOWN_POINTS: dict[str, str] = {}
 
 _hits: dict[str, int] = {}
+_paused: set[str] = set()
 
 
 def register(name: str, description: str) -> str:
@@ -39,8 +48,23 @@ def _wanted() -> dict[str, int]:
     return wanted
 
 
+def _pause(name: str) -> None:
+    """Block at ``name`` until the test releases it, if ``$USR_PAUSE_POINT`` names it."""
+    for item in os.environ[PAUSE_ENV].split(","):
+        wanted, _, fifo = item.strip().partition(":")
+        if wanted == name and fifo and name not in _paused:
+            _paused.add(name)
+            with open(fifo, "rb") as pipe:  # blocks until the test opens the write end
+                while pipe.read(4096):  # returns at EOF: the test closed it
+                    pass
+            return
+
+
 def point(name: str) -> None:
-    """Kill this process with SIGKILL if ``$USR_FAULT_POINT`` names ``name`` (cheap otherwise)."""
+    """Kill this process with SIGKILL if ``$USR_FAULT_POINT`` names ``name``, or pause it
+    if ``$USR_PAUSE_POINT`` does (cheap when neither is set)."""
+    if PAUSE_ENV in os.environ:
+        _pause(name)
     if ENV not in os.environ:
         return
     wanted = _wanted()
