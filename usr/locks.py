@@ -82,6 +82,10 @@ def dataset_lock(dataset_dir: Path, what: str = "usr", timeout: float | None = N
     return hold(dataset_dir / ".usr.lock", what=what, timeout=timeout)
 
 
-def events_lock(dataset_dir: Path, timeout: float | None = None):
-    """The events lock (``<dataset>/.events.lock``) that every ``.events.log`` append takes."""
-    return hold(dataset_dir / ".events.lock", what="events append", timeout=timeout)
+def events_lock(dataset_dir: Path, timeout: float | None = None, what: str = "events append"):
+    """The events lock (``<dataset>/.events.lock``) that every ``.events.log`` append takes.
+
+    A checkout that may replace ``.events.log`` holds it too (after the dataset lock), so a
+    line appended meanwhile waits and lands after promotion instead of being overwritten.
+    """
+    return hold(dataset_dir / ".events.lock", what=what, timeout=timeout)

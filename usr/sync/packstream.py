@@ -20,6 +20,7 @@ from typing import Any
 
 from usr.errors import ConflictError, InputError, TransportError, UsrError, VerifyError
 from usr.layout import check_relpath
+from usr.locks import events_lock
 from usr.store.chunks import chunk_id
 from usr.store.objects import Manifest, git_object_id, is_manifest_bytes
 from usr.sync import protocol as p
@@ -298,7 +299,11 @@ def update_and_checkout(store: Any, new: str, old: str | None) -> str:
     it (ConflictError), so nothing written there since the record is ever overwritten."""
     if not store.has_object(new):
         raise VerifyError(f"commit {new} did not arrive; refusing to move the ref")
-    with store.lock("push: update ref and check out"):
+    # The events lock too (after the dataset lock, the order every writer takes them): a
+    # batch job's line appended while files are staged would otherwise be overwritten when
+    # the pushed .events.log is promoted. With it held the line waits and lands after.
+    what = "push: update ref and check out"
+    with store.lock(what), events_lock(store.path, what=what):
         head = store.head()
         if head != old:
             raise ConflictError(
