@@ -22,6 +22,7 @@ from porcelain.options import (
 from porcelain.targets import resolve_dataset
 from usr.errors import VerifyError
 from usr.layout import RECORDS_FILE, SECTIONS
+from usr.locks import events_lock
 from usr.store import FileChange, LogEntry, Store
 from usr.store.parquet_footer import num_rows
 
@@ -317,7 +318,11 @@ def checkout_cmd(settings, dataset: str, commit: str, force: bool, fmt: str) -> 
     store = open_store(settings, dataset)
     before = store.head()
     target = store.resolve(commit)
-    store.checkout(target, force=force)
+    # Dataset lock, then events lock (every writer's order): an event line a batch job
+    # appends meanwhile waits and lands after the promoted .events.log, not under it.
+    what = f"checkout {target[:12]}"
+    with store.lock(what), events_lock(store.path, what=what):
+        store.checkout(target, force=force)
     data = {"dataset": dataset, "from": before, "to": target}
     emit(fmt, data, f"checked out {target[:12]} in {dataset} (was {(before or '-')[:12]})")
 
