@@ -33,6 +33,7 @@ _WORDS = {
     merge_mod.SAME_BOTH: "same on both",
     merge_mod.EVENTS_APPEND: "append lines",
     merge_mod.RECORDS_UNION: "union rows",
+    merge_mod.REGISTRY_UNION: "union names",
 }
 
 
@@ -117,8 +118,9 @@ def merge_command(
 
     Changes on one side are taken; overlay parts added on both sides are kept;
     .events.log appended on both sides becomes the remote log then the local-only lines;
-    records appended on both sides become the union of rows by id. Anything else is a
-    conflict. The merge is dry-run first: on conflicts every conflicting path is reported
+    records appended on both sides become the union of rows by id; the frozen registry
+    copies become the union of namespaces (one with two contracts conflicts). Anything
+    else is a conflict. The merge is dry-run first: on conflicts every conflicting path is reported
     with why and nothing changes on either side (exit 8). Otherwise both sides record
     their working state, the merge is recorded here with parents [local, remote] and
     checked out (staged, verified); 'usr push' then fast-forwards REMOTE. Not diverged:

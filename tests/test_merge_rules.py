@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from porcelain.merge import graph_rows
+from usr import ledger, sidecars
 from usr import merge as m
 from usr import registry as reg
 from usr.dataset import Dataset
@@ -31,6 +32,7 @@ SEQS = ["ACGTACGTAA", "GGGTTTAACC", "TTTTCCCCAA"]
 def ds(root: Path) -> Dataset:
     cols = reg.parse_columns("infer", "infer__ll:float64,infer__label:string")
     reg.register(root, "infer", cols)
+    reg.register(root, "score", reg.parse_columns("score", "score__v:int64"))
     d = Dataset.init(root, DS, source="test")
     d.append_records([{"sequence": s} for s in SEQS], bio_type="dna", alphabet="dna_4")
     return d
@@ -187,7 +189,28 @@ CONFLICTS = {
         lambda d: d.append_records([{"sequence": "GATTACAGAT"}], bio_type="dna"),
         "records.parquet",
     ),
+    "path-clash": (
+        lambda d: _write(d, "_artifacts/x", "a file\n"),
+        lambda d: _write(d, "_artifacts/x/y", "a file in a directory\n"),
+        "_artifacts/x",
+    ),
+    "overlay-unreadable": (
+        lambda d: _write(d, "_derived/junk/part-l.parquet", "not parquet"),
+        lambda d: _write(d, "_derived/junk/part-r.parquet", "not parquet either"),
+        "_derived/junk/part-l.parquet",
+    ),
+    "registry-contract": (
+        lambda d: _write(d, sidecars.FROZEN_REGISTRY, _registry_toml(score="float64")),
+        lambda d: _write(d, sidecars.FROZEN_REGISTRY, _registry_toml(score="int64")),
+        sidecars.FROZEN_REGISTRY,
+    ),
 }
+
+
+def _registry_toml(**namespaces: str) -> str:
+    """A frozen registry copy holding ``name=type`` namespaces of one column ``name__v``."""
+    found = {n: reg.Namespace(n, ((f"{n}__v", t),)) for n, t in sorted(namespaces.items())}
+    return reg.Registry(Path("."), found, b"").to_toml().decode()
 
 
 @pytest.mark.parametrize("kind", sorted(CONFLICTS))
@@ -260,3 +283,117 @@ def test_graph_draws_a_merge_with_both_parents():
         ("| /", None),
         ("*", "B"),
     ]
+
+
+def _attach_score(ds: Dataset, ids: list[str], values: list[int]) -> None:
+    ds.attach(pa.table({"id": ids, "v": values}), namespace="score", columns=["v"])
+
+
+def _namespaces(store: Store, tree: str) -> list[str]:
+    data = _blob(store, tree, sidecars.FROZEN_REGISTRY)
+    return sorted(sidecars._parse_registry_bytes(data))
+
+
+def test_registry_copies_merge_as_the_union_of_namespaces_and_stay_vouched(ds):
+    """Each side attached a part of its own namespace: each froze its contract into
+    _registry/registry.toml and vouched for it. The merge keeps both namespaces, vouches for
+    the union in the merged ledger, and the merged state passes every sidecar check."""
+    ids = _ids(ds)
+    store, base, lhead, rhead = branches(
+        ds,
+        lambda d: _attach(d, ids, [0.1, 0.2, 0.3]),
+        lambda d: _attach_score(d, ids[1:], [7, 8]),
+    )
+    result = run_merge(store, base, lhead, rhead)
+    assert result.mergeable, result.conflicts
+    rules = {r.path: r for r in result.resolutions}
+    assert rules[sidecars.FROZEN_REGISTRY].resolution == m.REGISTRY_UNION
+    assert rules[ledger.LEDGER_PATH].resolution == m.EVENTS_APPEND
+    assert "merged registry copy" in rules[ledger.LEDGER_PATH].detail
+    assert _namespaces(store, result.tree) == ["infer", "score"]
+    assert _namespaces(store, lhead) == ["infer"] and _namespaces(store, rhead) == ["score"]
+
+    merged_ledger = _blob(store, result.tree, ledger.LEDGER_PATH)
+    theirs = _blob(store, rhead, ledger.LEDGER_PATH)
+    assert merged_ledger.startswith(theirs)  # still the remote's ledger plus whole lines
+    last = json.loads(merged_ledger.splitlines()[-1])
+    assert (last["path"], last["via"], last["actor"]) == (
+        sidecars.FROZEN_REGISTRY,
+        "merge",
+        m.MERGE_ACTOR,
+    )
+    inputs = [e for e in ledger.parse(merged_ledger).entries if e.via == "attach"]
+    assert last["recorded_at"] == max(e.recorded_at for e in inputs)  # not the clock
+
+    assert run_merge(store, base, lhead, rhead).tree == result.tree  # deterministic
+    commit = m.commit_merge(store, result, lhead, rhead, "bu-scc")
+    store.checkout(commit, expect_head=rhead)
+    report = sidecars.check_state(sidecars.open_state(ds.path, "HEAD"), DS, ds.root)
+    assert report.problems == [] and len(report.checked) == 4  # 2 parts, registry, ledger
+    view = Dataset.open(ds.root, DS).to_table()
+    assert view.column("score__v").to_pylist() == [None, 7, 8]
+    assert view.column("infer__ll").to_pylist() == [0.1, 0.2, 0.3]
+
+
+def test_registry_union_of_unvouched_copies_stays_unvouched(ds):
+    """A merge never launders a file: hand-written copies vouched by nobody give a merged
+    copy vouched by nobody (the pre-push check then refuses it until someone vouches)."""
+    store, base, lhead, rhead = branches(
+        ds,
+        lambda d: _write(d, sidecars.FROZEN_REGISTRY, _registry_toml(alpha="int64")),
+        lambda d: _write(d, sidecars.FROZEN_REGISTRY, _registry_toml(beta="string")),
+    )
+    result = run_merge(store, base, lhead, rhead)
+    assert result.mergeable, result.conflicts
+    rules = {r.path: r for r in result.resolutions}
+    assert "left unvouched: an input copy was not vouched for" in (
+        rules[sidecars.FROZEN_REGISTRY].detail
+    )
+    assert ledger.LEDGER_PATH not in {p for p, _, _ in store.ls_tree(result.tree)}
+    assert _namespaces(store, result.tree) == ["alpha", "beta"]
+
+
+def test_merge_registry_rules_per_namespace(tmp_path):
+    def ns(**kw: str) -> bytes:
+        return _registry_toml(**kw).encode()
+
+    def merged(base, local, remote) -> list[tuple[str, str]]:
+        scratch = tmp_path / str(len(list(tmp_path.iterdir())))
+        scratch.mkdir()
+        data, _ = m.merge_registry(base, local, remote, scratch)
+        got = sidecars._parse_registry_bytes(data)
+        return sorted((n, got[n].columns[0][1]) for n in got)
+
+    base = ns(a="int64", b="int64")
+    # A namespace removed on one side and untouched on the other stays removed.
+    assert merged(base, ns(a="int64"), ns(a="int64", b="int64", c="string")) == [
+        ("a", "int64"),
+        ("c", "string"),
+    ]
+    assert merged(None, ns(a="int64"), ns(a="int64")) == [("a", "int64")]
+    with pytest.raises(m._Refuse, match="namespace 'b': local removed vs remote b__v:string"):
+        merged(base, ns(a="int64"), ns(a="int64", b="string"))
+    with pytest.raises(m._Refuse) as exc:
+        merged(None, ns(a="int64"), ns(a="float64"))
+    assert exc.value.kind == "registry-contract"
+    with pytest.raises(m._Refuse, match="not a readable registry"):
+        merged(None, b"[[[", ns(a="int64"))
+
+
+def test_ledger_rewritten_on_one_side_conflicts(ds):
+    ledger.record(ds.path, ["meta.md"], via="api")  # any vouch: the base has a ledger
+    ds.record_state("vouch")
+    path = ds.path / ledger.LEDGER_PATH
+
+    def rewrite(d: Dataset) -> None:
+        path.write_text(path.read_text().replace('"via":"api"', '"via":"vouch"'))
+
+    def append(d: Dataset) -> None:
+        ledger.record(d.path, [".events.log"], via="api")
+
+    store, base, lhead, rhead = branches(ds, rewrite, append)
+    result = run_merge(store, base, lhead, rhead)
+    assert [(c.path, c.kind) for c in result.conflicts] == [
+        (ledger.LEDGER_PATH, "ledger-rewritten")
+    ]
+    assert "local side changed or removed lines" in result.conflicts[0].why

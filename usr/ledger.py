@@ -1,13 +1,15 @@
 """The sidecar digest ledger: which sidecar bytes usr (or an operator) has validated.
 
 A sidecar (a file under ``_derived/`` or in the auxiliary section) counts as *verified*
-only when its path and blake3 digest appear together in the ledger. Digests get there two
+only when its path and blake3 digest appear together in the ledger. Digests get there these
 ways, never as a side effect of recording a state:
 
 - a Python-API writer (``attach``, batch writers, annotation tools) validates what it wrote
   and calls :func:`record` right after writing;
 - an operator vouches for files after checking them: ``usr plumbing verify-sidecars DS
-  --record``, which calls :func:`record_digests` only when every other check passed.
+  --record``, which calls :func:`record_digests` only when every other check passed;
+- a merge that builds a file from two inputs both sides had vouched for (the union of two
+  frozen registry copies) vouches for the result in the merged ledger (``via: merge``).
 
 The ledger lives *inside* the dataset (``_registry/sidecar-ledger.jsonl``) so it travels
 with pull and push: a part verified on the cluster stays verified on the laptop. It is an
@@ -36,8 +38,9 @@ from usr.layout import check_relpath
 
 LEDGER_PATH = "_registry/sidecar-ledger.jsonl"
 LEDGER_VERSION = 1
-#: How a digest got into the ledger.
-VIA = ("attach", "api", "vouch")
+#: How a digest got into the ledger. ``merge``: a file a merge built from two vouched
+#: inputs (the union of two frozen registry copies, see usr.merge).
+VIA = ("attach", "api", "vouch", "merge")
 _BLOCK = 1 << 20
 
 
@@ -228,3 +231,8 @@ def is_line_prefix(parent: bytes, child: bytes) -> bool:
     if not child.startswith(parent):
         return False
     return child == parent or not parent or parent.endswith(b"\n")
+
+
+def vouching(book: Ledger, path: str, digest: str) -> list[Entry]:
+    """The entries of ``book`` that vouch for ``path`` with exactly these bytes."""
+    return [e for e in book.entries if e.path == path and e.blake3 == digest]

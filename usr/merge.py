@@ -18,6 +18,12 @@ Rules, per path, comparing each side's tree with the merge base's:
   remote's rows then the local-only rows (by id, no duplicates), written by usr's own
   records writer, so the bytes are a function of the rows and the remote's row groups are
   reused chunk for chunk;
+* the frozen registry copy (``_registry/registry.toml``) changed on both sides -> the union
+  of the namespaces, merged one namespace at a time against the base (a namespace with a
+  different contract on each side is a conflict), written by the registry's own writer.
+  When both sides' copies were vouched for in their ledgers, the merged ledger vouches for
+  the merged copy too (``via: merge``), so the merge passes ``verify-sidecars``; an
+  unvouched input leaves the result unvouched (a merge never launders a file);
 * anything else changed on both sides is a :class:`Conflict`: a file rewritten differently
   on both sides, a deletion against a modification, a log or table that was not only
   appended to, or overlay parts of one namespace, added on both sides, that give different
@@ -42,15 +48,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import blake3
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from usr import records
+from usr import ledger, records
 from usr.atomic import TMP_PREFIX
-from usr.errors import ConflictError
+from usr.errors import ConflictError, InputError
 from usr.layout import DERIVED_DIR, EVENTS_FILE, RECORDS_FILE, section_of
 from usr.ledger import LEDGER_PATH
+from usr.registry import Namespace, Registry
+from usr.sidecars import FROZEN_REGISTRY
 from usr.store.fsck import MERGE_REMOTE_TRAILER
 from usr.store.objects import inline_limit
 from usr.store.worktree import hash_file, walk_tree
@@ -59,6 +68,11 @@ MERGE_LOCAL_TRAILER = "Merge-local-parent"
 #: Append-only JSON-lines logs merged by the events rule: the event log, and the sidecar
 #: ledger (same contract: vouches are appended, never rewritten; see usr.ledger).
 APPEND_LOGS = (EVENTS_FILE, LEDGER_PATH)
+#: Files changed on both sides that a content rule may still merge.
+CONTENT_MERGED = (*APPEND_LOGS, RECORDS_FILE, FROZEN_REGISTRY)
+#: Who vouches, in the ledger, for a file the merge built (fixed, so the merged ledger and
+#: tree depend on the inputs only, never on the machine that merges).
+MERGE_ACTOR = "usr merge"
 _REGULAR = 0o100644
 
 #: What happened to a path, in the report (``resolution`` field).
@@ -67,6 +81,7 @@ TAKE_REMOTE = "take-remote"
 SAME_BOTH = "same-on-both"
 EVENTS_APPEND = "events-append"
 RECORDS_UNION = "records-union"
+REGISTRY_UNION = "registry-union"
 
 
 @dataclass(frozen=True)
@@ -205,6 +220,8 @@ def needed_blobs(
     paths = lc & rc
     both_ns = {_namespace_of(p) for p in lc} & {_namespace_of(p) for p in rc} - {None}
     paths |= {p for p in lc | rc if _namespace_of(p) in both_ns}
+    if FROZEN_REGISTRY in paths:
+        paths.add(LEDGER_PATH)  # to vouch for the merged copy (see _vouch_registry)
     out: dict[str, list[str]] = {"base": [], "local": [], "remote": []}
     for name, files in (("base", b), ("local", lo), ("remote", r)):
         out[name] = sorted({files[p][0] for p in paths if p in files})
@@ -400,7 +417,7 @@ def merge_trees(
             gone, kept = ("local", "remote") if lid is None else ("remote", "local")
             why = f"deleted on the {gone} side, modified on the {kept} side"
             result.conflicts.append(Conflict(path, "delete-modify", why))
-        elif path in (*APPEND_LOGS, RECORDS_FILE) and lid is not None and rid is not None:
+        elif path in CONTENT_MERGED and lid is not None and rid is not None:
             content.append(path)
         elif bid is None:
             why = "added on both sides with different content"
@@ -414,6 +431,11 @@ def merge_trees(
         with store.chunks.writer() as writer:
             for path in content:
                 _merge_content(store, result, merged, path, b, lo, r, scratch, writer)
+        # A second pack: the vouch reads the merged ledger, whose chunks (a large ledger)
+        # are readable only once the first pack is finalised.
+        if any(x.resolution == REGISTRY_UNION for x in result.resolutions):
+            with store.chunks.writer() as writer:
+                _vouch_registry(store, result, merged, lo, r, scratch, writer)
     result.conflicts.extend(_namespace_conflicts(store, b, lo, r))
     result.conflicts.extend(_path_clashes(merged))
     result.conflicts.sort(key=lambda c: (c.path, c.kind))
@@ -448,6 +470,15 @@ def _merge_content(
             oid = _write_file(store, scratch, "log", writer, lambda p: p.write_bytes(data))
             detail = f"remote log, then {added} local-only line(s)"
             rule = EVENTS_APPEND
+        elif path == FROZEN_REGISTRY:
+            data, detail = merge_registry(
+                _content(store, bid, path) if bid else None,
+                _content(store, lid, path),
+                _content(store, rid, path),
+                scratch,
+            )
+            oid = _write_file(store, scratch, "registry", writer, lambda p: p.write_bytes(data))
+            rule = REGISTRY_UNION
         else:
             if bid is None:
                 raise _Refuse("both-added", "added on both sides with different content")
@@ -468,10 +499,131 @@ def _merge_content(
             rule = RECORDS_UNION
     except _Refuse as exc:
         kind = "records-rewritten" if exc.kind == "unreadable" else exc.kind
+        if path == LEDGER_PATH and kind == "events-rewritten":
+            kind = "ledger-rewritten"
+        elif path == FROZEN_REGISTRY and kind == "unreadable":
+            kind = "both-added" if bid is None else "both-modified"
         result.conflicts.append(Conflict(path, kind, exc.why))
         return
     merged[path] = (oid, mode)
     result.resolutions.append(Resolution(path, section_of(path), rule, "modified", detail))
+
+
+def _registry_namespaces(data: bytes | None, scratch: Path, side: str) -> dict[str, Namespace]:
+    """The namespaces of one side's registry copy, parsed by the registry's own reader."""
+    if data is None:
+        return {}
+    where = scratch / f"registry-{side}"
+    where.mkdir()
+    (where / FROZEN_REGISTRY.rsplit("/", 1)[-1]).write_bytes(data)
+    try:
+        return Registry.load(where).namespaces
+    except InputError as exc:
+        raise _Refuse("unreadable", f"the {side} copy is not a readable registry ({exc})") from None
+
+
+def _columns(ns: Namespace) -> str:
+    return ",".join(f"{n}:{t}" for n, t in ns.columns) or "(no columns)"
+
+
+def merge_registry(
+    base: bytes | None, local: bytes, remote: bytes, scratch: Path
+) -> tuple[bytes, str]:
+    """The union of two registry copies' namespaces, each namespace merged against the base.
+
+    Per namespace: changed (added, altered, removed) on one side only -> that side; the same
+    contract (columns) on both -> the remote's entry (the cluster's copy is the shared one);
+    different contracts, or removed on one side and changed on the other -> :class:`_Refuse`
+    (``registry-contract``): parts stamped under one contract would be checked against the
+    other. Returns (bytes from the registry's writer, so equal inputs give equal bytes;
+    a detail for the report).
+    """
+    b = _registry_namespaces(base, scratch, "base")
+    lo = _registry_namespaces(local, scratch, "local")
+    r = _registry_namespaces(remote, scratch, "remote")
+    merged: dict[str, Namespace] = {}
+    clashes: list[str] = []
+    for name in sorted(set(b) | set(lo) | set(r)):
+        bn, ln, rn = b.get(name), lo.get(name), r.get(name)
+        if ln in (rn, bn):
+            pick = rn
+        elif rn == bn:
+            pick = ln
+        elif ln is not None and rn is not None and ln.columns == rn.columns:
+            pick = rn
+        else:
+            mine = _columns(ln) if ln else "removed"
+            theirs = _columns(rn) if rn else "removed"
+            clashes.append(f"namespace {name!r}: local {mine} vs remote {theirs}")
+            continue
+        if pick is not None:
+            merged[name] = pick
+    if clashes:
+        raise _Refuse(
+            "registry-contract",
+            f"a namespace has a different contract on each side: {'; '.join(clashes)}",
+        )
+    data = Registry(scratch, merged, b"").to_toml()
+    return data, f"{len(merged)} namespace(s): {', '.join(sorted(merged))}"
+
+
+def _vouch_registry(
+    store: Any,
+    result: MergeResult,
+    merged: dict[str, tuple[str, int]],
+    lo: dict,
+    r: dict,
+    scratch: Path,
+    writer: Any,
+) -> None:
+    """Vouch in the merged ledger for the merged registry copy, when both inputs were.
+
+    Each side's copy must be vouched by that side's own ledger: then the union, built by
+    the merge from two validated files, is validated too. The line is a function of the
+    inputs (fixed actor, ``recorded_at`` of the later input vouch), so the merged ledger
+    and tree stay deterministic, and it is appended after every other line, so the ledger
+    still extends the remote side's by whole lines.
+    """
+    path = FROZEN_REGISTRY
+    vouches = []
+    for side in (lo, r):
+        book = ledger.parse(
+            _content(store, side[LEDGER_PATH][0], LEDGER_PATH) if LEDGER_PATH in side else b""
+        )
+        data = _content(store, side[path][0], path)
+        vouches.extend(ledger.vouching(book, path, blake3.blake3(data).hexdigest()) or [None])
+    mine = _content(store, merged[path][0], path)
+    old = merged.get(LEDGER_PATH)
+    book_bytes = _content(store, old[0], LEDGER_PATH) if old else b""
+    digest = blake3.blake3(mine).hexdigest()
+    torn = bool(book_bytes) and not book_bytes.endswith(b"\n")
+    if None in vouches or torn:
+        why = "an input copy was not vouched for" if None in vouches else "the ledger ends mid-line"
+        _note(result, path, f"left unvouched: {why}")
+        return
+    if ledger.parse(book_bytes).vouches(path, digest):
+        return
+    when = max(v.recorded_at for v in vouches if v is not None)
+    line = ledger.Entry(path, digest, len(mine), "merge", MERGE_ACTOR, when).to_line().encode()
+    data = book_bytes + line
+    oid = _write_file(store, scratch, "ledger", writer, lambda p: p.write_bytes(data))
+    merged[LEDGER_PATH] = (oid, old[1] if old else _REGULAR)
+    _note(result, LEDGER_PATH, "a line vouching for the merged registry copy", EVENTS_APPEND)
+
+
+def _note(result: MergeResult, path: str, detail: str, rule: str | None = None) -> None:
+    """Add ``detail`` to the resolution of ``path``; with ``rule``, the path's content was
+    changed by the merge: its resolution becomes ``rule`` (and is made if there is none)."""
+    for i, res in enumerate(result.resolutions):
+        if res.path == path:
+            joined = f"{res.detail}; {detail}" if res.detail else detail
+            status = "modified" if rule else res.local_status
+            result.resolutions[i] = Resolution(
+                res.path, res.section, rule or res.resolution, status, joined
+            )
+            return
+    if rule is not None:
+        result.resolutions.append(Resolution(path, section_of(path), rule, "modified", detail))
 
 
 def _namespace_conflicts(store: Any, b: dict, lo: dict, r: dict) -> list[Conflict]:
@@ -665,6 +817,7 @@ __all__ = [
     "merge",
     "merge_events",
     "merge_records",
+    "merge_registry",
     "merge_trees",
     "needed_blobs",
     "preview",
