@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import run_usr
+from usr.layout import is_runtime_path
 from usr.store import Store
 
 LIMIT = {"USR_INLINE_LIMIT": "4096"}
@@ -37,10 +38,11 @@ def _write_state(ds: Path, n: int) -> dict[str, bytes]:
 
 
 def _files(ds: Path) -> dict[str, bytes]:
+    """The dataset's files, without usr's runtime state (store, staging, lock files)."""
     return {
-        str(p.relative_to(ds)): p.read_bytes()
+        p.relative_to(ds).as_posix(): p.read_bytes()
         for p in ds.rglob("*")
-        if p.is_file() and not str(p.relative_to(ds)).startswith((".usr", ".usr-"))
+        if p.is_file() and not is_runtime_path(p.relative_to(ds).as_posix())
     }
 
 
