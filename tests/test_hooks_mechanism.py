@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import stat
-import time
 from pathlib import Path
 
 import pytest
@@ -114,31 +114,39 @@ def test_not_executable_hook_is_a_clear_error(ctx: hooks.HookContext) -> None:
 def test_hanging_hook_is_killed_with_its_process_group(
     ctx: hooks.HookContext, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    pidfile = tmp_path / "child.pid"
+    """A hook (and a child it started) blocked reading a FIFO nobody writes: the timeout
+    kills the whole group. No sleeping: both processes hold the write end of a second FIFO,
+    so reading it to end-of-file proves that every one of them is gone."""
+    block, witness = tmp_path / "block", tmp_path / "witness"
+    os.mkfifo(block)
+    os.mkfifo(witness)
+    reader = os.open(witness, os.O_RDONLY | os.O_NONBLOCK)  # lets the hook open its end
     _write_hook(
         hooks.dataset_hooks_dir(ctx.dataset_dir) / "pre-push",
-        f"sleep 300 &\necho $! > {pidfile}\nwait\n",
+        f'exec 3>"{witness}"\ncat "{block}" &\necho started >&3\ncat "{block}"\n',
     )
     monkeypatch.setenv(hooks.TIMEOUT_ENV, "1")
-    with pytest.raises(HookRefused) as err:
-        hooks.run_pre_push(ctx, "bu-scc", "/r", "a" * 40, None)
-    assert "did not finish within 1s" in err.value.one_line()
-    assert "process group was killed" in err.value.one_line()
-    child = int(pidfile.read_text())
-    assert not _alive(child)
+    try:
+        with pytest.raises(HookRefused) as err:
+            hooks.run_pre_push(ctx, "bu-scc", "/r", "a" * 40, None)
+        assert "did not finish within 1s" in err.value.one_line()
+        assert "process group was killed" in err.value.one_line()
+        os.set_blocking(reader, True)
+        assert _read_to_eof(reader) == b"started\n"  # the child had started, and is gone
+    finally:
+        os.close(reader)
 
 
-def _alive(pid: int) -> bool:
-    """True while ``pid`` runs (a zombie awaiting its reaper counts as dead)."""
-    for _ in range(50):
-        try:
-            state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
-        except FileNotFoundError:
-            return False
-        if state == "Z":
-            return False
-        time.sleep(0.02)  # SIGKILL delivery is asynchronous; give the kernel a moment
-    return True
+def _read_to_eof(fd: int) -> bytes:
+    """Everything written to a FIFO until its last writer closes it (30 s safety bound)."""
+    out = b""
+    while True:
+        ready, _, _ = select.select([fd], [], [], 30)
+        assert ready, "a process of the hook's group still holds the FIFO open"
+        block = os.read(fd, 4096)
+        if not block:
+            return out
+        out += block
 
 
 def test_bad_timeout_setting_is_refused(

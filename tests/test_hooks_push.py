@@ -18,9 +18,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tests.conftest import Result, run_usr
-from usr import ledger, registry
+from tests.conftest import REPO, Result, run_usr
+from usr import hooks, ledger, registry, sidecars
 from usr.dataset import Dataset
+from usr.errors import HookRefused
 from usr.store import Store
 
 pytestmark = pytest.mark.ssh
@@ -156,6 +157,12 @@ def test_clean_push_passes_the_hook_and_runs_post_push(pair: Pair) -> None:
         "bu-scc",
         f"refs/heads/main {local_head} refs/heads/main {before_head}",
     ]
+    # The ledger travelled with the push: verified here, verified there too (the remote's
+    # root never registered "infer"; the dataset's frozen registry copy covers it).
+    assert not (pair.remote_base / "registry.toml").exists()
+    state = sidecars.open_state(pair.remote, "HEAD")
+    report = sidecars.check_state(state, DS, pair.remote_base)
+    assert report.problems == [] and len(report.checked) == 3  # part, registry copy, ledger
 
 
 def test_tampered_overlay_part_is_refused(pair: Pair) -> None:
@@ -211,9 +218,17 @@ def test_rewritten_events_log_is_refused(pair: Pair) -> None:
     assert r.returncode == 8, r.stderr
     assert "rewrites .events.log instead of appending to it" in r.stderr
     assert _snapshot_remote(pair.remote) == before
+    assert doc["data"]["transfer_state"] == "FAILED"
+    assert doc["data"]["bytes_moved"]["sent"] < 64 * 1024  # requests only, no objects
     v = run_usr("--root", str(pair.root), "plumbing", "verify-sidecars", DS, "HEAD")
     assert v.returncode == 5
     assert v.stdout.startswith(".events.log\tevents-append-only\t")
+    # The installed hook, given that state as the one to push, refuses it by itself.
+    head = Store.open(pair.local, create=False).head()
+    ctx = hooks.context_for(pair.local, pair.root, DS)
+    env = {"PYTHONPATH": str(REPO)}
+    with pytest.raises(HookRefused, match=f"{DS} {head} has unverified sidecars"):
+        hooks.run_pre_push(ctx, "bu-scc", "/r", head, before["head"], {**env, **hooks.verify_env()})
 
 
 def test_reduced_sidecar_fidelity_is_refused_unless_allowed(pair: Pair) -> None:
@@ -250,14 +265,19 @@ def test_not_executable_hook_is_a_clear_error(pair: Pair) -> None:
 
 
 def test_hanging_hook_is_killed_and_refuses(pair: Pair) -> None:
+    """A hook blocked reading a FIFO nobody writes, with a short timeout (no sleeping)."""
     before = _snapshot_remote(pair.remote)
+    fifo = pair.tmp / "never-written"
+    os.mkfifo(fifo)
     hook = pair.local / ".usr" / "hooks" / "pre-push"
     hook.parent.mkdir(parents=True, exist_ok=True)
-    hook.write_text("#!/bin/sh\nsleep 300\n")
+    hook.write_text(f'#!/bin/sh\ncat "{fifo}"\n')
     hook.chmod(0o755)
     Dataset.open(pair.root, DS).append_event("note", {"why": "new state"})
-    r, doc = pair.push(env={"USR_HOOK_TIMEOUT": "1"})
+    r, doc = pair.push(env={"USR_HOOK_TIMEOUT": "0.5"})
     assert r.returncode == 10
-    assert "did not finish within 1s; its process group was killed" in r.stderr
+    assert f"pre-push hook {hook} did not finish within 0.5s" in r.stderr
+    assert "its process group was killed (fix the hook, or raise USR_HOOK_TIMEOUT)" in r.stderr
     assert _snapshot_remote(pair.remote) == before
-    assert os.access(hook, os.X_OK)
+    assert doc["data"]["hooks"]["pre-push"]["status"] == "refused"
+    assert doc["data"]["bytes_moved"]["sent"] < 64 * 1024
