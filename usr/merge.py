@@ -56,7 +56,7 @@ import pyarrow.parquet as pq
 from usr import ledger, records
 from usr.atomic import TMP_PREFIX
 from usr.errors import ConflictError, InputError
-from usr.layout import DERIVED_DIR, EVENTS_FILE, RECORDS_FILE, section_of
+from usr.layout import DERIVED_DIR, EVENTS_FILE, RECORDS_FILE, REGISTRY_FILE, section_of
 from usr.ledger import LEDGER_PATH
 from usr.registry import Namespace, Registry
 from usr.sidecars import FROZEN_REGISTRY
@@ -514,12 +514,13 @@ def _registry_namespaces(data: bytes | None, scratch: Path, side: str) -> dict[s
     if data is None:
         return {}
     where = scratch / f"registry-{side}"
-    where.mkdir()
-    (where / FROZEN_REGISTRY.rsplit("/", 1)[-1]).write_bytes(data)
+    where.mkdir(exist_ok=True)
+    (where / REGISTRY_FILE).write_bytes(data)
     try:
         return Registry.load(where).namespaces
-    except InputError as exc:
-        raise _Refuse("unreadable", f"the {side} copy is not a readable registry ({exc})") from None
+    except (InputError, AttributeError, TypeError) as exc:  # a table where TOML had a value
+        why = str(exc).replace(str(where / REGISTRY_FILE), f"the {side} copy")
+        raise _Refuse("unreadable", f"the {side} copy is not a readable registry ({why})") from None
 
 
 def _columns(ns: Namespace) -> str:
@@ -596,12 +597,12 @@ def _vouch_registry(
     old = merged.get(LEDGER_PATH)
     book_bytes = _content(store, old[0], LEDGER_PATH) if old else b""
     digest = blake3.blake3(mine).hexdigest()
+    if ledger.parse(book_bytes).vouches(path, digest):
+        return  # the union is one side's vouched copy
     torn = bool(book_bytes) and not book_bytes.endswith(b"\n")
     if None in vouches or torn:
         why = "an input copy was not vouched for" if None in vouches else "the ledger ends mid-line"
         _note(result, path, f"left unvouched: {why}")
-        return
-    if ledger.parse(book_bytes).vouches(path, digest):
         return
     when = max(v.recorded_at for v in vouches if v is not None)
     line = ledger.Entry(path, digest, len(mine), "merge", MERGE_ACTOR, when).to_line().encode()
