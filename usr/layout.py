@@ -23,8 +23,11 @@ SNAPSHOTS_DIR = "_snapshots"
 DERIVED_DIR = "_derived"
 STORE_DIR = ".usr"
 
-ID_PART_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-NAMESPACE_RE = re.compile(r"^[a-z][a-z0-9_]*$")
+# ``\Z``, not ``$``: ``$`` also matches before a trailing newline ("a\n" would pass).
+ID_PART_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*\Z")
+NAMESPACE_RE = re.compile(r"^[a-z][a-z0-9_]*\Z")
+#: Longest id part: one directory name (NAME_MAX on Linux and macOS).
+ID_PART_MAX = 255
 RESERVED_NAMESPACES = frozenset({"usr"})
 
 #: Paths that are runtime state, never recorded, transferred or counted.
@@ -44,8 +47,9 @@ def resolve_root(root: str | os.PathLike[str] | None = None) -> Path:
 def validate_dataset_id(dataset_id: str) -> str:
     """Return ``dataset_id`` if it is flat (``name``) or qualified (``namespace/name``).
 
-    Each part matches ``[A-Za-z0-9][A-Za-z0-9_.-]*``; anything else (``..``, absolute
-    paths, three parts, empty) is refused, so an id can never name a path outside the root.
+    Each part matches ``[A-Za-z0-9][A-Za-z0-9_.-]*`` and is at most 255 characters (one
+    directory name); anything else (``..``, absolute paths, three parts, empty, a trailing
+    newline) is refused, so an id can never name a path outside the root.
     """
     if not isinstance(dataset_id, str) or not dataset_id:
         raise InputError("bad dataset id '': empty", "use NAME or NAMESPACE/NAME")
@@ -60,6 +64,12 @@ def validate_dataset_id(dataset_id: str) -> str:
                 f"bad dataset id {dataset_id!r}: part {part!r} must match "
                 f"[A-Za-z0-9][A-Za-z0-9_.-]*",
                 "use NAME or NAMESPACE/NAME",
+            )
+        if len(part) > ID_PART_MAX:
+            raise InputError(
+                f"bad dataset id {dataset_id[:40]!r}...: a part is longer than "
+                f"{ID_PART_MAX} characters",
+                "use a shorter name",
             )
     return dataset_id
 
