@@ -46,7 +46,7 @@ _PRIMITIVES: dict[str, pa.DataType] = {
     "binary": pa.binary(),
     "timestamp[us, UTC]": pa.timestamp("us", tz="UTC"),
 }
-_FIELD_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_]*$")
+_FIELD_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_]*\Z")
 
 
 def parse_type(text: str) -> pa.DataType:

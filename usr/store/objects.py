@@ -45,7 +45,7 @@ CHUNK_MIN = 16 * 1024
 CHUNK_MAX = 256 * 1024
 
 _LINE_RE = re.compile(rb"^([0-9a-f]{64}) (0|[1-9][0-9]*)$")
-_HEX64_RE = re.compile(r"^[0-9a-f]{64}$")
+_HEX64_RE = re.compile(r"^[0-9a-f]{64}\Z")
 
 #: A manifest may name at most this many chunks (a 64 GiB file at the minimum chunk size
 #: would need 4 Mi); anything larger is refused before it is parsed, so a hostile peer

@@ -23,8 +23,8 @@ from usr.errors import ConflictError, InputError
 from usr.locks import hold
 
 MAIN = "refs/heads/main"
-_REF_RE = re.compile(r"^refs/(heads|remotes|tags|usr)(/[A-Za-z0-9][A-Za-z0-9_.-]*)+$")
-_OID_RE = re.compile(r"^[0-9a-f]{40}$")
+_REF_RE = re.compile(r"^refs/(heads|remotes|tags|usr)(/[A-Za-z0-9][A-Za-z0-9_.-]*)+\Z")
+_OID_RE = re.compile(r"^[0-9a-f]{40}\Z")
 
 
 def check_ref_name(name: str) -> str:

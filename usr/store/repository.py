@@ -47,7 +47,7 @@ FAULT_SNAPSHOT_AFTER_REF = faults.register(
 
 OBJECT_TYPES = {"commit": 1, "tree": 2, "blob": 3, "tag": 4}
 _TYPE_NAMES = {v: k for k, v in OBJECT_TYPES.items()}
-_HEX_RE = re.compile(r"^[0-9a-f]{4,40}$")
+_HEX_RE = re.compile(r"^[0-9a-f]{4,40}\Z")
 _TILDE_RE = re.compile(r"^(.*?)((?:~\d*|\^)+)$")
 
 # Dataset locks this process holds, with a depth: fcntl locks are per open file, so taking
