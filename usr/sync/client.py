@@ -28,7 +28,7 @@ from typing import Any
 from usr import __version__
 from usr.errors import TransportError, UsrError
 from usr.layout import validate_dataset_id
-from usr.sync import packstream
+from usr.sync import packstream, peercheck
 from usr.sync import protocol as p
 
 
@@ -59,7 +59,7 @@ class StderrTail:
 
     def text(self) -> str:
         lines = self.data.decode("utf-8", "replace").strip().splitlines()
-        return lines[-1].strip() if lines else ""
+        return peercheck.peer_text(lines[-1]) if lines else ""
 
 
 class RemoteSession:
@@ -255,8 +255,8 @@ class RemoteSession:
         in0, out0 = self.fio.bytes_in, self.fio.bytes_out
         listing = self._request("want", "objects", ds=ds, wants=wants, haves=haves, blobs=blobs)
         oids = [p.check_oid(o, self.name) for o in p.require(listing, "oids", list, self.name)]
-        sizes = p.require(listing, "sizes", dict, self.name)
-        stats = TransferStats(sizes={str(k): int(v) for k, v in sizes.items()})
+        sizes = peercheck.check_sizes(listing.get("sizes"), self.name)
+        stats = TransferStats(sizes=sizes)
         self._get(ds, store, [o for o in oids if not packstream.has_object(store, o)], stats)
         stats.wire_bytes_in = self.fio.bytes_in - in0
         stats.wire_bytes_out = self.fio.bytes_out - out0
@@ -272,7 +272,13 @@ class RemoteSession:
             self.fio.send_message("get", ds=ds, oids=need, cids=[])
             self.fio.flush()
             got = packstream.receive(
-                store, self.fio, self.name, end="done", hold_manifests=True, meter=meter
+                store,
+                self.fio,
+                self.name,
+                end="done",
+                hold_manifests=True,
+                meter=meter,
+                asked=set(need),
             )
         stats.objects += got.objects
         stats.payload_bytes += got.bytes
@@ -290,7 +296,15 @@ class RemoteSession:
             ):
                 self.fio.send_message("get", ds=ds, oids=[], cids=cids)
                 self.fio.flush()
-                more = packstream.receive(store, self.fio, self.name, end="done", meter=meter)
+                more = packstream.receive(
+                    store,
+                    self.fio,
+                    self.name,
+                    end="done",
+                    meter=meter,
+                    asked=set(),
+                    chunk_lengths={c: lengths.get(c, -1) for c in cids},
+                )
             stats.chunks += more.chunks
             stats.payload_bytes += more.bytes
         stats.objects += packstream.write_held(store, got.held)

@@ -23,6 +23,7 @@ from usr.layout import check_relpath
 from usr.locks import events_lock
 from usr.store.chunks import chunk_id
 from usr.store.objects import Manifest, git_object_id, is_manifest_bytes
+from usr.sync import peercheck
 from usr.sync import protocol as p
 
 #: Received chunks are sealed into a pack at least this often, so even a receiver killed
@@ -42,6 +43,11 @@ class Received:
     bytes: int = 0
     manifest_chunks: list[str] = field(default_factory=list)
     held: dict[str, bytes] = field(default_factory=dict)
+    #: Types of the objects in the stream, the links their commits and trees make
+    #: (checked once the stream ends) and the lengths of the chunks in it.
+    types: dict[str, str] = field(default_factory=dict)
+    links: list[tuple[str, str, str]] = field(default_factory=list)
+    chunk_sizes: dict[str, int] = field(default_factory=dict)
 
 
 def has_object(store: Any, oid: str) -> bool:
@@ -191,6 +197,8 @@ def receive(
     end: str = "end",
     hold_manifests: bool = False,
     meter: Any = None,
+    asked: set[str] | None = None,
+    chunk_lengths: dict[str, int] | None = None,
 ) -> Received:
     """Write ``O``/``K`` frames into ``store`` as they arrive, until the ``end`` message.
 
@@ -202,6 +210,8 @@ def receive(
 
     With ``hold_manifests`` (a fetch, whose chunks come in a later request) manifest blobs
     are verified and kept in ``Received.held`` instead of written; see :func:`write_held`.
+    A fetch also passes the object ids it ``asked`` for and the ``chunk_lengths`` its
+    manifests claim: anything else, or a chunk of another length, is refused.
     """
     got = Received()
     failure: UsrError | None = None
@@ -223,11 +233,14 @@ def receive(
             try:
                 if kind == p.OBJECT:
                     type_name, oid, data = p.decode_object(payload, peer)
+                    if asked is not None and oid not in asked:
+                        raise VerifyError(f"{peer} sent object {oid}, which was not asked for")
                     _land_object(store, packer, type_name, oid, data, got, hold_manifests)
                 else:
                     cid, data = p.decode_chunk(payload, peer)
                     if chunk_id(data) != cid:
                         raise VerifyError(f"chunk {cid} from {peer}: bytes hash differently")
+                    _check_chunk(cid, len(data), chunk_lengths, got, peer)
                     if packer.add(cid, data):
                         got.chunks += 1
                         got.bytes += len(data)
@@ -239,9 +252,28 @@ def receive(
                 raise
             except UsrError as exc:
                 failure = exc
+    if failure is None:
+        try:
+            peercheck.check_links(store, got.types, got.links)
+        except UsrError as exc:
+            failure = exc
     if failure is not None:
         raise failure
     return got
+
+
+def _check_chunk(
+    cid: str, length: int, expected: dict[str, int] | None, got: Received, peer: str
+) -> None:
+    """A fetched chunk must be one a manifest asked for, of the length it claims."""
+    if expected is not None:
+        if cid not in expected:
+            raise VerifyError(f"{peer} sent chunk {cid}, which was not asked for")
+        if expected[cid] != length:
+            raise VerifyError(
+                f"chunk {cid} from {peer}: {length} bytes, its manifest claims {expected[cid]}"
+            )
+    got.chunk_sizes[cid] = length
 
 
 def _land_object(
@@ -256,10 +288,23 @@ def _land_object(
     if git_object_id(type_name, data) != oid:
         raise VerifyError(f"object {oid}: bytes hash to a different id; refused")
     where = f"{type_name} {oid}"
+    got.types[oid] = type_name
     if type_name == "tree":
-        parse_tree(data, where)
+        for kind, _name, child in parse_tree(data, where):
+            if kind == "tree":
+                got.links.append((where, child, "tree"))
+    elif type_name == "commit":
+        tree, _parents = peercheck.commit_links(data, where)
+        got.links.append((where, tree, "tree"))
     elif type_name == "blob":
-        cids = manifest_chunks(data, where)
+        entries = manifest_entries(data, where)
+        cids = [cid for cid, _ in entries]
+        for cid, length in entries:
+            if got.chunk_sizes.get(cid, length) != length:
+                raise VerifyError(
+                    f"{where}: claims {length} bytes for chunk {cid}, "
+                    f"which arrived with {got.chunk_sizes[cid]}"
+                )
         if cids:
             got.manifest_chunks.extend(cids)
             if hold_manifests:
@@ -269,7 +314,7 @@ def _land_object(
             missing = store.chunks.missing(cids)
             if missing:
                 raise VerifyError(f"{where}: {len(missing)} of its chunks were not sent first")
-    elif type_name != "commit":
+    else:
         raise VerifyError(f"{where}: object type not used by usr")
     if has_object(store, oid):
         return
@@ -299,6 +344,9 @@ def update_and_checkout(store: Any, new: str, old: str | None) -> str:
     it (ConflictError), so nothing written there since the record is ever overwritten."""
     if not store.has_object(new):
         raise VerifyError(f"commit {new} did not arrive; refusing to move the ref")
+    for path, oid, _mode in store.ls_tree(new):
+        if not store.has_object(oid):
+            raise VerifyError(f"commit {new} is incomplete: {path} ({oid}) did not arrive")
     # The events lock too (after the dataset lock, the order every writer takes them): a
     # batch job's line appended while files are staged would otherwise be overwritten when
     # the pushed .events.log is promoted. With it held the line waits and lands after.

@@ -35,6 +35,7 @@ from usr.errors import (
     UsrError,
     VerifyError,
 )
+from usr.sync.peercheck import peer_text
 
 #: Bumped on any incompatible change; hello refuses a peer with a different major.
 PROTOCOL_VERSION = 1
@@ -250,9 +251,9 @@ def decode_chunk(payload: bytes, peer: str) -> tuple[str, bytes]:
 
 def error_from_message(msg: dict[str, Any], peer: str) -> UsrError:
     cls = ERROR_CLASSES.get(str(msg.get("kind")), UsrError)
-    message = str(msg.get("message") or "remote error")
+    message = peer_text(msg.get("message") or "remote error")
     hint = msg.get("hint")
-    return cls(f"{peer}: {message}", str(hint) if hint else None)
+    return cls(f"{peer}: {message}", peer_text(hint) if hint else None)
 
 
 def require(msg: dict[str, Any], key: str, kind: type | tuple[type, ...], peer: str) -> Any:
