@@ -28,14 +28,21 @@ lock_timeout_option = click.option(
 
 @click.command("serve")
 @click.option("--root", "base_dir", required=True, metavar="BASE_DIR", help="Datasets served.")
-def serve_command(base_dir: str) -> None:
+@click.option(
+    "--repo-root",
+    default=None,
+    metavar="DIR",
+    help="File mode: a second root whose files may be read and replaced (repo_root).",
+)
+def serve_command(base_dir: str, repo_root: str | None) -> None:
     """Speak the usr protocol on stdin/stdout for one client (run by ssh or a local remote).
 
-    Serves only datasets under BASE_DIR; see docs/protocol.md.
+    Serves only datasets under BASE_DIR, and single files (file mode) under BASE_DIR and
+    --repo-root; see docs/protocol.md.
     """
     from usr.sync.server import serve
 
-    sys.exit(serve(base_dir))
+    sys.exit(serve(base_dir, repo_root))
 
 
 @click.command("ls-remote")

@@ -153,6 +153,28 @@ def build_options(ctx: click.Context, params: dict[str, Any], action: str) -> Sy
     )
 
 
+def _check_file_mode(ctx: click.Context, params: dict[str, Any]) -> None:
+    """Refuse dataset-only flags on a single file, naming why (file mode always checks
+    blake3 and has no sections or history)."""
+    named = [
+        flag
+        for flag, name, default in (
+            ("--verify " + str(params["verify"]), "verify", "hash"),
+            ("--no-verify-sidecars", "verify_sidecars", True),
+            ("--no-verify-derived-hashes", "verify_derived_hashes", True),
+            ("--primary-only", "primary_only", False),
+            ("--skip-snapshots", "skip_snapshots", False),
+            ("--merge", "merge", False),
+        )
+        if name in params and params[name] != default and _explicit(ctx, name)
+    ]
+    if named:
+        raise UsageError(
+            f"{named[0]} does not apply to file mode ({params['dataset']} is a single file)",
+            "file mode always verifies by blake3 and has no sections or history",
+        )
+
+
 def _confirmer(yes: bool, action: str):
     """The question asked before a pull/push overwrites anything.
 
@@ -180,6 +202,8 @@ def _run(settings: Settings, ctx: click.Context, action: str, params: dict[str, 
     if action != "diff" and not options.dry_run:
         options.confirm = _confirmer(params["yes"], action)
     target = resolve_target(settings.root, params["dataset"], options)
+    if target.kind == "file":
+        _check_file_mode(ctx, params)
     audit_out = Path(params["audit_json_out"]) if params.get("audit_json_out") else None
     fn = {"diff": engine.diff, "pull": engine.pull, "push": engine.push}[action]
     if options.merge:  # usr.merge.merge dry-runs the merge first: conflicts change nothing
@@ -192,6 +216,10 @@ def _run(settings: Settings, ctx: click.Context, action: str, params: dict[str, 
         # The same document --audit-json-out writes: the usual envelope plus top-level
         # "changes", so one jq query works on either.
         click.echo(json.dumps(doc, indent=2, sort_keys=True, default=str))
+    elif target.kind == "file":
+        from usr.sync import filemode
+
+        click.echo(filemode.render_text(doc))
     else:
         click.echo(audit_mod.render_text(doc))
 

@@ -198,9 +198,12 @@ def _word(word: str) -> str:
 
 
 def remote_command(profile: Any) -> str:
-    """``<remote_usr> plumbing serve --root <base_dir>``, every word quoted."""
+    """``<remote_usr> plumbing serve --root <base_dir> [--repo-root <repo_root>]``, every
+    word quoted."""
     words = shlex.split(profile.remote_usr) or ["usr"]
     parts = [_word(w) for w in words] + ["plumbing", "serve", "--root", _word(profile.base_dir)]
+    if getattr(profile, "repo_root", None):
+        parts += ["--repo-root", _word(profile.repo_root)]
     return " ".join(parts)
 
 

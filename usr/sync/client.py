@@ -226,6 +226,46 @@ class RemoteSession:
         """Doctor facts about the served root: exists, writable, free disk, a test lock."""
         return self._request("probe", "probe")
 
+    # -- file mode (one plain file; see usr/sync/files.py) ---------------------------------
+    def file_stat(self, root: str, path: str) -> dict[str, Any]:
+        """``{"exists", "size", "blake3"}`` of ``path`` under the served ``root`` ("base":
+        base_dir, "repo": repo_root); size and blake3 are None when it is absent."""
+        r = self._request("file-stat", "file-stat", root=root, path=path)
+        exists = p.require(r, "exists", bool, self.name)
+        size = p.require(r, "size", int, self.name) if exists else None
+        digest = p.check_cid(r.get("blake3"), self.name) if exists else None
+        return {"exists": exists, "size": size, "blake3": digest}
+
+    def file_get(
+        self, root: str, path: str, dest: Path, expect_current: str | None, want: str
+    ) -> dict[str, Any]:
+        """Bring ``path`` into ``dest`` (temp, verified piece by piece and whole, then
+        renamed) if the remote file hashes to ``want`` and ``dest`` still hashes to
+        ``expect_current`` (None: still absent). Returns ``{"size", "blake3"}``."""
+        from usr.sync import files
+
+        with self._exchange(), self._meter("file get", self.fio.bytes_in) as meter:
+            self.fio.send_message("file-get", root=root, path=path)
+            self.fio.flush()
+            return files.receive(self.fio, dest, self.name, expect_current, want, meter)
+
+    def file_put(
+        self, root: str, path: str, source: Path, want: str, expect: str | None
+    ) -> dict[str, Any]:
+        """Send ``source`` to ``path``; the remote replaces its file atomically only if the
+        bytes hash to ``want`` and its file still hashes to ``expect`` (None: absent)."""
+        from usr.sync import files
+
+        with self._exchange():
+            self.fio.send_message("file-put", root=root, path=path, blake3=want, expect=expect)
+            files.send(self.fio, source, str(source))
+            self.fio.flush()
+            r = self.fio.read_message("file-put")
+        return {
+            "size": p.require(r, "size", int, self.name),
+            "blake3": p.check_cid(r.get("blake3"), self.name),
+        }
+
     # -- fetch ---------------------------------------------------------------------------
     def fetch(
         self,
@@ -448,17 +488,21 @@ def spawn_local(
     remote_usr: str | None = None,
     name: str = "local",
     lock_timeout: float | None = None,
+    repo_root: str | os.PathLike[str] | None = None,
 ) -> RemoteSession:
     """A session with ``usr plumbing serve --root BASE_DIR`` run as a local subprocess.
 
     ``remote_usr`` (a command line, split like a shell would) defaults to this Python's
-    ``-m usr``, so a local remote always runs the same usr as the client.
+    ``-m usr``, so a local remote always runs the same usr as the client. ``repo_root``
+    (file mode's second root) is passed as ``--repo-root``.
     """
     if remote_usr and remote_usr != "usr":
         argv = shlex.split(remote_usr)
     else:
         argv = [sys.executable, "-m", "usr"]
     argv += ["plumbing", "serve", "--root", str(Path(base_dir).expanduser())]
+    if repo_root:
+        argv += ["--repo-root", str(Path(repo_root).expanduser())]
     env = dict(os.environ)
     package_parent = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_parent, env.get("PYTHONPATH")]))
@@ -511,7 +555,9 @@ def open_session(
     profile = remotes.get(remote, remotes_config) if isinstance(remote, str) else remote
     label = f"remote {profile.name}"
     if profile.type == "local":
-        session = spawn_local(profile.base_dir, profile.remote_usr, label, lock_timeout)
+        session = spawn_local(
+            profile.base_dir, profile.remote_usr, label, lock_timeout, profile.repo_root
+        )
     else:
         session = None
         if use_holder:

@@ -21,15 +21,17 @@ from usr import __version__
 from usr.errors import InputError, NotFoundError, TransportError, UsrError, VerifyError
 from usr.layout import dataset_path, validate_dataset_id
 from usr.locks import hold
-from usr.sync import packstream
+from usr.sync import files, packstream
 from usr.sync import protocol as p
 
 
 class Server:
     """Serves one connection. ``fio`` is already set up; :meth:`run` loops until EOF."""
 
-    def __init__(self, root: Path, fio: p.FrameIO) -> None:
+    def __init__(self, root: Path, fio: p.FrameIO, repo_root: Path | None = None) -> None:
         self.root = root
+        #: File mode's second root (``--repo-root``): the profile's repo_root, if it has one.
+        self.repo_root = repo_root
         self.fio = fio
         self.peer = "client"
         #: Set when a pushed pack was refused: no ref update may follow it in this session.
@@ -214,6 +216,48 @@ class Server:
         head = packstream.update_and_checkout(store, new, old)
         self.fio.send_message("updated", head=head)
 
+    # -- file mode (one plain file under a served root; see usr/sync/files.py) --------------
+    def _file(self, msg: dict[str, Any]) -> Path:
+        """The file a ``file-*`` request names, confined to the root it names."""
+        which = msg.get("root", "base")
+        root = (
+            {"base": self.root, "repo": self.repo_root}.get(which)
+            if isinstance(which, str)
+            else None
+        )
+        if root is None:
+            raise InputError(
+                f"file root {str(which)[:20]!r} is not served here",
+                "file mode needs repo_root in the profile for paths mapped from local_repo_root",
+            )
+        return files.confine(root, msg.get("path"))
+
+    def op_file_stat(self, msg: dict[str, Any]) -> None:
+        path = self._file(msg)
+        self.fio.send_message("file-stat", **files.state(path, msg["path"]))
+
+    def op_file_get(self, msg: dict[str, Any]) -> None:
+        """Stream one file: ``K`` pieces, then ``file-end``."""
+        path = self._file(msg)
+        if files.regular_or_absent(path, msg["path"]) is None:
+            raise NotFoundError(f"{msg['path']} does not exist under the served root")
+        try:
+            files.send(self.fio, path, msg["path"])
+        except OSError as exc:
+            raise UsrError(f"reading {msg['path']}: {exc.strerror or exc}") from None
+
+    def op_file_put(self, msg: dict[str, Any]) -> None:
+        """Receive one file and replace the target atomically, if it still holds ``expect``."""
+        try:
+            path = self._file(msg)
+            want = p.require(msg, "blake3", str, self.peer)
+            expect = msg.get("expect")
+            failure = None
+        except UsrError as exc:
+            path, want, expect, failure = self.root / ".usr-refused", None, None, exc
+        got = files.receive(self.fio, path, self.peer, expect, want=want, failure=failure)
+        self.fio.send_message("file-put", **got)
+
     def op_probe(self, msg: dict[str, Any]) -> None:
         """Doctor information about the served root (and optionally one dataset)."""
         info: dict[str, Any] = {"root": str(self.root), "usr_version": __version__}
@@ -238,11 +282,14 @@ class Server:
         self.fio.send_message("probe", **info)
 
 
-def serve(root: str | os.PathLike[str]) -> int:
-    """Serve on this process's stdin/stdout. Stray prints go to stderr, never the wire."""
+def serve(root: str | os.PathLike[str], repo_root: str | os.PathLike[str] | None = None) -> int:
+    """Serve on this process's stdin/stdout. Stray prints go to stderr, never the wire.
+
+    ``repo_root`` is file mode's second root (the profile's ``repo_root``)."""
     base = Path(root).expanduser().absolute()
+    repo = Path(repo_root).expanduser().absolute() if repo_root else None
     wire_out = os.fdopen(os.dup(1), "wb", buffering=0)
     os.dup2(2, 1)  # anything printed by accident must not corrupt the frame stream
     wire_in = os.fdopen(os.dup(0), "rb", buffering=0)
     fio = p.FrameIO(p.FileChannel(wire_in, wire_out), peer="client")
-    return Server(base, fio).run()
+    return Server(base, fio, repo).run()
