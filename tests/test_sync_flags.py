@@ -60,3 +60,31 @@ def test_path_without_registry_root_is_a_clear_error(usr, tmp_path):
     r = usr("diff", str(d), "bu-scc")
     assert r.returncode == 4
     assert "registry.toml" in r.stderr
+
+
+@pytest.mark.parametrize("kind", ["ssh", "local-without-env"])
+def test_inline_limit_travels_to_the_remote(kind, tmp_path, monkeypatch, request):
+    """``$USR_INLINE_LIMIT`` changes how files are cut; ssh forwards no environment, so the
+    client sends it in ``hello``. Without that the remote records its checked-out files as a
+    new state (same bytes, other tree entries) and the second push is refused."""
+    from tests.test_sync_scenarios import make_dataset, make_env
+
+    monkeypatch.setenv("USR_INLINE_LIMIT", "4096")
+    e = make_env("ssh" if kind == "ssh" else "local", tmp_path, request)
+    if kind != "ssh":  # a local remote whose serve does not inherit the variable either
+        import sys
+
+        import tomli_w
+
+        table = {
+            "type": "local",
+            "base_dir": str(e.remote_root),
+            "remote_usr": f"env -u USR_INLINE_LIMIT {sys.executable} -m usr",
+        }
+        e.config.write_text(tomli_w.dumps({"remotes": {"bu-scc": table}}))
+    ds = make_dataset(e.local_root, rows=4)
+    (ds.path / "_artifacts").mkdir()
+    (ds.path / "_artifacts" / "plot.svg").write_text("<svg>" + "x" * 20000 + "</svg>")
+    assert e.push()["transfer_state"] == "TRANSFERRED"
+    assert e.diff()["status"] == "up-to-date"
+    assert e.push()["transfer_state"] == "NO-OP"

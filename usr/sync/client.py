@@ -28,6 +28,7 @@ from typing import Any
 from usr import __version__
 from usr.errors import TransportError, UsrError
 from usr.layout import validate_dataset_id
+from usr.store.objects import inline_limit
 from usr.sync import packstream, peercheck
 from usr.sync import protocol as p
 
@@ -170,6 +171,7 @@ class RemoteSession:
             usr_version=__version__,
             protocol=p.PROTOCOL_VERSION,
             lock_timeout=self.lock_timeout,
+            inline_limit=inline_limit(),
         )
         if reply.get("protocol") != p.PROTOCOL_VERSION:
             raise TransportError(

@@ -21,6 +21,7 @@ from usr import __version__
 from usr.errors import InputError, NotFoundError, TransportError, UsrError, VerifyError
 from usr.layout import dataset_path, validate_dataset_id
 from usr.locks import hold
+from usr.store.objects import INLINE_LIMIT_ENV
 from usr.sync import files, packstream
 from usr.sync import protocol as p
 
@@ -123,6 +124,12 @@ class Server:
         if isinstance(timeout, int | float) and timeout >= 0:
             # Our dataset locks read it (usr.locks); the client's --lock-timeout rules here too.
             os.environ["USR_LOCK_TIMEOUT"] = str(timeout)
+        limit = msg.get("inline_limit")
+        if isinstance(limit, int) and not isinstance(limit, bool) and limit >= 0:
+            # Both ends must cut files the same way or identical files get different tree
+            # entries (a phantom change on every record); ssh forwards no environment, so
+            # the client's $USR_INLINE_LIMIT travels here.
+            os.environ[INLINE_LIMIT_ENV] = str(limit)
         self.fio.send_message(
             "hello",
             usr_version=__version__,
