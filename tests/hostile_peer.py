@@ -389,7 +389,9 @@ def run_client(attack: str, ds: str, serve_argv: list[str]) -> int:
     say("hello", usr_version="hostile", protocol=p.PROTOCOL_VERSION, lock_timeout=5)
     collect(1)
     with contextlib.suppress(BrokenPipeError, ConnectionError):
-        _client_attack(attack, ds, fio, say, collect, proc)
+        # A JSON list of ids (or paths) runs the attack once per item, in one session.
+        for one in json.loads(ds) if ds.startswith("[") else [ds]:
+            _client_attack(attack, one, fio, say, collect, proc)
     with contextlib.suppress(OSError):
         proc.stdin.close()
     status = proc.wait(timeout=60)
@@ -412,6 +414,17 @@ def _client_attack(attack: str, ds: str, fio: p.FrameIO, say, collect, proc) -> 
         say("update", ds=ds, new=blob, old=None)
         say("pack", ds=ds, create=True)
         collect(9)
+        return
+    if attack == "escape-file":
+        # File mode's three requests with a path (here ``ds``) that must stay under --root.
+        payload = b"written by a hostile client\n"
+        digest = chunk_id(payload)
+        say("file-stat", root="base", path=ds)
+        say("file-get", root="base", path=ds)
+        say("file-put", root="base", path=ds, blake3=digest, expect=None)
+        fio.send_chunk(digest, payload)
+        say("file-end", size=len(payload), blake3=digest)
+        collect(3)
         return
     if attack == "get-unknown":
         say("get", ds=ds, oids=["0" * 40], cids=[])
