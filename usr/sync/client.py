@@ -25,12 +25,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from usr import __version__
+from usr import __version__, faults
 from usr.errors import TransportError, UsrError
 from usr.layout import validate_dataset_id
 from usr.store.objects import inline_limit
 from usr.sync import packstream, peercheck
 from usr.sync import protocol as p
+
+FAULT_PUSH_NEGOTIATED = faults.register(
+    "push.negotiated", "client: the remote said what it lacks; nothing streamed yet"
+)
+FAULT_PUSH_MID_STREAM = faults.register(
+    "push.mid-stream", "client: some chunks of a push queued (earlier batches sent)"
+)
+FAULT_PUSH_SENT = faults.register(
+    "push.sent", "client: the whole stream and the ref update sent; no reply read"
+)
 
 
 @dataclass
@@ -405,6 +415,7 @@ class RemoteSession:
         r = self._request("have", "have", ds=ds, oids=oids, cids=all_cids, create=create)
         send_oids = [p.check_oid(o, self.name) for o in p.require(r, "oids", list, self.name)]
         send_cids = {p.check_cid(c, self.name) for c in p.require(r, "cids", list, self.name)}
+        faults.point(FAULT_PUSH_NEGOTIATED)
         stats = TransferStats()
         total = sum(sizes.get(x, 0) for x in [*send_oids, *send_cids])
         with self._exchange(), self._meter("push", self.fio.bytes_out, total) as meter:
@@ -418,6 +429,7 @@ class RemoteSession:
                         stats.chunks += 1
                         stats.payload_bytes += len(data)
                         meter.update(self.fio.bytes_out)
+                        faults.point(FAULT_PUSH_MID_STREAM)
                 kind, data = store.read_object(oid)
                 self.fio.send_object(kind, oid, data)
                 stats.objects += 1
@@ -432,6 +444,7 @@ class RemoteSession:
             # Pipelined: the ref update is queued behind the stream, no extra round trip.
             self.fio.send_message("update", ds=ds, new=new, old=old)
             self.fio.flush()
+            faults.point(FAULT_PUSH_SENT)
             self.fio.read_message("received")
             self.fio.read_message("updated")
         stats.wire_bytes_in = self.fio.bytes_in - in0
@@ -505,7 +518,9 @@ def spawn_local(
     argv += ["plumbing", "serve", "--root", str(Path(base_dir).expanduser())]
     if repo_root:
         argv += ["--repo-root", str(Path(repo_root).expanduser())]
-    env = dict(os.environ)
+    # A crash point names one process: the client's does not reach the server (tests kill
+    # the server through remote_usr, "env USR_FAULT_POINT=... usr", as over SSH).
+    env = {k: v for k, v in os.environ.items() if k != faults.ENV}
     package_parent = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_parent, env.get("PYTHONPATH")]))
     try:

@@ -29,6 +29,7 @@ written to ``audit_json_out``, on failure too, before the error propagates).
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -38,7 +39,7 @@ from typing import Any
 
 import blake3
 
-from usr import atomic, hooks
+from usr import atomic, faults, hooks
 from usr.errors import (
     ConflictError,
     InputError,
@@ -65,6 +66,19 @@ MAIN_REF = "refs/heads/main"
 #: ``--verify auto`` hashes files up to this size and checks larger ones by size (and
 #: Parquet footer for the primary table), trading a full re-read for speed on huge files.
 AUTO_HASH_LIMIT = 256 * 1024 * 1024
+
+FAULT_PULL_NEGOTIATED = faults.register(
+    "pull.negotiated", "client: both sides recorded, remote trees fetched; no contents yet"
+)
+FAULT_PULL_FETCHED = faults.register(
+    "pull.fetched", "client: every object and chunk of the remote head stored; nothing checked out"
+)
+FAULT_PULL_CHECKED_OUT = faults.register(
+    "pull.checked-out", "client: remote head checked out and ref moved; not yet re-verified"
+)
+FAULT_PUSH_UPDATED = faults.register(
+    "push.updated", "client: the remote moved its ref and checked out; tracking ref not moved"
+)
 
 
 @dataclass
@@ -142,13 +156,16 @@ def resolve_target(root: Path, arg: str, options: SyncOptions | None = None) -> 
     * file mode: an existing regular file, or any path with ``--remote-path``.
     """
     options = options or SyncOptions()
-    candidate = Path(arg).expanduser()
-    if options.remote_path is not None or candidate.is_file():
+    # os.path, not pathlib: an argument the OS cannot even stat (too long, a NUL byte, an
+    # unknown ~user) is then simply no file or directory, and ends as a bad dataset id.
+    candidate = Path(os.path.expanduser(arg))
+    if options.remote_path is not None or os.path.isfile(candidate):
         return Target("file", root, arg, candidate.absolute(), options.remote_path)
     as_dir = candidate.absolute()
     in_root = root / arg
-    if _looks_like_path(arg) or (as_dir.is_dir() and not in_root.is_dir() and "/" in arg):
-        if not as_dir.is_dir():
+    is_dir = os.path.isdir(as_dir)
+    if _looks_like_path(arg) or (is_dir and not os.path.isdir(in_root) and "/" in arg):
+        if not is_dir:
             raise NotFoundError(f"dataset directory {as_dir} does not exist")
         found = root if root.absolute() in as_dir.parents else None
         found = found or _find_registry_root(as_dir.parent)
@@ -850,6 +867,7 @@ def _pull(run: AuditRun, target: Target, remote: str, options: SyncOptions) -> s
             st.local_tree = store.tree_of(st.local_head)
             _fetch_remote_trees(session, store, target, st)
             _set_tracking(store, remote, st.remote_head)
+            faults.point(FAULT_PULL_NEGOTIATED)
             cmp = _compare(store, target, remote, st)
             data = run.set_comparison(cmp)
             if cmp.relation == "equal":
@@ -865,6 +883,7 @@ def _pull(run: AuditRun, target: Target, remote: str, options: SyncOptions) -> s
             stats = session.fetch(target.dataset, store, [st.remote_head], _haves(st.local_head))
             _observed_transfer(data, stats)
             check_events_chain(store, _commits(store, st.remote_head, st.local_head))
+            faults.point(FAULT_PULL_FETCHED)
         finally:
             run.bytes_sent, run.bytes_received = _remote_bytes(session)
     # Checkout under the dataset lock AND the events lock (same order as every writer),
@@ -877,6 +896,7 @@ def _pull(run: AuditRun, target: Target, remote: str, options: SyncOptions) -> s
         events_lock(target.path, timeout=options.lock_timeout),
     ):
         store.checkout(st.remote_head, expect_head=st.local_head)
+        faults.point(FAULT_PULL_CHECKED_OUT)
         verify_working(store, target.path, st.remote_head, options, only=moved)
     outcome = hooks.run_post_pull(
         hooks.context_for(target.path, target.root, target.dataset),
@@ -1004,6 +1024,7 @@ def _push(run: AuditRun, target: Target, remote: str, options: SyncOptions) -> s
             )
             stats = session.push(target.dataset, store, st.local_head, st.remote_head)
             _observed_transfer(data, stats)
+            faults.point(FAULT_PUSH_UPDATED)
             _set_tracking(store, remote, st.local_head)
         finally:
             run.bytes_sent, run.bytes_received = _remote_bytes(session)

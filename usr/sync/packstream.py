@@ -18,6 +18,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from usr import faults
 from usr.errors import ConflictError, InputError, TransportError, UsrError, VerifyError
 from usr.layout import check_relpath
 from usr.locks import events_lock
@@ -31,6 +32,22 @@ from usr.sync import protocol as p
 SEAL_BYTES = 4 * 1024 * 1024
 
 _TREE_MODES = {b"40000": "tree", b"100644": "blob", b"100755": "blob"}
+
+FAULT_SENT_OBJECT = faults.register(
+    "packstream.sent-object", "sender: an object frame queued (earlier batches written)"
+)
+FAULT_SENT_CHUNK = faults.register(
+    "packstream.sent-chunk", "sender: a chunk frame queued (earlier batches written)"
+)
+FAULT_RECEIVED_OBJECT = faults.register(
+    "packstream.received-object", "receiver: an object verified and written (or held back)"
+)
+FAULT_RECEIVED_CHUNK = faults.register(
+    "packstream.received-chunk", "receiver: a chunk verified and added to an unsealed pack"
+)
+FAULT_MANIFESTS_HELD = faults.register(
+    "packstream.manifests-held", "fetch: every chunk stored; held-back manifests not written"
+)
 
 
 @dataclass
@@ -167,6 +184,7 @@ def send_objects(store: Any, fio: p.FrameIO, oids: Iterable[str]) -> int:
         kind, data = store.read_object(oid)
         fio.send_object(kind, oid, data)
         n += 1
+        faults.point(FAULT_SENT_OBJECT)
     return n
 
 
@@ -175,6 +193,7 @@ def send_chunks(store: Any, fio: p.FrameIO, cids: Iterable[str]) -> int:
     for cid in cids:
         fio.send_chunk(cid, store.chunks.get(cid))
         n += 1
+        faults.point(FAULT_SENT_CHUNK)
     return n
 
 
@@ -236,6 +255,7 @@ def receive(
                     if asked is not None and oid not in asked:
                         raise VerifyError(f"{peer} sent object {oid}, which was not asked for")
                     _land_object(store, packer, type_name, oid, data, got, hold_manifests)
+                    faults.point(FAULT_RECEIVED_OBJECT)
                 else:
                     cid, data = p.decode_chunk(payload, peer)
                     if chunk_id(data) != cid:
@@ -248,6 +268,7 @@ def receive(
                         if unsealed >= SEAL_BYTES:
                             packer.close()
                             unsealed = 0
+                    faults.point(FAULT_RECEIVED_CHUNK)
             except TransportError:
                 raise
             except UsrError as exc:
@@ -326,6 +347,7 @@ def _land_object(
 def write_held(store: Any, held: dict[str, bytes]) -> int:
     """Write manifests held back by a fetch, once their chunks are stored; refuses any whose
     chunks are still missing (so a stored manifest always means a complete file)."""
+    faults.point(FAULT_MANIFESTS_HELD)
     n = 0
     for oid, data in held.items():
         missing = store.chunks.missing(manifest_chunks(data, f"blob {oid}"))

@@ -17,13 +17,26 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from usr import __version__
+from usr import __version__, faults
 from usr.errors import InputError, NotFoundError, TransportError, UsrError, VerifyError
 from usr.layout import dataset_path, validate_dataset_id
 from usr.locks import hold
 from usr.store.objects import INLINE_LIMIT_ENV
 from usr.sync import files, packstream
 from usr.sync import protocol as p
+
+FAULT_WANT = faults.register(
+    "serve.want", "server: a fetch's object listing computed; reply not sent"
+)
+FAULT_HAVE = faults.register(
+    "serve.have", "server: push negotiation computed what is missing; reply not sent"
+)
+FAULT_RECEIVED = faults.register(
+    "serve.received", "server: a pushed stream received and sealed; ref not moved"
+)
+FAULT_UPDATED = faults.register(
+    "serve.updated", "server: ref moved and new head checked out; reply not sent"
+)
 
 
 class Server:
@@ -174,6 +187,7 @@ class Server:
         haves = [p.check_oid(o, self.peer) for o in p.require(msg, "haves", list, self.peer)]
         blobs = bool(msg.get("blobs", True))
         listing = packstream.list_objects(store, wants, haves, blobs=blobs)
+        faults.point(FAULT_WANT)
         self.fio.send_message("objects", **listing)
 
     def op_get(self, msg: dict[str, Any]) -> None:
@@ -200,6 +214,7 @@ class Server:
         cids = [p.check_cid(c, self.peer) for c in p.require(msg, "cids", list, self.peer)]
         missing_oids = [o for o in oids if not packstream.has_object(store, o)]
         missing_cids = list(store.chunks.missing(cids)) if cids else []
+        faults.point(FAULT_HAVE)
         self.fio.send_message("have", oids=missing_oids, cids=missing_cids)
 
     def op_pack(self, msg: dict[str, Any]) -> None:
@@ -209,6 +224,7 @@ class Server:
         with self._transfer_lock(store, "usr serve: receiving a push"):
             stats = packstream.receive(store, self.fio, self.peer)
         self.pack_failed = False
+        faults.point(FAULT_RECEIVED)
         self.fio.send_message("received", objects=stats.objects, chunks=stats.chunks)
 
     def op_update(self, msg: dict[str, Any]) -> None:
@@ -221,6 +237,7 @@ class Server:
         if old is not None:
             old = p.check_oid(old, self.peer)
         head = packstream.update_and_checkout(store, new, old)
+        faults.point(FAULT_UPDATED)
         self.fio.send_message("updated", head=head)
 
     # -- file mode (one plain file under a served root; see usr/sync/files.py) --------------
