@@ -148,7 +148,21 @@ def connect_options(profile: Any, interactive: bool) -> dict[str, Any]:
         opts["known_hosts"] = _expand(profile.known_hosts)
     if profile.ssh_config:
         opts["config"] = [_expand(profile.ssh_config)]
+    if "known_hosts" not in opts and _config_disables_host_keys(opts):
+        # b"" = ~/.ssh/known_hosts if it exists, else nothing trusted: refused, never skipped.
+        opts["known_hosts"] = b""
     return opts
+
+
+def _config_disables_host_keys(opts: dict[str, Any]) -> bool:
+    """True when the ssh config says ``UserKnownHostsFile none`` for this host, which makes
+    asyncssh accept any host key; usr checks host keys whatever the config says."""
+    keys = ("host", "port", "username", "config")
+    try:
+        probe = asyncssh.SSHClientConnectionOptions(**{k: opts[k] for k in keys if k in opts})
+    except (OSError, ValueError, asyncssh.Error):
+        return False  # the real connect reports the problem
+    return probe.known_hosts is None
 
 
 async def _fingerprint(host: str, port: int) -> str:
