@@ -166,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         bench = scenarios.Bench(workdir, sizes, loop)
         bench.results = doc["results"]
+        scenarios.warm_up(bench)
         for scenario, fn in scenarios.SCENARIOS:
             if opts.only and scenario not in opts.only:
                 continue

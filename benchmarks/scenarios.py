@@ -22,7 +22,7 @@ from typing import Any
 
 import datagen
 from loopback import Loopback
-from measure import Run, UsrRunner, run
+from measure import REPO, Run, UsrRunner, run
 
 from usr.dataset import Dataset
 from usr.store import Store
@@ -181,6 +181,15 @@ def _remove(*paths: Path) -> None:
 
 
 # -- scenarios -------------------------------------------------------------------------
+
+
+def warm_up(b: Bench) -> None:
+    """Compile usr's and its libraries' bytecode on both sides once, unmeasured, so the
+    first measured command does not pay for it (an installed usr never does)."""
+    imports = "import porcelain.cli, usr.ssh, usr.sync.server; porcelain.cli.mount_all()"
+    run([sys.executable, "-c", imports]).check("warm-up")
+    remote = f"PYTHONPATH={shlex.quote(str(REPO))} {shlex.quote(sys.executable)} -c '{imports}'"
+    run(f"{b.loop.ssh_command()} bench {shlex.quote(remote)}").check("remote warm-up")
 
 
 def floors(b: Bench) -> None:
