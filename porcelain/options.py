@@ -51,10 +51,31 @@ yes_option = click.option(
 
 dataset_argument = click.argument("dataset", metavar="DATASET")
 
+_warned_open: set[str] = set()
+
+
+def warn_if_open(path: Path) -> None:
+    """Warn (once per file) when the remotes file is readable by group or others: it names
+    hosts, users and key paths. Every command that takes ``--remotes-config`` checks."""
+    from usr import remotes
+
+    if str(path) not in _warned_open and remotes.is_too_open(path):
+        _warned_open.add(str(path))
+        warn(f"{path} is readable by group or others; run: chmod 600 {path}")
+
+
+def _check_remotes_config(ctx: click.Context, param: click.Parameter, value: str | None):
+    from usr import remotes
+
+    warn_if_open(remotes.config_path(value))
+    return value
+
+
 remotes_config_option = click.option(
     "--remotes-config",
     type=click.Path(dir_okay=False),
     default=None,
+    callback=_check_remotes_config,
     help="Remote profiles TOML (else $USR_REMOTES_PATH, else ~/.config/usr/remotes.toml).",
 )
 

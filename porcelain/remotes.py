@@ -14,7 +14,12 @@ from typing import Any
 
 import click
 
-from porcelain.options import emit, format_option, remotes_config_option, warn
+from porcelain.options import (
+    emit,
+    format_option,
+    remotes_config_option,
+    warn_if_open,
+)
 from usr import remotes as profiles
 from usr.errors import AuthError, TransportError, UsrError
 
@@ -25,15 +30,13 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 def _load(remotes_config: str | None) -> tuple[Any, dict[str, profiles.Profile]]:
     path = profiles.config_path(remotes_config)
-    if profiles.is_too_open(path):
-        warn(f"{path} is readable by group or others; run: chmod 600 {path}")
+    warn_if_open(path)
     return path, profiles.load(path)
 
 
 def _get(name: str, remotes_config: str | None) -> profiles.Profile:
     path = profiles.config_path(remotes_config)
-    if profiles.is_too_open(path):
-        warn(f"{path} is readable by group or others; run: chmod 600 {path}")
+    warn_if_open(path)
     return profiles.get(name, remotes_config)
 
 
