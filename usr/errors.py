@@ -32,6 +32,12 @@ class UsrError(Exception):
     kind = "error"
 
     def __init__(self, message: str, hint: str | None = None) -> None:
+        from usr.events import redact_text  # here: usr.events imports this module
+
+        # Errors echo input (ids, remote names, paths); a pasted URL password or token must
+        # not reach the terminal, an audit file or a peer.
+        message = redact_text(message)
+        hint = redact_text(hint) if hint else hint
         super().__init__(message)
         self.message = message
         self.hint = hint

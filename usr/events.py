@@ -27,6 +27,12 @@ _SECRET_KEY = re.compile(
     re.IGNORECASE,
 )
 _URL_PASSWORD = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://[^/:@\s]+):[^@/\s]+@", re.IGNORECASE)
+#: ``NAME=value`` in free text (a query string, an env assignment) where NAME looks secret.
+_SECRET_ASSIGNMENT = re.compile(
+    r"(?P<name>[\w.-]*(pass(word|wd|phrase)?|secret|token|credential|api[_-]?key|"
+    r"access[_-]?key|private[_-]?key)[\w.-]*)=[^\s&;'\"]+",
+    re.IGNORECASE,
+)
 
 
 def default_actor() -> str:
@@ -45,10 +51,17 @@ def redact(value: Any, key: str = "") -> Any:
     if isinstance(value, list | tuple):
         return [redact(v) for v in value]
     if isinstance(value, str):
-        return _URL_PASSWORD.sub(rf"\g<scheme>:{REDACTED}@", value)
+        return redact_text(value)
     if isinstance(value, Path):
         return str(value)
     return value
+
+
+def redact_text(text: str) -> str:
+    """``text`` with URL passwords and secret-looking ``NAME=value`` values replaced by
+    ``***``: for anything usr echoes (events, error lines, audit JSON)."""
+    text = _URL_PASSWORD.sub(rf"\g<scheme>:{REDACTED}@", text)
+    return _SECRET_ASSIGNMENT.sub(rf"\g<name>={REDACTED}", text)
 
 
 def make_event(

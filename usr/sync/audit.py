@@ -27,6 +27,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from usr import OUTPUT_VERSION
+from usr.events import redact_text
 from usr.layout import SECTIONS
 from usr.store import FileChange
 
@@ -304,8 +305,8 @@ class AuditRun:
 
     def __init__(self, action: str, dataset: str, remote: str, verify: VerifyProfile) -> None:
         self.action = action
-        self.dataset = dataset
-        self.remote = remote
+        self.dataset = redact_text(dataset)  # both are echoed input (a pasted URL, say)
+        self.remote = redact_text(remote)
         self.verify = verify
         self.started_at = now_iso()
         self._t0 = time.monotonic()
