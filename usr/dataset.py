@@ -144,7 +144,9 @@ class Dataset:
         with dataset_lock(ds.path, what="init"):
             created = records.now_utc().strftime("%Y-%m-%dT%H:%M:%SZ")
             records.write_records(ds.records_path, [], records.CORE_SCHEMA)
-            meta = f"# {dataset_id}\n\n- created_at: {created}\n- source: {source}\n"
+            # meta.md syncs to every machine: a URL password in the source stays out of it.
+            shown = ev.redact_text(source)
+            meta = f"# {dataset_id}\n\n- created_at: {created}\n- source: {shown}\n"
             write_text(ds.path / META_FILE, meta + (f"\n## Notes\n\n{notes}\n" if notes else ""))
             ds.append_event("init", {"source": source}, actor=actor)
         ds.record_state("init", actor=actor)
