@@ -86,9 +86,14 @@ def _ask(prompt: str, echo: bool) -> str:
 class _Client(asyncssh.SSHClient):
     """Answers keyboard-interactive and password prompts on the terminal, or refuses."""
 
+    #: Challenge rounds answered before giving up (a wrong code is re-asked, like ssh's
+    #: NumberOfPasswordPrompts, but never forever: the server may re-challenge endlessly).
+    MAX_ROUNDS = 3
+
     def __init__(self, interactive: bool, label: str) -> None:
         self.interactive = interactive
         self.label = label
+        self.rounds = 0
 
     def kbdint_auth_requested(self) -> str | None:
         return "" if self.interactive else None
@@ -96,16 +101,19 @@ class _Client(asyncssh.SSHClient):
     def kbdint_challenge_received(
         self, name: str, instructions: str, lang: str, prompts: Any
     ) -> list[str] | None:
-        if not self.interactive:
+        if not self.interactive or self.rounds >= self.MAX_ROUNDS:
             return None
+        if prompts:
+            self.rounds += 1
         if instructions:
             with open("/dev/tty", "w") as tty:
                 tty.write(instructions.rstrip() + "\n")
         return [_ask(prompt, echo) for prompt, echo in prompts]
 
     def password_auth_requested(self) -> str | None:
-        if not self.interactive:
+        if not self.interactive or self.rounds >= self.MAX_ROUNDS:
             return None
+        self.rounds += 1
         return _ask(f"{self.label} password: ", echo=False)
 
 

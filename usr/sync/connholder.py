@@ -30,7 +30,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from usr.errors import TransportError
+from usr.errors import AuthError, TransportError, UsrError
 
 #: Unix socket paths are limited to ~107 bytes; longer runtime dirs fall back to /tmp.
 _MAX_SOCKET_PATH = 100
@@ -143,10 +143,12 @@ def start(profile: Any) -> Path:
         [sys.executable, "-m", "usr.sync.connholder", json.dumps(asdict(profile))],
         stdout=subprocess.PIPE,
         env=env,
-        start_new_session=True,
     )
     line = proc.stdout.readline().decode("utf-8", "replace").strip()
     proc.stdout.close()
+    if line.startswith("error {"):
+        proc.wait()
+        raise _login_error(profile, json.loads(line[6:]))
     if not line.startswith("ready "):
         proc.wait()
         raise TransportError(
@@ -154,6 +156,17 @@ def start(profile: Any) -> Path:
             "run with USR_DEBUG=1 for details",
         )
     return Path(line[6:])
+
+
+def _login_error(profile: Any, err: dict[str, Any]) -> UsrError:
+    """The holder's login error as the same error class (same exit code), said once."""
+    from usr.sync.protocol import ERROR_CLASSES
+
+    cls = ERROR_CLASSES.get(str(err.get("kind")), UsrError)
+    hint = err.get("hint")
+    if cls is AuthError:
+        hint = "check the user, the key and the MFA answer, then run warm-auth again"
+    return cls(f"warm-auth for {profile.name} failed: {err.get('message')}", hint)
 
 
 # -- the holder process ----------------------------------------------------------------------
@@ -247,8 +260,12 @@ def _main(argv: list[str]) -> int:
     try:
         conn = ssh.connect(profile, interactive=not profile.batch_mode)
     except UsrError as exc:
-        print(f"error {exc.one_line()}", flush=True)
+        print("error " + json.dumps(exc.to_json()), flush=True)  # the caller re-raises it
         return exc.exit_code
+    # The login above ran in the caller's session so MFA prompts could reach its terminal
+    # (/dev/tty); only now does the holder leave that session, so closing the terminal
+    # (SIGHUP) or a Ctrl-C there no longer ends the held connection.
+    os.setsid()
     devnull = os.open(os.devnull, os.O_RDWR)
     os.dup2(devnull, 0)
     if os.environ.get("USR_DEBUG") != "1":
