@@ -22,7 +22,9 @@ event loop thread and :class:`SSHChannel` offers blocking reads and writes over 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import getpass
+import logging
 import os
 import shlex
 import socket
@@ -62,6 +64,10 @@ def _event_loop() -> asyncio.AbstractEventLoop:
     global _loop
     with _loop_lock:
         if _loop is None or _loop.is_closed():
+            # A dropped connection makes asyncio warn once per packet still queued
+            # ("socket.send() raised exception."): usr reports the failure itself, in one
+            # line, so only asyncio's errors may reach stderr.
+            logging.getLogger("asyncio").setLevel(logging.ERROR)
             _loop = asyncio.new_event_loop()
             threading.Thread(target=_loop.run_forever, name="usr-ssh", daemon=True).start()
         return _loop
@@ -306,11 +312,11 @@ def session_on(conn, profile: Any, label: str, lock_timeout: float | None, close
         proc.channel.set_write_buffer_limits(high=WRITE_HIGH_WATER)
 
         async def pump() -> None:
-            while True:
-                piece = await proc.stderr.read(4096)
-                if not piece:
-                    return
-                tail.feed(piece)
+            # Best effort: when the connection drops, the channel read reports it in one
+            # line; an exception left in this task would print a traceback at exit.
+            with contextlib.suppress(asyncssh.Error, OSError):
+                while piece := await proc.stderr.read(4096):
+                    tail.feed(piece)
 
         asyncio.ensure_future(pump())
         return proc
