@@ -274,7 +274,9 @@ class SSHChannel:
                 f"remote sent nothing for {self.idle_timeout:g}s", "raise idle_timeout"
             ) from None
         except asyncssh.Error as exc:
-            raise TransportError(f"ssh channel failed: {exc.reason}") from None
+            # Like a failed write: the session turns it into "connection to REMOTE lost"
+            # with the peer's last stderr line and exit status, and the rerun hint.
+            raise ConnectionResetError(f"ssh channel failed: {exc.reason}") from None
 
     def write(self, data: bytes) -> None:
         async def _write() -> None:
