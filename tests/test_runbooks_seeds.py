@@ -7,18 +7,21 @@ usr``). The datasets root and remotes come from the environment (``USR_ROOT``,
 answers are checked against what the runbooks say they mean.
 
 ``infer`` (another tool in the chained DenseGen/Infer loop) is stood in for by a small
-script that writes derived outputs through the dataset API, as the real tool would. Chains
-that run the drill harness (``src/dnadesign/usr/scripts/...`` and its test files) run when
-every path they name exists in this repository and are skipped, naming them, otherwise.
+script that writes derived outputs through the dataset API, as the real tool would. The
+chains that run the harness and the drill name ``src/dnadesign/usr/scripts/`` and
+``.../tests/``, the runbooks' repository's paths; here they are ``scripts/`` and ``tests/``
+(the only other substitution), and those chains run side by side, each with its own /tmp.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import stat
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -44,9 +47,18 @@ def sections(name: str) -> dict[str, str]:
     return out
 
 
+#: Where the runbooks' repository keeps usr's harness scripts and tests, and where this one
+#: does (the workflow map is written for the larger repository usr came from).
+HARNESS_PATHS = {"src/dnadesign/usr/scripts/": "scripts/", "src/dnadesign/usr/tests/": "tests/"}
+
+
 def as_run(script: str) -> str:
-    """The one substitution: ``uv run X`` runs X from this checkout."""
-    return script.replace("uv run ", "")
+    """The substitutions: ``uv run X`` runs X from this checkout, and the harness paths of
+    the runbooks' repository are this repository's ``scripts/`` and ``tests/``."""
+    script = script.replace("uv run ", "")
+    for theirs, ours in HARNESS_PATHS.items():
+        script = script.replace(theirs, ours)
+    return script
 
 
 @pytest.fixture
@@ -96,6 +108,11 @@ def shell(tmp_path, sshd):
     run.remote_root = remote_root  # type: ignore[attr-defined]
     run.work = work  # type: ignore[attr-defined]
     return run
+
+
+def _ruff() -> str:
+    beside = Path(sys.executable).with_name("ruff")
+    return str(beside) if beside.exists() else "ruff"
 
 
 def _exe(path: Path, text: str) -> None:
@@ -233,18 +250,78 @@ def test_sync_audit_loop_quick_loop_and_decision_checks(shell):
     assert '"derived_remote_only": []' in out
 
 
-@pytest.mark.parametrize(
-    "heading",
-    [
-        "Pressure-test loop (mock batch + adversarial schemas)",
-        "Deterministic harness cycle",
-        "Deterministic sync audit drill",
-    ],
-)
-def test_harness_chains(shell, heading):
-    chain = sections("workflow-map.md")[heading]
-    paths = dict.fromkeys(re.findall(r"src/dnadesign/usr/\S+", chain))
-    missing = [p for p in paths if not (REPO / p).exists()]
-    if missing:
-        pytest.skip(f"harness files not in this repository: {', '.join(missing)}")
-    shell(f"cd {REPO}\n" + chain)
+HARNESS_CHAINS = [
+    "Pressure-test loop (mock batch + adversarial schemas)",
+    "Deterministic harness cycle",
+    "Deterministic sync audit drill",
+]
+
+
+@pytest.fixture(scope="module")
+def harness_runs(request, tmp_path_factory) -> dict[str, tuple[str, Path, str]]:
+    """Run the selected harness/drill chains side by side: ``{heading: (chain, scratch,
+    stdout)}``. They build their own local remote and roots, so they need no sshd.
+
+    The chains write fixed paths under /tmp (reports, the drill's work dir); each chain's
+    /tmp is its own scratch directory (and $TMPDIR, where the harness makes its work dir), so
+    the chains can run at the same time, and beside other runs of this suite on the machine.
+    """
+    wanted = [h for h in HARNESS_CHAINS if any(h in item.nodeid for item in request.session.items)]
+    base = tmp_path_factory.mktemp("harness-chains")
+    bindir = base / "bin"
+    bindir.mkdir()
+    _exe(bindir / "usr", f'#!/bin/sh\nexec "{sys.executable}" -m usr "$@"\n')
+    _exe(bindir / "python", f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
+    _exe(bindir / "pytest", f'#!/bin/sh\nexec "{sys.executable}" -m pytest "$@"\n')
+
+    def run(index: int, heading: str) -> tuple[str, Path, str]:
+        scratch = base / f"tmp{index}"
+        scratch.mkdir()
+        chain = as_run(sections("workflow-map.md")[heading]).replace("/tmp/", f"{scratch}/")
+        env = usr_env(
+            {
+                "PATH": f"{bindir}{os.pathsep}{os.environ['PATH']}",
+                "TMPDIR": str(scratch),
+                # The harness's own `uv run X` commands, substituted the same way.
+                "USR_HARNESS_USR": "usr",
+                "USR_HARNESS_PYTHON": "python",
+                "USR_HARNESS_PYTEST": "pytest",
+                "USR_HARNESS_RUFF": _ruff(),
+            }
+        )
+        proc = subprocess.run(
+            ["bash", "-euo", "pipefail", "-c", f"cd {REPO}\n{chain}"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=280,
+        )
+        assert proc.returncode == 0, f"chain failed:\n{chain}\n{proc.stdout}\n{proc.stderr}"
+        return chain, scratch, proc.stdout
+
+    with ThreadPoolExecutor(max_workers=len(wanted) or 1) as pool:
+        futures = {h: pool.submit(run, i, h) for i, h in enumerate(wanted)}
+        return {h: f.result() for h, f in futures.items()}
+
+
+@pytest.mark.parametrize("heading", HARNESS_CHAINS)
+def test_harness_chains(harness_runs, heading):
+    """The harness and drill chains, verbatim but for ``uv run``, the harness paths and
+    the scratch directory; their reports say every step passed."""
+    chain, scratch, out = harness_runs[heading]
+    assert "src/dnadesign" not in chain
+    named = dict.fromkeys(re.findall(r"\b(?:scripts|tests)/[\w./-]+\.(?:sh|py)\b", chain))
+    assert named and all((REPO / p).is_file() for p in named), named
+    if "run_usr_harness_cycle.sh" in chain:
+        assert "harness: passed" in out
+        harness = json.loads((scratch / "usr-harness-report.json").read_text())
+        assert harness["status"] == "passed" and harness["exit_code"] == 0
+        steps = {step["name"]: step["status"] for step in harness["steps"]}
+        assert steps["run:cycle-1:push"] == "passed" and steps["verify:diff-up-to-date"] == "passed"
+        drill_ran = "USR_HARNESS_RUN_SYNC_AUDIT_DRILL=1" in chain
+        assert steps["run:sync-audit-drill"] == ("passed" if drill_ran else "skipped")
+    if "run_usr_sync_audit_drill" in chain:
+        drill = json.loads((scratch / "usr-sync-audit-drill-report.json").read_text())
+        assert drill["ok"] is True and drill["final_up_to_date"] is True, drill["steps"]
+    if re.search(r"^pytest ", chain, re.M):  # the suites the runbook re-runs directly
+        assert re.search(r"^\d+ passed", out, re.M), out[-2000:]
