@@ -101,36 +101,17 @@ def test_no_setting_turns_host_key_checking_off(sshd, roots, tmp_path, setting):
 
 
 def test_profiles_are_written_0600_even_over_an_open_file(tmp_path):
+    """``usr remotes add`` under umask 022 writes 0600, and rewriting a file someone made
+    0644 leaves it 0600."""
     config = tmp_path / "cfg" / "remotes.toml"
     old = os.umask(0o022)
     try:
-        r = run_usr(
-            "remotes",
-            "add",
-            "lab",
-            "--type",
-            "local",
-            "--base-dir",
-            str(tmp_path),
-            "--remotes-config",
-            str(config),
-        )
-        assert r.returncode == 0, r.stderr
-        assert config.stat().st_mode & 0o777 == 0o600
-        config.chmod(0o644)
-        r = run_usr(
-            "remotes",
-            "add",
-            "lab2",
-            "--type",
-            "local",
-            "--base-dir",
-            str(tmp_path),
-            "--remotes-config",
-            str(config),
-        )
-        assert r.returncode == 0, r.stderr
-        assert config.stat().st_mode & 0o777 == 0o600
+        for name in ("lab", "lab2"):
+            args = ("add", name, "--type", "local", "--base-dir", str(tmp_path))
+            r = run_usr("remotes", *args, "--remotes-config", str(config))
+            assert r.returncode == 0, r.stderr
+            assert config.stat().st_mode & 0o777 == 0o600
+            config.chmod(0o644)
     finally:
         os.umask(old)
 
