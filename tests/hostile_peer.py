@@ -260,6 +260,8 @@ ATTACKS: dict[str, Attack] = {**TREE_ATTACKS, **CONTENT_ATTACKS}
 #: Attacks on the commit itself (built by :func:`build`, not from a tree).
 COMMIT_ATTACKS = ("bad-commit", "commit-bad-tree-line")
 SERVER_ATTACKS = (*ATTACKS, *COMMIT_ATTACKS, "error-flood", "bad-sizes", "bad-head")
+#: Attacks on a push (the server lies in its answers to ``have``).
+PUSH_SERVER_ATTACKS = ("have-unoffered",)
 
 
 def build(attack: str, store: Any, sentinel: str) -> Universe:
@@ -269,7 +271,9 @@ def build(attack: str, store: Any, sentinel: str) -> Universe:
     _, commit = store.read_object(head)
     tree = commit.split(b"\n", 1)[0].split(b" ", 1)[1].decode()
     base = real_entries(store.read_object(tree)[1])
-    if attack == "bad-commit":
+    if attack == "have-unoffered":  # the real head: the lie is in the push negotiation
+        u.head = head
+    elif attack == "bad-commit":
         u.head = u.add("commit", b"this is not a commit at all\n")
     elif attack == "commit-bad-tree-line":
         u.head = u.add("commit", commit_bytes("../../../etc/passwd" + "0" * 21, [head], "x"))
@@ -318,6 +322,13 @@ def run_server(attack: str, root: Path) -> int:
             kind, data = u.objects[u.head]
             tree = data[5:45].decode() if kind == "commit" and data.startswith(b"tree ") else u.head
             self.fio.send_message("working-tree", tree=tree)
+
+        def op_have(self, msg: dict[str, Any]) -> None:
+            if attack != "have-unoffered":
+                return super().op_have(msg)
+            # Ask for more than was offered: an object id the client did not list.
+            oids = [*msg.get("oids", []), git_object_id("blob", b"not offered\n")]
+            self.fio.send_message("have", oids=oids, cids=msg.get("cids", []))
 
         def op_want(self, msg: dict[str, Any]) -> None:
             u = self._universe(msg)

@@ -220,6 +220,17 @@ def test_diff_refuses_hostile_server(world, attack):
     assert_unharmed(world, before, world.laptop / DS, attack)
 
 
+def test_push_refuses_server_asking_for_what_was_not_offered(world):
+    """A server answering ``have`` with ids the push did not offer gets nothing: only the
+    objects of the states being pushed ever leave the laptop."""
+    name = world.hostile_server("have-unoffered")
+    (world.laptop / DS / "meta.md").write_text("# changed on the laptop\n")
+    before = snapshot(world.cluster)
+    r = world.usr("push", DS, name, "-y")
+    assert_one_line(r, TRANSPORT, "did not offer")
+    assert snapshot(world.cluster) == before
+
+
 def test_after_a_refusal_the_honest_remote_still_syncs(world):
     """A refused pull leaves a dataset that syncs normally: an honest pull is a NO-OP and a
     rerun of the hostile one is refused again with the same words."""

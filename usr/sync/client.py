@@ -415,6 +415,9 @@ class RemoteSession:
         r = self._request("have", "have", ds=ds, oids=oids, cids=all_cids, create=create)
         send_oids = [p.check_oid(o, self.name) for o in p.require(r, "oids", list, self.name)]
         send_cids = {p.check_cid(c, self.name) for c in p.require(r, "cids", list, self.name)}
+        if not set(send_oids) <= set(oids) or not send_cids <= set(all_cids):
+            # Only what this push offered may leave: not other states in the local store.
+            raise TransportError(f"{self.name} asked for objects or chunks this push did not offer")
         faults.point(FAULT_PUSH_NEGOTIATED)
         stats = TransferStats()
         total = sum(sizes.get(x, 0) for x in [*send_oids, *send_cids])
