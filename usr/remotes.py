@@ -9,6 +9,7 @@ it is written 0600 and a warning is given when someone else can read it.
 from __future__ import annotations
 
 import os
+import shlex
 import stat
 import tomllib
 from dataclasses import asdict, dataclass
@@ -130,8 +131,15 @@ def _profile_from_table(name: str, table: Any, path: Path) -> Profile:
     port = table.get("port")
     if port is not None and not 0 < port < 65536:
         raise InputError(f"{where}.port: must be 1..65535, got {port}")
+    for key, value in table.items():
+        if isinstance(value, str) and "\x00" in value:
+            raise InputError(f"{where}.{key}: contains a NUL character")
     if not str(table.get("remote_usr", "usr")).strip():
         raise InputError(f"{where}.remote_usr: empty")
+    try:
+        shlex.split(table.get("remote_usr", "usr"))
+    except ValueError as exc:  # the command is split into words the same way when used
+        raise InputError(f"{where}.remote_usr: {exc}", "quote it as a shell would") from None
     return Profile(name=name, **table)
 
 
