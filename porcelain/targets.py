@@ -24,7 +24,10 @@ def resolve_dataset(settings: Settings, arg: str, must_exist: bool = True) -> Pa
 
     ``arg`` is tried as a dataset id under the root first (ids win: ``ns/name`` is both a
     valid id and a relative path); then as a path to an existing directory. With
-    ``must_exist`` a missing dataset is a NotFoundError naming where it was looked for.
+    ``must_exist`` a missing dataset is a NotFoundError naming where it was looked for. A
+    directory inside another dataset (``ds/_derived``) is refused: opening a store there
+    would nest one dataset in another. (Sync commands resolve through
+    :func:`usr.sync.engine.resolve_target`, which also finds the root of a directory.)
     """
     if not _looks_like_path(arg):
         try:
@@ -34,17 +37,27 @@ def resolve_dataset(settings: Settings, arg: str, must_exist: bool = True) -> Pa
         else:
             candidate = dataset_path(settings.root, arg)
             if candidate.is_dir() or (not must_exist and not Path(arg).is_dir()):
-                return candidate
+                return _not_nested(candidate)
     path = Path(arg).expanduser()
     if path.is_dir():
-        return path.absolute()
+        return _not_nested(Path(os.path.normpath(path.absolute())))
     if must_exist:
         raise NotFoundError(
             f"dataset {arg!r} not found under {settings.root} nor as a directory",
             "check --root / $USR_ROOT, or pass the dataset directory",
         )
     validate_dataset_id(arg)
-    return dataset_path(settings.root, arg)
+    return _not_nested(dataset_path(settings.root, arg))
+
+
+def _not_nested(directory: Path) -> Path:
+    for parent in directory.absolute().parents:
+        if (parent / STORE_DIR / "HEAD").exists():
+            raise InputError(
+                f"{directory} is inside dataset {parent}, not a dataset itself",
+                f"name the dataset: {parent}",
+            )
+    return directory
 
 
 def dataset_from_cwd(start: Path | None = None) -> Path:

@@ -52,6 +52,7 @@ from usr.layout import (
     EVENTS_FILE,
     RECORDS_FILE,
     REGISTRY_FILE,
+    STORE_DIR,
     dataset_path,
     is_runtime_path,
     validate_dataset_id,
@@ -161,24 +162,44 @@ def resolve_target(root: Path, arg: str, options: SyncOptions | None = None) -> 
     candidate = Path(os.path.expanduser(arg))
     if options.remote_path is not None or os.path.isfile(candidate):
         return Target("file", root, arg, candidate.absolute(), options.remote_path)
-    as_dir = candidate.absolute()
+    # normpath: "../densegen/my_dataset" from inside a root must give the id, not "x/../..".
+    as_dir = Path(os.path.normpath(candidate.absolute()))
     in_root = root / arg
     is_dir = os.path.isdir(as_dir)
     if _looks_like_path(arg) or (is_dir and not os.path.isdir(in_root) and "/" in arg):
         if not is_dir:
             raise NotFoundError(f"dataset directory {as_dir} does not exist")
-        found = root if root.absolute() in as_dir.parents else None
-        found = found or _find_registry_root(as_dir.parent)
+        if (as_dir / REGISTRY_FILE).is_file():
+            raise InputError(
+                f"{as_dir} is a datasets root (it holds {REGISTRY_FILE}), not a dataset",
+                "name a dataset in it: usr --root DIR COMMAND ID, or the dataset's directory",
+            )
+        top = Path(os.path.normpath(root.absolute()))
+        found = top if top in as_dir.parents else _find_registry_root(as_dir.parent)
         if found is None:
             raise NotFoundError(
                 f"no {REGISTRY_FILE} above {as_dir}: cannot tell which datasets root it is in",
                 "pass a dataset id with --root, or create the root with usr init",
             )
         dataset = as_dir.relative_to(found).as_posix()
+        _refuse_nested(found, dataset)
         validate_dataset_id(dataset)
         return Target("dataset", found, dataset, as_dir)
     validate_dataset_id(arg)
+    _refuse_nested(root, arg)
     return Target("dataset", root, arg, dataset_path(root, arg))
+
+
+def _refuse_nested(root: Path, dataset: str) -> None:
+    """``name/sub`` where ``root/name`` is itself a dataset names a directory inside that
+    dataset (``_derived``, ``_registry``, ...): syncing it as a dataset would plant a second
+    store inside the first, here and on the remote."""
+    namespace, _, rest = dataset.partition("/")
+    if rest and (root / namespace / STORE_DIR).is_dir():
+        raise InputError(
+            f"{dataset!r} is inside dataset {namespace!r} of {root}, not a dataset itself",
+            f"name the dataset: {namespace}",
+        )
 
 
 # ----------------------------------------------------------------------------- remote
