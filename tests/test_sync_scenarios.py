@@ -16,7 +16,14 @@ import pytest
 import tomli_w
 
 from usr.dataset import Dataset
-from usr.errors import ConflictError, InputError, TransportError, UsrError, VerifyError
+from usr.errors import (
+    ConflictError,
+    InputError,
+    TransportError,
+    UsageError,
+    UsrError,
+    VerifyError,
+)
 from usr.events import append_event
 from usr.store import Store
 from usr.sync import engine
@@ -284,3 +291,41 @@ def test_dry_run_changes_nothing_but_tracking(env):
     assert "would fast-forward" in doc["data"]["notes"][0]
     assert (files_of(env.local_dir), head(env.local_dir), head(env.remote_dir)) == before
     assert Store.open(env.local_dir).head("refs/remotes/bu-scc/main") == head(env.remote_dir)
+
+
+def test_partial_transfers_and_the_tracking_ref(tmp_path):
+    """``--primary-only``/``--skip-snapshots`` move a state when only the sections they keep
+    changed and refuse otherwise; ``--verify size`` transfers and says so; the
+    remote-tracking ref follows every diff, pull and push. (Transport-independent: run on
+    the ``local`` remote only.)"""
+    import pyarrow.parquet as pq
+
+    e = make_env("local", tmp_path)
+    make_dataset(e.remote_root)
+    e.pull()
+    tracking = "refs/remotes/bu-scc/main"
+    # Only records.parquet changes (same rows, other bytes): no event, no sidecar.
+    table = pq.read_table(e.remote_dir / "records.parquet")
+    pq.write_table(table, e.remote_dir / "records.parquet", compression="gzip")
+    Store.open(e.remote_dir).record("recompress")
+    e.diff()
+    assert Store.open(e.local_dir).head(tracking) == head(e.remote_dir)  # diff moved it
+    data = e.pull(primary_only=True, verify_sidecars=False, verify_derived_hashes=False)
+    assert data["transfer_state"] == "TRANSFERRED"
+    assert data["verify"] == {"primary": "hash", "sidecars": "off", "content_hashes": "off"}
+    assert files_of(e.local_dir) == files_of(e.remote_dir)
+
+    _write(e.remote_dir / "_snapshots/records-1.parquet", "snapshot")
+    before = files_of(e.local_dir), head(e.local_dir)
+    for flags in ({"skip_snapshots": True}, {"primary_only": True}):
+        with pytest.raises(UsageError, match="would leave out changed sections: snapshots"):
+            e.pull(**flags)
+    assert (files_of(e.local_dir), head(e.local_dir)) == before
+    data = e.pull(verify="size")
+    assert data["transfer_state"] == "TRANSFERRED" and data["verify"]["primary"] == "size"
+    assert files_of(e.local_dir) == files_of(e.remote_dir)
+
+    _write(e.local_dir / "_derived/infer/part-0.parquet", "local part")
+    data = e.push(skip_snapshots=True)
+    assert data["transfer_state"] == "TRANSFERRED"
+    assert Store.open(e.local_dir).head(tracking) == head(e.local_dir) == head(e.remote_dir)
