@@ -467,12 +467,20 @@ def _client_attack(attack: str, ds: str, fio: p.FrameIO, say, collect, proc) -> 
 
     store = Store.open(_served_dir(proc, ds), create=False)
     sentinel = str(_served_dir(proc, ds).parent.parent / "sentinel")
-    u = build(attack, store, sentinel)
+    stored_first = attack.endswith("-stored")  # the chunks land in an earlier, honest pack
+    u = build(attack.removesuffix("-stored"), store, sentinel)
     head = store.head()
+    sent: set[str] = set()
+    if stored_first:
+        say("pack", ds=ds, create=False)
+        for cid, data in u.chunks.items():
+            fio.send_chunk(cid, data)
+            sent.add(cid)
+        say("end")
+        collect(1)
     say("have", ds=ds, oids=list(u.order), cids=list(u.chunks), create=False)
     collect(1)
     say("pack", ds=ds, create=False)
-    sent: set[str] = set()
     for oid in u.order:
         kind, data = u.objects[oid]
         if kind == "blob" and data.startswith(b"\x00usr-manifest"):

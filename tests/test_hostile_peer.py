@@ -281,6 +281,30 @@ def test_serve_refuses_hostile_push(world, attack):
     assert_unharmed(world, before, world.cluster / DS, None)
 
 
+@pytest.mark.parametrize("attack", ["huge-manifest", "chunk-length-lie"])
+def test_manifest_lying_about_a_chunk_already_stored_is_refused(world, attack):
+    """The chunk is honest and already in the receiver's store (an earlier transfer, another
+    file); the manifest lies about its length. Refused before the manifest is stored,
+    both ways, instead of failing in the middle of a checkout."""
+    u = build(attack, Store.open(world.cluster / DS, create=False), str(world.sentinel))
+    laptop = Store.open(world.laptop / DS, create=False)
+    for cid, data in u.chunks.items():
+        laptop.chunks.put(cid, data)
+    name = world.hostile_server(attack)
+    before = snapshot(world.top)
+    r = world.usr("pull", DS, name, "-y")
+    assert_one_line(r, VERIFY, "bytes for chunk")
+    assert_unharmed(world, before, world.laptop / DS, attack)
+
+    before = snapshot(world.top)
+    replies, _ = hostile_client(world, f"{attack}-stored")
+    assert replies[0]["t"] == "received" and replies[0]["chunks"] == len(u.chunks), replies
+    errors = [m for m in replies if m["t"] == "error"]
+    assert [m["kind"] for m in errors] == ["verify", "verify"], replies
+    assert "bytes for chunk" in errors[0]["message"]
+    assert_unharmed(world, before, world.cluster / DS, None)
+
+
 def test_serve_refuses_update_to_incomplete_commit(world):
     """A commit whose tree names a file that never arrived: the ref does not move."""
     before = snapshot(world.top)

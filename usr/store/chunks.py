@@ -150,6 +150,19 @@ class ChunkStore:
             return self._index.get(cid)
         return None
 
+    def length(self, cid: str) -> int | None:
+        """Bytes of a stored chunk from its pack index or file size (nothing is read or
+        verified); None if it is not stored. Lets a receiver check a manifest's claims."""
+        where = self._locate(cid)
+        if isinstance(where, PackEntry):
+            return where.length
+        if where is None:
+            return None
+        try:
+            return where.stat().st_size
+        except FileNotFoundError:
+            return None
+
     def has(self, cid: str) -> bool:
         """True if the chunk is stored (not verified; reads verify)."""
         return self._locate(cid) is not None

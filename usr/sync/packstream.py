@@ -64,11 +64,10 @@ class Received:
     bytes: int = 0
     manifest_chunks: list[str] = field(default_factory=list)
     held: dict[str, bytes] = field(default_factory=dict)
-    #: Types of the objects in the stream, the links their commits and trees make
-    #: (checked once the stream ends) and the lengths of the chunks in it.
+    #: Types of the objects in the stream and the links their commits and trees make
+    #: (checked once the stream ends).
     types: dict[str, str] = field(default_factory=dict)
     links: list[tuple[str, str, str]] = field(default_factory=list)
-    chunk_sizes: dict[str, int] = field(default_factory=dict)
 
 
 def has_object(store: Any, oid: str) -> bool:
@@ -265,7 +264,7 @@ def receive(
                     cid, data = p.decode_chunk(payload, peer)
                     if chunk_id(data) != cid:
                         raise VerifyError(f"chunk {cid} from {peer}: bytes hash differently")
-                    _check_chunk(cid, len(data), chunk_lengths, got, peer)
+                    _check_chunk(cid, len(data), chunk_lengths, peer)
                     if packer.add(cid, data):
                         got.chunks += 1
                         got.bytes += len(data)
@@ -289,18 +288,30 @@ def receive(
     return got
 
 
-def _check_chunk(
-    cid: str, length: int, expected: dict[str, int] | None, got: Received, peer: str
-) -> None:
+def _check_chunk(cid: str, length: int, expected: dict[str, int] | None, peer: str) -> None:
     """A fetched chunk must be one a manifest asked for, of the length it claims."""
-    if expected is not None:
-        if cid not in expected:
-            raise VerifyError(f"{peer} sent chunk {cid}, which was not asked for")
-        if expected[cid] != length:
-            raise VerifyError(
-                f"chunk {cid} from {peer}: {length} bytes, its manifest claims {expected[cid]}"
-            )
-    got.chunk_sizes[cid] = length
+    if expected is None:
+        return
+    if cid not in expected:
+        raise VerifyError(f"{peer} sent chunk {cid}, which was not asked for")
+    if expected[cid] != length:
+        raise VerifyError(
+            f"chunk {cid} from {peer}: {length} bytes, its manifest claims {expected[cid]}"
+        )
+
+
+def _check_manifest_chunks(store: Any, entries: list[tuple[str, int]], where: str) -> None:
+    """Before a manifest is stored: every chunk it names is stored, with the length it
+    claims (a manifest that lies about a length would only fail at checkout)."""
+    missing = 0
+    for cid, length in entries:
+        stored = store.chunks.length(cid)
+        if stored is None:
+            missing += 1
+        elif stored != length:
+            raise VerifyError(f"{where}: claims {length} bytes for chunk {cid}, which has {stored}")
+    if missing:
+        raise VerifyError(f"{where}: {missing} of its chunks are missing")
 
 
 def _land_object(
@@ -326,21 +337,13 @@ def _land_object(
     elif type_name == "blob":
         entries = manifest_entries(data, where)
         cids = [cid for cid, _ in entries]
-        for cid, length in entries:
-            if got.chunk_sizes.get(cid, length) != length:
-                raise VerifyError(
-                    f"{where}: claims {length} bytes for chunk {cid}, "
-                    f"which arrived with {got.chunk_sizes[cid]}"
-                )
         if cids:
             got.manifest_chunks.extend(cids)
             if hold_manifests:
                 got.held[oid] = data
                 return
             packer.close()  # the chunks before this manifest are durable before it is
-            missing = store.chunks.missing(cids)
-            if missing:
-                raise VerifyError(f"{where}: {len(missing)} of its chunks were not sent first")
+            _check_manifest_chunks(store, entries, where)
     else:
         raise VerifyError(f"{where}: object type not used by usr")
     if has_object(store, oid):
@@ -356,9 +359,7 @@ def write_held(store: Any, held: dict[str, bytes]) -> int:
     faults.point(FAULT_MANIFESTS_HELD)
     n = 0
     for oid, data in held.items():
-        missing = store.chunks.missing(manifest_chunks(data, f"blob {oid}"))
-        if missing:
-            raise VerifyError(f"blob {oid}: {len(missing)} chunks missing after transfer")
+        _check_manifest_chunks(store, manifest_entries(data, f"blob {oid}"), f"blob {oid}")
         if not has_object(store, oid):
             store.write_object("blob", data, expect=oid)
             n += 1
