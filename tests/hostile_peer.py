@@ -56,6 +56,8 @@ class Universe:
     end_after_tail: bool = False
     #: Valid objects sent that nobody asked for.
     unasked: list[tuple[str, bytes]] = field(default_factory=list)
+    #: Chunks sent with the objects, before any chunk was asked for.
+    unasked_chunks: list[bytes] = field(default_factory=list)
     #: Type code put on the wire for an object, when it lies about the type.
     wire_type: dict[str, str] = field(default_factory=dict)
 
@@ -209,6 +211,12 @@ def _unasked(u, base, sentinel):
     return _replace(base, b"meta.md", u.blob(b"# meta, new\n"))
 
 
+def _unasked_chunk(u, base, sentinel):
+    data = b"a chunk nobody asked for" * 50
+    u.unasked_chunks.append(data)
+    return _replace(base, b"meta.md", u.blob(b"# meta, new again\n"))
+
+
 def _truncated(u, base, sentinel):
     u.tail = p.HEADER.pack(p.OBJECT, 5000) + b"\x03" + b"\x00" * 40
     u.end_after_tail = True
@@ -252,6 +260,7 @@ CONTENT_ATTACKS: dict[str, Attack] = {
     "object-mismatch": _object_mismatch,
     "tag-object": _tag_object,
     "unasked": _unasked,
+    "unasked-chunk": _unasked_chunk,
     "truncated": _truncated,
     "oversized": _oversized,
     "unknown-kind": _unknown_kind,
@@ -351,6 +360,8 @@ def run_server(attack: str, root: Path) -> int:
                 self.fio.send_object(kind, oid, u.forged.get(oid, data))
             for kind, data in u.unasked:
                 self.fio.send_object(kind, git_object_id(kind, data), data)
+            for data in u.unasked_chunks if oids else ():
+                self.fio.send_chunk(chunk_id(data), data)
             for cid in cids:
                 data = u.chunks.get(cid)
                 if data is None:

@@ -58,6 +58,7 @@ SERVER_EXPECT: dict[str, tuple[int, str]] = {
     "object-mismatch": (VERIFY, "hash to a different id"),
     "tag-object": (VERIFY, "object type not used by usr"),
     "unasked": (VERIFY, "which was not asked for"),
+    "unasked-chunk": (VERIFY, "which was not asked for"),
     "truncated": (TRANSPORT, "closed mid-frame"),
     "oversized": (TRANSPORT, "exceeds the 67108864 limit"),
     "unknown-kind": (TRANSPORT, "unknown kind"),
@@ -260,7 +261,8 @@ def hostile_client(world: World, attack: str, ds: str = DS, serve: list[str] | N
 
 
 PUSH_ATTACKS = sorted(
-    {*TREE_ATTACKS, *CONTENT_ATTACKS, "bad-commit", "commit-bad-tree-line"} - {"unasked"}
+    {*TREE_ATTACKS, *CONTENT_ATTACKS, "bad-commit", "commit-bad-tree-line"}
+    - {"unasked", "unasked-chunk"}  # a pusher may send what it likes; it is verified
 )
 
 

@@ -331,6 +331,7 @@ class RemoteSession:
                 hold_manifests=True,
                 meter=meter,
                 asked=set(need),
+                chunk_lengths={},  # no chunk was asked for yet
             )
         stats.objects += got.objects
         stats.payload_bytes += got.bytes
