@@ -215,6 +215,43 @@ def _session(remote: str, options: SyncOptions) -> Iterator[Any]:
         yield session
 
 
+@contextmanager
+def _beside(work: Callable[[], None]) -> Iterator[Callable[[], None]]:
+    """Run ``work`` on a thread while the body opens the session, and yield ``wait``.
+
+    Opening a session is mostly waiting: the SSH login and the remote's start-up take
+    0.3-0.5 s in which this process is idle; scanning and sizing the local tree (0.5 s on
+    10,000 files) fits there. ``wait`` joins and re-raises. A failure of ``work`` wins over
+    one of the session, as when the local side was read first.
+    """
+    import threading
+
+    failed: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            work()
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
+            failed.append(exc)
+
+    thread = threading.Thread(target=run, name="usr-local-side", daemon=True)
+    thread.start()
+
+    def wait() -> None:
+        thread.join()
+        if failed:
+            raise failed.pop()
+
+    try:
+        yield wait
+    except BaseException:
+        thread.join()
+        if failed:
+            raise failed.pop() from None
+        raise
+    wait()
+
+
 def _remote_bytes(session: Any) -> tuple[int, int]:
     """(sent, received) bytes so far, as the session's frame layer counted them."""
     fio = getattr(session, "fio", None)
@@ -680,11 +717,17 @@ def _preview(run: AuditRun, target: Target, remote: str, options: SyncOptions) -
     st = _State()
     st.local_exists = _local_exists(target.path)
     store = _open_store(_preview_store_dir(target), create=True)
-    if st.local_exists:
-        st.local_head = store.head()
-        st.local_tree = store.working_tree()
-        st.local_dirty = st.local_tree != store.tree_of(st.local_head)
-    with _session(remote, options) as session:
+
+    def local_side() -> None:
+        if st.local_exists:
+            st.local_head = store.head()
+            st.local_tree = store.working_tree()
+            st.local_dirty = st.local_tree != store.tree_of(st.local_head)
+            st.sizes = _Sizes(store)
+            _listing(store, st.local_tree, st.sizes)  # sizes it now, for the comparison
+
+    with _beside(local_side) as wait_local, _session(remote, options) as session:
+        wait_local()
         try:
             heads = session.heads(target.dataset)
             st.remote_head = heads["head"]
