@@ -29,6 +29,8 @@ def resolve_dataset(settings: Settings, arg: str, must_exist: bool = True) -> Pa
     would nest one dataset in another. (Sync commands resolve through
     :func:`usr.sync.engine.resolve_target`, which also finds the root of a directory.)
     """
+    if not arg:
+        validate_dataset_id(arg)  # refused: Path("") would be the current directory
     if not _looks_like_path(arg):
         try:
             validate_dataset_id(arg)
@@ -36,10 +38,12 @@ def resolve_dataset(settings: Settings, arg: str, must_exist: bool = True) -> Pa
             pass
         else:
             candidate = dataset_path(settings.root, arg)
-            if candidate.is_dir() or (not must_exist and not Path(arg).is_dir()):
+            if candidate.is_dir() or (not must_exist and not os.path.isdir(arg)):
                 return _not_nested(candidate)
-    path = Path(arg).expanduser()
-    if path.is_dir():
+    # os.path, not pathlib: an argument the OS cannot stat (too long, an unknown ~user)
+    # is no directory, so it ends as "not found" instead of an internal error.
+    path = Path(os.path.expanduser(arg))
+    if os.path.isdir(path):
         return _not_nested(Path(os.path.normpath(path.absolute())))
     if must_exist:
         raise NotFoundError(
