@@ -522,9 +522,9 @@ def spawn_local(
     argv += ["plumbing", "serve", "--root", str(Path(base_dir).expanduser())]
     if repo_root:
         argv += ["--repo-root", str(Path(repo_root).expanduser())]
-    # A crash point names one process: the client's does not reach the server (tests kill
-    # the server through remote_usr, "env USR_FAULT_POINT=... usr", as over SSH).
-    env = {k: v for k, v in os.environ.items() if k != faults.ENV}
+    # A crash or pause point names one process: the client's does not reach the server
+    # (tests stop the server through remote_usr, "env USR_FAULT_POINT=... usr", as over SSH).
+    env = {k: v for k, v in os.environ.items() if k not in (faults.ENV, faults.PAUSE_ENV)}
     package_parent = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_parent, env.get("PYTHONPATH")]))
     try:
