@@ -177,11 +177,11 @@ read()
 if mode == "proto":
     msg("hello", usr_version="9.9", protocol=99); sys.exit(0)
 msg("hello", usr_version="x", protocol=1, root="/", root_exists=True)
+want = read()  # first the request, so the client never meets a closed pipe when writing it
 if mode == "oversized":
     out.write(struct.pack(">cI", b"J", 1 << 31)); out.flush(); sys.exit(0)
 if mode == "truncated":
     out.write(struct.pack(">cI", b"J", 50) + b'{"t": "heads"'); out.flush(); sys.exit(0)
-want = read()
 oid = sys.argv[2]
 msg("objects", oids=[oid], types=["blob"], sizes={})
 read()
