@@ -256,6 +256,8 @@ def markdown(doc: dict[str, Any]) -> str:
         "| --- | --- | --- | --- | --- | --- |",
     ]
     for row in doc.get("targets", []):
+        if row["met"] is None and row["usr"] in ("-", None):
+            continue  # its scenario did not run (--only)
         met = {True: "yes", False: "**no**", None: "-"}[row["met"]]
         if not row.get("at_issue_sizes") and row["met"] is not None:
             met += " (smaller sizes)"
