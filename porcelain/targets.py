@@ -12,7 +12,7 @@ from pathlib import Path
 
 from porcelain.options import Settings
 from usr.errors import InputError, NotFoundError
-from usr.layout import STORE_DIR, dataset_path, validate_dataset_id
+from usr.layout import STORE_DIR, check_dataset_dir, dataset_path, validate_dataset_id
 
 
 def _looks_like_path(arg: str) -> bool:
@@ -39,29 +39,19 @@ def resolve_dataset(settings: Settings, arg: str, must_exist: bool = True) -> Pa
         else:
             candidate = dataset_path(settings.root, arg)
             if candidate.is_dir() or (not must_exist and not os.path.isdir(arg)):
-                return _not_nested(candidate)
+                return check_dataset_dir(candidate)
     # os.path, not pathlib: an argument the OS cannot stat (too long, an unknown ~user)
     # is no directory, so it ends as "not found" instead of an internal error.
     path = Path(os.path.expanduser(arg))
     if os.path.isdir(path):
-        return _not_nested(Path(os.path.normpath(path.absolute())))
+        return check_dataset_dir(Path(os.path.normpath(path.absolute())))
     if must_exist:
         raise NotFoundError(
             f"dataset {arg!r} not found under {settings.root} nor as a directory",
             "check --root / $USR_ROOT, or pass the dataset directory",
         )
     validate_dataset_id(arg)
-    return _not_nested(dataset_path(settings.root, arg))
-
-
-def _not_nested(directory: Path) -> Path:
-    for parent in directory.absolute().parents:
-        if (parent / STORE_DIR / "HEAD").exists():
-            raise InputError(
-                f"{directory} is inside dataset {parent}, not a dataset itself",
-                f"name the dataset: {parent}",
-            )
-    return directory
+    return check_dataset_dir(dataset_path(settings.root, arg))
 
 
 def dataset_from_cwd(start: Path | None = None) -> Path:

@@ -111,3 +111,51 @@ def test_the_cli_says_it_in_one_line(usr, world):
     assert r.returncode == 3
     assert r.stderr.startswith("usr: error: ") and len(r.stderr.strip().splitlines()) == 1
     assert "is a datasets root" in r.stderr
+
+
+def _tree(path: Path) -> list[str]:
+    return sorted(str(p.relative_to(path)) for p in path.rglob("*"))
+
+
+@pytest.mark.parametrize("command", [["status"], ["snapshot"], ["log"], ["fsck"]])
+def test_a_directory_that_is_not_a_dataset_is_never_adopted(usr, tmp_path, command):
+    """``usr status /`` or a namespace directory full of datasets must not become a dataset:
+    adopting it would hash everything below it into a new store."""
+    somewhere = tmp_path / "home"
+    (somewhere / "notes").mkdir(parents=True)
+    (somewhere / "notes" / "todo.txt").write_text("buy reagents\n")
+    root = tmp_path / "datasets"
+    assert usr("--root", str(root), "init", "densegen/a").returncode == 0
+    before = {p: _tree(p) for p in (somewhere, root)}
+    for target in (str(somewhere), "densegen", str(root / "densegen")):
+        r = usr("--root", str(root), *command, target)
+        assert r.returncode == 3, (target, r.stdout, r.stderr)
+        assert r.stderr.startswith("usr: error: ") and "is not a dataset" in r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1
+    assert {p: _tree(p) for p in (somewhere, root)} == before
+
+
+def _local_remote(tmp_path: Path, base: Path) -> Path:
+    cfg = tmp_path / "remotes.toml"
+    cfg.write_text(f'[remotes.hpc]\ntype = "local"\nbase_dir = "{base}"\n')
+    cfg.chmod(0o600)
+    return cfg
+
+
+def test_serve_refuses_to_plant_a_dataset_inside_another_or_over_a_namespace(usr, tmp_path):
+    """The remote end checks for itself (a client need not be usr): a push of ``flat/x``
+    where the remote's ``flat`` is a dataset, or of ``densegen`` where the remote's
+    ``densegen`` is a namespace directory holding datasets, is refused; nothing changes."""
+    laptop, cluster = tmp_path / "laptop", tmp_path / "cluster"
+    for ds in ("flat", "densegen/a"):
+        assert usr("--root", str(cluster), "init", ds).returncode == 0
+    # Locally both ids are fine datasets: here "flat" and "densegen" are namespaces.
+    for ds in ("flat/x", "densegen"):
+        assert usr("--root", str(laptop), "init", ds).returncode == 0
+    cfg = _local_remote(tmp_path, cluster)
+    before = _tree(cluster)
+    for ds in ("flat/x", "densegen"):
+        r = usr("--root", str(laptop), "push", ds, "hpc", "-y", "--remotes-config", str(cfg))
+        assert r.returncode == 3, (ds, r.stdout, r.stderr)
+        assert "is inside dataset 'flat'" in r.stderr or "is not a dataset" in r.stderr
+    assert _tree(cluster) == before

@@ -80,6 +80,35 @@ def dataset_path(root: Path, dataset_id: str) -> Path:
     return root / dataset_id
 
 
+def check_dataset_dir(directory: Path, root: Path | None = None) -> Path:
+    """``directory`` if it can be used as a dataset: absent, empty, or holding a dataset (a
+    store, or ``records.parquet`` made by another tool, adopted on first use); and not inside
+    another dataset (an ancestor with a store, up to ``root``).
+
+    Anything else is refused with InputError: recording an arbitrary directory (``/``, a
+    home, a namespace directory full of datasets) would hash everything below it, and a
+    store planted inside a dataset would be recorded as that dataset's files.
+    """
+    directory = directory.absolute()
+    stop = root.absolute() if root is not None else None
+    for parent in directory.parents:
+        if stop is not None and (parent == stop or stop not in parent.parents):
+            break
+        if (parent / STORE_DIR).is_dir():
+            raise InputError(
+                f"{directory} is inside dataset '{parent.name}' ({parent}), not a dataset itself",
+                f"name the dataset: {parent}",
+            )
+    if not directory.is_dir() or (directory / STORE_DIR).is_dir():
+        return directory
+    if (directory / RECORDS_FILE).is_file() or not any(directory.iterdir()):
+        return directory
+    raise InputError(
+        f"{directory} is not a dataset: it holds neither {RECORDS_FILE} nor a {STORE_DIR}/ store",
+        "name a dataset directory (usr ls lists them), or create one with usr init",
+    )
+
+
 def validate_namespace(namespace: str) -> str:
     if not NAMESPACE_RE.match(namespace or ""):
         raise InputError(f"bad namespace {namespace!r}: must match ^[a-z][a-z0-9_]*$")

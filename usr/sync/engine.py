@@ -52,7 +52,7 @@ from usr.layout import (
     EVENTS_FILE,
     RECORDS_FILE,
     REGISTRY_FILE,
-    STORE_DIR,
+    check_dataset_dir,
     dataset_path,
     is_runtime_path,
     validate_dataset_id,
@@ -182,24 +182,12 @@ def resolve_target(root: Path, arg: str, options: SyncOptions | None = None) -> 
                 "pass a dataset id with --root, or create the root with usr init",
             )
         dataset = as_dir.relative_to(found).as_posix()
-        _refuse_nested(found, dataset)
+        check_dataset_dir(as_dir, found)
         validate_dataset_id(dataset)
         return Target("dataset", found, dataset, as_dir)
     validate_dataset_id(arg)
-    _refuse_nested(root, arg)
+    check_dataset_dir(dataset_path(root, arg), root)
     return Target("dataset", root, arg, dataset_path(root, arg))
-
-
-def _refuse_nested(root: Path, dataset: str) -> None:
-    """``name/sub`` where ``root/name`` is itself a dataset names a directory inside that
-    dataset (``_derived``, ``_registry``, ...): syncing it as a dataset would plant a second
-    store inside the first, here and on the remote."""
-    namespace, _, rest = dataset.partition("/")
-    if rest and (root / namespace / STORE_DIR).is_dir():
-        raise InputError(
-            f"{dataset!r} is inside dataset {namespace!r} of {root}, not a dataset itself",
-            f"name the dataset: {namespace}",
-        )
 
 
 # ----------------------------------------------------------------------------- remote

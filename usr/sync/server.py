@@ -19,7 +19,7 @@ from typing import Any
 
 from usr import __version__, faults
 from usr.errors import InputError, NotFoundError, TransportError, UsrError, VerifyError
-from usr.layout import dataset_path, validate_dataset_id
+from usr.layout import check_dataset_dir, dataset_path, validate_dataset_id
 from usr.locks import hold
 from usr.store.objects import INLINE_LIMIT_ENV
 from usr.sync import files, packstream
@@ -67,6 +67,7 @@ class Server:
         resolved = path.resolve()
         if resolved != real_root and real_root not in resolved.parents:
             raise InputError(f"dataset {ds!r} resolves outside the served root")
+        check_dataset_dir(path, self.root)
         return ds, path
 
     def _store(self, msg: dict[str, Any], create: bool = False):
