@@ -41,7 +41,7 @@ def rev_parse(settings, args: tuple[str, ...]) -> None:
 
 @click.command("rev-list")
 @click.argument("args", nargs=-1, required=True, metavar="[DATASET] REV... [^REV...]")
-@click.option("-n", "--max-count", "limit", type=int, default=None)
+@click.option("-n", "--max-count", "limit", type=int, default=None, help="Print at most N.")
 @click.option("--objects", is_flag=True, help="List every object a receiver lacking ^REVs needs.")
 @pass_settings
 def rev_list(settings, args: tuple[str, ...], limit: int | None, objects: bool) -> None:

@@ -299,7 +299,9 @@ def dev_group() -> None:
 
 @dev_group.command("mock-batch")
 @dataset_argument
-@click.option("--rows", type=click.IntRange(min=1), default=100, show_default=True)
+@click.option(
+    "--rows", type=click.IntRange(min=1), default=100, show_default=True, help="Rows to append."
+)
 @click.option("--seed", type=int, default=0, show_default=True, help="Same seed, same rows.")
 @format_option
 @pass_settings

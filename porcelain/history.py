@@ -180,8 +180,10 @@ def status_cmd(
 ) -> None:
     """Working files of DATASET against its last recorded state, by section and file.
 
-    Also how far local and each remote are apart: as last seen, or asked live when
-    REMOTE is given (see usr.sync.engine.remote_status)."""
+    Records nothing (usr snapshot does). Then how far local and each remote are apart
+    (ahead/behind counts and the relation): as last seen by the last diff/pull/push, with
+    no network; or, when REMOTE is given, asked live (heads and history only, no file
+    contents; moves refs/remotes/REMOTE/main as git fetch does)."""
     from usr.sync import engine
 
     store = open_store(settings, dataset)
@@ -218,10 +220,21 @@ def status_cmd(
 @click.command("log")
 @dataset_argument
 @click.option("--oneline", is_flag=True, help="One line per state.")
-@click.option("-n", "--max-count", "limit", type=int, default=None, help="Show at most N.")
-@click.option("--stat", is_flag=True, help="Per-section changes and record count deltas.")
+@click.option(
+    "-n", "--max-count", "limit", type=int, default=None, metavar="N", help="Show at most N."
+)
+@click.option(
+    "--stat",
+    is_flag=True,
+    help="Per-section file counts and records.parquet rows before -> after.",
+)
 @click.option("--graph", is_flag=True, help="Draw the history as lanes (merges join them).")
-@click.option("--remote", default=None, metavar="REMOTE", help="The remote-tracking history.")
+@click.option(
+    "--remote",
+    default=None,
+    metavar="REMOTE",
+    help="REMOTE's history as the last diff/pull/push saw it (no network; exit 4 before).",
+)
 @format_option
 @pass_settings
 def log_cmd(

@@ -79,7 +79,7 @@ def namespace_register(
 @format_option
 @pass_settings
 def namespace_list(settings: Settings, fmt: str) -> None:
-    """List registered namespaces."""
+    """List the namespaces registered in <root>/registry.toml, with column counts."""
     registry = reg.Registry.load(settings.root)
     items = [ns.to_dict() for _, ns in sorted(registry.namespaces.items())]
     rows = [
@@ -127,10 +127,31 @@ def init(settings: Settings, dataset: str, source: str, notes: str, fmt: str) ->
 
 @click.command("import")
 @dataset_argument
-@click.option("--from", "src_fmt", type=click.Choice(FORMATS), default=None, help="Format.")
-@click.option("--path", "path", required=True, type=click.Path(dir_okay=False), help="File.")
-@click.option("--bio-type", type=click.Choice(["dna", "rna", "protein"]), default=None)
-@click.option("--alphabet", default=None, help="dna_4|dna_5|rna_4|rna_5|protein_20|protein_21")
+@click.option(
+    "--from",
+    "src_fmt",
+    type=click.Choice(FORMATS),
+    default=None,
+    help="Input format (default: from the file's suffix).",
+)
+@click.option(
+    "--path",
+    "path",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="Input file with a 'sequence' column.",
+)
+@click.option(
+    "--bio-type",
+    type=click.Choice(["dna", "rna", "protein"]),
+    default=None,
+    help="For rows without a bio_type column (default dna).",
+)
+@click.option(
+    "--alphabet",
+    default=None,
+    help="dna_4|dna_5|rna_4|rna_5|protein_20|protein_21 (default: the 4/20-letter one).",
+)
 @click.option("--source", default=None, help="Source text for rows without a source column.")
 @click.option(
     "--on-duplicate",
@@ -175,12 +196,30 @@ def import_(
 
 @click.command("attach")
 @dataset_argument
-@click.option("--path", "path", required=True, type=click.Path(dir_okay=False), help="File.")
+@click.option(
+    "--path",
+    "path",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="File with a key column and the overlay columns (csv/tsv/parquet/jsonl).",
+)
 @click.option("--namespace", "ns", required=True, help="Registered namespace.")
-@click.option("--key", type=_KEY_CHOICES, default="id", show_default=True)
+@click.option(
+    "--key",
+    type=_KEY_CHOICES,
+    default="id",
+    show_default=True,
+    help="Join on the record id, or on the sequence text.",
+)
 @click.option("--key-col", default=None, help="Input column holding the key (default: --key).")
 @click.option("--columns", default=None, help="Columns to attach, A,B (default: all matching).")
-@click.option("--from", "src_fmt", type=click.Choice(FORMATS), default=None, help="Format.")
+@click.option(
+    "--from",
+    "src_fmt",
+    type=click.Choice(FORMATS),
+    default=None,
+    help="Input format (default: from the file's suffix).",
+)
 @click.option("--allow-missing", is_flag=True, help="Skip keys that are not in the dataset.")
 @click.option("--allow-overwrite", is_flag=True, help="Replace existing overlay values.")
 @format_option
@@ -262,7 +301,9 @@ def info(settings: Settings, dataset: str, fmt: str) -> None:
 
 @click.command("head")
 @dataset_argument
-@click.option("-n", "n", type=click.IntRange(min=0), default=5, show_default=True)
+@click.option(
+    "-n", "n", type=click.IntRange(min=0), default=5, show_default=True, help="Rows to show."
+)
 @format_option
 @pass_settings
 def head(settings: Settings, dataset: str, n: int, fmt: str) -> None:
@@ -289,7 +330,15 @@ def events() -> None:
 
 @events.command("tail")
 @dataset_argument
-@click.option("--n", "-n", "n", type=click.IntRange(min=0), default=5, show_default=True)
+@click.option(
+    "--n",
+    "-n",
+    "n",
+    type=click.IntRange(min=0),
+    default=5,
+    show_default=True,
+    help="Events to show.",
+)
 @format_option
 @pass_settings
 def events_tail(settings: Settings, dataset: str, n: int, fmt: str) -> None:
@@ -320,8 +369,20 @@ def validate(settings: Settings, dataset: str, strict: bool, fmt: str) -> None:
 
 @click.command("export")
 @dataset_argument
-@click.option("--fmt", "out_fmt", type=click.Choice(["csv", "parquet"]), required=True)
-@click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="Directory.")
+@click.option(
+    "--fmt",
+    "out_fmt",
+    type=click.Choice(["csv", "parquet"]),
+    required=True,
+    help="File format to write.",
+)
+@click.option(
+    "--out",
+    "out",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Directory to write into (created if missing).",
+)
 @yes_option
 @format_option
 @pass_settings

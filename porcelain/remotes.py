@@ -72,10 +72,17 @@ def show_command(name: str, remotes_config: str | None, fmt: str) -> None:
 
 @remotes_group.command("add")
 @click.argument("name")
-@click.option("--type", "kind", type=click.Choice(["ssh", "local"]), default="ssh")
-@click.option("--host", default=None)
-@click.option("--user", default=None)
-@click.option("--port", type=int, default=None)
+@click.option(
+    "--type",
+    "kind",
+    type=click.Choice(["ssh", "local"]),
+    default="ssh",
+    show_default=True,
+    help="ssh: a host reached over SSH; local: a directory on this machine.",
+)
+@click.option("--host", default=None, help="SSH login host (required for --type ssh).")
+@click.option("--user", default=None, help="SSH login user (default: ~/.ssh/config, else yours).")
+@click.option("--port", type=int, default=None, help="SSH port (default 22).")
 @click.option("--base-dir", required=True, help="Datasets root on that machine.")
 @click.option("--batch-mode/--no-batch-mode", default=True, help="Forbid prompts (default).")
 @click.option("--remote-usr", default="usr", help="Command that runs usr on the remote.")
@@ -122,7 +129,7 @@ def add_command(
 @click.argument("name")
 @remotes_config_option
 def remove_command(name: str, remotes_config: str | None) -> None:
-    """Remove a profile."""
+    """Remove profile NAME from the remotes file (datasets are not touched)."""
     path = profiles.remove(name, remotes_config)
     click.echo(f"removed remote {name} from {path}", err=True)
 
@@ -320,10 +327,15 @@ Host {host}
 
 
 @remotes_group.command("wizard")
-@click.option("--preset", type=click.Choice(sorted(PRESETS)), required=True)
+@click.option(
+    "--preset",
+    type=click.Choice(sorted(PRESETS)),
+    required=True,
+    help="Cluster preset (login host, port, batch mode).",
+)
 @click.option("--name", required=True, help="Profile name to write.")
-@click.option("--user", required=True)
-@click.option("--base-dir", required=True)
+@click.option("--user", required=True, help="Your login user on the cluster.")
+@click.option("--base-dir", required=True, help="Datasets root on the cluster.")
 @click.option("--host", default=None, help="Override the preset's login host.")
 @click.option("--force", is_flag=True, help="Replace an existing profile of that name.")
 @remotes_config_option

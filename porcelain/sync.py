@@ -38,10 +38,12 @@ def _sync_options(func):
         click.option(
             "--primary-only",
             is_flag=True,
-            help="Only records.parquet; sidecars, _derived and _auxiliary are left alone.",
+            help="Move only records.parquet; refused (exit 2) if other sections changed too.",
         ),
         click.option(
-            "--skip-snapshots", is_flag=True, help="Leave _snapshots/ files out of the transfer."
+            "--skip-snapshots",
+            is_flag=True,
+            help="Leave _snapshots/ out; refused (exit 2) if they changed.",
         ),
         click.option(
             "--verify",
@@ -49,7 +51,8 @@ def _sync_options(func):
             type=click.Choice(["hash", "auto", "size", "parquet"]),
             default="hash",
             show_default=True,
-            help="How received primary data is checked (hash = blake3 of every file).",
+            help="Check of records.parquet after promotion: hash = blake3 (strictest), "
+            "parquet = size + footer, size = size only, auto = hash up to 256 MiB.",
         ),
         click.option(
             "--verify-sidecars/--no-verify-sidecars",
@@ -74,13 +77,15 @@ def _sync_options(func):
             "--strict-bootstrap-id",
             is_flag=True,
             default=False,
-            help=f"Refuse to bootstrap an unqualified id (also ${STRICT_BOOTSTRAP_ENV}=1).",
+            help="Refuse to create the dataset on the other side unless its id is "
+            f"NAMESPACE/NAME (also ${STRICT_BOOTSTRAP_ENV}=1).",
         ),
         click.option(
             "--remote-path",
             default=None,
             metavar="PATH",
-            help="File mode: the remote file for a single local FILE (else repo_root mapping).",
+            help="File mode (DATASET is one file): the remote file (else the profile's "
+            "repo_root mapping).",
         ),
         click.option(
             "--lock-timeout",
@@ -232,9 +237,12 @@ def _run(settings: Settings, ctx: click.Context, action: str, params: dict[str, 
 def diff_command(ctx: click.Context, settings: Settings, **params: Any) -> None:
     """Compare DATASET here with REMOTE, section by section; change nothing.
 
+    DATASET is an id under --root (densegen/my_dataset), a dataset directory, or one file
+    (file mode); REMOTE is a profile name from the remotes config (usr remotes list).
     Both working trees are computed (nothing is recorded, no working file or branch moves);
     the remote-tracking ref refs/remotes/REMOTE/main is refreshed, as git fetch does.
-    Ends with Status: CHANGES or Status: up-to-date.
+    Prints the relation (equal, local-ahead, remote-ahead, diverged, ...), one line per
+    section, and ends with Status: CHANGES or Status: up-to-date.
     """
     _run(settings, ctx, "diff", params)
 
@@ -251,15 +259,18 @@ def diff_command(ctx: click.Context, settings: Settings, **params: Any) -> None:
 @click.option(
     "--no-verify",
     is_flag=True,
-    help="Skip the dataset's push/pull hooks (recorded as skipped in the audit).",
+    help="Skip the post-pull hook (recorded as skipped in the audit).",
 )
 @pass_settings
 @click.pass_context
 def pull_command(ctx: click.Context, settings: Settings, **params: Any) -> None:
     """Bring REMOTE's newer states of DATASET here (fast-forward only).
 
-    Both sides record their working state first. Files are staged, verified, then promoted;
-    refused when local has newer states or the histories diverged.
+    DATASET and REMOTE as for usr diff (a dataset absent here is created). Both sides
+    record their working state first. Files are staged, verified, then promoted; nothing
+    changes when it fails. Refused (exit 8) when local has newer states (push instead) or
+    the histories diverged (--merge, or usr merge). Asks before changing files; -y answers
+    yes, and without a terminal -y is required (exit 2).
     """
     _run(settings, ctx, "pull", params)
 
@@ -271,16 +282,19 @@ def pull_command(ctx: click.Context, settings: Settings, **params: Any) -> None:
 @click.option(
     "--no-verify",
     is_flag=True,
-    help="Skip the dataset's push/pull hooks (recorded as skipped in the audit).",
+    help="Skip the pre-push and post-push hooks (recorded as skipped in the audit).",
 )
 @pass_settings
 @click.pass_context
 def push_command(ctx: click.Context, settings: Settings, **params: Any) -> None:
     """Send DATASET's newer local states to REMOTE (fast-forward only).
 
-    Both sides record first; missing objects and chunks stream without any lock held, then
-    the remote ref moves by compare-and-swap and the remote checkout is verified before
-    success is reported. Refused with "remote has newer states; pull first" when behind.
+    DATASET and REMOTE as for usr diff (a dataset absent on REMOTE is created there). Both
+    sides record first; missing objects and chunks stream without any lock held, then the
+    remote ref moves by compare-and-swap and the remote checkout is verified before success
+    is reported. Refused (exit 8) with "remote has newer states; pull first" when behind, or
+    as diverged. A pre-push hook may refuse (exit 10). Asks before changing files; -y
+    answers yes, and without a terminal -y is required (exit 2).
     """
     _run(settings, ctx, "push", params)
 
