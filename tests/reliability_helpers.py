@@ -229,7 +229,7 @@ def change_dataset(root: Path, seed: int, aux_growth: int = 1_000_000) -> None:
     Dataset.open(root, DS).append_records(sequences(seed, 200), bio_type="dna", alphabet="dna_4")
     reads = directory / "_artifacts/reads.bin"
     reads.write_bytes(reads.read_bytes() + random_bytes(seed + 1, aux_growth))
-    (directory / "_artifacts/old.txt").unlink()
+    (directory / "_artifacts/old.txt").unlink(missing_ok=True)
     (directory / f"_artifacts/new-{seed}.txt").write_text(f"added by batch {seed}\n")
     with (directory / "meta.md").open("a") as fh:
         fh.write(f"\nbatch {seed}\n")

@@ -32,6 +32,7 @@ from tests.reliability_helpers import (
     REMOTE,
     Pair,
     build_template,
+    change_dataset,
     files_of,
     leftovers,
     open_store,
@@ -99,8 +100,10 @@ KILLS = [
     Kill("pull", "server", "packstream.sent-object:8"),
     Kill("pull", "server", "packstream.sent-chunk:8"),
     # bootstrap: the receiving side starts empty
+    Kill("push", "server", "serve.have", bootstrap=True),
     Kill("push", "server", "packstream.received-chunk:20", bootstrap=True),
     Kill("push", "server", "checkout.mid-promote", bootstrap=True),
+    Kill("pull", "client", "pull.negotiated", bootstrap=True),
     Kill("pull", "client", "packstream.received-chunk:20", bootstrap=True),
     Kill("pull", "client", "checkout.mid-promote", bootstrap=True),
     # a local remote: pipes to a subprocess instead of an SSH channel
@@ -256,3 +259,34 @@ def test_fsck_accepts_remote_states_known_only_by_their_trees(template: Path, tm
     held = dict((path, e) for path, e, _ in store.ls_tree(store.head()))["meta.md"]
     (store.gitdir / "objects" / held[:2] / held[2:]).unlink()
     assert [p.id for p in open_store(pair.local_dir).fsck()] == [held]
+
+
+@pytest.mark.parametrize("command", ["push", "pull"])
+def test_staging_of_an_abandoned_target_is_removed(
+    command: str, template: Path, tmp_path: Path, sshd
+) -> None:
+    """A checkout killed while staging, then a newer state to transfer instead: the rerun
+    stages the new target, removes the old staging directory, and lands the newest files."""
+    pair = prepare_pair("ssh", template, tmp_path, command, sshd)
+    args = (command, DS, REMOTE, "-y")
+    receiver = pair.remote_dir if command == "push" else pair.local_dir
+    if command == "push":
+        killed = pair.run(*args, server_fault="checkout.mid-stage:2")
+        assert killed.returncode == TransportError.exit_code, killed.stderr
+    else:
+        killed = pair.run(*args, client_fault="checkout.mid-stage:2")
+        assert killed.returncode == -signal.SIGKILL, killed.stderr
+    abandoned = leftovers(receiver, ".usr-staging-")
+    assert len(abandoned) == 1
+    change_dataset(pair.local_root if command == "push" else pair.remote_root, seed=11)
+    sender = pair.local_dir if command == "push" else pair.remote_dir
+    newest = files_of(sender)
+
+    again = pair.run(*args)
+    assert again.returncode == 0, again.stderr
+    assert not abandoned[0].exists()
+    assert files_of(receiver) == files_of(sender) == newest
+    for directory in (receiver, sender):
+        store = open_store(directory)
+        assert store is not None and store.fsck() == [] and store.verify_working() == []
+    assert open_store(receiver).head() == open_store(sender).head()
