@@ -175,6 +175,18 @@ def _check_completed(pair: Pair, target: dict[str, bytes], commits: dict[str, se
         assert store.fsck() == [], name
 
 
+def _kill(pair: Pair, args: tuple[str, ...], side: str, point: str) -> None:
+    """Run the command with ``point`` armed in the ``side`` process; it must die there."""
+    if side == "client":
+        killed = pair.run(*args, client_fault=point)
+        assert killed.returncode == -signal.SIGKILL, (killed.returncode, killed.stderr)
+    else:
+        killed = pair.run(*args, server_fault=point)
+        lines = killed.stderr.strip().splitlines()
+        assert killed.returncode == TransportError.exit_code, killed.stderr
+        assert len(lines) == 1 and lines[0].startswith("usr: error: "), killed.stderr
+
+
 @pytest.mark.parametrize("case", SELECTED, ids=[c.id for c in SELECTED])
 def test_killed_transfer_leaves_valid_copies_and_rerun_completes(
     case: Kill, template: Path, tmp_path: Path, request
@@ -186,15 +198,7 @@ def test_killed_transfer_leaves_valid_copies_and_rerun_completes(
     target = before["local" if case.command == "push" else "remote"]
     args = (case.command, DS, REMOTE, "-y")
 
-    if case.side == "client":
-        killed = pair.run(*args, client_fault=case.point)
-        assert killed.returncode == -signal.SIGKILL, (killed.returncode, killed.stderr)
-    else:
-        killed = pair.run(*args, server_fault=case.point)
-        lines = killed.stderr.strip().splitlines()
-        assert killed.returncode == TransportError.exit_code, killed.stderr
-        assert len(lines) == 1 and lines[0].startswith("usr: error: "), killed.stderr
-
+    _kill(pair, args, case.side, case.point)
     for name, directory in sides.items():
         _check_after_kill(directory, before[name], target, commits[name])
     staged = {name: _staged_inodes(d) for name, d in sides.items()}
@@ -290,3 +294,33 @@ def test_staging_of_an_abandoned_target_is_removed(
         store = open_store(directory)
         assert store is not None and store.fsck() == [] and store.verify_working() == []
     assert open_store(receiver).head() == open_store(sender).head()
+
+
+CHAINS = {
+    # the laptop dies mid-fetch, then its rerun dies mid-promotion
+    "pull": ("client", ["packstream.received-chunk:8", "checkout.mid-promote"]),
+    # the cluster dies with the objects in, then its rerun dies with the journal written
+    "push": ("server", ["serve.received", "checkout.journal-written"]),
+}
+
+
+@pytest.mark.parametrize("command", sorted(CHAINS))
+def test_rerun_killed_again_still_completes(
+    command: str, template: Path, tmp_path: Path, sshd
+) -> None:
+    """A rerun can itself be killed at a later step: each kill leaves valid copies and the
+    third run completes, whatever the first two left (sealed packs, a journal)."""
+    pair = prepare_pair("ssh", template, tmp_path, command, sshd)
+    sides = {"local": pair.local_dir, "remote": pair.remote_dir}
+    before = {name: files_of(d) for name, d in sides.items()}
+    commits = {name: reachable(open_store(d)) for name, d in sides.items()}
+    target = before["local" if command == "push" else "remote"]
+    args = (command, DS, REMOTE, "-y")
+    side, points = CHAINS[command]
+    for point in points:
+        _kill(pair, args, side, point)
+        for name, directory in sides.items():
+            _check_after_kill(directory, before[name], target, commits[name])
+    again = pair.run(*args)
+    assert again.returncode == 0, again.stderr
+    _check_completed(pair, target, commits)
