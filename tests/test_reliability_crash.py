@@ -216,8 +216,8 @@ def test_killed_transfer_leaves_valid_copies_and_rerun_completes(
 def test_sweep_covers_every_sync_point_and_enough_kill_points(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """The case list names every crash point the sync layer registers, and 20+ distinct
-    kills; the seeded windows together cover the whole list."""
+    """The case list names every crash point the sync layer registers (each documented in
+    docs/protocol.md), and 20+ distinct kills; the seeded windows together cover it."""
     import usr.store.checkout
     import usr.sync.client
     import usr.sync.engine
@@ -229,6 +229,8 @@ def test_sweep_covers_every_sync_point_and_enough_kill_points(
     }
     named = {c.point.split(":")[0] for c in KILLS}
     assert sync_points <= named, sync_points - named
+    documented = (Path(__file__).parents[1] / "docs" / "protocol.md").read_text()
+    assert all(f"`{n}`" in documented for n in sync_points), "list it in docs/protocol.md"
     assert set(named) <= set(KNOWN_POINTS), set(named) - set(KNOWN_POINTS)
     assert len({c.id for c in KILLS}) == len(KILLS) >= 20
     monkeypatch.delenv("USR_FULL_SWEEP", raising=False)
