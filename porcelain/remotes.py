@@ -21,7 +21,7 @@ from porcelain.options import (
     warn_if_open,
 )
 from usr import remotes as profiles
-from usr.errors import AuthError, TransportError, UsrError
+from usr.errors import AuthError, TransportError, UsageError, UsrError
 
 PRESETS: dict[str, dict[str, Any]] = {
     "bu-scc": {"host": "scc1.bu.edu", "port": 22, "batch_mode": True, "remote_usr": "usr"},
@@ -305,7 +305,10 @@ def warm_auth_command(name: str, stop: bool, remotes_config: str | None) -> None
 
     profile = _get(name, remotes_config)
     if profile.type != "ssh":
-        raise UsrError(f"remote {name} is local: there is no login to warm", None)
+        raise UsageError(
+            f"remote {name} is a local remote: there is no login to warm",
+            "warm-auth is for ssh remotes; local ones need no login",
+        )
     if stop:
         stopped = connholder.stop(profile)
         click.echo(f"{name}: holder {'stopped' if stopped else 'was not running'}", err=True)

@@ -105,7 +105,7 @@ def check_dataset_dir(directory: Path, root: Path | None = None) -> Path:
         return directory
     raise InputError(
         f"{directory} is not a dataset: it holds neither {RECORDS_FILE} nor a {STORE_DIR}/ store",
-        "name a dataset directory (usr ls lists them), or create one with usr init",
+        "name a dataset directory, usr ls lists them; or create one with usr init",
     )
 
 

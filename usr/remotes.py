@@ -45,6 +45,13 @@ _KEYS: dict[str, type | tuple[type, ...]] = {
     "local_repo_root": str,
 }
 
+#: How a wrong-typed value is explained: what the key needs, and what writing it looks like.
+_KIND_WORDS: dict[type | tuple[type, ...], tuple[str, str]] = {
+    str: ("a string", '"..." in quotes'),
+    int: ("an integer", "22 without quotes"),
+    bool: ("true or false", "true without quotes"),
+}
+
 
 @dataclass
 class Profile:
@@ -104,7 +111,7 @@ def is_too_open(path: Path) -> bool:
 def validate_name(name: str) -> str:
     if not name or not set(name) <= NAME_CHARS or name[0] in ".-":
         raise InputError(
-            f"bad remote name {name!r}", "use letters, digits, '_', '.', '-' (e.g. bu-scc)"
+            f"bad remote name {name!r}", "use letters, digits, '_', '.', '-', e.g. bu-scc"
         )
     return name
 
@@ -119,8 +126,10 @@ def _profile_from_table(name: str, table: Any, path: Path) -> Profile:
             raise InputError(f"{where}.{key}: unknown key", f"known: {', '.join(_KEYS)}")
         want = _KEYS[key]
         if not isinstance(value, want) or (isinstance(value, bool) and want is not bool):
-            kind = want.__name__ if isinstance(want, type) else "number"
-            raise InputError(f"{where}.{key}: must be a {kind}, got {value!r}")
+            kind, example = _KIND_WORDS.get(want, ("a number", "20"))
+            raise InputError(
+                f"{where}.{key}: must be {kind}, got {value!r}", f"write {key} = {example}"
+            )
     kind = table.get("type", "ssh")
     if kind not in TYPES:
         raise InputError(f"{where}.type: must be 'ssh' or 'local', got {kind!r}")
@@ -175,6 +184,12 @@ def get(name: str, option: str | os.PathLike[str] | None = None) -> Profile:
     """The profile called ``name``; :class:`NotFoundError` names the file searched."""
     path = config_path(option)
     profiles = load(path)
+    if not profiles and not path.exists():
+        raise NotFoundError(
+            f"unknown remote {name!r}: there is no remotes config at {path}",
+            f"add the profile with: usr remotes add {name} --type ssh --host H --user U "
+            "--base-dir D, or point --remotes-config / $USR_REMOTES_PATH at your file",
+        )
     if name not in profiles:
         known = ", ".join(sorted(profiles)) or "none"
         raise NotFoundError(
@@ -202,7 +217,7 @@ def remove(name: str, option: str | os.PathLike[str] | None = None) -> Path:
     path = config_path(option)
     profiles = load(path)
     if name not in profiles:
-        raise NotFoundError(f"unknown remote {name!r} in {path}")
+        raise NotFoundError(f"unknown remote {name!r} in {path}", "usr remotes list shows them")
     del profiles[name]
     save(path, profiles)
     return path

@@ -168,7 +168,9 @@ def resolve_target(root: Path, arg: str, options: SyncOptions | None = None) -> 
     is_dir = os.path.isdir(as_dir)
     if _looks_like_path(arg) or (is_dir and not os.path.isdir(in_root) and "/" in arg):
         if not is_dir:
-            raise NotFoundError(f"dataset directory {as_dir} does not exist")
+            raise NotFoundError(
+                f"dataset directory {as_dir} does not exist", "check the path, or name a dataset id"
+            )
         if (as_dir / REGISTRY_FILE).is_file():
             raise InputError(
                 f"{as_dir} is a datasets root (it holds {REGISTRY_FILE}), not a dataset",
@@ -852,7 +854,7 @@ def _refuse(action: str, cmp: Comparison) -> None:
     if relation == "diverged":
         raise ConflictError(
             f"local and remote have diverged: merge base {_short(cmp.merge_base)}, {heads}",
-            "nothing was changed on either side; merge the histories (usr merge) first",
+            "nothing was changed on either side; run usr merge DATASET REMOTE, then push",
         )
     if action == "push" and relation == "remote-ahead":
         raise ConflictError(
@@ -1142,7 +1144,7 @@ def remote_log(store: Any, remote: str, limit: int | None = None) -> list[Any]:
     if head is None:
         raise NotFoundError(
             f"no remote-tracking state for {remote}",
-            f"run usr diff DATASET {remote} first (it records what the remote has)",
+            f"run usr diff DATASET {remote} first: it records what the remote has",
         )
     return store.log(head, limit=limit)
 
