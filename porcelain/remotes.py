@@ -21,7 +21,7 @@ from porcelain.options import (
     warn_if_open,
 )
 from usr import remotes as profiles
-from usr.errors import AuthError, TransportError, UsageError, UsrError
+from usr.errors import AuthError, InputError, TransportError, UsageError, UsrError
 
 PRESETS: dict[str, dict[str, Any]] = {
     "bu-scc": {"host": "scc1.bu.edu", "port": 22, "batch_mode": True, "remote_usr": "usr"},
@@ -182,7 +182,7 @@ def _doctor_connect(profile: profiles.Profile, report: _Report) -> Any | None:
             report.fail("auth", exc)
             report.skip(*_LATER)
         return None
-    except TransportError as exc:
+    except (TransportError, InputError) as exc:  # InputError: a file the profile names
         report.fail("connect", exc)
         report.skip("host key", "auth", *_LATER)
         return None

@@ -27,7 +27,6 @@ import getpass
 import logging
 import os
 import shlex
-import socket
 import threading
 from collections.abc import Coroutine
 from pathlib import Path
@@ -218,7 +217,12 @@ async def _connect(profile: Any, interactive: bool) -> asyncssh.SSHClientConnect
             f"cannot reach {where}: timed out after {profile.connect_timeout:g}s",
             "check the host, port and network (VPN?)",
         ) from None
-    except (OSError, socket.gaierror) as exc:
+    except OSError as exc:
+        if exc.filename:  # a file the profile names (ssh_key, ssh_config, known_hosts)
+            raise InputError(
+                f"ssh settings for remote {profile.name}: {exc.filename}: {exc.strerror}",
+                f"fix that path in the profile; usr remotes show {profile.name} prints it",
+            ) from None
         raise TransportError(
             f"cannot reach {where}: {exc.strerror or exc}", "check the host, port and network"
         ) from None
