@@ -541,7 +541,8 @@ def _require_primary(store: Any, commit: str, where: str, sizes: _Sizes | None =
     if _top_blob(store, commit, RECORDS_FILE) is None:
         raise InputError(
             f"{where} state {_short(commit)} has no {RECORDS_FILE}",
-            "a dataset without its primary table is never transferred; restore it first",
+            "a dataset without its primary table is never transferred; restore it on that side, "
+            "e.g. usr checkout DATASET HEAD~1",
         )
 
 
