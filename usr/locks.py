@@ -57,7 +57,7 @@ def hold(path: Path, what: str = "usr", timeout: float | None = None) -> Iterato
                 if time.monotonic() >= deadline:
                     raise LockTimeout(
                         f"lock {path} not taken within {timeout:g}s: {_describe_holder(path)}",
-                        "wait for it to finish, or raise --lock-timeout",
+                        "wait for it to finish, or raise --lock-timeout / $USR_LOCK_TIMEOUT",
                     ) from None
                 time.sleep(_POLL)
         stamp = {

@@ -223,8 +223,11 @@ async def _connect(profile: Any, interactive: bool) -> asyncssh.SSHClientConnect
                 f"ssh settings for remote {profile.name}: {exc.filename}: {exc.strerror}",
                 f"fix that path in the profile; usr remotes show {profile.name} prints it",
             ) from None
+        # asyncio words a refused connect "Connect call failed ('h', p)"; say what happened.
+        refused = isinstance(exc, ConnectionError) and exc.errno
+        reason = os.strerror(exc.errno) if refused else exc.strerror or exc
         raise TransportError(
-            f"cannot reach {where}: {exc.strerror or exc}", "check the host, port and network"
+            f"cannot reach {where}: {reason}", "check the host, port and network"
         ) from None
     except (ValueError, asyncssh.KeyImportError) as exc:
         raise InputError(f"ssh settings for remote {profile.name}: {exc}") from None
