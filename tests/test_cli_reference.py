@@ -7,8 +7,13 @@ spelling of every option (``-n`` and ``--max-count``, ``--verify-sidecars`` and
 ``--no-verify-sidecars``) must appear in code (a backtick span or a fenced block) in that
 section. The other way round, every ``--flag`` the page shows must still exist. Every exit
 code of usr/errors.py is in the exit-code tables of docs/cli.md and docs/troubleshooting.md
-with its meaning, and every command and option says what it does in ``--help``. The one
-subprocess is ``usr --help`` itself, run through the installed entry point.
+with its meaning, and every command and option says what it does in ``--help``.
+
+docs/troubleshooting.md cannot rot either: the errors an operator meets first (no remotes
+config, unknown remote, bad id, missing dataset, no ``-y`` without a terminal, lock held,
+...) are raised by the real code in process, and each must match the start of a signature
+row there with the same exit code. The one subprocess is ``usr --help`` itself, run through
+the installed entry point.
 """
 
 from __future__ import annotations
@@ -219,3 +224,107 @@ def test_usr_help_lists_every_visible_command():
     visible = {p[0] for p, _ in COMMANDS if len(p) == 1}
     assert listed == visible
     assert "--root" in proc.stdout and "--version" in proc.stdout
+
+
+# ------------------------------------------------------------ troubleshooting signatures
+
+_PLACEHOLDER = re.compile(r"\b[A-Z][A-Z0-9_]*\b|\.\.\.")
+
+
+def signature_rows() -> list[tuple[str, int, re.Pattern[str]]]:
+    """``(signature, exit code, regex)`` for each row of the troubleshooting tables whose
+    first cell is a signature followed by ``(N)``. Capitals and ``...`` are the variable
+    parts; the rest must be the start of the real message, word for word."""
+    rows = []
+    for line in TROUBLESHOOTING_MD.read_text().splitlines():
+        cell = line.strip().strip("|").split(" | ")[0] if line.startswith("| `") else ""
+        for sig, code in re.findall(r"`([^`]+)` \((\d+)\)", cell):
+            parts = _PLACEHOLDER.split(sig)
+            pattern = ".+?".join(re.escape(p) for p in parts)
+            rows.append((sig, int(code), re.compile(pattern)))
+    return rows
+
+
+def error_of(call) -> UsrError:
+    with pytest.raises(UsrError) as info:
+        call()
+    return info.value
+
+
+def _cli(*args: str):
+    return lambda: cli.root.main(list(args), prog_name="usr", standalone_mode=False)
+
+
+def real_errors(tmp_path: Path, monkeypatch) -> list[tuple[str, UsrError]]:
+    """Errors an operator meets, raised by the real code in process (no remote needed)."""
+    import io
+
+    from porcelain.options import Settings
+    from porcelain.sync import _confirmer
+    from porcelain.targets import resolve_dataset
+    from usr import layout, locks, remotes
+    from usr.dataset import Dataset
+    from usr.store import Store
+    from usr.sync import engine
+
+    root = tmp_path / "root"
+    ds = Dataset.init(root, "densegen/d")
+    good = tmp_path / "good.toml"
+    remotes.add(remotes.Profile(name="hpc", type="local", base_dir=str(tmp_path)), good)
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[remotes.x]\ntype = "ssh"\nhost = "h"\nbase_dir = "/d"\nport = "22"\n')
+    seqs = tmp_path / "seqs.csv"
+    seqs.write_text("sequence\nACGTZ\n")
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "file.txt").write_text("x")
+    (root / "registry.toml").write_text("")
+    monkeypatch.setattr("sys.stdin", io.StringIO(""))
+    store = Store.open(ds.path)
+    cases = {
+        "no remotes config": lambda: remotes.get("hpc", tmp_path / "none.toml"),
+        "unknown remote": lambda: remotes.get("nope", good),
+        "profile type": lambda: remotes.load(bad),
+        "remote name": lambda: remotes.validate_name("b@d"),
+        "dataset id": lambda: layout.validate_dataset_id("bad id!"),
+        "local dataset": lambda: resolve_dataset(Settings(str(root)), "densegen/nope"),
+        "dataset dir": lambda: engine.resolve_target(root, "./no/such/dir"),
+        "not a dataset": lambda: layout.check_dataset_dir(tmp_path / "other"),
+        "datasets root": lambda: engine.resolve_target(root, str(root)),
+        "init twice": lambda: Dataset.init(root, "densegen/d"),
+        "import missing": lambda: ds.import_file(tmp_path / "none.csv"),
+        "alphabet": lambda: ds.import_file(seqs),
+        "namespace": lambda: ds.attach(seqs, namespace="infer"),
+        "no -y": lambda: _confirmer(False, "pull")("summary"),
+        "combined": _cli("pull", "d", "r", "--primary-only", "--skip-snapshots"),
+        "lock timeout flag": _cli("pull", "d", "r", "--lock-timeout", "0"),
+        "warm-auth local": _cli(
+            "remotes", "warm-auth", "--remote", "hpc", "--remotes-config", str(good)
+        ),
+        "revision": lambda: store.resolve("nope"),
+        "tracking": lambda: engine.remote_log(store, "hpc"),
+    }
+    out = [(name, error_of(call)) for name, call in cases.items()]
+    (ds.path / "meta.md").write_text("changed\n")
+    out.append(("checkout", error_of(lambda: store.checkout(store.head(), force=False))))
+    with locks.dataset_lock(ds.path, what="batch job 42"):
+        out.append(
+            ("lock", error_of(lambda: locks.dataset_lock(ds.path, timeout=0.01).__enter__()))
+        )
+    return out
+
+
+def test_every_error_an_operator_meets_has_a_troubleshooting_row(tmp_path, monkeypatch):
+    rows = signature_rows()
+    assert len(rows) >= 30
+    unlisted = []
+    for name, exc in real_errors(tmp_path, monkeypatch):
+        line = exc.one_line()
+        hits = [(sig, code) for sig, code, rx in rows if rx.match(line)]
+        if not any(code == exc.exit_code for _, code in hits):
+            unlisted.append(f"{name}: ({exc.exit_code}) {line!r}; rows matched: {hits}")
+    assert not unlisted, "docs/troubleshooting.md lacks:\n" + "\n".join(unlisted)
+
+
+def test_troubleshooting_rows_name_documented_exit_codes():
+    documented = set(_exit_rows(TROUBLESHOOTING_MD, "Exit codes"))
+    assert {code for _, code, _ in signature_rows()} <= documented
