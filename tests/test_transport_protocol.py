@@ -182,6 +182,9 @@ if mode == "oversized":
     out.write(struct.pack(">cI", b"J", 1 << 31)); out.flush(); sys.exit(0)
 if mode == "truncated":
     out.write(struct.pack(">cI", b"J", 50) + b'{"t": "heads"'); out.flush(); sys.exit(0)
+if mode == "silent":  # half a frame, then nothing, the pipe kept open until the client goes
+    out.write(struct.pack(">cI", b"J", 50) + b'{"t": '); out.flush()
+    sys.stdin.buffer.read(); sys.exit(0)
 oid = sys.argv[2]
 msg("objects", oids=[oid], types=["blob"], sizes={})
 read()
@@ -196,9 +199,9 @@ def fake_server(tmp_path):
     script = tmp_path / "fake_server.py"
     script.write_text(FAKE_SERVER)
 
-    def start(mode: str, *args: str):
+    def start(mode: str, *args: str, idle_timeout: float | None = None):
         argv = f"{sys.executable} {script} {mode} {' '.join(args)}"
-        return spawn_local(tmp_path, remote_usr=argv, name="remote fake")
+        return spawn_local(tmp_path, remote_usr=argv, name="remote fake", idle_timeout=idle_timeout)
 
     return start
 
@@ -216,6 +219,16 @@ def test_client_refuses_bad_frames(fake_server, mode, words):
         with pytest.raises(TransportError) as err:
             remote.heads("ds")
     assert words in err.value.one_line()
+
+
+def test_client_gives_up_on_a_server_that_goes_silent(fake_server):
+    """A local server that stops mid-frame without closing: a transport error once the
+    profile's idle_timeout passes, not a hang (SSH channels have the same bound)."""
+    with fake_server("silent", idle_timeout=0.5) as remote:
+        remote.hello()
+        with pytest.raises(TransportError) as err:
+            remote.heads("ds")
+    assert "sent nothing for 0.5s" in err.value.one_line()
 
 
 def test_client_refuses_object_not_matching_its_id(fake_server, tmp_path):

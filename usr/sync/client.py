@@ -14,6 +14,7 @@ without waiting), so a no-op sync costs a handful of round trips whatever the da
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import shlex
 import subprocess
@@ -496,7 +497,8 @@ def _local_haves(store: Any) -> list[str]:
 
 
 def _pump_stderr(stream: Any, tail: StderrTail) -> None:
-    for piece in iter(lambda: stream.read1(4096), b""):
+    read = getattr(stream, "read1", None) or stream.read  # unbuffered: read is one syscall
+    for piece in iter(lambda: read(4096), b""):
         tail.feed(piece)
         if os.environ.get("USR_DEBUG") == "1":
             sys.stderr.buffer.write(piece)
@@ -508,12 +510,14 @@ def spawn_local(
     name: str = "local",
     lock_timeout: float | None = None,
     repo_root: str | os.PathLike[str] | None = None,
+    idle_timeout: float | None = None,
 ) -> RemoteSession:
     """A session with ``usr plumbing serve --root BASE_DIR`` run as a local subprocess.
 
     ``remote_usr`` (a command line, split like a shell would) defaults to this Python's
     ``-m usr``, so a local remote always runs the same usr as the client. ``repo_root``
-    (file mode's second root) is passed as ``--repo-root``.
+    (file mode's second root) is passed as ``--repo-root``. ``idle_timeout`` bounds how
+    long a read waits for the server's next byte (the profile's, like over SSH).
     """
     if remote_usr and remote_usr != "usr":
         argv = shlex.split(remote_usr)
@@ -529,7 +533,12 @@ def spawn_local(
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_parent, env.get("PYTHONPATH")]))
     try:
         proc = subprocess.Popen(
-            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
+            argv,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+            bufsize=0,  # stdout unbuffered: the idle timeout polls its fd
         )
     except OSError as exc:
         raise TransportError(
@@ -551,7 +560,11 @@ def spawn_local(
         return status
 
     session = RemoteSession(
-        p.FileChannel(proc.stdout, proc.stdin), name, closer, tail, lock_timeout
+        p.FileChannel(proc.stdout, io.BufferedWriter(proc.stdin), idle_timeout),
+        name,
+        closer,
+        tail,
+        lock_timeout,
     )
     session.process = proc  # type: ignore[attr-defined]  # tests kill it mid-transfer
     return session
@@ -577,7 +590,12 @@ def open_session(
     label = f"remote {profile.name}"
     if profile.type == "local":
         session = spawn_local(
-            profile.base_dir, profile.remote_usr, label, lock_timeout, profile.repo_root
+            profile.base_dir,
+            profile.remote_usr,
+            label,
+            lock_timeout,
+            profile.repo_root,
+            profile.idle_timeout,
         )
     else:
         session = None

@@ -74,7 +74,13 @@ class SocketChannel:
         self.sock = sock
 
     def read(self, n: int) -> bytes:
-        return self.sock.recv(n)
+        try:
+            return self.sock.recv(n)
+        except TimeoutError:  # the socket's timeout is the profile's idle_timeout
+            raise TransportError(
+                f"remote sent nothing for {self.sock.gettimeout():g}s (via the warm-auth holder)",
+                "check the remote; raise idle_timeout in the profile if it is just slow",
+            ) from None
 
     def write(self, data: bytes) -> None:
         self.sock.sendall(data)
@@ -90,6 +96,7 @@ def try_session(profile: Any, label: str, lock_timeout: float | None) -> Any | N
     sock = _connect(profile, b"S")
     if sock is None:
         return None
+    sock.settimeout(profile.idle_timeout)
 
     def closer() -> int | None:
         with contextlib.suppress(OSError):

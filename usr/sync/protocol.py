@@ -107,15 +107,31 @@ def widen_pipe(fileobj: Any) -> None:
 
 
 class FileChannel:
-    """A :class:`ByteChannel` over two binary file objects (pipes, stdin/stdout)."""
+    """A :class:`ByteChannel` over two binary file objects (pipes, stdin/stdout).
 
-    def __init__(self, rfile: BinaryIO, wfile: BinaryIO) -> None:
+    With ``idle_timeout`` (seconds), a read that gets no byte for that long is a
+    TransportError instead of a hang: a peer that stops sending without closing (wedged,
+    suspended, a hostile server) must not stall the client forever. It needs an unbuffered
+    ``rfile`` (its fd is polled; a buffered reader could hold bytes the poll cannot see).
+    """
+
+    def __init__(self, rfile: BinaryIO, wfile: BinaryIO, idle_timeout: float | None = None) -> None:
         self.rfile = rfile
         self.wfile = wfile
+        self.idle_timeout = idle_timeout
         widen_pipe(rfile)
         widen_pipe(wfile)
 
     def read(self, n: int) -> bytes:
+        if self.idle_timeout is not None:
+            import select
+
+            ready, _, _ = select.select([self.rfile], [], [], self.idle_timeout)
+            if not ready:
+                raise TransportError(
+                    f"remote sent nothing for {self.idle_timeout:g}s",
+                    "check the remote; raise idle_timeout in the profile if it is just slow",
+                )
         reader = getattr(self.rfile, "read1", None) or self.rfile.read
         return reader(n)
 
