@@ -226,6 +226,8 @@ def doctor(profile: profiles.Profile) -> _Report:
         report.add("base_dir", True, f"{base} exists and is writable")
     if info.get("lock_ok"):
         report.add("test lock", True, "fcntl lock taken and released on the remote")
+    elif not info.get("root_exists"):
+        report.add("test lock", False, "not checked (base_dir missing)")
     else:
         report.add(
             "test lock",
