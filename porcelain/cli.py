@@ -65,7 +65,7 @@ class LazyGroup(click.Group):
     metavar="DIR",
     help="Datasets root (else $USR_ROOT, else ./datasets).",
 )
-@click.option("--debug", is_flag=True, help="Show tracebacks on errors.")
+@click.option("--debug", is_flag=True, help="Show tracebacks on errors (also USR_DEBUG=1).")
 @click.version_option(__version__, prog_name="usr")
 @click.pass_context
 def root(ctx: click.Context, root_option: str | None, debug: bool) -> None:
@@ -73,6 +73,10 @@ def root(ctx: click.Context, root_option: str | None, debug: bool) -> None:
 
     Each dataset directory carries its own object store (.usr/); every recorded state is a
     commit. Daily loop: usr diff DS REMOTE, then usr pull / usr push.
+
+    New here? 'usr demo' plays the whole loop with nothing set up; docs/quickstart.md then
+    sets it up against your cluster. 'usr COMMAND --help' explains each command; errors are
+    one line 'usr: error: ...' whose exit code docs/troubleshooting.md explains.
     """
     ctx.obj = Settings(root_option=root_option, debug=debug)
 

@@ -150,7 +150,8 @@ def init(settings: Settings, dataset: str, source: str, notes: str, fmt: str) ->
 @click.option(
     "--alphabet",
     default=None,
-    help="dna_4|dna_5|rna_4|rna_5|protein_20|protein_21 (default: the 4/20-letter one).",
+    help="For rows without an alphabet column: dna_4, dna_5, rna_4, rna_5, protein_20, "
+    "protein_21 (default: dna_4, rna_4 or protein_20).",
 )
 @click.option("--source", default=None, help="Source text for rows without a source column.")
 @click.option(
@@ -158,7 +159,8 @@ def init(settings: Settings, dataset: str, source: str, notes: str, fmt: str) ->
     type=click.Choice(["error", "skip"]),
     default="error",
     show_default=True,
-    help="What to do with ids already present.",
+    help="Ids already in the dataset or repeated in the file: error refuses the import, "
+    "skip keeps the first.",
 )
 @format_option
 @pass_settings

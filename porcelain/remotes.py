@@ -250,7 +250,7 @@ def doctor(profile: profiles.Profile) -> _Report:
 
 
 @remotes_group.command("doctor")
-@click.option("--remote", "name", required=True, help="Profile name.")
+@click.option("--remote", "name", required=True, metavar="NAME", help="Profile name.")
 @remotes_config_option
 @format_option
 def doctor_command(name: str, remotes_config: str | None, fmt: str) -> None:
@@ -264,7 +264,7 @@ def doctor_command(name: str, remotes_config: str | None, fmt: str) -> None:
 
 
 @remotes_group.command("status")
-@click.option("--remote", "name", required=True, help="Profile name.")
+@click.option("--remote", "name", required=True, metavar="NAME", help="Profile name.")
 @remotes_config_option
 @format_option
 def status_command(name: str, remotes_config: str | None, fmt: str) -> None:
@@ -294,7 +294,7 @@ def status_command(name: str, remotes_config: str | None, fmt: str) -> None:
 
 
 @remotes_group.command("warm-auth")
-@click.option("--remote", "name", required=True, help="Profile name.")
+@click.option("--remote", "name", required=True, metavar="NAME", help="Profile name.")
 @click.option("--stop", is_flag=True, help="Stop the holder instead of starting it.")
 @remotes_config_option
 def warm_auth_command(name: str, stop: bool, remotes_config: str | None) -> None:
