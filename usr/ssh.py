@@ -197,11 +197,12 @@ async def _connect(profile: Any, interactive: bool) -> asyncssh.SSHClientConnect
         fp = await _fingerprint(profile.host, profile.port or 22)
         kh = profile.known_hosts or "~/.ssh/known_hosts"
         port = f"-p {profile.port} " if profile.port and profile.port != 22 else ""
+        # asyncssh's own reason repeats ours unless it says more (a revoked key).
+        more = "" if exc.reason.startswith("Host key is not trusted") else f"; {exc.reason}"
         raise AuthError(
-            f"host key of {where} is not trusted (unknown or changed): server offers {fp}; "
-            f"{exc.reason}",
+            f"host key of {where} is not trusted (unknown or changed): server offers {fp}{more}",
             f"confirm that fingerprint with the cluster's admins, then add it with "
-            f"'ssh-keyscan {port}{profile.host} >> {kh}' (usr never accepts keys by itself)",
+            f"'ssh-keyscan {port}{profile.host} >> {kh}'; usr never accepts keys by itself",
         ) from None
     except asyncssh.PermissionDenied as exc:
         how = "batch_mode forbids prompts" if not interactive else "prompts answered"
