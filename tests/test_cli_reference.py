@@ -280,6 +280,7 @@ def real_errors(tmp_path: Path, monkeypatch) -> list[tuple[str, UsrError]]:
     (root / "registry.toml").write_text("")
     monkeypatch.setattr("sys.stdin", io.StringIO(""))
     store = Store.open(ds.path)
+    elsewhere = Dataset.init(tmp_path / "unmarked", "d").path  # its root has no registry.toml
     cases = {
         "no remotes config": lambda: remotes.get("hpc", tmp_path / "none.toml"),
         "unknown remote": lambda: remotes.get("nope", good),
@@ -290,6 +291,7 @@ def real_errors(tmp_path: Path, monkeypatch) -> list[tuple[str, UsrError]]:
         "dataset dir": lambda: engine.resolve_target(root, "./no/such/dir"),
         "not a dataset": lambda: layout.check_dataset_dir(tmp_path / "other"),
         "datasets root": lambda: engine.resolve_target(root, str(root)),
+        "unmarked root": lambda: engine.resolve_target(root, str(elsewhere)),
         "init twice": lambda: Dataset.init(root, "densegen/d"),
         "import missing": lambda: ds.import_file(tmp_path / "none.csv"),
         "alphabet": lambda: ds.import_file(seqs),

@@ -181,7 +181,8 @@ def resolve_target(root: Path, arg: str, options: SyncOptions | None = None) -> 
         if found is None:
             raise NotFoundError(
                 f"no {REGISTRY_FILE} above {as_dir}: cannot tell which datasets root it is in",
-                "pass a dataset id with --root, or create the root with usr init",
+                "name the dataset by its id with --root ROOT, or mark its datasets root: "
+                "touch ROOT/registry.toml",
             )
         dataset = as_dir.relative_to(found).as_posix()
         check_dataset_dir(as_dir, found)
