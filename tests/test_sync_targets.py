@@ -159,3 +159,19 @@ def test_serve_refuses_to_plant_a_dataset_inside_another_or_over_a_namespace(usr
         assert r.returncode == 3, (ds, r.stdout, r.stderr)
         assert "is inside dataset 'flat'" in r.stderr or "is not a dataset" in r.stderr
     assert _tree(cluster) == before
+
+
+def test_roots_made_by_init_or_a_first_pull_resolve_from_inside_a_dataset(usr, tmp_path):
+    """``usr diff . hpc`` inside a dataset needs its root marked by registry.toml: usr init
+    and a bootstrap pull leave that mark, so the form works in every root usr made."""
+    laptop, cluster = tmp_path / "laptop", tmp_path / "cluster"
+    assert usr("--root", str(cluster), "init", DS).returncode == 0
+    assert (cluster / "registry.toml").read_bytes() == b""
+    cfg = _local_remote(tmp_path, cluster)
+    pulled = usr("--root", str(laptop), "pull", DS, "hpc", "-y", "--remotes-config", str(cfg))
+    assert pulled.returncode == 0, pulled.stderr
+    assert (laptop / "registry.toml").is_file()
+    for where in (laptop / DS, cluster / DS):
+        r = usr("diff", ".", "hpc", "--format", "json", "--remotes-config", str(cfg), cwd=where)
+        assert r.returncode == 0, (where, r.stderr)
+        assert '"relation": "equal"' in r.stdout

@@ -38,7 +38,7 @@ from usr.layout import (
     validate_dataset_id,
 )
 from usr.locks import dataset_lock
-from usr.registry import Registry, type_name
+from usr.registry import Registry, mark_root, type_name
 
 ON_DUPLICATE = ("error", "skip")
 
@@ -141,6 +141,7 @@ class Dataset:
                 f"{dataset_id.split('/')[0]!r} is a dataset, not a namespace directory"
             )
         ds.path.mkdir(parents=True, exist_ok=True)
+        mark_root(ds.root)
         with dataset_lock(ds.path, what="init"):
             created = records.now_utc().strftime("%Y-%m-%dT%H:%M:%SZ")
             records.write_records(ds.records_path, [], records.CORE_SCHEMA)

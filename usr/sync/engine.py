@@ -981,6 +981,10 @@ def _pull(run: AuditRun, target: Target, remote: str, options: SyncOptions) -> s
         store.checkout(st.remote_head, expect_head=st.local_head)
         faults.point(FAULT_PULL_CHECKED_OUT)
         verify_working(store, target.path, st.remote_head, options, only=moved)
+    if not st.local_exists:
+        from usr.registry import mark_root  # pyarrow: not on every sync's start-up path
+
+        mark_root(target.root)  # a bootstrapped root is a root: `usr diff .` works inside it
     outcome = hooks.run_post_pull(
         hooks.context_for(target.path, target.root, target.dataset),
         remote,
