@@ -280,7 +280,8 @@ def real_errors(tmp_path: Path, monkeypatch) -> list[tuple[str, UsrError]]:
     (root / "registry.toml").write_text("")
     monkeypatch.setattr("sys.stdin", io.StringIO(""))
     store = Store.open(ds.path)
-    elsewhere = Dataset.init(tmp_path / "unmarked", "d").path  # its root has no registry.toml
+    elsewhere = Dataset.init(tmp_path / "unmarked", "d").path
+    (tmp_path / "unmarked" / "registry.toml").unlink()  # a root made by another tool
     cases = {
         "no remotes config": lambda: remotes.get("hpc", tmp_path / "none.toml"),
         "unknown remote": lambda: remotes.get("nope", good),

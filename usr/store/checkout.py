@@ -190,7 +190,7 @@ def checkout(store, commit: str, force: bool = False, expect_head: object = ...)
                     " ..." if len(pending) > 3 else ""
                 )
                 raise ConflictError(
-                    f"{store.path.name} has unrecorded changes ({len(pending)} files: {names})",
+                    f"{store.path} has unrecorded changes ({len(pending)} files: {names})",
                     "run 'usr snapshot' first, or use --force to record them and go on",
                 )
             recorded = store.record("checkout: record unrecorded changes")
