@@ -235,6 +235,9 @@ def test_refused_states(env):
 
     log.write_text(original)
     (env.remote_dir / "records.parquet").unlink()
+    assert any(  # diff says it before any pull is tried
+        n.startswith("remote records.parquet is missing") for n in env.diff().get("notes", [])
+    )
     with pytest.raises(InputError, match="records.parquet"):
         env.pull()
     assert files_of(env.local_dir) == before and head(env.local_dir) == h

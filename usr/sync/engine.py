@@ -764,6 +764,7 @@ def _preview(run: AuditRun, target: Target, remote: str, options: SyncOptions) -
         )
     cmp = _compare(store, target, remote, st)
     data = run.set_comparison(cmp)
+    _missing_primary_notes(run, store, st)
     if merge_report is not None:
         data.update(
             mergeable=merge_report["mergeable"],
@@ -773,6 +774,17 @@ def _preview(run: AuditRun, target: Target, remote: str, options: SyncOptions) -
     if options.dry_run:
         _dry_run_notes(run, cmp, options)
     return st
+
+
+def _missing_primary_notes(run: AuditRun, store: Any, st: _State) -> None:
+    """Say up front that a side's working files lack records.parquet: pull and push would
+    refuse to transfer that state, and the operator should restore it before recording."""
+    for side, tree in (("local", st.local_tree), ("remote", st.remote_tree)):
+        if tree is not None and _top_blob(store, tree, RECORDS_FILE) is None:
+            run.notes.append(
+                f"{side} {RECORDS_FILE} is missing: pull and push refuse to transfer such a "
+                "state; restore it there first (usr checkout DATASET HEAD)"
+            )
 
 
 def _merge_preview(
