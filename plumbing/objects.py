@@ -13,7 +13,7 @@ import click
 
 from porcelain.options import pass_settings
 from porcelain.targets import dataset_from_cwd, resolve_dataset
-from usr.errors import UsageError
+from usr.errors import NotFoundError, UsageError
 from usr.store import Store
 from usr.store.objects import inline_limit
 from usr.store.worktree import hash_file
@@ -69,6 +69,24 @@ def hash_object(settings, args: tuple[str, ...], write: bool) -> None:
     click.echo(oid)
 
 
+def object_id(store: Store, name: str) -> str:
+    """The object ``name`` names: an object id, a revision (its commit), or ``REV:PATH`` (the
+    tree entry at PATH in that state, as git spells it; ``REV:`` is the state's tree)."""
+    if store.has_object(name):
+        return name
+    rev, colon, path = name.partition(":")
+    if not colon:
+        return store.resolve(name)
+    tree = store.repo[store.tree_of(rev or "HEAD")]
+    path = path.strip("/")
+    if not path:
+        return str(tree.id)
+    try:
+        return str(tree[path].id)
+    except KeyError:
+        raise NotFoundError(f"{path!r} is not in state {rev or 'HEAD'}") from None
+
+
 @click.command("cat-file")
 @click.argument("args", nargs=-1, required=True, metavar="[DATASET] OBJECT")
 @click.option("-t", "mode", flag_value="type", help="Print the object type.")
@@ -82,7 +100,7 @@ def hash_object(settings, args: tuple[str, ...], write: bool) -> None:
 )
 @pass_settings
 def cat_file(settings, args: tuple[str, ...], mode: str | None) -> None:
-    """Show an object by id (or revision): -t type, -s size, -p content.
+    """Show an object by id, revision or REV:PATH: -t type, -s size, -p content.
 
     For a manifest blob -p prints the manifest text; --file prints the file it describes,
     streamed and verified chunk by chunk.
@@ -90,8 +108,7 @@ def cat_file(settings, args: tuple[str, ...], mode: str | None) -> None:
     if mode is None:
         raise UsageError("choose one of -t, -s, -p, --file-size, --file")
     store, rest = split_dataset(settings, args, 1)
-    name = rest[0]
-    oid = name if store.has_object(name) else store.resolve(name)
+    oid = object_id(store, rest[0])
     if mode == "file":
         for piece in store.open_entry(oid, oid):
             sys.stdout.buffer.write(piece)

@@ -129,3 +129,22 @@ def test_qualified_id_alone_names_the_dataset(tmp_path: Path, capsys, monkeypatc
     assert out.stdout.endswith("\tmeta.md\n")
     outside = run_inproc(capsys, "plumbing", "diff-tree", "HEAD", "HEAD")
     assert outside.returncode == 4 and "not inside a dataset" in outside.stderr
+
+
+def test_cat_file_takes_rev_colon_path(dataset, capsys) -> None:
+    """``REV:PATH`` names the entry at PATH in a state (``REV:`` its tree), as in git."""
+    ds, (a, b) = dataset
+    root = str(ds.parent)
+
+    def cat(*args: str):
+        return run_inproc(capsys, "--root", root, "plumbing", "cat-file", "ds", *args)
+
+    assert cat("-p", "HEAD:meta.md").stdout == "m2\n"
+    assert cat("-p", f"{a}:meta.md").stdout == "m\n"
+    assert cat("-p", "HEAD~1:meta.md").stdout == "m\n"
+    assert cat("-t", "HEAD:").stdout == "tree\n"
+    assert cat("-t", "HEAD:_derived/ns").stdout == "tree\n"
+    assert cat("--file-size", "HEAD~1:records.parquet").stdout == "25600\n"
+    missing = cat("-p", "HEAD:records.parquet")  # removed in the second state
+    assert missing.returncode == 4
+    assert "'records.parquet' is not in state HEAD" in missing.stderr
