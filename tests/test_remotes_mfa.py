@@ -11,6 +11,7 @@ test answers, so the prompt path is the one an operator sees. The exec channel r
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import os
 import subprocess
@@ -65,7 +66,8 @@ class _LoginNode(asyncssh.SSHServer):
 
 
 async def _run_command(process: asyncssh.SSHServerProcess) -> None:
-    """Run the exec request's command (the real ``usr plumbing serve``) as a subprocess."""
+    """Run the exec request's command (the real ``usr plumbing serve``) as a subprocess,
+    relaying bytes both ways; the exit status is sent only after all its output was."""
     proc = await asyncio.create_subprocess_shell(
         process.command,
         stdin=asyncio.subprocess.PIPE,
@@ -73,8 +75,27 @@ async def _run_command(process: asyncssh.SSHServerProcess) -> None:
         stderr=asyncio.subprocess.PIPE,
         cwd=str(REPO),
     )
-    await process.redirect(stdin=proc.stdin, stdout=proc.stdout, stderr=proc.stderr)
-    process.exit(await proc.wait())
+
+    async def relay_in() -> None:
+        with contextlib.suppress(asyncssh.Error, OSError):
+            while data := await process.stdin.read(1 << 16):
+                proc.stdin.write(data)
+                await proc.stdin.drain()
+        proc.stdin.close()
+
+    async def relay_out(src: asyncio.StreamReader, dst: asyncssh.SSHWriter) -> None:
+        with contextlib.suppress(asyncssh.Error, OSError):
+            while data := await src.read(1 << 16):
+                dst.write(data)
+                await dst.drain()
+
+    feeding = asyncio.ensure_future(relay_in())
+    await asyncio.gather(
+        relay_out(proc.stdout, process.stdout), relay_out(proc.stderr, process.stderr)
+    )
+    status = await proc.wait()
+    feeding.cancel()
+    process.exit(status)
 
 
 @pytest.fixture
