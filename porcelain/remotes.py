@@ -195,6 +195,7 @@ def _doctor_connect(profile: profiles.Profile, report: _Report) -> Any | None:
 def doctor(profile: profiles.Profile) -> _Report:
     """Run every check; never raises for a failed check (it becomes a FAIL line)."""
     from usr.sync.client import spawn_local
+    from usr.sync.peercheck import peer_text
 
     report = _Report()
     if profile.type == "local":
@@ -214,9 +215,10 @@ def doctor(profile: profiles.Profile) -> _Report:
         report.add(
             "remote usr",
             True,
-            f"usr {hello.get('usr_version')} speaks protocol {hello.get('protocol')}",
+            peer_text(f"usr {hello.get('usr_version')} speaks protocol {hello.get('protocol')}"),
         )
-        info = session.probe()
+        # The remote's words reach the terminal: one line each, no control characters.
+        info = {k: peer_text(v) if isinstance(v, str) else v for k, v in session.probe().items()}
     base = info.get("root")
     if not info.get("root_exists"):
         report.add("base_dir", False, f"{base} does not exist", "create it on the remote")

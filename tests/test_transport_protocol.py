@@ -176,6 +176,12 @@ out.write(b"USRP\x00\x01\r\n"); out.flush()
 read()
 if mode == "proto":
     msg("hello", usr_version="9.9", protocol=99); sys.exit(0)
+if mode == "doctor":  # a remote whose words carry newlines and terminal escapes
+    msg("hello", usr_version="9\x1b[2J\nFAKE pass", protocol=1, root="/", root_exists=True)
+    read()
+    msg("probe", root="/d\nPASS  base_dir", root_exists=True, root_writable=False,
+        lock_ok=False, lock_error="no\x1b]0;owned\x07", free_bytes=1)
+    read(); sys.exit(0)
 msg("hello", usr_version="x", protocol=1, root="/", root_exists=True)
 want = read()  # first the request, so the client never meets a closed pipe when writing it
 if mode == "oversized":
@@ -219,6 +225,23 @@ def test_client_refuses_bad_frames(fake_server, mode, words):
         with pytest.raises(TransportError) as err:
             remote.heads("ds")
     assert words in err.value.one_line()
+
+
+def test_doctor_prints_a_remotes_words_on_one_clean_line_each(fake_server):
+    """``remotes doctor`` shows fields of the remote's replies: no control character of the
+    peer reaches the terminal, and a newline cannot forge a PASS line."""
+    from porcelain.remotes import doctor
+    from usr.remotes import Profile
+
+    remote = fake_server("doctor")
+    argv = remote.process.args[:3]  # the fake server's command line, as a remote_usr
+    remote.close()
+    profile = Profile(name="fake", type="local", base_dir="/", remote_usr=" ".join(argv))
+    text = doctor(profile).text()
+    assert "\x1b" not in text and "\x07" not in text
+    assert not any(line.startswith(("FAKE", "PASS  base_dir")) for line in text.splitlines())
+    # connect, remote usr, base_dir, test lock, free disk: one line each, nothing forged
+    assert len(text.splitlines()) == 5
 
 
 def test_client_gives_up_on_a_server_that_goes_silent(fake_server):
