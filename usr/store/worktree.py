@@ -22,7 +22,7 @@ from pyfastcdc import FastCDC
 
 from usr.errors import InputError, NotFoundError, VerifyError
 from usr.layout import RUNTIME_NAMES, RUNTIME_PREFIXES, check_relpath
-from usr.store.chunks import ChunkStore, PackWriter, chunk_id
+from usr.store.chunks import WRITEBACK_BYTES, ChunkStore, PackWriter, chunk_id, start_writeback
 from usr.store.objects import CHUNK_AVG, CHUNK_MAX, CHUNK_MIN, MAGIC, Manifest, git_object_id
 
 MODE_FILE = 0o100644
@@ -299,8 +299,14 @@ def write_entry(
     tmp = dest.with_name(dest.name + ".part")
     try:
         with open(tmp, "wb") as fh:
+            written = flushed = 0
             for piece in stream_entry(repo, chunks, oid, where):
                 fh.write(piece)
+                written += len(piece)
+                if written - flushed >= WRITEBACK_BYTES:
+                    fh.flush()  # start the disk now, so the fsync below waits for the tail only
+                    start_writeback(fh.fileno(), flushed, written - flushed)
+                    flushed = written
             fh.flush()
             if fsync:
                 os.fsync(fh.fileno())
