@@ -438,6 +438,8 @@ class _State:
     remote_exists: bool = False
     remote_dirty: bool = False
     sizes: _Sizes | None = None
+    #: ``(tree, listing)`` of the local tree, made while the session opened (diff).
+    local_listing: tuple[str, list[FileChange]] | None = None
 
 
 def _compare(store: Any, target: Target, remote: str, st: _State) -> Comparison:
@@ -447,7 +449,10 @@ def _compare(store: Any, target: Target, remote: str, st: _State) -> Comparison:
     relation = _effective_relation(heads_rel, st.local_dirty, st.remote_dirty)
     if heads_rel == "equal":
         base = st.local_head
-    local_files = _listing(store, st.local_tree, sizes)
+    if st.local_listing is not None and st.local_listing[0] == st.local_tree:
+        local_files = st.local_listing[1]  # listed beside the session open: not again
+    else:
+        local_files = _listing(store, st.local_tree, sizes)
     if st.remote_tree == st.local_tree:
         remote_files = list(local_files)  # same tree, same listing: walk it once
     else:
@@ -681,14 +686,15 @@ def _fetch_remote_trees(session: Any, store: Any, target: Target, st: _State) ->
     """
     if st.sizes is None:
         st.sizes = _Sizes(store)
-    if st.remote_head is not None:
+    if st.remote_head is not None and st.remote_head != st.local_head:
+        # (The local head's commits, trees and blobs are all here: no walk to prove it.)
         st.sizes.add(
             session.fetch(
                 target.dataset, store, [st.remote_head], _haves(st.local_head), blobs=False
             )
         )
-        if st.remote_tree is None:
-            st.remote_tree = store.tree_of(st.remote_head)
+    if st.remote_head is not None and st.remote_tree is None:
+        st.remote_tree = store.tree_of(st.remote_head)
     if st.remote_tree is not None and st.remote_tree != store.tree_of(st.remote_head):
         st.sizes.add(session.fetch_tree(target.dataset, store, st.remote_tree))
     if st.remote_tree is not None:
@@ -740,7 +746,7 @@ def _preview(run: AuditRun, target: Target, remote: str, options: SyncOptions) -
             st.local_tree = store.working_tree()
             st.local_dirty = st.local_tree != store.tree_of(st.local_head)
             st.sizes = _Sizes(store)
-            _listing(store, st.local_tree, st.sizes)  # sizes it now, for the comparison
+            st.local_listing = (st.local_tree, _listing(store, st.local_tree, st.sizes))
 
     with _beside(local_side) as wait_local, _session(remote, options) as session:
         wait_local()
