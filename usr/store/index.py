@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from usr.atomic import write_bytes
+from usr.store.worktree import all_cached
 
 VERSION = 1
 RACY_NS = 2_000_000_000
@@ -71,6 +72,15 @@ class StatCache:
         if key[1] >= self.scan_ns - RACY_NS:
             return None  # racy: could have changed within the tick it was hashed in
         return hit[1]
+
+    def unchanged_tree(self, dataset_dir: Path) -> tuple[str, int] | None:
+        """``(tree, files)`` when every working file under ``dataset_dir`` hits the cache
+        (same stat, not racy, plain mode, none added or gone): the cached tree, found by a
+        scan that builds no per-file objects. None otherwise: scan in full."""
+        if self.tree is None:
+            return None
+        files = all_cached(dataset_dir, self.entries, self.scan_ns - RACY_NS)
+        return None if files is None else (self.tree, files)
 
     def replace(
         self, entries: dict[str, tuple[StatKey, str]], scan_ns: int, tree: str | None = None

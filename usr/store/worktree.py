@@ -86,6 +86,44 @@ def scan(dataset_dir: Path) -> Iterator[ScannedFile]:
                 )
 
 
+def all_cached(dataset_dir: Path, entries: dict, trust_before_ns: int) -> int | None:
+    """The number of files under ``dataset_dir`` if every one is a plain (mode 100644)
+    regular file whose stat matches its ``entries`` row (the stat cache's) with an mtime
+    before ``trust_before_ns``, and no cached file is gone; else None, at the first file
+    that does not.
+
+    The no-op fast path of :meth:`Store.working_tree`: no per-file objects, no dicts built.
+    It skips what :func:`scan` skips and judges nothing else: anything odd (a symlink, a
+    new name) is only a miss, so the full scan that follows reports it.
+    """
+    get = entries.get
+    count = 0
+    stack = [("", str(dataset_dir))]
+    while stack:
+        prefix, directory = stack.pop()
+        with os.scandir(directory) as it:
+            for entry in it:
+                name = entry.name
+                if name in RUNTIME_NAMES or name.startswith(RUNTIME_PREFIXES):
+                    continue
+                st = entry.stat(follow_symlinks=False)
+                mode = st.st_mode
+                if statmod.S_ISDIR(mode):
+                    stack.append((f"{prefix}{name}/", entry.path))
+                    continue
+                hit = get(f"{prefix}{name}")
+                if (
+                    hit is None
+                    or not statmod.S_ISREG(mode)
+                    or mode & 0o100
+                    or st.st_mtime_ns >= trust_before_ns
+                    or hit[0] != (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+                ):
+                    return None
+                count += 1
+    return count if count == len(entries) else None
+
+
 def _same_content_stat(a: os.stat_result, b: os.stat_result) -> bool:
     return (a.st_size, a.st_mtime_ns, a.st_ino) == (b.st_size, b.st_mtime_ns, b.st_ino)
 
