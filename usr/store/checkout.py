@@ -87,8 +87,16 @@ def _stage(store, target_tree: str, changes) -> tuple[Path, list[dict]]:
             with contextlib.suppress(OSError, InputError):
                 reuse = hash_file(str(dest), limit, None, None)[0] == change.new_id
         if not reuse:
+            base = (str(store.path / rel), change.old_id) if change.status == "M" else None
             write_entry(
-                store.repo, store.chunks, change.new_id, modes[rel], dest, rel, fsync=not batched
+                store.repo,
+                store.chunks,
+                change.new_id,
+                modes[rel],
+                dest,
+                rel,
+                fsync=not batched,
+                base=base,
             )
         ops.append({"op": "put", "path": rel, "id": change.new_id})
         faults.point(FAULT_MID_STAGE)

@@ -73,6 +73,13 @@ class StatCache:
             return None  # racy: could have changed within the tick it was hashed in
         return hit[1]
 
+    def same_stat(self, relpath: str, key: tuple[int, int, int, int]) -> str | None:
+        """The cached entry id for ``relpath`` if its stat matches, racy or not: a racy hit
+        is only a candidate, to be confirmed by reading the file
+        (:func:`usr.store.worktree.confirm_entry`)."""
+        hit = self.entries.get(relpath)
+        return hit[1] if hit is not None and hit[0] == key else None
+
     def unchanged_tree(self, dataset_dir: Path) -> tuple[str, int] | None:
         """``(tree, files)`` when every working file under ``dataset_dir`` hits the cache
         (same stat, not racy, plain mode, none added or gone): the cached tree, found by a

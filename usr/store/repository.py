@@ -29,6 +29,7 @@ from usr.store.worktree import (
     MODE_EXEC,
     MODE_FILE,
     build_tree,
+    confirm_entry,
     hash_file,
     scan,
     stream_entry,
@@ -267,7 +268,7 @@ class Store:
                 # A cached id needs no existence check: gc keeps every id the cache names.
                 oid = lookup(f.relpath, key)
                 if oid is None:
-                    oid, st = hash_file(f.abspath, limit, self.repo, writer, self._file_progress(f))
+                    oid, st = self._confirm_or_hash(cache, f, key, limit, writer)
                     key = (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
                     stats.hashed += 1
                     stats.bytes_hashed += st.st_size
@@ -293,6 +294,16 @@ class Store:
                 cache.save()  # only ever saves work: a read-only store still works
         self.last_scan = stats
         return tree
+
+    def _confirm_or_hash(self, cache, f, key, limit: int, writer) -> tuple[str, os.stat_result]:
+        """A file the cache misses: confirmed by one blake3 pass when the cache holds its
+        exact stat (racy only), else hashed and stored in full."""
+        candidate = cache.same_stat(f.relpath, key)
+        if candidate is not None:
+            st = confirm_entry(self.repo, f.abspath, candidate, key)
+            if st is not None:
+                return candidate, st
+        return hash_file(f.abspath, limit, self.repo, writer, self._file_progress(f))
 
     def _file_progress(self, f) -> Callable[[int], None] | None:
         if self.progress is None:

@@ -210,6 +210,52 @@ def hash_file(
     )
 
 
+#: Read size when confirming a file against its manifest.
+_CONFIRM_READ = 8 << 20
+
+
+def confirm_entry(
+    repo: pygit2.Repository, path: str, oid: str, key: tuple[int, int, int, int]
+) -> os.stat_result | None:
+    """The stat of the file at ``path`` if its bytes are exactly those of the chunked entry
+    ``oid`` (the manifest's size and whole-file blake3) and its stat is still ``key`` before
+    and after the read; None otherwise (or if ``oid`` is not a manifest).
+
+    Why: a file written moments before the stat cache was saved (a checkout's output, a
+    batch job's append) is racy, and re-chunking it costs FastCDC plus a blake3 per chunk.
+    One blake3 pass over the file proves the same thing, since the manifest's whole-file
+    hash fixes the content and the chunking of that content is deterministic.
+    """
+    try:
+        data = read_blob(repo, oid)
+    except VerifyError:
+        return None
+    if not data.startswith(MAGIC):
+        return None  # an inline blob: hashing it again is as cheap as checking it
+    try:
+        manifest = Manifest.decode(data, where=oid)
+    except VerifyError:
+        return None
+    if manifest.size != key[0]:
+        return None
+    whole = blake3.blake3()
+    buf = bytearray(_CONFIRM_READ)
+    view = memoryview(buf)
+    try:
+        with open(path, "rb", buffering=0) as fh:
+            before = os.fstat(fh.fileno())
+            if (before.st_size, before.st_mtime_ns, before.st_ctime_ns, before.st_ino) != key:
+                return None
+            while n := fh.readinto(buf):
+                whole.update(view[:n])
+            after = os.fstat(fh.fileno())
+    except OSError:
+        return None
+    if not _same_content_stat(before, after) or after.st_ctime_ns != before.st_ctime_ns:
+        return None
+    return after if whole.hexdigest() == manifest.blake3 else None
+
+
 def build_tree(
     repo: pygit2.Repository, files: dict[str, tuple[str, int]], strict: bool = True
 ) -> str:
@@ -319,6 +365,81 @@ def stream_entry(
         raise VerifyError(f"{where}: content does not match manifest {oid} blake3")
 
 
+#: Reuse a previous version's bytes only when they share at least this much (below it the
+#: plain write from chunks costs next to nothing).
+REUSE_MIN = 8 << 20
+
+
+def _write_reusing(
+    repo: pygit2.Repository, chunks: ChunkStore, oid: str, base: tuple[str, str], fh, where: str
+) -> bool:
+    """Write entry ``oid`` into the empty ``fh`` (opened ``w+b``) by copying, in the kernel,
+    the leading chunks it shares with ``base`` = ``(path, entry id)`` (the file as it is
+    now, e.g. before a 1% append) and appending the rest from the chunk store. True if
+    done; False (``fh`` to be reset by the caller) if not worth it or anything differs.
+
+    Every byte is still verified: the copied prefix is read back from ``fh`` itself and
+    the whole file must hash to the manifest's blake3, so a base file that changed since
+    it was recorded only costs the fallback, never wrong content.
+    """
+    try:
+        new = Manifest.decode(read_blob(repo, oid), where=where)
+        old = Manifest.decode(read_blob(repo, base[1]), where=where)
+    except VerifyError:
+        return False  # not both chunked (or unreadable): the normal path decides
+    shared = 0
+    count = 0
+    for a, b in zip(old.chunks, new.chunks, strict=False):
+        if a != b:
+            break
+        shared += a[1]
+        count += 1
+    if shared < REUSE_MIN or not hasattr(os, "copy_file_range"):  # Linux only
+        return False
+    out = fh.fileno()
+    try:
+        with open(base[0], "rb", buffering=0) as src:
+            if os.fstat(src.fileno()).st_size < shared:
+                return False
+            done = 0
+            while done < shared:
+                n = os.copy_file_range(src.fileno(), out, shared - done, done, done)
+                if n == 0:
+                    return False
+                done += n
+                start_writeback(out, done - n, n)
+    except OSError:
+        return False  # no copy_file_range here, or the base went away: write from chunks
+    whole = blake3.blake3()
+    buf = bytearray(_CONFIRM_READ)
+    view = memoryview(buf)
+    pos = 0
+    while pos < shared:
+        n = os.preadv(out, [view[: min(len(buf), shared - pos)]], pos)
+        if n <= 0:
+            return False
+        whole.update(view[:n])
+        pos += n
+    fh.seek(shared)
+    written = flushed = shared
+    for cid, length in new.chunks[count:]:
+        try:
+            piece = chunks.get(cid)
+        except VerifyError as exc:
+            raise VerifyError(f"{where}: {exc.message}") from None
+        if len(piece) != length:
+            raise VerifyError(f"{where}: chunk {cid} has length {len(piece)}, manifest {length}")
+        whole.update(piece)
+        fh.write(piece)
+        written += length
+        if written - flushed >= WRITEBACK_BYTES:
+            fh.flush()
+            start_writeback(out, flushed, written - flushed)
+            flushed = written
+    fh.flush()
+    return written == new.size and whole.hexdigest() == new.blake3
+
+
 def write_entry(
     repo: pygit2.Repository,
     chunks: ChunkStore,
@@ -327,18 +448,25 @@ def write_entry(
     dest: Path,
     where: str,
     fsync: bool = True,
+    base: tuple[str, str] | None = None,
 ) -> os.stat_result:
     """Write the verified content of an entry to ``dest`` (fsynced); return its stat.
 
     ``dest`` is a staging path: on any failure it is removed, never left half-written.
     ``fsync=False`` leaves the flush to the caller (one filesystem flush for many files).
+    ``base`` = ``(path, entry id)`` names the current version of the file, whose shared
+    leading chunks are copied from it (verified) instead of rewritten from the store.
     """
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(dest.name + ".part")
     try:
-        with open(tmp, "wb") as fh:
+        with open(tmp, "w+b") as fh:
+            reused = base is not None and _write_reusing(repo, chunks, oid, base, fh, where)
+            if not reused:
+                fh.seek(0)
+                fh.truncate()
             written = flushed = 0
-            for piece in stream_entry(repo, chunks, oid, where):
+            for piece in () if reused else stream_entry(repo, chunks, oid, where):
                 fh.write(piece)
                 written += len(piece)
                 if written - flushed >= WRITEBACK_BYTES:
