@@ -210,8 +210,24 @@ def hash_file(
     )
 
 
-#: Read size when confirming a file against its manifest.
-_CONFIRM_READ = 8 << 20
+#: Read size when hashing a file that is already on disk.
+_HASH_READ = 8 << 20
+
+
+def _hash_fd(fd: int, hasher: blake3.blake3, length: int | None = None) -> int:
+    """Feed ``hasher`` the bytes of ``fd`` from offset 0 up to ``length`` (or to its end);
+    the number of bytes read."""
+    buf = bytearray(_HASH_READ)
+    view = memoryview(buf)
+    pos = 0
+    while length is None or pos < length:
+        want = len(buf) if length is None else min(len(buf), length - pos)
+        n = os.preadv(fd, [view[:want]], pos)
+        if n <= 0:
+            break
+        hasher.update(view[:n])
+        pos += n
+    return pos
 
 
 def confirm_entry(
@@ -239,15 +255,12 @@ def confirm_entry(
     if manifest.size != key[0]:
         return None
     whole = blake3.blake3()
-    buf = bytearray(_CONFIRM_READ)
-    view = memoryview(buf)
     try:
         with open(path, "rb", buffering=0) as fh:
             before = os.fstat(fh.fileno())
             if (before.st_size, before.st_mtime_ns, before.st_ctime_ns, before.st_ino) != key:
                 return None
-            while n := fh.readinto(buf):
-                whole.update(view[:n])
+            _hash_fd(fh.fileno(), whole)
             after = os.fstat(fh.fileno())
     except OSError:
         return None
@@ -411,15 +424,8 @@ def _write_reusing(
     except OSError:
         return False  # no copy_file_range here, or the base went away: write from chunks
     whole = blake3.blake3()
-    buf = bytearray(_CONFIRM_READ)
-    view = memoryview(buf)
-    pos = 0
-    while pos < shared:
-        n = os.preadv(out, [view[: min(len(buf), shared - pos)]], pos)
-        if n <= 0:
-            return False
-        whole.update(view[:n])
-        pos += n
+    if _hash_fd(out, whole, shared) != shared:
+        return False
     fh.seek(shared)
     written = flushed = shared
     for cid, length in new.chunks[count:]:
