@@ -151,11 +151,7 @@ def receive(
         while True:
             kind, payload = fio.read_frame()
             if kind == p.JSON:
-                msg = p.decode_json(payload, peer)
-                if msg["t"] == "error":
-                    raise p.error_from_message(msg, peer)
-                if msg["t"] != END:
-                    raise TransportError(f"protocol error from {peer}: {msg['t']!r} mid-file")
+                msg = p.stream_end(payload, END, peer, "mid-file")
                 break
             if kind != p.CHUNK:
                 raise TransportError(f"protocol error from {peer}: an object frame mid-file")
@@ -199,12 +195,8 @@ def drain(fio: p.FrameIO, peer: str) -> None:
     while True:
         kind, payload = fio.read_frame()
         if kind == p.JSON:
-            msg = p.decode_json(payload, peer)
-            if msg["t"] == "error":
-                raise p.error_from_message(msg, peer)
-            if msg["t"] == END:
-                return
-            raise TransportError(f"protocol error from {peer}: {msg['t']!r} mid-file")
+            p.stream_end(payload, END, peer, "mid-file")
+            return
 
 
 def _check_unchanged(dest: Path, expect_current: str | None) -> UsrError | None:

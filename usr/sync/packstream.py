@@ -243,11 +243,7 @@ def receive(
         while True:
             kind, payload = fio.read_frame()
             if kind == p.JSON:
-                msg = p.decode_json(payload, peer)
-                if msg["t"] == "error":
-                    raise p.error_from_message(msg, peer)
-                if msg["t"] != end:
-                    raise TransportError(f"protocol error from {peer}: {msg['t']!r} mid-stream")
+                p.stream_end(payload, end, peer, "mid-stream")
                 break
             if meter is not None:
                 meter.update(fio.bytes_in)

@@ -283,6 +283,18 @@ def decode_chunk(payload: bytes, peer: str) -> tuple[str, bytes]:
     return payload[:CID_LEN].hex(), payload[CID_LEN:]
 
 
+def stream_end(payload: bytes, end: str, peer: str, where: str) -> dict[str, Any]:
+    """The message that closes a stream of data frames: ``end`` (returned), a peer's error
+    (raised as its error class), or anything else (a protocol error ``where``, e.g.
+    "mid-file")."""
+    msg = decode_json(payload, peer)
+    if msg["t"] == "error":
+        raise error_from_message(msg, peer)
+    if msg["t"] != end:
+        raise TransportError(f"protocol error from {peer}: {msg['t']!r} {where}")
+    return msg
+
+
 def error_from_message(msg: dict[str, Any], peer: str) -> UsrError:
     cls = ERROR_CLASSES.get(str(msg.get("kind")), UsrError)
     message = peer_text(msg.get("message") or "remote error")
