@@ -22,6 +22,7 @@ import tomli_w
 
 from tests.conftest import run_usr
 from usr.errors import ConflictError, InputError, NotFoundError, UsageError, VerifyError
+from usr.ledger import file_digest
 from usr.remotes import Profile
 from usr.sync import files
 from usr.sync import protocol as p
@@ -139,7 +140,7 @@ def test_push_then_pull_by_mapping_verified_and_audited(fm, tmp_path):
     data = json.loads(audit.read_text())["data"]
     assert data["mode"] == "file" and data["transfer_state"] == "TRANSFERRED"
     assert data["file"]["remote_path"] == str(remote) and data["file"]["remote_root"] == "repo"
-    assert data["file"]["after"]["blake3"] == files.digest_path(local)[1]
+    assert data["file"]["after"]["blake3"] == file_digest(local)[0]
     assert data["primary"]["changed"] is True and data["relation"] == "remote-missing"
     assert data["bytes_moved"]["sent"] > BIG and data["bytes_moved"]["received"] < 4096
     assert not [n for n in os.listdir(remote.parent) if n != "summary.csv"]  # no temp left
@@ -201,7 +202,7 @@ def test_server_refuses_paths_leaving_its_roots_and_stays_in_step(session, tmp_p
     (session.base / "ds" / ".usr" / "HEAD").write_text("ref: refs/heads/main\n")
     source = tmp_path / "new.txt"
     source.write_text("hostile")
-    digest = files.digest_path(source)[1]
+    digest = file_digest(source)[0]
     for bad in ["../secret.txt", "/etc/passwd", "link/secret.txt", "ds/.usr/HEAD", "", "a//b"]:
         with pytest.raises(InputError):
             session.file_stat("base", bad)
@@ -226,14 +227,14 @@ def test_put_replaces_only_what_was_compared(session, tmp_path):
     target.write_text("theirs, written after the comparison")
     source = tmp_path / "mine.txt"
     source.write_bytes(_bytes(BIG, 3))
-    mine = files.digest_path(source)[1]
+    mine = file_digest(source)[0]
     with pytest.raises(ConflictError, match="changed while the transfer ran"):
         session.file_put("base", "notes.txt", source, mine, None)  # compared: absent
     with pytest.raises(VerifyError):  # the bytes are not the ones announced
-        session.file_put("base", "notes.txt", source, "0" * 64, files.digest_path(target)[1])
+        session.file_put("base", "notes.txt", source, "0" * 64, file_digest(target)[0])
     assert target.read_text() == "theirs, written after the comparison"
     assert os.listdir(session.base) == ["notes.txt"]  # no temp files left behind
-    got = session.file_put("base", "notes.txt", source, mine, files.digest_path(target)[1])
+    got = session.file_put("base", "notes.txt", source, mine, file_digest(target)[0])
     assert got == {"size": BIG, "blake3": mine} and target.read_bytes() == source.read_bytes()
 
 
@@ -242,8 +243,8 @@ def test_a_corrupt_piece_or_short_file_is_refused_and_nothing_replaced(tmp_path)
     source, dest = tmp_path / "src.bin", tmp_path / "dest.bin"
     source.write_bytes(_bytes(BIG, 4))
     dest.write_text("old")
-    old = files.digest_path(dest)[1]
-    want = files.digest_path(source)[1]
+    old = file_digest(dest)[0]
+    want = file_digest(source)[0]
 
     def stream(tamper: str) -> p.FrameIO:
         wire = io.BytesIO()

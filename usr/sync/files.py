@@ -29,6 +29,7 @@ from usr.errors import (
     VerifyError,
 )
 from usr.layout import check_relpath
+from usr.ledger import file_digest
 from usr.sync import protocol as p
 
 #: Bytes per ``K`` frame of a file: small enough to bound memory, large enough that the
@@ -40,17 +41,6 @@ END = "file-end"
 FAULT_RECEIVED_PIECE = faults.register(
     "file.received-piece", "a file-mode receiver has written one more piece to its temp file"
 )
-
-
-def digest_path(path: Path) -> tuple[int, str]:
-    """``(size, blake3 hex)`` of a file, read piece by piece."""
-    h = blake3.blake3()
-    size = 0
-    with open(path, "rb") as fh:
-        while piece := fh.read(PIECE):
-            h.update(piece)
-            size += len(piece)
-    return size, h.hexdigest()
 
 
 def regular_or_absent(path: Path, shown: str) -> os.stat_result | None:
@@ -70,7 +60,7 @@ def state(path: Path, shown: str) -> dict[str, Any]:
     """``{"exists", "size", "blake3"}`` of a file (size and hash None when absent)."""
     if regular_or_absent(path, shown) is None:
         return {"exists": False, "size": None, "blake3": None}
-    size, digest = digest_path(path)
+    digest, size = file_digest(path)
     return {"exists": True, "size": size, "blake3": digest}
 
 
