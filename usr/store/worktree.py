@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import stat as statmod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import NamedTuple
 
@@ -351,6 +351,22 @@ def read_blob(repo: pygit2.Repository, oid: str) -> bytes:
     return data
 
 
+def _verified_chunks(
+    chunks: ChunkStore, listed: Iterable[tuple[str, int]], whole: blake3.blake3, where: str
+) -> Iterator[bytes]:
+    """The chunks a manifest lists, each verified by the store and against its listed
+    length, fed to ``whole`` (the whole-file hasher) as they are yielded."""
+    for cid, length in listed:
+        try:
+            piece = chunks.get(cid)
+        except VerifyError as exc:
+            raise VerifyError(f"{where}: {exc.message}") from None
+        if len(piece) != length:
+            raise VerifyError(f"{where}: chunk {cid} has length {len(piece)}, manifest {length}")
+        whole.update(piece)
+        yield piece
+
+
 def stream_entry(
     repo: pygit2.Repository, chunks: ChunkStore, oid: str, where: str
 ) -> Iterator[bytes]:
@@ -365,15 +381,7 @@ def stream_entry(
         return
     manifest = Manifest.decode(data, where=f"{where} (manifest {oid})")
     whole = blake3.blake3()
-    for cid, length in manifest.chunks:
-        try:
-            piece = chunks.get(cid)
-        except VerifyError as exc:
-            raise VerifyError(f"{where}: {exc.message}") from None
-        if len(piece) != length:
-            raise VerifyError(f"{where}: chunk {cid} has length {len(piece)}, manifest {length}")
-        whole.update(piece)
-        yield piece
+    yield from _verified_chunks(chunks, manifest.chunks, whole, where)
     if whole.hexdigest() != manifest.blake3:
         raise VerifyError(f"{where}: content does not match manifest {oid} blake3")
 
@@ -428,16 +436,9 @@ def _write_reusing(
         return False
     fh.seek(shared)
     written = flushed = shared
-    for cid, length in new.chunks[count:]:
-        try:
-            piece = chunks.get(cid)
-        except VerifyError as exc:
-            raise VerifyError(f"{where}: {exc.message}") from None
-        if len(piece) != length:
-            raise VerifyError(f"{where}: chunk {cid} has length {len(piece)}, manifest {length}")
-        whole.update(piece)
+    for piece in _verified_chunks(chunks, new.chunks[count:], whole, where):
         fh.write(piece)
-        written += length
+        written += len(piece)
         if written - flushed >= WRITEBACK_BYTES:
             fh.flush()
             start_writeback(out, flushed, written - flushed)
