@@ -21,6 +21,7 @@ the receiver can verify each one against its id the moment it lands.
 from __future__ import annotations
 
 import json
+import select
 import struct
 from typing import Any, BinaryIO, Protocol
 
@@ -124,8 +125,6 @@ class FileChannel:
 
     def read(self, n: int) -> bytes:
         if self.idle_timeout is not None:
-            import select
-
             ready, _, _ = select.select([self.rfile], [], [], self.idle_timeout)
             if not ready:
                 raise TransportError(
