@@ -261,3 +261,17 @@ def test_wrong_passcode_is_an_auth_error_and_leaves_no_holder(tmp_path, mfa_serv
         ["remotes", "status", "--remote", "hpc", "--remotes-config", str(cfg)], env
     )
     assert "holder live" not in status.stdout
+
+
+def test_warm_auth_without_a_terminal_says_there_is_none(tmp_path, mfa_server):
+    """A login prompt with no terminal to ask on (a script, cron) is refused as such, never
+    read from stdin nor blamed on a path in the profile."""
+    cfg = _profile_file(tmp_path, mfa_server)
+    env = _env(tmp_path)
+    r = _usr_detached(
+        ["remotes", "warm-auth", "--remote", "hpc", "--remotes-config", str(cfg)], env
+    )
+    assert r.returncode == 7, r.stderr
+    assert "asks for a login answer" in r.stderr and "no terminal" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    assert mfa_server.logins == []

@@ -24,13 +24,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import getpass
+import io
 import logging
 import os
 import shlex
 import threading
 from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TextIO, TypeVar
 
 import asyncssh
 
@@ -78,11 +79,26 @@ def run(coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
 
 
 # -- prompts ---------------------------------------------------------------------------------
-def _ask(prompt: str, echo: bool) -> str:
+def _tty(label: str) -> TextIO:
+    """The controlling terminal, opened for prompts; AuthError when there is none (a
+    script, cron, a batch job): a login prompt must never fall back to stdin."""
+    try:
+        # FileIO, not open(..., "r+"): a buffered read-write text file demands a seekable
+        # file, which a terminal is not.
+        return io.TextIOWrapper(io.FileIO("/dev/tty", "r+"), write_through=True)
+    except OSError:
+        raise AuthError(
+            f"remote {label} asks for a login answer (MFA code or password), but this process has "
+            "no terminal to ask on",
+            "run 'usr remotes warm-auth' from a terminal first, or use a key with batch_mode",
+        ) from None
+
+
+def _ask(prompt: str, echo: bool, label: str) -> str:
     """Ask on the controlling terminal (never stdout, which may carry JSON)."""
-    if not echo:
-        return getpass.getpass(prompt)
-    with open("/dev/tty", "r+") as tty:
+    with _tty(label) as tty:
+        if not echo:
+            return getpass.getpass(prompt, stream=tty)
         tty.write(prompt)
         tty.flush()
         return tty.readline().rstrip("\n")
@@ -111,15 +127,15 @@ class _Client(asyncssh.SSHClient):
         if prompts:
             self.rounds += 1
         if instructions:
-            with open("/dev/tty", "w") as tty:
+            with _tty(self.label) as tty:
                 tty.write(instructions.rstrip() + "\n")
-        return [_ask(prompt, echo) for prompt, echo in prompts]
+        return [_ask(prompt, echo, self.label) for prompt, echo in prompts]
 
     def password_auth_requested(self) -> str | None:
         if not self.interactive or self.rounds >= self.MAX_ROUNDS:
             return None
         self.rounds += 1
-        return _ask(f"{self.label} password: ", echo=False)
+        return _ask(f"{self.label} password: ", echo=False, label=self.label)
 
 
 # -- connecting ------------------------------------------------------------------------------
