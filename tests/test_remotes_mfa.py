@@ -275,3 +275,16 @@ def test_warm_auth_without_a_terminal_says_there_is_none(tmp_path, mfa_server):
     assert "asks for a login answer" in r.stderr and "no terminal" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
     assert mfa_server.logins == []
+
+
+def test_warm_auth_keeps_the_host_key_remedy(tmp_path, mfa_server):
+    """A login error of the holder reaches the operator with its own hint: for an unknown
+    host key that is the fingerprint check and ssh-keyscan, not advice about MFA."""
+    cfg = _profile_file(tmp_path, mfa_server)
+    mfa_server.known_hosts.write_text("")
+    r = _usr_detached(
+        ["remotes", "warm-auth", "--remote", "hpc", "--remotes-config", str(cfg)], _env(tmp_path)
+    )
+    assert r.returncode == 7, r.stderr
+    assert "is not trusted" in r.stderr and "ssh-keyscan -p" in r.stderr
+    assert "MFA" not in r.stderr

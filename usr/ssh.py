@@ -222,11 +222,13 @@ async def _connect(profile: Any, interactive: bool) -> asyncssh.SSHClientConnect
         ) from None
     except asyncssh.PermissionDenied as exc:
         how = "batch_mode forbids prompts" if not interactive else "prompts answered"
-        raise AuthError(
-            f"authentication to {where} failed ({exc.reason}; {how})",
-            "check user and key (ssh_key / ssh_key_env / agent), or run "
-            f"'usr remotes warm-auth --remote {profile.name}' to log in interactively",
-        ) from None
+        hint = (
+            "check the user, the key and the MFA answer, then run warm-auth again"
+            if interactive  # the prompts were already answered: logging in again is the fix
+            else "check user and key (ssh_key / ssh_key_env / agent), or run "
+            f"'usr remotes warm-auth --remote {profile.name}' to log in interactively"
+        )
+        raise AuthError(f"authentication to {where} failed ({exc.reason}; {how})", hint) from None
     except asyncssh.DisconnectError as exc:
         raise TransportError(f"ssh to {where} refused: {exc.reason}") from None
     except TimeoutError:

@@ -30,7 +30,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from usr.errors import AuthError, TransportError, UsrError
+from usr.errors import TransportError, UsrError
 
 #: Unix socket paths are limited to ~107 bytes; longer runtime dirs fall back to /tmp.
 _MAX_SOCKET_PATH = 100
@@ -166,14 +166,11 @@ def start(profile: Any) -> Path:
 
 
 def _login_error(profile: Any, err: dict[str, Any]) -> UsrError:
-    """The holder's login error as the same error class (same exit code), said once."""
+    """The holder's login error as the same error class (same exit code) and hint."""
     from usr.sync.protocol import ERROR_CLASSES
 
     cls = ERROR_CLASSES.get(str(err.get("kind")), UsrError)
-    hint = err.get("hint")
-    if cls is AuthError:
-        hint = "check the user, the key and the MFA answer, then run warm-auth again"
-    return cls(f"warm-auth for {profile.name} failed: {err.get('message')}", hint)
+    return cls(f"warm-auth for {profile.name} failed: {err.get('message')}", err.get("hint"))
 
 
 # -- the holder process ----------------------------------------------------------------------
