@@ -280,6 +280,13 @@ def markdown(doc: dict[str, Any]) -> str:
     loads = [v for d in doc.get("load", {}).values() for k, v in d.items() if "loadavg" in k]
     if loads:
         lines += ["", f"1-minute load average during the run: {min(loads):g} to {max(loads):g}."]
+    warm = doc.get("warm_memory")
+    if warm and warm.get("bytes"):
+        lines += [
+            "",
+            f"Before measuring, {warm['bytes'] / (1 << 30):.1f} GiB of free memory was touched "
+            f"once ({warm['seconds']:g} s; see `measure.warm_memory`).",
+        ]
     if doc.get("errors"):
         lines += ["", "Errors: " + "; ".join(f"{k}: {v}" for k, v in doc["errors"].items())]
     return "\n".join(lines) + "\n"

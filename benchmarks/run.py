@@ -40,6 +40,7 @@ for path in (str(REPO), str(HERE)):
         sys.path.insert(0, path)
 
 import loopback  # noqa: E402
+import measure  # noqa: E402
 import report  # noqa: E402
 import scenarios  # noqa: E402
 
@@ -167,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         bench = scenarios.Bench(workdir, sizes, loop)
         bench.results = doc["results"]
         scenarios.warm_up(bench)
+        doc["warm_memory"] = measure.warm_memory(sizes.warm_memory_bytes)
         for scenario, fn in scenarios.SCENARIOS:
             if opts.only and scenario not in opts.only:
                 continue

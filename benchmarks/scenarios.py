@@ -44,15 +44,28 @@ class Sizes:
     history_states: int
     status_files: tuple[int, ...]
     repeats: int
+    #: Free memory touched once before measuring (``measure.warm_memory``).
+    warm_memory_bytes: int = 0
 
 
 MODES = {
     # The sizes.
     "full": Sizes(
-        1 << 30, 10_000, 100_000, 10_000, 4 << 30, 1 << 30, 20, (1000, 10_000, 100_000), 3
+        1 << 30,
+        10_000,
+        100_000,
+        10_000,
+        4 << 30,
+        1 << 30,
+        20,
+        (1000, 10_000, 100_000),
+        3,
+        warm_memory_bytes=64 << 30,
     ),
     # Under 3 minutes on 2 cores: the same scenarios, smaller.
-    "quick": Sizes(32 * MIB, 1000, 2000, 10_000, 256 * MIB, 8 * MIB, 20, (1000, 3000, 10_000), 2),
+    "quick": Sizes(
+        32 * MIB, 1000, 2000, 10_000, 256 * MIB, 8 * MIB, 20, (1000, 3000, 10_000), 2, 4 << 30
+    ),
     # Seconds: only checks that every scenario runs (used by the test suite).
     "smoke": Sizes(1 * MIB, 20, 100, 2000, 8 * MIB, 1 * MIB, 3, (50, 100, 200), 1),
 }
