@@ -6,6 +6,7 @@ import importlib
 import os
 import sys
 import traceback
+from typing import NoReturn
 
 import click
 
@@ -87,23 +88,6 @@ def mount_all() -> None:
         root._mount(module_name)
 
 
-def serve_root(args: list[str]) -> str | None:
-    """BASE_DIR when ``args`` is exactly ``plumbing serve --root BASE_DIR``, else None.
-
-    The remote end of every pull and push is this command line. Dispatching it straight to
-    the server skips click and every command module: the client waits on that start-up
-    before its first reply. Any other spelling (``--help``, extra options) goes through click.
-    """
-    if args[:2] != ["plumbing", "serve"]:
-        return None
-    rest = args[2:]
-    if len(rest) == 2 and rest[0] == "--root" and rest[1] and not rest[1].startswith("-"):
-        return rest[1]
-    if len(rest) == 1 and rest[0].startswith("--root=") and len(rest[0]) > len("--root="):
-        return rest[0][len("--root=") :]
-    return None
-
-
 def _debug_requested(argv: list[str]) -> bool:
     return "--debug" in argv or os.environ.get("USR_DEBUG") == "1"
 
@@ -112,39 +96,44 @@ def main(argv: list[str] | None = None) -> None:
     """Run the CLI; map every failure to one line on stderr and a documented exit code."""
     args = list(sys.argv[1:] if argv is None else argv)
     try:
-        base_dir = serve_root(args)
-        if base_dir is not None:
-            from usr.sync.server import serve
-
-            sys.exit(serve(base_dir))
         rv = root.main(args=args, prog_name="usr", standalone_mode=False)
-    except UsrError as exc:
+    except BaseException as exc:  # noqa: BLE001 - fail() maps each kind to its exit code
+        fail(exc, args)
+    if isinstance(rv, int):
+        sys.exit(rv)
+
+
+def fail(exc: BaseException, args: list[str]) -> NoReturn:
+    """The one place a failure becomes a line on stderr and an exit code."""
+    try:
+        raise exc
+    except SystemExit:
+        raise
+    except UsrError as err:
         if _debug_requested(args):
             traceback.print_exc()
-        click.echo(f"usr: error: {exc.one_line()}", err=True)
-        sys.exit(exc.exit_code)
+        click.echo(f"usr: error: {err.one_line()}", err=True)
+        sys.exit(err.exit_code)
     except click.exceptions.Abort:
         click.echo("usr: error: aborted", err=True)
         sys.exit(130)
-    except click.ClickException as exc:
+    except click.ClickException as err:
         hint = ""
-        if isinstance(exc, click.UsageError) and exc.ctx is not None:
-            hint = f" (see '{exc.ctx.command_path} --help')"
-        click.echo(f"usr: error: {' '.join(exc.format_message().split())}{hint}", err=True)
-        sys.exit(exc.exit_code)
+        if isinstance(err, click.UsageError) and err.ctx is not None:
+            hint = f" (see '{err.ctx.command_path} --help')"
+        click.echo(f"usr: error: {' '.join(err.format_message().split())}{hint}", err=True)
+        sys.exit(err.exit_code)
     except KeyboardInterrupt:
         click.echo("usr: error: interrupted", err=True)
         sys.exit(130)
     except BrokenPipeError:
         sys.exit(141)
-    except Exception as exc:  # noqa: BLE001 - the last line of defence
+    except Exception as err:  # noqa: BLE001 - the last line of defence
         if _debug_requested(args):
             traceback.print_exc()
         click.echo(
-            f"usr: error: internal error: {type(exc).__name__}: {exc} "
+            f"usr: error: internal error: {type(err).__name__}: {err} "
             "(rerun with --debug and report it)",
             err=True,
         )
         sys.exit(1)
-    if isinstance(rv, int):
-        sys.exit(rv)

@@ -1,6 +1,6 @@
 """``python -m usr``: the same entry point as the ``usr`` console script."""
 
-from porcelain.cli import main
+from porcelain.entry import main
 
 if __name__ == "__main__":
     main()
