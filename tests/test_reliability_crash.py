@@ -73,6 +73,8 @@ KILLS = [
     Kill("push", "server", "serve.have"),
     Kill("push", "server", "packstream.received-chunk:8"),
     Kill("push", "server", "chunks.pack-before-rename"),
+    Kill("push", "server", "gitpack.before-rename"),
+    Kill("push", "server", "gitpack.before-idx"),
     Kill("push", "server", "serve.received"),
     Kill("push", "server", "checkout.mid-stage"),
     Kill("push", "server", "checkout.journal-written"),
@@ -86,6 +88,7 @@ KILLS = [
     Kill("pull", "client", "packstream.received-object:8"),  # fetching contents
     Kill("pull", "client", "packstream.received-chunk:8"),
     Kill("pull", "client", "chunks.pack-before-rename"),
+    Kill("pull", "client", "gitpack.before-idx"),
     Kill("pull", "client", "packstream.manifests-held:3"),  # contents (1, 2: trees, events)
     Kill("pull", "client", "pull.fetched"),
     Kill("pull", "client", "checkout.staged"),
