@@ -69,8 +69,11 @@ def object_header(type_code: int, size: int) -> bytes:
 
 def stored_zlib(data: bytes) -> bytes:
     """``data`` as a zlib stream of stored (uncompressed) deflate blocks."""
-    parts = [b"\x78\x01"]
     n = len(data)
+    adler = struct.pack(">I", zlib.adler32(data))
+    if n <= _STORED_MAX:  # one block: most objects (small files, trees, commits)
+        return b"\x78\x01" + struct.pack("<BHH", 1, n, 0xFFFF ^ n) + data + adler
+    parts = [b"\x78\x01"]
     view = memoryview(data)
     start = 0
     while True:
@@ -81,7 +84,7 @@ def stored_zlib(data: bytes) -> bytes:
         parts.append(bytes(block))
         if last:
             break
-    parts.append(struct.pack(">I", zlib.adler32(data)))
+    parts.append(adler)
     return b"".join(parts)
 
 
