@@ -30,7 +30,7 @@ import tomli_w
 from tests.conftest import REPO, run_usr, usr_env
 from tests.hostile_peer import CONTENT_ATTACKS, ESCAPING_IDS, TREE_ATTACKS, build
 from tests.test_sync_scenarios import DS, make_dataset
-from usr.store import Store
+from usr.store import Store, gitpack
 from usr.store.objects import MAGIC, Manifest
 from usr.sync import packstream, peercheck
 
@@ -147,6 +147,9 @@ def assert_unharmed(
         parts = rel.split("/")
         if rel.startswith(f"{store_dir}/objects/") and len(parts[-2]) == 2 and after[rel] != "dir":
             _assert_sound(store, parts[-2] + parts[-1])
+        elif rel.startswith(f"{store_dir}/objects/pack/") and rel.endswith(".idx"):
+            for oid in gitpack.iter_pack_objects(world.top / rel):  # a pack a receive wrote
+                _assert_sound(store, oid)
     if attack is not None:  # whatever the attack offered and did land is exactly its bytes
         u = build(attack, Store.open(world.cluster / DS, create=False), str(world.sentinel))
         for oid in u.objects:

@@ -25,6 +25,7 @@ import signal
 from dataclasses import dataclass
 from pathlib import Path
 
+import pygit2
 import pytest
 
 from tests.reliability_helpers import (
@@ -73,6 +74,8 @@ KILLS = [
     Kill("push", "server", "serve.have"),
     Kill("push", "server", "packstream.received-chunk:8"),
     Kill("push", "server", "chunks.pack-before-rename"),
+    Kill("push", "server", "gitpack.before-rename"),
+    Kill("push", "server", "gitpack.before-idx"),
     Kill("push", "server", "serve.received"),
     Kill("push", "server", "checkout.mid-stage"),
     Kill("push", "server", "checkout.journal-written"),
@@ -86,6 +89,7 @@ KILLS = [
     Kill("pull", "client", "packstream.received-object:8"),  # fetching contents
     Kill("pull", "client", "packstream.received-chunk:8"),
     Kill("pull", "client", "chunks.pack-before-rename"),
+    Kill("pull", "client", "gitpack.before-idx"),
     Kill("pull", "client", "packstream.manifests-held:3"),  # contents (1, 2: trees, events)
     Kill("pull", "client", "pull.fetched"),
     Kill("pull", "client", "checkout.staged"),
@@ -263,8 +267,27 @@ def test_fsck_accepts_remote_states_known_only_by_their_trees(template: Path, tm
     assert store.fsck() == []
 
     held = dict((path, e) for path, e, _ in store.ls_tree(store.head()))["meta.md"]
+    _unpack(store)  # received objects are packed: make them loose, to remove just one
     (store.gitdir / "objects" / held[:2] / held[2:]).unlink()
     assert [p.id for p in open_store(pair.local_dir).fsck()] == [held]
+
+
+def _unpack(store) -> None:
+    """Every object of the store's git packs written loose, the packs deleted."""
+    from usr.store import gitpack
+
+    pack_dir = store.gitdir / "objects" / "pack"
+    objects = [
+        store.read_object(oid)
+        for name in gitpack.pack_names(pack_dir)
+        for oid in gitpack.iter_pack_objects(pack_dir / f"{name}.idx")
+    ]
+    for name in gitpack.pack_names(pack_dir):
+        (pack_dir / f"{name}.idx").unlink()
+        (pack_dir / f"{name}.pack").unlink()
+    odb = pygit2.Repository(str(store.gitdir)).odb  # libgit2 skips objects it has
+    for kind, data in objects:
+        odb.write(gitpack.TYPE_CODES[kind], data)
 
 
 @pytest.mark.parametrize("command", ["push", "pull"])

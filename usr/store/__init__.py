@@ -47,7 +47,8 @@ Additions (refinements noted here, not in the original contract):
   ``open_entry(blob_id)`` (streamed, verified content), ``ls_tree(rev)``,
   ``chunk_ids(blob_ids)``, ``has_object(oid)``, ``commit_tree(...)``, ``log_entry(id)``,
   ``gc(prune_age, repack_min)``, ``fsck()``, ``read_range(blob_id, offset, length)``;
-  ``chunks.writer()`` batches chunks into packs; ``store.progress`` (a terminal UI's
+  ``chunks.writer()`` batches chunks into packs; ``object_writer()`` batches git objects
+  into git packs (docs/format.md §3); ``store.progress`` (a terminal UI's
   ``(path, done, total)`` callback while large files are hashed); ``store.last_scan``.
 - ``Store.open(dir, create=True)`` also makes a missing directory (bootstrap).
 - ``usr.store.worktree.build_tree(repo, files, strict=True)``: ``strict=False`` writes

@@ -21,6 +21,7 @@ import pygit2
 
 from usr.errors import InputError, UsrError, VerifyError
 from usr.layout import EVENTS_FILE, check_relpath
+from usr.store import gitpack
 from usr.store.model import Problem
 from usr.store.objects import MAGIC, Manifest
 from usr.store.worktree import FILE_MODES, MODE_TREE
@@ -263,5 +264,10 @@ def fsck(store) -> list[Problem]:
             read_pack_index(store.chunks.packs_dir / f"{pack}.pack")
         except (VerifyError, OSError) as exc:
             check.problem("pack", pack, None, str(exc))
+    pack_dir = store.gitdir / "objects" / "pack"
+    for pack in gitpack.pack_names(pack_dir):
+        _count, problems = gitpack.verify_pack(pack_dir / f"{pack}.idx")
+        for message in problems:
+            check.problem("pack", pack, None, message)
     store.fsck_counts = {"objects": check.objects, "chunks": check.chunks, "commits": len(done)}
     return check.problems

@@ -1,5 +1,6 @@
 """gc: remove what no ref reaches — loose objects, chunks, whole packs or their dead parts,
-temporary files and staging leftovers a crash left behind.
+temporary files and staging leftovers a crash left behind — and merge the git object packs
+transfers wrote (one or more per transfer) into one.
 
 Roots are every ref (``refs/heads``, ``refs/remotes``, ``refs/usr/saved``), the stat
 cache's entry ids (as git keeps its index's blobs) and an unfinished checkout's target.
@@ -21,6 +22,7 @@ import pygit2
 
 from usr.atomic import TMP_PREFIX
 from usr.layout import STORE_DIR
+from usr.store import gitpack
 from usr.store.checkout import STAGING_PREFIX, journal_path
 from usr.store.chunks import read_pack_index
 from usr.store.model import GcReport
@@ -82,6 +84,44 @@ def _remove(path: str, report: GcReport) -> None:
         os.unlink(path)
 
 
+def _repack_objects(store, live: set[str], cutoff: float, report: GcReport) -> None:
+    """Merge the git object packs older than the cutoff into one holding only their live
+    objects, when there are two or more of them or one holds a dead object; drop orphan
+    ``.pack`` files (no idx: a crash between the two renames) older than the cutoff.
+
+    The new pack is sealed (fsynced, renamed, directory fsynced) before an old one is
+    removed, idx first: a crash in between leaves duplicates, never a missing object.
+    Young packs are left whole (a transfer in flight may be about to name their objects).
+    """
+    pack_dir = store.gitdir / "objects" / "pack"
+    if not pack_dir.is_dir():
+        return
+    for name in os.listdir(pack_dir):
+        orphan = name.endswith(".pack") and not (pack_dir / f"{name[:-5]}.idx").exists()
+        if orphan and _old(pack_dir / name, cutoff):
+            _remove(str(pack_dir / name), report)
+    old = [n for n in gitpack.pack_names(pack_dir) if _old(pack_dir / f"{n}.idx", cutoff)]
+    listed = {n: list(gitpack.iter_pack_objects(pack_dir / f"{n}.idx")) for n in old}
+    dead = {oid for oids in listed.values() for oid in oids if oid not in live}
+    if len(old) < 2 and not dead:
+        return
+    builder = gitpack.PackBuilder(pack_dir)
+    for oid in dict.fromkeys(o for oids in listed.values() for o in oids if o in live):
+        type_name, data = store.read_object(oid)  # verified: a corrupt object stops gc here
+        builder.add(type_name, oid, data)
+        if builder.size >= gitpack.SEAL_MAX_BYTES:
+            builder.seal()
+    builder.seal()
+    for name in old:
+        if name in builder.sealed:
+            continue  # the rewrite produced this very pack again
+        _remove(str(pack_dir / f"{name}.idx"), report)
+        _remove(str(pack_dir / f"{name}.pack"), report)
+        report.packs_rewritten += 1
+    report.objects_removed += len(dead)
+    store.reopen_objects()  # libgit2 may still hold the removed packs in its list
+
+
 #: Loose chunks are repacked once at least this many are live.
 REPACK_LOOSE_MIN = 256
 
@@ -104,6 +144,7 @@ def gc(store, prune_age: float = 3600.0, repack_min: int = REPACK_LOOSE_MIN) -> 
                     report.objects_removed += 1
             with contextlib.suppress(OSError):
                 os.rmdir(sub.path)
+        _repack_objects(store, objects, cutoff, report)
         cs = store.chunks
         for cid in list(cs.loose_ids()):
             path = cs.loose_dir / cid[:2] / cid

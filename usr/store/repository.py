@@ -21,6 +21,7 @@ from usr.layout import STORE_DIR
 from usr.locks import dataset_lock
 from usr.store.chunks import ChunkStore
 from usr.store.diff_tree import diff_trees
+from usr.store.gitpack import ObjectWriter
 from usr.store.index import StatCache, StatKey
 from usr.store.model import FileChange, LogEntry, Recorded, ScanStats
 from usr.store.objects import MAGIC, Manifest, git_object_id, inline_limit
@@ -80,6 +81,8 @@ class Store:
         self.repo = repo
         self.refs = Refs(self.gitdir, repo)
         self.chunks = ChunkStore(self.gitdir / "chunks")
+        #: The open :meth:`object_writer`, if any: new objects go into its pending pack.
+        self._objects: ObjectWriter | None = None
         self.last_scan = ScanStats()
         #: Set by a terminal UI: called as ``progress(path, bytes_done, bytes_total)`` while
         #: large files are hashed. Library callers leave it None (silent).
@@ -139,6 +142,11 @@ class Store:
             if not (gitdir / "HEAD").exists():
                 raise
         return pygit2.Repository(str(gitdir))
+
+    def reopen_objects(self) -> None:
+        """Open the git repository afresh (after gc removed packs libgit2 had listed)."""
+        self.repo = pygit2.Repository(str(self.gitdir))
+        self.refs = Refs(self.gitdir, self.repo)
 
     def close(self) -> None:
         """Release open pack file handles."""
@@ -464,13 +472,19 @@ class Store:
     # -- objects --------------------------------------------------------------------------
 
     def has_object(self, oid: str) -> bool:
-        """True if the git object is stored (not verified); False for anything not an id."""
+        """True if the git object is stored or pending in the open object writer (not
+        verified); False for anything not an id."""
         if not re.match(r"^[0-9a-f]{40}$", oid or ""):
             return False
+        if self._objects is not None and oid in self._objects:
+            return True
         return self.repo.odb.exists(oid)
 
     def read_object(self, oid: str) -> tuple[str, bytes]:
         """``(type_name, bytes)`` of a git object, verified against its id."""
+        pending = self._objects.read(oid) if self._objects is not None else None
+        if pending is not None:
+            return pending
         try:
             obj_type, data = self.repo.odb.read(oid)
         except KeyError:
@@ -484,7 +498,9 @@ class Store:
 
     def write_object(self, type_name: str, data: bytes, expect: str | None = None) -> str:
         """Store a git object; VerifyError if ``expect`` is given and differs (nothing
-        written). Blobs that claim to be manifests must parse."""
+        written). Blobs that claim to be manifests must parse. Inside
+        :meth:`object_writer` the object goes into the pending pack, else it is written
+        loose."""
         if type_name not in OBJECT_TYPES:
             raise InputError(f"bad object type {type_name!r}")
         oid = git_object_id(type_name, data)
@@ -492,11 +508,32 @@ class Store:
             raise VerifyError(f"object {expect}: received bytes hash to {oid}; refused")
         if type_name == "blob" and data.startswith(MAGIC):
             Manifest.decode(data, where=f"manifest {oid}")
-        if not self.repo.odb.exists(oid):
+        if self._objects is not None:
+            self._objects.add(type_name, oid, data)
+        elif not self.repo.odb.exists(oid):
             written = str(self.repo.odb.write(OBJECT_TYPES[type_name], data))
             if written != oid:
                 raise VerifyError(f"object store wrote {written}, expected {oid}")
         return oid
+
+    @contextlib.contextmanager
+    def object_writer(self) -> Iterator[ObjectWriter]:
+        """Write the objects of a batch into git packs usr writes itself (docs/format.md
+        §3) instead of one loose file each: within the block :meth:`write_object` (or the
+        yielded writer's ``add(type, oid, data)`` for bytes already checked against
+        ``oid``) queues them, :meth:`has_object` and :meth:`read_object` see them, and
+        they are sealed into a pack at a size threshold and when the block ends, even on
+        error. After a crash only sealed packs count. Nested blocks share one writer."""
+        if self._objects is not None:
+            yield self._objects
+            return
+        writer = ObjectWriter(self.repo, self.gitdir / "objects" / "pack")
+        self._objects = writer
+        try:
+            yield writer
+        finally:
+            self._objects = None
+            writer.seal()
 
     def manifest_of(self, blob_id: str) -> Manifest | None:
         """The manifest behind a tree entry, or None for an inline blob."""

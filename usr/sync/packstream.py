@@ -8,8 +8,10 @@ Both directions use the same rules, so a cut transfer leaves a store a rerun can
   stored manifest always means a complete large file;
 * every object is checked against its git id and every chunk against its blake3 *before*
   anything is written, so a hostile or broken peer cannot plant bytes under a false name;
-* chunks land in packs that are finalised even when the stream breaks, so whatever arrived
-  is kept and the next negotiation skips it.
+* chunks land in chunk packs and objects in git packs (:mod:`usr.store.gitpack`), both
+  sealed at size thresholds and again when the stream ends or breaks, so whatever arrived
+  is kept and the next negotiation skips it; objects pending in an unsealed git pack count
+  as present for the rest of the receive only (a killed receiver loses them).
 """
 
 from __future__ import annotations
@@ -239,7 +241,9 @@ def receive(
     failure: UsrError | None = None
     unsealed = 0
     seal_at = SEAL_BYTES
-    with store.chunks.writer() as packer:
+    # Chunks are sealed before objects (the inner block closes first): a manifest in a
+    # sealed object pack never names a chunk that is not durable.
+    with store.object_writer() as objects, store.chunks.writer() as packer:
         while True:
             kind, payload = fio.read_frame()
             if kind == p.JSON:
@@ -254,7 +258,7 @@ def receive(
                     type_name, oid, data = p.decode_object(payload, peer)
                     if asked is not None and oid not in asked:
                         raise VerifyError(f"{peer} sent object {oid}, which was not asked for")
-                    _land_object(store, packer, type_name, oid, data, got, hold_manifests)
+                    _land_object(store, objects, packer, type_name, oid, data, got, hold_manifests)
                     faults.point(FAULT_RECEIVED_OBJECT)
                 else:
                     cid, data = p.decode_chunk(payload, peer)
@@ -312,6 +316,7 @@ def _check_manifest_chunks(store: Any, entries: list[tuple[str, int]], where: st
 
 def _land_object(
     store: Any,
+    objects: Any,
     packer: Any,
     type_name: str,
     oid: str,
@@ -342,11 +347,9 @@ def _land_object(
             _check_manifest_chunks(store, entries, where)
     else:
         raise VerifyError(f"{where}: object type not used by usr")
-    if has_object(store, oid):
-        return
-    store.write_object(type_name, data, expect=oid)
-    got.objects += 1
-    got.bytes += len(data)
+    if objects.add(type_name, oid, data):  # checked against oid above; False if present
+        got.objects += 1
+        got.bytes += len(data)
 
 
 def write_held(store: Any, held: dict[str, bytes]) -> int:
@@ -354,11 +357,11 @@ def write_held(store: Any, held: dict[str, bytes]) -> int:
     chunks are still missing (so a stored manifest always means a complete file)."""
     faults.point(FAULT_MANIFESTS_HELD)
     n = 0
-    for oid, data in held.items():
-        _check_manifest_chunks(store, manifest_entries(data, f"blob {oid}"), f"blob {oid}")
-        if not has_object(store, oid):
-            store.write_object("blob", data, expect=oid)
-            n += 1
+    with store.object_writer() as objects:
+        for oid, data in held.items():
+            _check_manifest_chunks(store, manifest_entries(data, f"blob {oid}"), f"blob {oid}")
+            if objects.add("blob", oid, data):  # each was checked against oid on arrival
+                n += 1
     return n
 
 
