@@ -86,7 +86,8 @@ def _remove(path: str, report: GcReport) -> None:
 
 def _repack_objects(store, live: set[str], cutoff: float, report: GcReport) -> None:
     """Merge the git object packs older than the cutoff into one holding only their live
-    objects, when there are two or more of them or one holds a dead object; drop orphan
+    objects, deflated (a receive stores them uncompressed), when there are two or more of
+    them or one holds a dead object; drop orphan
     ``.pack`` files (no idx: a crash between the two renames) older than the cutoff.
 
     The new pack is sealed (fsynced, renamed, directory fsynced) before an old one is
@@ -105,7 +106,7 @@ def _repack_objects(store, live: set[str], cutoff: float, report: GcReport) -> N
     dead = {oid for oids in listed.values() for oid in oids if oid not in live}
     if len(old) < 2 and not dead:
         return
-    builder = gitpack.PackBuilder(pack_dir)
+    builder = gitpack.PackBuilder(pack_dir, level=gitpack.GC_LEVEL)
     for oid in dict.fromkeys(o for oids in listed.values() for o in oids if o in live):
         type_name, data = store.read_object(oid)  # verified: a corrupt object stops gc here
         builder.add(type_name, oid, data)
