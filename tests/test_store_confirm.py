@@ -98,6 +98,7 @@ def test_a_base_that_differs_from_its_entry_falls_back_to_the_chunks(tmp_path: P
     damaged[1000] ^= 0xFF  # claims to be the old entry; is not
     base.write_bytes(bytes(damaged))
     dest = tmp_path / "staged" / "records.bin"
+    dest.parent.mkdir()
     write_entry(
         store.repo,
         store.chunks,

@@ -418,9 +418,14 @@ class Store:
 
     # -- history --------------------------------------------------------------------------
 
-    def diff(self, a: str | None, b: str | None) -> list[FileChange]:
-        """Exact per-file comparison of two trees or commits (either may be None = empty)."""
-        return diff_trees(self.repo, self.tree_of(a), self.tree_of(b), self.entry_size)
+    def diff(self, a: str | None, b: str | None, sizes: bool = True) -> list[FileChange]:
+        """Exact per-file comparison of two trees or commits (either may be None = empty).
+
+        ``sizes=False`` leaves ``old_size``/``new_size`` None: sizing reads (and verifies)
+        every changed inline blob, which a caller that only needs paths and ids (checkout,
+        which reads each blob once as it writes it) should not pay for."""
+        size_of = self.entry_size if sizes else None
+        return diff_trees(self.repo, self.tree_of(a), self.tree_of(b), size_of)
 
     def log(self, commit: str | None = None, limit: int | None = None) -> list[LogEntry]:
         """Recorded states reachable from ``commit`` (default HEAD), newest first."""
