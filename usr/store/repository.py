@@ -297,13 +297,16 @@ class Store:
 
     def _confirm_or_hash(self, cache, f, key, limit: int, writer) -> tuple[str, os.stat_result]:
         """A file the cache misses: confirmed by one blake3 pass when the cache holds its
-        exact stat (racy only), else hashed and stored in full."""
+        exact stat (racy only), else hashed and stored in full. A racy inline-sized file
+        is simply hashed (reading its blob to confirm it would cost more), and not written
+        again when it hashes to its cached id (the cache keeps that id from gc)."""
         candidate = cache.same_stat(f.relpath, key)
-        if candidate is not None:
+        if candidate is not None and key[0] > limit:
             st = confirm_entry(self.repo, f.abspath, candidate, key)
             if st is not None:
                 return candidate, st
-        return hash_file(f.abspath, limit, self.repo, writer, self._file_progress(f))
+        progress = self._file_progress(f)
+        return hash_file(f.abspath, limit, self.repo, writer, progress, stored=candidate)
 
     def _file_progress(self, f) -> Callable[[int], None] | None:
         if self.progress is None:

@@ -174,11 +174,15 @@ def hash_file(
     repo: pygit2.Repository | None,
     writer: PackWriter | None,
     progress: Progress | None = None,
+    stored: str | None = None,
 ) -> tuple[str, os.stat_result]:
     """The entry id of the file at ``path`` and the stat it is valid for.
 
     With ``repo``/``writer`` the blob or manifest and the chunks are written to the store
     (like ``git add``); with None nothing is written (used to check staged files).
+    ``stored`` is an id the store keeps anyway (one the stat cache names: gc keeps those):
+    an inline file that hashes to it is not written again, which for a racy file costs a
+    SHA-1 instead of libgit2's hash, lookup and object write (or freshen).
     ``progress(n)`` is called as each chunk of a large file is done. A file
     that changes while it is read is re-read; one that never holds still is an InputError.
     """
@@ -191,9 +195,11 @@ def hash_file(
                     after = os.fstat(fh.fileno())
                     if not _same_content_stat(before, after):
                         continue
-                    if repo is not None:
-                        return str(repo.create_blob(data)), after
-                    return git_object_id("blob", data), after
+                    if repo is None:
+                        return git_object_id("blob", data), after
+                    if stored is not None and git_object_id("blob", data) == stored:
+                        return stored, after
+                    return str(repo.create_blob(data)), after
                 first = data  # starts with the magic (or grew): store it chunked
             else:
                 first = b""
