@@ -7,6 +7,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
+
 from usr.store import Store
 from usr.store.worktree import REUSE_MIN, confirm_entry, walk_tree, write_entry
 
@@ -98,6 +100,7 @@ def test_a_base_that_differs_from_its_entry_falls_back_to_the_chunks(tmp_path: P
     damaged[1000] ^= 0xFF  # claims to be the old entry; is not
     base.write_bytes(bytes(damaged))
     dest = tmp_path / "staged" / "records.bin"
+    dest.parent.mkdir()
     write_entry(
         store.repo,
         store.chunks,
@@ -108,4 +111,54 @@ def test_a_base_that_differs_from_its_entry_falls_back_to_the_chunks(tmp_path: P
         base=(str(base), _entry(store, old)),
     )
     assert dest.read_bytes() == want
-    assert not (tmp_path / "staged" / "records.bin.part").exists()
+    assert os.listdir(dest.parent) == ["records.bin"]
+
+
+def _counting_writes(store: Store, monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
+    written: list[bytes] = []
+    create = store.repo.create_blob
+
+    def counted(data: bytes):
+        written.append(data)
+        return create(data)
+
+    monkeypatch.setattr(store.repo, "create_blob", counted)
+    return written
+
+
+def test_a_racy_inline_file_that_hashes_to_its_entry_is_not_written_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Written moments before it was recorded, the file is racy and is read again; its
+    bytes still hash to the cached id, which the cache keeps from gc: nothing to write."""
+    ds = tmp_path / "ds"
+    ds.mkdir()
+    (ds / "a.txt").write_bytes(b"same bytes\n")
+    store = Store.open(ds)
+    head = store.record("import").commit
+    written = _counting_writes(store, monkeypatch)
+    assert store.working_tree() == store.tree_of(head)
+    assert store.last_scan.hashed == 1 and written == []
+    assert store.fsck() == []
+
+
+def test_a_racy_inline_file_with_other_bytes_than_its_entry_is_stored(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cache row whose stat matches but whose id is not the file's (as a same-tick
+    edit would leave) is never taken: the file's own blob is written and recorded."""
+    ds = tmp_path / "ds"
+    ds.mkdir()
+    (ds / "a.txt").write_bytes(b"the bytes\n")
+    store = Store.open(ds)
+    store.record("import")
+    cache = store.stat_cache()
+    key, _ = cache.entries["a.txt"]
+    other = store.repo.create_blob(b"other bytes\n")
+    cache.update("a.txt", key, str(other))
+    cache.save()
+    written = _counting_writes(store, monkeypatch)
+    tree = store.working_tree()
+    assert written == [b"the bytes\n"]
+    assert tree == store.tree_of("HEAD")
+    assert store.stat_cache().entries["a.txt"][1] != str(other)

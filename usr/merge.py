@@ -767,7 +767,7 @@ def merge_pull(
     engine._confirm(options, "merge", data)
     commit = commit_merge(store, result, st.local_head, st.remote_head, remote, options.actor)
     doc["commit"] = commit
-    moved = {c.path for c in store.diff(st.local_head, commit) if c.new_id is not None}
+    moved = {c.path for c in store.diff(st.local_head, commit, sizes=False) if c.new_id}
     with (
         store.lock(f"merge {remote}", timeout=options.lock_timeout),
         events_lock(target.path, timeout=options.lock_timeout),

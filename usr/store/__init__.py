@@ -20,8 +20,9 @@ CONTRACT (other layers code against exactly this; the store issue implements it)
     Make the working files equal the commit's tree: stage, verify by hash, promote by
     rename; move ``refs/heads/main`` in the same locked step. Refuses unrecorded changes
     unless ``force`` (then records them first).
-``store.diff(a, b) -> list[FileChange]``
-    Exact per-file comparison of two trees or commits (either may be None = empty).
+``store.diff(a, b, sizes=True) -> list[FileChange]``
+    Exact per-file comparison of two trees or commits (either may be None = empty);
+    ``sizes=False`` leaves the sizes None and reads no blob.
 ``store.merge_base(a, b)``, ``store.is_ancestor(a, b)``, ``store.log(commit)``.
 ``store.lock(what)``
     The dataset lock, reentrant in this process. Use it instead of

@@ -6,12 +6,15 @@ The steps, all under the dataset lock:
 1. Record or refuse unrecorded changes (refuse unless ``force``).
 2. Stage every file to add or change under ``<dataset>/.usr-staging-<tree>/``, each one
    verified against its id while it is written (chunks by blake3, the whole file by the
-   manifest). Leftovers of an earlier, crashed checkout of the same tree are reused when
-   they still verify; staging dirs of other trees are removed.
+   manifest). A kill can leave a staged file half-written, so leftovers of an earlier,
+   crashed checkout of the same tree are reused only when they still hash to their id
+   (anything else there is removed and written again); staging dirs of other trees are
+   removed.
 3. Write the journal ``.usr/CHECKOUT`` (atomic): target commit, staging dir, and the list
    of paths to promote and to delete. From here on the checkout is committed to.
 4. Promote: delete removed paths, rename staged files into place (rename is atomic per
-   file), move ``refs/heads/main``, remove the journal and the staging dir.
+   file; a file where a directory must go, or a directory where a file must go, is moved
+   out of the way), move ``refs/heads/main``, remove the journal and the staging dir.
 
 A crash before 3 leaves the working files and the ref untouched (staging is reused or
 removed later). A crash after 3 is rolled forward by :func:`recover`, which any
@@ -24,6 +27,7 @@ import contextlib
 import json
 import os
 import shutil
+import stat as statmod
 from pathlib import Path
 
 from usr import faults
@@ -67,10 +71,16 @@ def _stage(store, target_tree: str, changes) -> tuple[Path, list[dict]]:
     """Write every added/modified file of the target into the staging dir, verified."""
     staging = _staging_dir(store, target_tree)
     _clean_other_staging(store, staging)
-    staging.mkdir(exist_ok=True)
+    try:
+        staging.mkdir()
+        fresh = True  # nothing was staged for this tree before: no leftover to look for
+    except FileExistsError:
+        fresh = False
     modes = {rel: mode for rel, _, mode in walk_tree(store.repo, target_tree)}
     ops: list[dict] = []
     limit = inline_limit()
+    top, root = str(staging), str(store.path)
+    made = {""}  # staging directories that exist (relative): each is made once
     # One fsync per file costs a journal commit each (measured: 7.4 of 13 s checking out
     # 2,000 small files). Past a few files, stage without them and flush the filesystem
     # once before the journal is written: the journal still only ever names durable files,
@@ -81,13 +91,12 @@ def _stage(store, target_tree: str, changes) -> tuple[Path, list[dict]]:
         if change.status == "D":
             ops.append({"op": "delete", "path": rel})
             continue
-        dest = staging / rel
-        reuse = False
-        if dest.is_file():  # left by a crashed checkout of the same tree: reuse if intact
-            with contextlib.suppress(OSError, InputError):
-                reuse = hash_file(str(dest), limit, None, None)[0] == change.new_id
-        if not reuse:
-            base = (str(store.path / rel), change.old_id) if change.status == "M" else None
+        parent = rel.rpartition("/")[0]
+        if parent not in made:
+            _make_dirs(top, parent, made, clear=False)
+        dest = f"{top}/{rel}"
+        if fresh or not _staged_intact(dest, change.new_id, limit):
+            base = (f"{root}/{rel}", change.old_id) if change.status == "M" else None
             write_entry(
                 store.repo,
                 store.chunks,
@@ -107,47 +116,105 @@ def _stage(store, target_tree: str, changes) -> tuple[Path, list[dict]]:
     return staging, ops
 
 
-def _remove_empty_parents(root: Path, rel: str) -> None:
-    parent = (root / rel).parent
-    while parent != root:
+def _staged_intact(dest: str, oid: str, limit: int) -> bool:
+    """True if a file left at ``dest`` by a crashed checkout of the same tree hashes to
+    ``oid``. Anything else there (half-written by a kill, changed, a symlink) is removed,
+    so the file is written afresh and nothing staged is ever trusted unverified."""
+    try:
+        st = os.lstat(dest)
+    except FileNotFoundError:
+        return False
+    if statmod.S_ISREG(st.st_mode):
+        with contextlib.suppress(OSError, InputError):
+            if hash_file(dest, limit, None, None)[0] == oid:
+                return True
+    os.unlink(dest)
+    return False
+
+
+def _make_dirs(top: str, rel_dir: str, made: set[str], clear: bool) -> None:
+    """Make directory ``top/rel_dir`` and its missing parents, adding each to ``made`` so
+    later files under it skip every check. With ``clear``, a file (or anything not a
+    directory) where one of them must go is moved out of the way; without, it is left for
+    the write below it to fail on."""
+    parts = rel_dir.split("/")
+    for i in range(1, len(parts) + 1):
+        sub = "/".join(parts[:i])
+        if sub in made:
+            continue
+        path = f"{top}/{sub}"
         try:
-            parent.rmdir()
-        except OSError:
-            return
-        parent = parent.parent
+            os.mkdir(path)
+        except FileExistsError:
+            if clear and not os.path.isdir(path):
+                os.unlink(path)
+                os.mkdir(path)
+        made.add(sub)
+
+
+def _delete(root: str, paths: list[str]) -> None:
+    """Delete removed files, then the directories that left empty (deepest first).
+
+    Idempotent: a path already gone, or under a parent that is a file now, is done; a
+    directory at a deleted file's path was made by a put of this same journal (a file
+    replaced by a directory) in an earlier run, and is kept.
+    """
+    parents: set[str] = set()
+    for rel in paths:
+        path = f"{root}/{rel}"
+        try:
+            os.unlink(path)
+        except (FileNotFoundError, NotADirectoryError):
+            pass
+        except OSError:  # EISDIR on Linux, EPERM elsewhere
+            if not os.path.isdir(path) or os.path.islink(path):
+                raise
+        parents.add(rel.rpartition("/")[0])
+    ancestors: set[str] = set()
+    for d in parents:
+        while d and d not in ancestors:
+            ancestors.add(d)
+            d = d.rpartition("/")[0]
+    for d in sorted(ancestors, key=lambda d: d.count("/"), reverse=True):
+        with contextlib.suppress(OSError):
+            os.rmdir(f"{root}/{d}")  # fails, as it should, on any directory not empty
+
+
+def _put(root: str, staging: str, rel: str, ready: set[str]) -> bool:
+    """Rename the staged file for ``rel`` into place; False if an earlier run of the same
+    journal already did. ``ready`` holds the directories made or checked in this run."""
+    src, dest = f"{staging}/{rel}", f"{root}/{rel}"
+    parent = rel.rpartition("/")[0]
+    if parent not in ready:
+        if not os.path.lexists(src):
+            return False
+        _make_dirs(root, parent, ready, clear=True)
+    try:
+        os.replace(src, dest)
+    except FileNotFoundError:
+        return False  # the parent is a directory, so it is the staged file that is gone
+    except IsADirectoryError:
+        shutil.rmtree(dest)  # a directory where this file must go is moved out of the way
+        os.replace(src, dest)
+    return True
 
 
 def _promote(store, journal: dict) -> None:
     """Apply a journal: idempotent, so recovery can run it again from any point."""
-    root = store.path
-    staging = root / journal["staging"]
-    for op in journal["ops"]:
-        if op["op"] == "delete":
-            target = root / op["path"]
-            if target.is_dir() and not target.is_symlink():
-                shutil.rmtree(target)
-            else:
-                with contextlib.suppress(FileNotFoundError):
-                    target.unlink()
-            _remove_empty_parents(root, op["path"])
+    root = str(store.path)
+    staging = f"{root}/{journal['staging']}"
+    _delete(root, [op["path"] for op in journal["ops"] if op["op"] == "delete"])
     cache = store.stat_cache()
+    ready = {""}  # the root exists; no later put of this run can remove what is added
     for op in journal["ops"]:
         if op["op"] != "put":
             continue
-        src, dest = staging / op["path"], root / op["path"]
-        if src.exists():
-            # A file where a directory must go (or the reverse) is moved out of the way.
-            for parent in reversed(Path(op["path"]).parents[:-1]):
-                p = root / parent
-                if p.exists() and not p.is_dir():
-                    p.unlink()
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            if dest.is_dir():
-                shutil.rmtree(dest)
-            os.replace(src, dest)
+        rel = op["path"]
+        if _put(root, staging, rel, ready):
             faults.point(FAULT_MID_PROMOTE)
         with contextlib.suppress(FileNotFoundError):
-            cache.update(op["path"], StatKey.of(os.stat(dest)), op["id"])
+            # After the rename: it changes the ctime, which the cache key holds.
+            cache.update(rel, StatKey.of(os.stat(f"{root}/{rel}")), op["id"])
     faults.point(FAULT_BEFORE_REF)
     current = store.head()
     if current != journal["commit"]:
@@ -192,7 +259,7 @@ def checkout(store, commit: str, force: bool = False, expect_head: object = ...)
         if head is None and work == _empty_tree(store):
             head_tree = work
         if work != head_tree:
-            pending = store.diff(head, work)
+            pending = store.diff(head, work, sizes=False)
             if not force:
                 names = ", ".join(c.path for c in pending[:3]) + (
                     " ..." if len(pending) > 3 else ""
@@ -208,7 +275,7 @@ def checkout(store, commit: str, force: bool = False, expect_head: object = ...)
             saved = f"refs/usr/saved/{head}"
             if store.refs.get(saved) is None:
                 store.update_ref(saved, head, None)  # no recorded state is ever lost
-        changes = store.diff(work, target_tree)
+        changes = store.diff(work, target_tree, sizes=False)
         staging, ops = _stage(store, target_tree, changes)
         faults.point(FAULT_STAGED)
         journal = {"commit": target, "staging": staging.name, "ops": ops}

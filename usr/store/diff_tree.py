@@ -61,14 +61,20 @@ def _walk(
         yield rel, o_file[0] if o_file else None, n_file[0] if n_file else None
 
 
+def _no_size(_oid: str) -> None:
+    return None
+
+
 def diff_trees(
     repo: pygit2.Repository,
     a: str | None,
     b: str | None,
-    size_of: Callable[[str], int],
+    size_of: Callable[[str], int | None] | None,
 ) -> list[FileChange]:
     """Every file that differs between trees ``a`` and ``b`` (either may be None), sorted
-    by path, with section, ids and whole-file sizes (manifest sizes for chunked files)."""
+    by path, with section, ids and whole-file sizes (manifest sizes for chunked files);
+    with ``size_of`` None, no sizes (None), and no blob is read."""
+    size = size_of or _no_size
     changes = []
     for rel, old, new in _walk(repo, "", a, b):
         status = "A" if old is None else "D" if new is None else "M"
@@ -79,8 +85,8 @@ def diff_trees(
                 section=section_of(rel),
                 old_id=old,
                 new_id=new,
-                old_size=size_of(old) if old else None,
-                new_size=size_of(new) if new else None,
+                old_size=size(old) if old else None,
+                new_size=size(new) if new else None,
             )
         )
     changes.sort(key=lambda c: c.path)

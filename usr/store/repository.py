@@ -305,13 +305,16 @@ class Store:
 
     def _confirm_or_hash(self, cache, f, key, limit: int, writer) -> tuple[str, os.stat_result]:
         """A file the cache misses: confirmed by one blake3 pass when the cache holds its
-        exact stat (racy only), else hashed and stored in full."""
+        exact stat (racy only), else hashed and stored in full. A racy inline-sized file
+        is simply hashed (reading its blob to confirm it would cost more), and not written
+        again when it hashes to its cached id (the cache keeps that id from gc)."""
         candidate = cache.same_stat(f.relpath, key)
-        if candidate is not None:
+        if candidate is not None and key[0] > limit:
             st = confirm_entry(self.repo, f.abspath, candidate, key)
             if st is not None:
                 return candidate, st
-        return hash_file(f.abspath, limit, self.repo, writer, self._file_progress(f))
+        progress = self._file_progress(f)
+        return hash_file(f.abspath, limit, self.repo, writer, progress, stored=candidate)
 
     def _file_progress(self, f) -> Callable[[int], None] | None:
         if self.progress is None:
@@ -426,9 +429,14 @@ class Store:
 
     # -- history --------------------------------------------------------------------------
 
-    def diff(self, a: str | None, b: str | None) -> list[FileChange]:
-        """Exact per-file comparison of two trees or commits (either may be None = empty)."""
-        return diff_trees(self.repo, self.tree_of(a), self.tree_of(b), self.entry_size)
+    def diff(self, a: str | None, b: str | None, sizes: bool = True) -> list[FileChange]:
+        """Exact per-file comparison of two trees or commits (either may be None = empty).
+
+        ``sizes=False`` leaves ``old_size``/``new_size`` None: sizing reads (and verifies)
+        every changed inline blob, which a caller that only needs paths and ids (checkout,
+        which reads each blob once as it writes it) should not pay for."""
+        size_of = self.entry_size if sizes else None
+        return diff_trees(self.repo, self.tree_of(a), self.tree_of(b), size_of)
 
     def log(self, commit: str | None = None, limit: int | None = None) -> list[LogEntry]:
         """Recorded states reachable from ``commit`` (default HEAD), newest first."""

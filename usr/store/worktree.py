@@ -10,6 +10,7 @@ every byte it writes against the ids it was asked for.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat as statmod
 from collections.abc import Callable, Iterable, Iterator
@@ -173,11 +174,15 @@ def hash_file(
     repo: pygit2.Repository | None,
     writer: PackWriter | None,
     progress: Progress | None = None,
+    stored: str | None = None,
 ) -> tuple[str, os.stat_result]:
     """The entry id of the file at ``path`` and the stat it is valid for.
 
     With ``repo``/``writer`` the blob or manifest and the chunks are written to the store
     (like ``git add``); with None nothing is written (used to check staged files).
+    ``stored`` is an id the store keeps anyway (one the stat cache names: gc keeps those):
+    an inline file that hashes to it is not written again, which for a racy file costs a
+    SHA-1 instead of libgit2's hash, lookup and object write (or freshen).
     ``progress(n)`` is called as each chunk of a large file is done. A file
     that changes while it is read is re-read; one that never holds still is an InputError.
     """
@@ -190,9 +195,11 @@ def hash_file(
                     after = os.fstat(fh.fileno())
                     if not _same_content_stat(before, after):
                         continue
-                    if repo is not None:
-                        return str(repo.create_blob(data)), after
-                    return git_object_id("blob", data), after
+                    if repo is None:
+                        return git_object_id("blob", data), after
+                    if stored is not None and git_object_id("blob", data) == stored:
+                        return stored, after
+                    return str(repo.create_blob(data)), after
                 first = data  # starts with the magic (or grew): store it chunked
             else:
                 first = b""
@@ -379,6 +386,11 @@ def stream_entry(
     if not data.startswith(MAGIC):
         yield data
         return
+    yield from _stream_manifest(chunks, oid, data, where)
+
+
+def _stream_manifest(chunks: ChunkStore, oid: str, data: bytes, where: str) -> Iterator[bytes]:
+    """The file behind manifest blob ``data`` (already read and verified as ``oid``)."""
     manifest = Manifest.decode(data, where=f"{where} (manifest {oid})")
     whole = blake3.blake3()
     yield from _verified_chunks(chunks, manifest.chunks, whole, where)
@@ -452,40 +464,66 @@ def write_entry(
     chunks: ChunkStore,
     oid: str,
     mode: int,
-    dest: Path,
+    dest: str | os.PathLike[str],
     where: str,
     fsync: bool = True,
     base: tuple[str, str] | None = None,
-) -> os.stat_result:
-    """Write the verified content of an entry to ``dest`` (fsynced); return its stat.
+) -> None:
+    """Create ``dest`` (a staging path; its directory must exist, the name must not)
+    holding the verified content of an entry, with mode 644 or 755 exactly.
 
-    ``dest`` is a staging path: on any failure it is removed, never left half-written.
+    ``dest`` is created exclusively and not through a symlink, and removed on any failure.
+    A kill -9 can still leave it half-written: staged files are only ever trusted after
+    they hash to their id (checkout re-verifies leftovers before reuse).
     ``fsync=False`` leaves the flush to the caller (one filesystem flush for many files).
     ``base`` = ``(path, entry id)`` names the current version of the file, whose shared
     leading chunks are copied from it (verified) instead of rewritten from the store.
     """
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(dest.name + ".part")
+    data = read_blob(repo, oid)
+    perm = 0o755 if mode == MODE_EXEC else 0o644
+    fd = os.open(dest, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, perm)
     try:
-        with open(tmp, "w+b") as fh:
-            reused = base is not None and _write_reusing(repo, chunks, oid, base, fh, where)
-            if not reused:
-                fh.seek(0)
-                fh.truncate()
-            written = flushed = 0
-            for piece in () if reused else stream_entry(repo, chunks, oid, where):
-                fh.write(piece)
-                written += len(piece)
-                if written - flushed >= WRITEBACK_BYTES:
-                    fh.flush()  # start the disk now, so the fsync below waits for the tail only
-                    start_writeback(fh.fileno(), flushed, written - flushed)
-                    flushed = written
-            fh.flush()
-            if fsync:
-                os.fsync(fh.fileno())
-        os.chmod(tmp, 0o755 if mode == MODE_EXEC else 0o644)
-        os.replace(tmp, dest)
+        # Exactly, whatever the umask, and before any byte: a staged file that holds its
+        # content (reusable after a kill) always has its mode too.
+        os.fchmod(fd, perm)
+        if data.startswith(MAGIC):
+            with open(fd, "w+b", closefd=False) as fh:
+                _write_chunked(repo, chunks, oid, data, fh, where, base)
+        else:
+            view = memoryview(data)  # an inline blob: already read and verified, one write
+            while view:
+                view = view[os.write(fd, view) :]
+        if fsync:
+            os.fsync(fd)
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        os.close(fd)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(dest)
         raise
-    return os.stat(dest)
+    os.close(fd)
+
+
+def _write_chunked(
+    repo: pygit2.Repository,
+    chunks: ChunkStore,
+    oid: str,
+    data: bytes,
+    fh,
+    where: str,
+    base: tuple[str, str] | None,
+) -> None:
+    """Write the file behind manifest ``data`` (entry ``oid``) into the empty ``fh``,
+    reusing ``base``'s shared prefix when worth it, every byte verified."""
+    if base is not None and _write_reusing(repo, chunks, oid, base, fh, where):
+        return
+    fh.seek(0)
+    fh.truncate()
+    written = flushed = 0
+    for piece in _stream_manifest(chunks, oid, data, where):
+        fh.write(piece)
+        written += len(piece)
+        if written - flushed >= WRITEBACK_BYTES:
+            fh.flush()  # start the disk now, so the fsync waits for the tail only
+            start_writeback(fh.fileno(), flushed, written - flushed)
+            flushed = written
+    fh.flush()
