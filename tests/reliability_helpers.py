@@ -23,7 +23,7 @@ import tomli_w
 
 from tests.conftest import Result, run_usr
 from usr.dataset import Dataset
-from usr.store import Store
+from usr.store import Store, gitpack
 
 DS = "densegen/my_dataset"
 REMOTE = "bu-scc"
@@ -233,6 +233,12 @@ def change_dataset(root: Path, seed: int, aux_growth: int = 1_000_000) -> None:
     (directory / f"_artifacts/new-{seed}.txt").write_text(f"added by batch {seed}\n")
     with (directory / "meta.md").open("a") as fh:
         fh.write(f"\nbatch {seed}\n")
+    # More new files than the unpack limit, so the transfer writes an object pack (and its
+    # kill points are reached) rather than loose objects.
+    notes = directory / f"_artifacts/notes-{seed}"
+    notes.mkdir()
+    for i in range(gitpack.UNPACK_LIMIT + 10):
+        (notes / f"n{i:03d}.txt").write_text(f"batch {seed} note {i}\n")
 
 
 def copy_tree(src: Path, dst: Path) -> None:

@@ -115,14 +115,15 @@ def test_a_base_that_differs_from_its_entry_falls_back_to_the_chunks(tmp_path: P
 
 
 def _counting_writes(store: Store, monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
+    """Records each blob the store is asked to write (it still writes them)."""
     written: list[bytes] = []
-    create = store.repo.create_blob
+    create = store.write_blob
 
-    def counted(data: bytes):
+    def counted(data: bytes) -> str:
         written.append(data)
         return create(data)
 
-    monkeypatch.setattr(store.repo, "create_blob", counted)
+    monkeypatch.setattr(store, "write_blob", counted)
     return written
 
 

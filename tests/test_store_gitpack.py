@@ -62,7 +62,7 @@ def _git(store: Store, *args: str) -> subprocess.CompletedProcess:
     )
 
 
-def _dataset(tmp_path: Path, files: int = 30) -> Store:
+def _dataset(tmp_path: Path, files: int = gitpack.UNPACK_LIMIT + 20) -> Store:
     src = tmp_path / "src"
     (src / "_aux").mkdir(parents=True)
     for i in range(files):
@@ -128,11 +128,35 @@ def test_a_stream_cut_midway_keeps_what_arrived_and_a_rerun_completes(tmp_path: 
     assert all(Store.open(store.path).has_object(o) for o, _ in frames)
 
 
+@pytest.mark.parametrize("count", [1, gitpack.UNPACK_LIMIT - 1, gitpack.UNPACK_LIMIT])
+def test_a_batch_under_the_unpack_limit_lands_loose_and_one_at_it_in_a_pack(
+    tmp_path: Path, count: int
+) -> None:
+    store = Store.open(tmp_path / "ds")
+    frames = [_object_frame("blob", b) for b in _blobs(count)]
+    got = _receive(store, b"".join(f for _, f in frames) + _end())
+    packed = count >= gitpack.UNPACK_LIMIT
+    assert got.objects == count
+    assert len(_packs(store)) == (1 if packed else 0)
+    assert len(_loose(store)) == (0 if packed else count)
+    fresh = Store.open(store.path)
+    assert all(fresh.has_object(o) for o, _ in frames) and fresh.fsck() == []
+
+
+def test_a_snapshot_of_many_new_files_writes_one_pack(tmp_path: Path) -> None:
+    store = _dataset(tmp_path)
+    assert len(_packs(store)) == 1
+    blobs = [o for o in _loose(store) if store.read_object(o)[0] == "blob"]
+    assert blobs == []  # every file's blob is in the pack
+    assert store.verify_working() == [] and store.fsck() == []
+
+
 def test_a_pack_without_its_idx_is_invisible_and_gc_removes_it(tmp_path: Path) -> None:
     store = Store.open(tmp_path / "ds")
     (oid, _frame_bytes) = _object_frame("blob", b"orphan\n")
-    with store.object_writer():
+    with store.object_writer() as writer:
         store.write_object("blob", b"orphan\n")
+        writer.seal()  # a pack, though one object alone would be written loose
     pack_dir = store.gitdir / "objects" / "pack"
     (name,) = _packs(store)
     (pack_dir / f"{name}.idx").unlink()  # as a crash between the two renames leaves it
@@ -143,7 +167,7 @@ def test_a_pack_without_its_idx_is_invisible_and_gc_removes_it(tmp_path: Path) -
 
 def test_fsck_reports_a_damaged_object_pack(tmp_path: Path) -> None:
     store = Store.open(tmp_path / "ds")
-    blobs = _blobs(20)
+    blobs = _blobs(gitpack.UNPACK_LIMIT)
     _receive(store, b"".join(_object_frame("blob", b)[1] for b in blobs) + _end())
     (name,) = _packs(store)
     path = store.gitdir / "objects" / "pack" / f"{name}.pack"
@@ -164,7 +188,7 @@ def test_gc_merges_packs_keeping_live_objects_and_dropping_dead_ones(tmp_path: P
     live = src.missing_objects([src.head()], [])
     stream = b"".join(_object_frame(*src.read_object(o))[1] for o in live)
     _receive(dst, stream + _end())
-    dead = [_object_frame("blob", b) for b in _blobs(5, seed=9)]
+    dead = [_object_frame("blob", b) for b in _blobs(gitpack.UNPACK_LIMIT, seed=9)]
     _receive(dst, b"".join(f for _, f in dead) + _end())
     dst.update_ref("refs/heads/main", src.head(), None)
     assert len(_packs(dst)) == 2
@@ -172,7 +196,7 @@ def test_gc_merges_packs_keeping_live_objects_and_dropping_dead_ones(tmp_path: P
     young = dst.gc()  # default prune age: both packs are young, nothing moves
     assert young.packs_rewritten == 0 and len(_packs(dst)) == 2
     report = dst.gc(prune_age=0)
-    assert report.packs_rewritten == 2 and report.objects_removed == 5
+    assert report.packs_rewritten == 2 and report.objects_removed == len(dead)
     assert len(_packs(dst)) == 1
     # gc deflates what it rewrites: the merged pack is smaller than the live bytes, which a
     # receive's stored streams can never be.

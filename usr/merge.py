@@ -347,7 +347,7 @@ def _write_file(store: Any, scratch: Path, name: str, writer: Any, fill) -> str:
     """Write a merged file into the store through a scratch file (chunked if large)."""
     path = scratch / name
     fill(path)
-    oid, _ = hash_file(str(path), inline_limit(), store.repo, writer)
+    oid, _ = hash_file(str(path), inline_limit(), store.write_blob, writer)
     path.unlink()
     return oid
 

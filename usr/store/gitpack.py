@@ -45,6 +45,10 @@ _STORED_MAX = 0xFFFF  # bytes per stored deflate block
 #: a killed receiver loses at most that much, and a big transfer makes few packs.
 SEAL_BYTES = 4 << 20
 SEAL_MAX_BYTES = 64 << 20
+#: A batch that ends with fewer objects than this, none of them sealed yet, is written as
+#: loose objects instead of a pack (git's ``transfer.unpackLimit`` rule, same number): a
+#: pack per small push, pull or snapshot would pile up packs that every lookup searches.
+UNPACK_LIMIT = 100
 #: gc rewrites old packs deflated at this zlib level: stored blocks cost 2.5-3x the disk of
 #: deflated sequence text, and level 1 already takes most of that back at ~80 MB/s.
 GC_LEVEL = 1
@@ -276,6 +280,16 @@ class PackBuilder:
         type_code, _size, hlen = _entry_header(record, 0)
         return TYPE_NAMES[type_code], zlib.decompress(record[hlen:])
 
+    def items(self) -> Iterator[tuple[str, tuple[str, bytes]]]:
+        """``(oid, (type_name, bytes))`` of each queued object, in the order queued."""
+        for oid in self._where:
+            yield oid, self.read(oid)  # type: ignore[misc]
+
+    def clear(self) -> None:
+        """Forget the queued objects (the caller stored them some other way)."""
+        self._records, self._entries, self._where = [], [], {}
+        self.size = 12
+
     def seal(self) -> str | None:
         """Write the queued objects as ``pack-<sha>.pack`` + ``.idx`` (see the module
         docstring for the order); returns the pack name, None if nothing was queued."""
@@ -298,8 +312,7 @@ class PackBuilder:
             faults.point(FAULT_PACK_RENAMED)
             os.replace(tmp_idx, final.with_suffix(".idx"))
             fsync_dir(self.pack_dir)
-        self._records, self._entries, self._where = [], [], {}
-        self.size = 12
+        self.clear()
         self.sealed.append(name)
         return name
 
@@ -328,6 +341,7 @@ class ObjectWriter:
         self.pending = PackBuilder(pack_dir)
         self._seal_at = SEAL_BYTES
         self.written = 0
+        self.loose = 0  # objects :meth:`finish` wrote loose
 
     def __contains__(self, oid: str) -> bool:
         return oid in self.pending
@@ -356,6 +370,19 @@ class ObjectWriter:
     def seal(self) -> str | None:
         """Write what is pending as a pack now (a no-op when nothing is)."""
         return self.pending.seal()
+
+    def finish(self) -> str | None:
+        """End of the batch: what is pending becomes a pack, or loose objects when the
+        whole batch is smaller than :data:`UNPACK_LIMIT` (see there)."""
+        if self.pending.sealed or len(self.pending) >= UNPACK_LIMIT:
+            return self.seal()
+        for oid, (type_name, data) in self.pending.items():
+            written = str(self.repo.odb.write(TYPE_CODES[type_name], data))
+            if written != oid:
+                raise VerifyError(f"object store wrote {written}, expected {oid}")
+            self.loose += 1
+        self.pending.clear()
+        return None
 
 
 def iter_pack_objects(idx_path: Path) -> Iterator[str]:

@@ -268,7 +268,10 @@ class Store:
         entries: dict[str, tuple[StatKey, str]] = {}
         all_plain = True  # every file mode 100644 (modes are not in the cache key)
         lookup = cache.lookup
-        with self.chunks.writer() as writer:
+        # Blobs go into one pack when there are many (object_writer); chunks are sealed
+        # first (the inner block closes first), so no stored manifest names a chunk that is
+        # not durable.
+        with self.object_writer(), self.chunks.writer() as writer:
             for f in scan(self.path):
                 st = f.st
                 # Plain tuples, not StatKey: this loop runs once per file of the dataset.
@@ -314,7 +317,7 @@ class Store:
             if st is not None:
                 return candidate, st
         progress = self._file_progress(f)
-        return hash_file(f.abspath, limit, self.repo, writer, progress, stored=candidate)
+        return hash_file(f.abspath, limit, self.write_blob, writer, progress, stored=candidate)
 
     def _file_progress(self, f) -> Callable[[int], None] | None:
         if self.progress is None:
@@ -524,6 +527,10 @@ class Store:
                 raise VerifyError(f"object store wrote {written}, expected {oid}")
         return oid
 
+    def write_blob(self, data: bytes) -> str:
+        """Store a file's blob (or manifest) the way :meth:`write_object` does."""
+        return self.write_object("blob", data)
+
     @contextlib.contextmanager
     def object_writer(self) -> Iterator[ObjectWriter]:
         """Write the objects of a batch into git packs usr writes itself (docs/format.md
@@ -541,7 +548,7 @@ class Store:
             yield writer
         finally:
             self._objects = None
-            writer.seal()
+            writer.finish()
 
     def manifest_of(self, blob_id: str) -> Manifest | None:
         """The manifest behind a tree entry, or None for an inline blob."""

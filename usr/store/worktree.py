@@ -171,15 +171,16 @@ def _chunk_stream(
 def hash_file(
     path: str,
     limit: int,
-    repo: pygit2.Repository | None,
+    store_blob: Callable[[bytes], str] | None,
     writer: PackWriter | None,
     progress: Progress | None = None,
     stored: str | None = None,
 ) -> tuple[str, os.stat_result]:
     """The entry id of the file at ``path`` and the stat it is valid for.
 
-    With ``repo``/``writer`` the blob or manifest and the chunks are written to the store
-    (like ``git add``); with None nothing is written (used to check staged files).
+    With ``store_blob`` (bytes -> blob id, e.g. ``Store.write_blob``) and ``writer`` the
+    blob or manifest and the chunks are written to the store (like ``git add``); with None
+    nothing is written (used to check staged files).
     ``stored`` is an id the store keeps anyway (one the stat cache names: gc keeps those):
     an inline file that hashes to it is not written again, which for a racy file costs a
     SHA-1 instead of libgit2's hash, lookup and object write (or freshen).
@@ -195,11 +196,11 @@ def hash_file(
                     after = os.fstat(fh.fileno())
                     if not _same_content_stat(before, after):
                         continue
-                    if repo is None:
+                    if store_blob is None:
                         return git_object_id("blob", data), after
                     if stored is not None and git_object_id("blob", data) == stored:
                         return stored, after
-                    return str(repo.create_blob(data)), after
+                    return store_blob(data), after
                 first = data  # starts with the magic (or grew): store it chunked
             else:
                 first = b""
@@ -208,8 +209,8 @@ def hash_file(
             if not _same_content_stat(before, after):
                 continue
             encoded = manifest.encode()
-            if repo is not None:
-                return str(repo.create_blob(encoded)), after
+            if store_blob is not None:
+                return store_blob(encoded), after
             return git_object_id("blob", encoded), after
     raise InputError(
         f"{path} kept changing while usr read it",
