@@ -160,6 +160,17 @@ def targets(doc: dict[str, Any]) -> list[dict[str, Any]]:
             _ge(_get(doc, sf, "throughput_vs_ssh_cat"), 0.5),
         )
     )
+    if _get(doc, sf, "ssh_untar_seconds") is not None:
+        rows.append(
+            _row(
+                "(context) the same push vs that tar unpacked on the remote (files created)",
+                "-",
+                _u(doc, sf),
+                _s(_get(doc, sf, "ssh_untar_seconds")) + " (tar piped to ssh tar -x)",
+                _get(doc, sf, "time_vs_ssh_untar"),
+                "-",
+            )
+        )
     big = _rss_values(_get(doc, "big_file", "rss_mib"))
     rows.append(
         _row(

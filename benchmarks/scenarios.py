@@ -100,6 +100,16 @@ class Bench:
         )
         return run(line).check("ssh cat")
 
+    def untar_tree(self, src: Path, dest: str, host: str = "bench") -> Run:
+        """The same tar unpacked on the remote (``ssh 'tar -xf -'``): the stream plus the
+        cost of creating every file there, which a push's checkout must also pay."""
+        target = self.baseline / dest
+        remote = f"mkdir -p {shlex.quote(str(target))} && tar -C {shlex.quote(str(target))} -xf -"
+        line = f"tar -C {shlex.quote(str(src))} --exclude=./.usr -cf - . | " + self._ssh(
+            host, remote
+        )
+        return run(line).check("ssh tar -x")
+
     def cat_file(self, src: Path, dest: str, host: str = "bench") -> Run:
         target = self.baseline / dest
         line = f"{self._ssh(host, 'cat > ' + shlex.quote(str(target)))} < {shlex.quote(str(src))}"
@@ -375,6 +385,7 @@ def small_files(b: Bench) -> None:
     snap = b.usr("snapshot", "bench/small", "-m", "reads").check("usr snapshot")
     files, tree_total = datagen.tree_bytes(ds.path)
     cat = b.cat_tree(ds.path, "small.tar")
+    untar = b.untar_tree(ds.path, "small-untar")
     rs = b.rsync(ds.path, "small")
     push = b.sync("push", "bench/small")
     pull = b.sync("pull", "bench/small", root=b.pulled)
@@ -390,6 +401,8 @@ def small_files(b: Bench) -> None:
         "usr": _usr_side(push),
         "ssh_cat_seconds": round(cat.seconds, 3),
         "ssh_cat_client_cpu_seconds": round(cat.cpu_seconds, 3),
+        "ssh_untar_seconds": round(untar.seconds, 3),
+        "time_vs_ssh_untar": _ratio(push.seconds, untar.seconds),
         "rsync_seconds": round(rs.seconds, 3),
         "rsync_client_cpu_seconds": round(rs.cpu_seconds, 3),
         "throughput_vs_ssh_cat": _ratio(cat.seconds, push.seconds),
@@ -411,7 +424,7 @@ def small_files(b: Bench) -> None:
     }
     _remove(ds.path, b.remote / "bench" / "small", b.pulled / "bench" / "small")
     _remove(b.baseline / "small")
-    _remove(b.baseline / "small.tar")
+    _remove(b.baseline / "small.tar", b.baseline / "small-untar")
 
 
 def big_file(b: Bench) -> None:
