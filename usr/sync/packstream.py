@@ -14,12 +14,21 @@ Both directions use the same rules, so a cut transfer leaves a store a rerun can
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import pygit2
+
 from usr import faults
-from usr.errors import ConflictError, InputError, TransportError, UsrError, VerifyError
+from usr.errors import (
+    ConflictError,
+    InputError,
+    NotFoundError,
+    TransportError,
+    UsrError,
+    VerifyError,
+)
 from usr.layout import check_relpath
 from usr.locks import events_lock
 from usr.store.chunks import chunk_id
@@ -180,11 +189,76 @@ def list_objects(store: Any, wants: list[str], haves: list[str], blobs: bool = T
     return {"oids": order, "types": [types[o] for o in order], "sizes": sizes}
 
 
+def read_for_send(store: Any, oid: str) -> tuple[str, bytes]:
+    """``(type name, bytes)`` of an object to send, read once and verified once: libgit2
+    checks every object it reads against its id (strict hash verification, its default;
+    ``tests/test_sync_push_reads.py`` holds it), where ``Store.read_object`` hashed the
+    bytes a second time in Python. The receiver verifies them again before writing."""
+    try:
+        obj_type, data = store.repo.odb.read(oid)
+    except KeyError:
+        raise NotFoundError(f"object {oid} is not in the store") from None
+    except (pygit2.GitError, ValueError) as exc:
+        raise VerifyError(f"object {oid} is corrupt: {exc}") from None
+    return p.OBJECT_NAMES.get(int(obj_type), "unknown"), data
+
+
+@dataclass
+class PushPlan:
+    """What a push offers: each object's size (insertion order = sending order) and the
+    chunks of the manifests among them."""
+
+    sizes: dict[str, int] = field(default_factory=dict)
+    chunks_of: dict[str, list[str]] = field(default_factory=dict)
+    chunk_sizes: dict[str, int] = field(default_factory=dict)
+
+    def cids(self) -> list[str]:
+        """Every chunk the manifests name, once each, in manifest order."""
+        return list(self.chunk_sizes)
+
+    def offers(self, oids: Iterable[str], cids: Iterable[str]) -> bool:
+        """True when a peer asked only for objects and chunks this push offered."""
+        return all(o in self.sizes for o in oids) and all(c in self.chunk_sizes for c in cids)
+
+    def total(self, oids: Iterable[str], cids: Iterable[str]) -> int:
+        """Payload bytes of these objects and chunks (the progress meter's total)."""
+        return sum(self.sizes[o] for o in oids) + sum(self.chunk_sizes[c] for c in cids)
+
+
+def plan_push(store: Any, oids: Iterable[str], file_sizes: Mapping[str, int] | None) -> PushPlan:
+    """Size each object from its header and find the manifests' chunks, reading only the
+    blobs that may be manifests.
+
+    A blob whose stored size is the size of a working file it is the entry of
+    (``file_sizes``: whole-file sizes by blob id) is taken for the file's bytes: a manifest
+    is far smaller than its file. Every other blob is read to look. If one taken for plain
+    bytes is a manifest after all (a file that began with the manifest magic and happens to
+    be as long as its manifest), the sender finds out when it reads the blob to send it and
+    sends every chunk it names first (see ``RemoteSession.push``)."""
+    known = file_sizes or {}
+    odb = store.repo.odb
+    plan = PushPlan()
+    for oid in oids:
+        try:
+            obj_type, size = odb.read_header(oid)
+        except KeyError:
+            raise NotFoundError(f"object {oid} is not in the store") from None
+        plan.sizes[oid] = size
+        if int(obj_type) != p.OBJECT_TYPES["blob"] or known.get(oid) == size:
+            continue
+        _, data = read_for_send(store, oid)
+        entries = manifest_entries(data, f"blob {oid}")
+        if entries:
+            plan.chunks_of[oid] = [cid for cid, _ in entries]
+            plan.chunk_sizes.update(entries)
+    return plan
+
+
 def send_objects(store: Any, fio: p.FrameIO, oids: Iterable[str]) -> int:
     """Queue ``oids`` as ``O`` frames (flushed in 1 MiB batches: no round trip per object)."""
     n = 0
     for oid in oids:
-        kind, data = store.read_object(oid)
+        kind, data = read_for_send(store, oid)
         fio.send_object(kind, oid, data)
         n += 1
         faults.point(FAULT_SENT_OBJECT)
