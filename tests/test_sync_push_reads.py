@@ -94,3 +94,23 @@ def test_a_manifest_taken_for_plain_bytes_still_lands_with_its_chunks(tmp_path, 
     remote = Store.open(tmp_path / "remote" / DS, create=False)
     assert remote.head() == store.head() and remote.fsck() == []
     assert (tmp_path / "remote" / DS / "_auxiliary" / "big.bin").read_bytes() == big
+
+
+def test_a_tree_listing_sizes_blobs_as_the_store_does(tmp_path, monkeypatch):
+    """Past a few hundred blobs the listing takes sizes from the stat cache instead of
+    reading each blob: the same whole-file sizes, chunked files included."""
+    monkeypatch.setenv("USR_INLINE_LIMIT", "4096")
+    files = {f"_auxiliary/d{i // 100}/f{i}.txt": b"x" * (i % 50) + b"%d" % i for i in range(600)}
+    files["_auxiliary/big.bin"] = bytes(range(256)) * 64  # chunked
+    ds = _dataset(tmp_path / "local", files)
+    store = Store.open(ds.path)
+    listing = packstream.list_objects(store, [store.head()], [], blobs=False)
+    blobs = {c.new_id for c in store.diff(None, store.head())}
+    assert set(listing["sizes"]) == blobs
+    assert listing["sizes"] == {oid: store.entry_size(oid) for oid in blobs}
+    # Observable proof that no blob was read for its size: a listing with one blob's object
+    # gone still names its size (the fetch that follows is what needs the object).
+    gone = list(listing["sizes"])[-1]  # sized last: past the first few hundred
+    (ds.path / ".usr" / "objects" / gone[:2] / gone[2:]).unlink()
+    again = packstream.list_objects(Store.open(ds.path), [store.head()], [], blobs=False)
+    assert again["sizes"][gone] == listing["sizes"][gone]

@@ -15,6 +15,7 @@ Both directions use the same rules, so a cut transfer leaves a store a rerun can
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -179,14 +180,40 @@ def list_objects(store: Any, wants: list[str], haves: list[str], blobs: bool = T
         order = [o for o in missing if o in seen] + [o for o in order if o not in member]
     sizes: dict[str, int] = {}
     if not blobs:
+        size_of = _BlobSizes(store)
         for oid in order:
             if types[oid] == "tree":
-                _, data = store.read_object(oid)
+                _, data = read_for_send(store, oid)
                 for kind, _name, child in parse_tree(data):
                     if kind == "blob" and child not in sizes:
-                        sizes[child] = store.entry_size(child)
+                        sizes[child] = size_of(child)
         order = [o for o in order if types[o] != "blob"]
     return {"oids": order, "types": [types[o] for o in order], "sizes": sizes}
+
+
+class _BlobSizes:
+    """Whole-file sizes of blobs for a tree listing: from the stat cache once more than
+    :attr:`CACHE_AFTER` are asked for (a working file's size is its entry's), else from
+    the store, which reads every blob that might be a manifest (20,000 small files: 20,000
+    whole reads for a bootstrap pull's listing, besides the reads that send them)."""
+
+    CACHE_AFTER = 256
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+        self.asked = 0
+        self.cached: dict[str, int] | None = None
+
+    def __call__(self, oid: str) -> int:
+        self.asked += 1
+        if self.cached is None and self.asked > self.CACHE_AFTER:
+            self.cached = {}
+            with suppress(OSError, AttributeError):
+                for key, entry in self.store.stat_cache().entries.values():
+                    self.cached.setdefault(entry, key[0])
+        if self.cached is not None and oid in self.cached:
+            return self.cached[oid]
+        return int(self.store.entry_size(oid))
 
 
 def read_for_send(store: Any, oid: str) -> tuple[str, bytes]:
