@@ -303,6 +303,13 @@ class _Sizes:
             self._seed()
         return self.known
 
+    def few(self, oid: str) -> int | None:
+        """The size of one of a few entries: from the store unless known, without loading
+        the whole stat cache (sizing a side's named files must not cost the no-op that)."""
+        if oid not in self.known and self.store.has_object(oid):
+            self.known[oid] = self.store.entry_size(oid)
+        return self.known.get(oid)
+
     def __call__(self, oid: str) -> int | None:
         if oid in self.known:
             return self.known[oid]
@@ -394,7 +401,8 @@ def _summary(store: Any, tree: str | None, sizes: _Sizes | None = None) -> _Summ
             counts[here] += 1
             if section is None and here in _NAMED_SECTIONS:
                 oid = str(entry.id)
-                named.append(FileChange(entry.name, "A", here, None, oid, None, size_of(oid)))
+                size = size_of.few(oid)
+                named.append(FileChange(entry.name, "A", here, None, oid, None, size))
     named.sort(key=lambda c: c.path)
     return _Summary(counts, named)
 
