@@ -73,9 +73,10 @@ def test_push_of_a_corrupt_object_fails_and_moves_nothing(tmp_path):
 
 
 def test_a_manifest_taken_for_plain_bytes_still_lands_with_its_chunks(tmp_path, monkeypatch):
-    """``file_sizes`` claiming a manifest's own length as its file's size makes the plan
-    skip reading it; the sender finds the manifest when it reads it to send and sends every
-    chunk it names first, so the receiver can write it."""
+    """``file_sizes`` claiming a file size under the inline limit for a manifest (as for a
+    small file that began with the manifest magic) makes the plan take it for plain bytes;
+    the sender finds the manifest when it reads it to send and sends every chunk it names
+    first, so the receiver can write it."""
     monkeypatch.setenv("USR_INLINE_LIMIT", "64")
     _, config = _remote_config(tmp_path)
     big = bytes(range(256)) * 40  # over the inline limit: chunked
@@ -84,7 +85,7 @@ def test_a_manifest_taken_for_plain_bytes_still_lands_with_its_chunks(tmp_path, 
     (entry,) = [c for c in store.diff(None, store.head()) if c.path == "_auxiliary/big.bin"]
     kind, manifest = packstream.read_for_send(store, entry.new_id)
     assert kind == "blob" and manifest.startswith(MAGIC)
-    lying = {entry.new_id: len(manifest)}
+    lying = {entry.new_id: 40}
     plan = packstream.plan_push(store, store.missing_objects([store.head()], []), lying)
     big_chunks = packstream.manifest_chunks(manifest, "big.bin")
     assert entry.new_id not in plan.chunks_of and not set(big_chunks) & set(plan.cids())

@@ -400,8 +400,8 @@ class RemoteSession:
         into its working directory (staged, verified, promoted) and moves
         ``refs/heads/main`` in the same locked step. ``create`` makes the dataset directory
         on the remote (bootstrap); by default it is ``old is None``. ``file_sizes`` (whole-
-        file sizes by blob id, e.g. from the stat cache) lets a blob whose stored size is its
-        file's size go without a first reading to look for a manifest (see
+        file sizes by blob id, e.g. from the stat cache) lets the blob of a small file go
+        without a first reading to size it or look for a manifest (see
         :func:`usr.sync.packstream.plan_push`): each such object is read once.
         """
         if create is None:

@@ -33,7 +33,7 @@ from usr.errors import (
 from usr.layout import check_relpath
 from usr.locks import events_lock
 from usr.store.chunks import chunk_id
-from usr.store.objects import Manifest, git_object_id, is_manifest_bytes
+from usr.store.objects import Manifest, git_object_id, inline_limit, is_manifest_bytes
 from usr.sync import peercheck
 from usr.sync import protocol as p
 
@@ -252,26 +252,36 @@ class PushPlan:
         return sum(self.sizes[o] for o in oids) + sum(self.chunk_sizes[c] for c in cids)
 
 
-def plan_push(store: Any, oids: Iterable[str], file_sizes: Mapping[str, int] | None) -> PushPlan:
-    """Size each object from its header and find the manifests' chunks, reading only the
-    blobs that may be manifests.
+def plan_push(
+    store: Any,
+    oids: Iterable[str],
+    file_sizes: Mapping[str, int] | None,
+    limit: int | None = None,
+) -> PushPlan:
+    """Size each object and find the manifests' chunks, reading only what may be a manifest.
 
-    A blob whose stored size is the size of a working file it is the entry of
-    (``file_sizes``: whole-file sizes by blob id) is taken for the file's bytes: a manifest
-    is far smaller than its file. Every other blob is read to look. If one taken for plain
-    bytes is a manifest after all (a file that began with the manifest magic and happens to
-    be as long as its manifest), the sender finds out when it reads the blob to send it and
-    sends every chunk it names first (see ``RemoteSession.push``)."""
+    A blob that is the entry of a working file of at most ``limit`` bytes (the inline
+    limit; ``file_sizes``: whole-file sizes by blob id, e.g. the stat cache's) holds that
+    file's bytes, so its size is the file's and nothing is read: for small files a header
+    read costs about as much as the whole read that sends them. Other objects are sized
+    from their headers, and every other blob is read to look for a manifest. If one taken
+    for plain bytes is a manifest after all (a small file that began with the manifest
+    magic), the sender finds out when it reads the blob to send it and sends every chunk it
+    names first (see ``RemoteSession.push``)."""
     known = file_sizes or {}
+    limit = inline_limit() if limit is None else limit
     odb = store.repo.odb
     plan = PushPlan()
     for oid in oids:
+        size = known.get(oid)
+        if size is not None and size <= limit:
+            plan.sizes[oid] = size
+            continue
         try:
-            obj_type, size = odb.read_header(oid)
+            obj_type, plan.sizes[oid] = odb.read_header(oid)
         except KeyError:
             raise NotFoundError(f"object {oid} is not in the store") from None
-        plan.sizes[oid] = size
-        if int(obj_type) != p.OBJECT_TYPES["blob"] or known.get(oid) == size:
+        if int(obj_type) != p.OBJECT_TYPES["blob"]:
             continue
         _, data = read_for_send(store, oid)
         entries = manifest_entries(data, f"blob {oid}")
