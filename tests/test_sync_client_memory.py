@@ -4,6 +4,7 @@ post-pull check works from the comparison's entries. Real stores, real files."""
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -26,6 +27,28 @@ def _dataset(root: Path, files: dict[str, bytes]) -> Dataset:
         path.write_bytes(data)
     Store.open(ds.path).record("files")
     return ds
+
+
+@pytest.mark.parametrize(
+    "files",
+    [
+        [],
+        [{}],
+        [{"path": "a", "size": 1, "ok": True, "gone": None, "ratio": 0.5, "n": -3}],
+        [{"path": 'é/\u2028"q"\\', "id": "0" * 40}, {}, {"z": False, "a": 10**20}],
+        [{"path": "nested", "more": {"x": [1, 2]}}],  # not flat: the plain encoder
+        [{"path": "odd", "when": Path("/p")}],  # not JSON: str() of it, as default=str
+    ],
+)
+def test_the_audit_document_streams_as_json_dumps_writes_it(files):
+    doc = {
+        "usr_output_version": 1,
+        "data": {"action": "push", "files": files, "zeta": [], "_auxiliary": {"l": ["x"]}},
+        "changes": {"any": True},
+    }
+    out = io.StringIO()
+    engine.dump_audit(doc, out)
+    assert out.getvalue() == json.dumps(doc, indent=2, sort_keys=True, default=str) + "\n"
 
 
 def test_the_audit_file_is_the_indented_json_of_the_document(tmp_path):

@@ -742,12 +742,60 @@ def _check_hash(store: Any, path: Path, entry: FileChange) -> None:
 # ----------------------------------------------------------------------------- audit output
 
 
+_FILES_MARK = "\x00usr-audit-files\x00"
+_SCALARS = (str, int, float, bool, type(None))
+
+
 def dump_audit(doc: dict[str, Any], out: TextIO) -> None:
-    """Write the audit document (indented JSON and a newline) to ``out`` as it is encoded:
+    """Write the audit document to ``out`` as it is encoded: the bytes of
+    ``json.dumps(doc, indent=2, sort_keys=True, default=str)`` and a newline, without
+    building that string.
+
     ``json.dumps`` with an indent joins millions of small strings first (100,000 files:
-    +230 MiB of peak memory). ``--audit-json-out`` and ``--format json`` both use it."""
-    json.dump(doc, out, indent=2, sort_keys=True, default=str)
+    +230 MiB of peak memory) and encodes in Python; the per-file entries (``data.files``,
+    flat dicts of scalars) are each encoded by the C encoder with the indented layout's
+    separators instead, ~6x faster. ``--audit-json-out`` and ``--format json`` use it."""
+    enc = json.JSONEncoder(indent=2, sort_keys=True, default=str)
+    data = doc.get("data")
+    files = data.get("files") if isinstance(data, dict) else None
+    if not isinstance(files, list) or not files or not all(_flat(f) for f in files):
+        for chunk in enc.iterencode(doc):
+            out.write(chunk)
+        out.write("\n")
+        return
+    mark = enc.encode(_FILES_MARK)
+    line = ""  # the output's current line (its indent is the "files" key's)
+    for chunk in enc.iterencode(dict(doc, data=dict(data, files=_FILES_MARK))):
+        before, found, after = chunk.partition(mark)
+        out.write(before)
+        line = line + before if "\n" not in before else before.rsplit("\n", 1)[1]
+        if found:
+            _dump_entries(files, len(line) - len(line.lstrip(" ")), out)
+            out.write(after)
+            line = "]"
     out.write("\n")
+
+
+def _flat(entry: Any) -> bool:
+    return isinstance(entry, dict) and all(
+        isinstance(k, str) and type(v) in _SCALARS for k, v in entry.items()
+    )
+
+
+def _dump_entries(files: list[dict[str, Any]], key_indent: int, out: TextIO) -> None:
+    """The indented layout of a list of flat dicts under a key indented ``key_indent``."""
+    item_pad = " " * (key_indent + 2)
+    field_pad = item_pad + "  "
+    one = json.JSONEncoder(sort_keys=True, separators=(",\n" + field_pad, ": ")).encode
+    out.write("[")
+    sep = "\n"
+    for entry in files:
+        body = one(entry)[1:-1]
+        out.write(
+            f"{sep}{item_pad}{{\n{field_pad}{body}\n{item_pad}}}" if body else sep + item_pad + "{}"
+        )
+        sep = ",\n"
+    out.write("\n" + " " * key_indent + "]")
 
 
 def _write_audit(path: Path | None, doc: dict[str, Any]) -> None:
