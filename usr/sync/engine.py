@@ -396,7 +396,8 @@ def _summary(store: Any, tree: str | None, sizes: _Sizes | None = None) -> _Summ
                 stack.append((f"{prefix}{entry.name}/", sub, repo[entry.id]))
                 continue
             if mode not in FILE_MODES:
-                raise InputError(f"tree entry {prefix}{entry.name!r} has mode {mode:o}; refused")
+                rel = prefix + entry.name
+                raise InputError(f"tree entry {rel!r} has mode {mode:o}; refused")
             here = section or section_of(entry.name)
             counts[here] += 1
             if section is None and here in _NAMED_SECTIONS:
@@ -754,7 +755,8 @@ def dump_audit(doc: dict[str, Any], out: TextIO) -> None:
     ``json.dumps`` with an indent joins millions of small strings first (100,000 files:
     +230 MiB of peak memory) and encodes in Python; the per-file entries (``data.files``,
     flat dicts of scalars) are each encoded by the C encoder with the indented layout's
-    separators instead, ~6x faster. ``--audit-json-out`` and ``--format json`` use it."""
+    separators instead (100,000 entries and a 100,000-path section: 0.88 -> 0.58 s of CPU).
+    ``--audit-json-out`` and ``--format json`` use it."""
     enc = json.JSONEncoder(indent=2, sort_keys=True, default=str)
     data = doc.get("data")
     files = data.get("files") if isinstance(data, dict) else None
