@@ -101,10 +101,14 @@ def test_a_tree_listing_sizes_blobs_as_the_store_does(tmp_path, monkeypatch):
     """Past a few hundred blobs the listing takes sizes from the stat cache instead of
     reading each blob: the same whole-file sizes, chunked files included."""
     monkeypatch.setenv("USR_INLINE_LIMIT", "4096")
-    files = {f"_auxiliary/d{i // 100}/f{i}.txt": b"x" * (i % 50) + b"%d" % i for i in range(600)}
-    files["_auxiliary/big.bin"] = bytes(range(256)) * 64  # chunked
-    ds = _dataset(tmp_path / "local", files)
+    ds = _dataset(tmp_path / "local", {"_auxiliary/big.bin": bytes(range(256)) * 64})  # chunked
     store = Store.open(ds.path)
+    for batch in range(10):  # recorded 60 files at a time: each record's objects stay loose
+        for i in range(batch * 60, batch * 60 + 60):
+            path = ds.path / "_auxiliary" / f"d{i // 100}" / f"f{i}.txt"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(b"x" * (i % 50) + b"%d" % i)
+        store.record(f"batch {batch}")
     listing = packstream.list_objects(store, [store.head()], [], blobs=False)
     blobs = {c.new_id for c in store.diff(None, store.head())}
     assert set(listing["sizes"]) == blobs
