@@ -38,12 +38,23 @@ def _dataset(root: Path, files: dict[str, bytes]) -> Dataset:
         [{"path": 'é/\u2028"q"\\', "id": "0" * 40}, {}, {"z": False, "a": 10**20}],
         [{"path": "nested", "more": {"x": [1, 2]}}],  # not flat: the plain encoder
         [{"path": "odd", "when": Path("/p")}],  # not JSON: str() of it, as default=str
+        [{"path": f"p{i}", "size": i, "ok": i % 2 == 0} for i in range(20)],
+        [{"path": f"p{i}"} for i in range(19)] + [{}],
+        [{"path": f"p{i}", "x": [i]} for i in range(20)],  # long, not flat
     ],
 )
 def test_the_audit_document_streams_as_json_dumps_writes_it(files):
+    paths = [f'd/é{i}\t"q"' for i in range(12)]
     doc = {
         "usr_output_version": 1,
-        "data": {"action": "push", "files": files, "zeta": [], "_auxiliary": {"l": ["x"]}},
+        "data": {
+            "action": "push",
+            "files": files,
+            "zeta": [],
+            "_auxiliary": {"l": ["x"], "local_only": paths, "n": [1, 2.5, None, True] * 3},
+            "mixed": [1, "a", {"b": 1}] * 4,
+            "nested": {"deeper": {"paths": paths, "after": {"k": 1}}},
+        },
         "changes": {"any": True},
     }
     out = io.StringIO()
