@@ -7,7 +7,6 @@ audit summary. All decisions and the audit itself live in the library.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from pathlib import Path
@@ -220,7 +219,8 @@ def _run(settings: Settings, ctx: click.Context, action: str, params: dict[str, 
     if fmt == "json":
         # The same document --audit-json-out writes: the usual envelope plus top-level
         # "changes", so one jq query works on either.
-        click.echo(json.dumps(doc, indent=2, sort_keys=True, default=str))
+        engine.dump_audit(doc, sys.stdout)  # streamed: no whole-document string
+        sys.stdout.flush()
     elif target.kind == "file":
         from usr.sync import filemode
 

@@ -71,6 +71,11 @@ def test_diff_text_and_json(local_env):
     assert doc["data"]["transfer_state"] == "DIFF-ONLY"
     assert doc["changes"] == doc["data"]["changes"] and doc["changes"]["primary"] is True
     assert r.stderr == ""
+    # Streamed to stdout as to the audit file: the same bytes, the indented document.
+    out = local_env.local_root.parent / "diff.json"
+    r = cli(local_env, "diff", DS, "bu-scc", "--format", "json", "--audit-json-out", str(out))
+    assert r.stdout == out.read_text()
+    assert r.stdout == json.dumps(json.loads(r.stdout), indent=2, sort_keys=True) + "\n"
 
 
 def test_refusals_exit_codes_and_messages(local_env):

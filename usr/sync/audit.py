@@ -92,9 +92,12 @@ class VerifyProfile:
 class Side:
     """One side of the comparison, as the engine observed it.
 
-    ``files`` is the full listing of the compared tree (``Store.diff(None, tree)``), which
-    is the working tree for ``diff``/``--dry-run`` and the recorded head after recording.
-    ``dirty`` says the working files differ from ``head`` (a state not yet recorded).
+    ``files`` is the listing of the compared tree (``Store.diff(None, tree)``), which is the
+    working tree for ``diff``/``--dry-run`` and the recorded head after recording. With
+    ``counts`` (files per section) it need only hold the single files the audit names
+    (``records.parquet``, ``meta.md``, ``.events.log``): a full listing is an object per
+    file, held for the whole command. ``dirty`` says the working files differ from
+    ``head`` (a state not yet recorded).
     """
 
     exists: bool
@@ -104,6 +107,13 @@ class Side:
     states: int = 0
     events_lines: int = 0
     files: list[FileChange] = field(default_factory=list)
+    counts: dict[str, int] | None = None
+
+    def count(self, section: str) -> int:
+        """Files of ``section`` in the compared tree."""
+        if self.counts is not None:
+            return self.counts.get(section, 0)
+        return _count(self.files, section)
 
 
 @dataclass
@@ -274,8 +284,8 @@ def build(cmp: Comparison, action: str, verify: VerifyProfile) -> dict[str, Any]
     for section in _FILE_SECTIONS:
         entry: dict[str, Any] = {
             "changed": changed[section],
-            "local_files": _count(cmp.local.files, section),
-            "remote_files": _count(cmp.remote_side.files, section),
+            "local_files": cmp.local.count(section),
+            "remote_files": cmp.remote_side.count(section),
             "local_only": per_section[section]["local_only"],
             "remote_only": per_section[section]["remote_only"],
         }

@@ -21,7 +21,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,7 +29,7 @@ from typing import Any
 from usr import __version__, faults
 from usr.errors import TransportError, UsrError
 from usr.layout import validate_dataset_id
-from usr.store.objects import inline_limit
+from usr.store.objects import inline_limit, is_manifest_bytes
 from usr.sync import packstream, peercheck
 from usr.sync import protocol as p
 
@@ -383,7 +383,13 @@ class RemoteSession:
 
     # -- push ----------------------------------------------------------------------------
     def push(
-        self, ds: str, store: Any, new: str, old: str | None, create: bool | None = None
+        self,
+        ds: str,
+        store: Any,
+        new: str,
+        old: str | None,
+        create: bool | None = None,
+        file_sizes: Mapping[str, int] | None = None,
     ) -> TransferStats:
         """Send what the remote lacks of commit ``new``, then move its head ``old`` -> ``new``.
 
@@ -393,7 +399,10 @@ class RemoteSession:
         head with ``old`` (``ConflictError`` "remote moved" if it differs), checks ``new`` out
         into its working directory (staged, verified, promoted) and moves
         ``refs/heads/main`` in the same locked step. ``create`` makes the dataset directory
-        on the remote (bootstrap); by default it is ``old is None``.
+        on the remote (bootstrap); by default it is ``old is None``. ``file_sizes`` (whole-
+        file sizes by blob id, e.g. from the stat cache) lets the blob of a small file go
+        without a first reading to size it or look for a manifest (see
+        :func:`usr.sync.packstream.plan_push`): each such object is read once.
         """
         if create is None:
             create = old is None
@@ -402,49 +411,40 @@ class RemoteSession:
         p.check_oid(new, "caller")
         in0, out0 = self.fio.bytes_in, self.fio.bytes_out
         haves = [old] if old and packstream.has_object(store, old) else []
-        oids = list(store.missing_objects([new], haves))
-        chunks_of: dict[str, list[str]] = {}
-        sizes: dict[str, int] = {}  # bytes of each object and chunk, for the ETA
-        for oid in oids:
-            kind, data = store.read_object(oid)
-            sizes[oid] = len(data)
-            if kind == "blob":
-                entries = packstream.manifest_entries(data, f"blob {oid}")
-                if entries:
-                    chunks_of[oid] = [cid for cid, _ in entries]
-                    sizes.update(entries)
-        all_cids = list(dict.fromkeys(c for cids in chunks_of.values() for c in cids))
-        r = self._request("have", "have", ds=ds, oids=oids, cids=all_cids, create=create)
+        plan = packstream.plan_push(store, store.missing_objects([new], haves), file_sizes)
+        r = self._request(
+            "have", "have", ds=ds, oids=list(plan.sizes), cids=plan.cids(), create=create
+        )
         send_oids = [p.check_oid(o, self.name) for o in p.require(r, "oids", list, self.name)]
         send_cids = {p.check_cid(c, self.name) for c in p.require(r, "cids", list, self.name)}
-        if not set(send_oids) <= set(oids) or not send_cids <= set(all_cids):
+        if not plan.offers(send_oids, send_cids):
             # Only what this push offered may leave: not other states in the local store.
             raise TransportError(f"{self.name} asked for objects or chunks this push did not offer")
+        del r
         faults.point(FAULT_PUSH_NEGOTIATED)
         stats = TransferStats()
-        total = sum(sizes.get(x, 0) for x in [*send_oids, *send_cids])
+        total = plan.total(send_oids, send_cids)
         with self._exchange(), self._meter("push", self.fio.bytes_out, total) as meter:
             self.fio.send_message("pack", ds=ds, create=create)
             for oid in send_oids:
-                for cid in chunks_of.get(oid, ()):
+                kind, data = packstream.read_for_send(store, oid)
+                chunks = plan.chunks_of.get(oid)
+                if chunks is None and kind == "blob" and is_manifest_bytes(data):
+                    # Taken for a plain blob by its size: offer every chunk it names (the
+                    # receiver keeps what it lacks), so the manifest still lands after them.
+                    chunks = packstream.manifest_chunks(data, f"blob {oid}")
+                    send_cids.update(chunks)
+                for cid in chunks or ():
                     if cid in send_cids:
-                        data = store.chunks.get(cid)
-                        self.fio.send_chunk(cid, data)
+                        self._send_chunk(store, cid, stats, meter)
                         send_cids.discard(cid)
-                        stats.chunks += 1
-                        stats.payload_bytes += len(data)
-                        meter.update(self.fio.bytes_out)
                         faults.point(FAULT_PUSH_MID_STREAM)
-                kind, data = store.read_object(oid)
                 self.fio.send_object(kind, oid, data)
                 stats.objects += 1
                 stats.payload_bytes += len(data)
                 meter.update(self.fio.bytes_out)
             for cid in sorted(send_cids):  # chunks of manifests the remote already has
-                data = store.chunks.get(cid)
-                self.fio.send_chunk(cid, data)
-                stats.chunks += 1
-                stats.payload_bytes += len(data)
+                self._send_chunk(store, cid, stats, meter)
             self.fio.send_message("end")
             # Pipelined: the ref update is queued behind the stream, no extra round trip.
             self.fio.send_message("update", ds=ds, new=new, old=old)
@@ -456,6 +456,13 @@ class RemoteSession:
         stats.wire_bytes_out = self.fio.bytes_out - out0
         stats.seconds = time.monotonic() - start
         return stats
+
+    def _send_chunk(self, store: Any, cid: str, stats: TransferStats, meter: Any) -> None:
+        data = store.chunks.get(cid)
+        self.fio.send_chunk(cid, data)
+        stats.chunks += 1
+        stats.payload_bytes += len(data)
+        meter.update(self.fio.bytes_out)
 
 
 class _Offset:

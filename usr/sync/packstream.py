@@ -16,16 +16,26 @@ Both directions use the same rules, so a cut transfer leaves a store a rerun can
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any
 
+import pygit2
+
 from usr import faults
-from usr.errors import ConflictError, InputError, TransportError, UsrError, VerifyError
+from usr.errors import (
+    ConflictError,
+    InputError,
+    NotFoundError,
+    TransportError,
+    UsrError,
+    VerifyError,
+)
 from usr.layout import check_relpath
 from usr.locks import events_lock
 from usr.store.chunks import chunk_id
-from usr.store.objects import Manifest, git_object_id, is_manifest_bytes
+from usr.store.objects import Manifest, git_object_id, inline_limit, is_manifest_bytes
 from usr.sync import peercheck
 from usr.sync import protocol as p
 
@@ -172,21 +182,122 @@ def list_objects(store: Any, wants: list[str], haves: list[str], blobs: bool = T
         order = [o for o in missing if o in seen] + [o for o in order if o not in member]
     sizes: dict[str, int] = {}
     if not blobs:
+        size_of = _BlobSizes(store)
         for oid in order:
             if types[oid] == "tree":
-                _, data = store.read_object(oid)
+                _, data = read_for_send(store, oid)
                 for kind, _name, child in parse_tree(data):
                     if kind == "blob" and child not in sizes:
-                        sizes[child] = store.entry_size(child)
+                        sizes[child] = size_of(child)
         order = [o for o in order if types[o] != "blob"]
     return {"oids": order, "types": [types[o] for o in order], "sizes": sizes}
+
+
+class _BlobSizes:
+    """Whole-file sizes of blobs for a tree listing: from the stat cache once more than
+    :attr:`CACHE_AFTER` are asked for (a working file's size is its entry's), else from
+    the store, which reads every blob that might be a manifest (20,000 small files: 20,000
+    whole reads for a bootstrap pull's listing, besides the reads that send them)."""
+
+    CACHE_AFTER = 256
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+        self.asked = 0
+        self.cached: dict[str, int] | None = None
+
+    def __call__(self, oid: str) -> int:
+        self.asked += 1
+        if self.cached is None and self.asked > self.CACHE_AFTER:
+            self.cached = {}
+            with suppress(OSError, AttributeError):
+                for key, entry in self.store.stat_cache().entries.values():
+                    self.cached.setdefault(entry, key[0])
+        if self.cached is not None and oid in self.cached:
+            return self.cached[oid]
+        return int(self.store.entry_size(oid))
+
+
+def read_for_send(store: Any, oid: str) -> tuple[str, bytes]:
+    """``(type name, bytes)`` of an object to send, read once and verified once: libgit2
+    checks every object it reads against its id (strict hash verification, its default;
+    ``tests/test_sync_push_reads.py`` holds it), where ``Store.read_object`` hashed the
+    bytes a second time in Python. The receiver verifies them again before writing."""
+    try:
+        obj_type, data = store.repo.odb.read(oid)
+    except KeyError:
+        raise NotFoundError(f"object {oid} is not in the store") from None
+    except (pygit2.GitError, ValueError) as exc:
+        raise VerifyError(f"object {oid} is corrupt: {exc}") from None
+    return p.OBJECT_NAMES.get(int(obj_type), "unknown"), data
+
+
+@dataclass
+class PushPlan:
+    """What a push offers: each object's size (insertion order = sending order) and the
+    chunks of the manifests among them."""
+
+    sizes: dict[str, int] = field(default_factory=dict)
+    chunks_of: dict[str, list[str]] = field(default_factory=dict)
+    chunk_sizes: dict[str, int] = field(default_factory=dict)
+
+    def cids(self) -> list[str]:
+        """Every chunk the manifests name, once each, in manifest order."""
+        return list(self.chunk_sizes)
+
+    def offers(self, oids: Iterable[str], cids: Iterable[str]) -> bool:
+        """True when a peer asked only for objects and chunks this push offered."""
+        return all(o in self.sizes for o in oids) and all(c in self.chunk_sizes for c in cids)
+
+    def total(self, oids: Iterable[str], cids: Iterable[str]) -> int:
+        """Payload bytes of these objects and chunks (the progress meter's total)."""
+        return sum(self.sizes[o] for o in oids) + sum(self.chunk_sizes[c] for c in cids)
+
+
+def plan_push(
+    store: Any,
+    oids: Iterable[str],
+    file_sizes: Mapping[str, int] | None,
+    limit: int | None = None,
+) -> PushPlan:
+    """Size each object and find the manifests' chunks, reading only what may be a manifest.
+
+    A blob that is the entry of a working file of at most ``limit`` bytes (the inline
+    limit; ``file_sizes``: whole-file sizes by blob id, e.g. the stat cache's) holds that
+    file's bytes, so its size is the file's and nothing is read: for small files a header
+    read costs about as much as the whole read that sends them. Other objects are sized
+    from their headers, and every other blob is read to look for a manifest. If one taken
+    for plain bytes is a manifest after all (a small file that began with the manifest
+    magic), the sender finds out when it reads the blob to send it and sends every chunk it
+    names first (see ``RemoteSession.push``)."""
+    known = file_sizes or {}
+    limit = inline_limit() if limit is None else limit
+    odb = store.repo.odb
+    plan = PushPlan()
+    for oid in oids:
+        size = known.get(oid)
+        if size is not None and size <= limit:
+            plan.sizes[oid] = size
+            continue
+        try:
+            obj_type, plan.sizes[oid] = odb.read_header(oid)
+        except KeyError:
+            raise NotFoundError(f"object {oid} is not in the store") from None
+        if int(obj_type) != p.OBJECT_TYPES["blob"]:
+            continue
+        _, data = read_for_send(store, oid)
+        entries = manifest_entries(data, f"blob {oid}")
+        if entries:
+            plan.chunks_of[oid] = [cid for cid, _ in entries]
+            plan.chunk_sizes.update(entries)
+    return plan
 
 
 def send_objects(store: Any, fio: p.FrameIO, oids: Iterable[str]) -> int:
     """Queue ``oids`` as ``O`` frames (flushed in 1 MiB batches: no round trip per object)."""
     n = 0
     for oid in oids:
-        kind, data = store.read_object(oid)
+        kind, data = read_for_send(store, oid)
         fio.send_object(kind, oid, data)
         n += 1
         faults.point(FAULT_SENT_OBJECT)
