@@ -34,11 +34,12 @@ from usr.layout import (
     RECORDS_FILE,
     STORE_DIR,
     dataset_path,
+    mark_root,
     resolve_root,
     validate_dataset_id,
 )
 from usr.locks import dataset_lock
-from usr.registry import Registry, mark_root, type_name
+from usr.registry import Registry, type_name
 
 ON_DUPLICATE = ("error", "skip")
 

@@ -155,3 +155,18 @@ def check_relpath(relpath: str) -> str:
     if any(part in RUNTIME_NAMES or part.startswith(RUNTIME_PREFIXES) for part in parts):
         raise InputError(f"bad path {relpath!r}: names usr runtime state")
     return relpath
+
+
+def mark_root(root: Path) -> None:
+    """Give a datasets root its (empty) ``registry.toml`` if it has none.
+
+    The file is what marks a directory as a datasets root: a dataset named by its directory
+    path (``usr diff . hpc`` from inside it) finds its root and id through it. An empty
+    registry means the same as a missing one (same bytes, same hash), so creating it changes
+    no overlay stamp. Created with O_EXCL: a concurrent ``namespace register`` wins.
+    """
+    try:
+        with open(root / REGISTRY_FILE, "xb"):
+            pass
+    except FileExistsError:
+        pass

@@ -231,21 +231,6 @@ class Registry:
         return tomli_w.dumps(doc).encode("utf-8")
 
 
-def mark_root(root: Path) -> None:
-    """Give a datasets root its (empty) ``registry.toml`` if it has none.
-
-    The file is what marks a directory as a datasets root: a dataset named by its directory
-    path (``usr diff . hpc`` from inside it) finds its root and id through it. An empty
-    registry means the same as a missing one (same bytes, same hash), so creating it changes
-    no overlay stamp. Created with O_EXCL: a concurrent ``namespace register`` wins.
-    """
-    try:
-        with open(root / REGISTRY_FILE, "xb"):
-            pass
-    except FileExistsError:
-        pass
-
-
 def register(
     root: Path,
     name: str,

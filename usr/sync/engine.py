@@ -58,6 +58,7 @@ from usr.layout import (
     check_relpath,
     dataset_path,
     is_runtime_path,
+    mark_root,
     section_of,
     validate_dataset_id,
 )
@@ -1201,7 +1202,7 @@ def _pull(run: AuditRun, target: Target, remote: str, options: SyncOptions) -> s
         faults.point(FAULT_PULL_CHECKED_OUT)
         verify_working(store, target.path, st.remote_head, options, entries=moved)
     if not st.local_exists:
-        _mark_root(target.root)  # a bootstrapped root is a root: `usr diff .` works inside it
+        mark_root(target.root)  # a bootstrapped root is a root: `usr diff .` works inside it
     outcome = hooks.run_post_pull(
         hooks.context_for(target.path, target.root, target.dataset),
         remote,
@@ -1225,14 +1226,6 @@ def _pulled_entries(data: dict[str, Any]) -> Iterator[FileChange]:
             status = "A" if f["old_id"] is None else "M"
             old, new = (f["old_id"], f["old_size"]), (f["new_id"], f["new_size"])
             yield FileChange(f["path"], status, f["section"], old[0], new[0], old[1], new[1])
-
-
-def _mark_root(root: Path) -> None:
-    """``usr.registry.mark_root``'s empty ``registry.toml`` (O_EXCL: a concurrent
-    ``namespace register`` wins), without importing that module: it loads pyarrow, ~50 MiB
-    of resident memory at the end of a pull that still holds its audit."""
-    with suppress(FileExistsError), open(root / REGISTRY_FILE, "xb"):
-        pass
 
 
 def _adopt_if_identical(
