@@ -47,6 +47,16 @@ FAULT_SNAPSHOT_AFTER_REF = faults.register(
     "snapshot.after-ref", "refs/heads/main moved; lock not yet released"
 )
 
+#: libgit2 reads packs through mmap windows (1 GiB each, 8 GiB mapped in all, by default on
+#: 64-bit), and every page it touches stays in the process's resident set until unmapped.
+#: Checking 100,000 packed blobs (a tree write's existence checks touch each header, and the
+#: kernel maps 64 KiB around each fault) kept whole packs resident: 1.1-1.2 GiB peak RSS for
+#: status, snapshot, push and pull of 100,000 files (20,000 files: 261 MiB, of it 215 MiB
+#: pack pages). Small windows with a small mapped limit make libgit2 unmap the least
+#: recently used ones: 93 MiB, same time. Process-wide, set once at import.
+pygit2.settings.mwindow_size = 16 << 20
+pygit2.settings.mwindow_mapped_limit = 64 << 20
+
 OBJECT_TYPES = {"commit": 1, "tree": 2, "blob": 3, "tag": 4}
 _TYPE_NAMES = {v: k for k, v in OBJECT_TYPES.items()}
 _HEX_RE = re.compile(r"^[0-9a-f]{4,40}\Z")
