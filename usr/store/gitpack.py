@@ -44,7 +44,7 @@ _STORED_MAX = 0xFFFF  # bytes per stored deflate block
 #: twice as many each time up to SEAL_MAX_BYTES (the most a pending pack keeps in memory):
 #: a killed receiver loses at most that much, and a big transfer makes few packs.
 SEAL_BYTES = 4 << 20
-SEAL_MAX_BYTES = 64 << 20
+SEAL_MAX_BYTES = 32 << 20
 #: A batch that ends with fewer objects than this, none of them sealed yet, is written as
 #: loose objects instead of a pack (git's ``transfer.unpackLimit`` rule, same number): a
 #: pack per small push, pull or snapshot would pile up packs that every lookup searches.

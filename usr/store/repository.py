@@ -54,8 +54,8 @@ FAULT_SNAPSHOT_AFTER_REF = faults.register(
 #: status, snapshot, push and pull of 100,000 files (20,000 files: 261 MiB, of it 215 MiB
 #: pack pages). Small windows with a small mapped limit make libgit2 unmap the least
 #: recently used ones: 93 MiB, same time. Process-wide, set once at import.
-pygit2.settings.mwindow_size = 16 << 20
-pygit2.settings.mwindow_mapped_limit = 64 << 20
+pygit2.settings.mwindow_size = 8 << 20
+pygit2.settings.mwindow_mapped_limit = 32 << 20
 
 OBJECT_TYPES = {"commit": 1, "tree": 2, "blob": 3, "tag": 4}
 _TYPE_NAMES = {v: k for k, v in OBJECT_TYPES.items()}
