@@ -168,7 +168,7 @@ def targets(doc: dict[str, Any]) -> list[dict[str, Any]]:
                 _u(doc, sf),
                 _s(_get(doc, sf, "ssh_untar_seconds")) + " (tar piped to ssh tar -x)",
                 _get(doc, sf, "time_vs_ssh_untar"),
-                "-",
+                None,
             )
         )
     big = _rss_values(_get(doc, "big_file", "rss_mib"))

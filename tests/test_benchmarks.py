@@ -34,6 +34,8 @@ def test_benchmark_runner_smoke(sshd, tmp_path: Path) -> None:
             "primary_dataset",
             "--only",
             "storage",
+            "--only",
+            "small_files",
             "--out",
             str(out),
             "--workdir",
@@ -53,3 +55,5 @@ def test_benchmark_runner_smoke(sshd, tmp_path: Path) -> None:
     assert push["server_rss_mib"] > 0  # the remote side was measured through the probe
     assert doc["results"]["storage"]["states_after_appends"] == 3
     assert "| Figure | Target |" in proc.stdout
+    assert doc["results"]["small_files"]["ssh_untar_seconds"] > 0
+    assert "tar piped to ssh tar -x" in proc.stdout
