@@ -50,3 +50,31 @@ def write_bytes(path: Path, data: bytes, mode: int = 0o644) -> None:
 
 def write_text(path: Path, text: str, mode: int = 0o644) -> None:
     write_bytes(path, text.encode("utf-8"), mode)
+
+
+#: Items of the big member encoded per write by :func:`write_json`.
+JSON_BATCH = 4096
+
+
+def write_json(path: Path, doc: dict, big: str, mode: int = 0o644) -> None:
+    """Write ``json.dumps(doc, separators=(",", ":"))`` atomically, encoding the member
+    ``big`` (a list or dict, the document's last key) :data:`JSON_BATCH` items at a time:
+    one string and one bytes copy of 100,000 entries was the peak of a 100,000-file pull."""
+    import json
+
+    if list(doc)[-1] != big:
+        raise ValueError(f"{big!r} must be the document's last key")
+    rest = {k: v for k, v in doc.items() if k != big}
+    value = doc[big]
+    is_dict = isinstance(value, dict)
+    items = list(value.items()) if is_dict else value
+    head = json.dumps(rest, separators=(",", ":"))[:-1]
+    opener = "{" if is_dict else "["
+    with atomic_writer(path, mode) as fh:
+        sep = "," if rest else ""
+        fh.write(f"{head}{sep}{json.dumps(big)}:{opener}".encode())
+        for start in range(0, len(items), JSON_BATCH):
+            part = items[start : start + JSON_BATCH]
+            text = json.dumps(dict(part) if is_dict else part, separators=(",", ":"))[1:-1]
+            fh.write((b"," if start else b"") + text.encode())
+        fh.write(("}" if is_dict else "]").encode() + b"}")

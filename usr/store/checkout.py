@@ -31,7 +31,7 @@ import stat as statmod
 from pathlib import Path
 
 from usr import faults
-from usr.atomic import write_bytes
+from usr.atomic import write_json
 from usr.errors import ConflictError, InputError
 from usr.layout import check_relpath
 from usr.store.index import StatKey
@@ -282,7 +282,7 @@ def checkout(store, commit: str, force: bool = False, expect_head: object = ...)
         del changes
         faults.point(FAULT_STAGED)
         journal = {"commit": target, "staging": staging.name, "ops": ops}
-        write_bytes(journal_path(store), json.dumps(journal).encode())
+        write_json(journal_path(store), journal, "ops")
         faults.point(FAULT_JOURNAL)
         _promote(store, journal)
     return target

@@ -21,7 +21,7 @@ import os
 from pathlib import Path
 from typing import NamedTuple
 
-from usr.atomic import write_bytes
+from usr.atomic import write_json
 from usr.store.worktree import all_cached
 
 VERSION = 1
@@ -108,7 +108,8 @@ class StatCache:
         return {oid for _, oid in self.entries.values()}
 
     def save(self) -> None:
-        """Write the cache atomically (temp, fsync, rename)."""
+        """Write the cache atomically (temp, fsync, rename), its entries a batch at a time
+        (:func:`usr.atomic.write_json`)."""
         doc = {
             "version": VERSION,
             "inline_limit": self.inline_limit,
@@ -116,4 +117,4 @@ class StatCache:
             "tree": self.tree,
             "entries": {path: [*k, oid] for path, (k, oid) in sorted(self.entries.items())},
         }
-        write_bytes(self.path, json.dumps(doc, separators=(",", ":")).encode())
+        write_json(self.path, doc, "entries")
