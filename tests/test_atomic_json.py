@@ -29,3 +29,12 @@ def test_the_big_member_must_be_last(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="last key"):
         atomic.write_json(tmp_path / "doc.json", {"ops": [], "commit": "c"}, "ops")
     assert not (tmp_path / "doc.json").exists()
+
+
+def test_list_items_are_written_through_item(tmp_path: Path) -> None:
+    """A caller keeps tuples in memory and writes objects (the checkout journal)."""
+    ops = [("put", f"f{i}", f"{i:040x}") for i in range(N + 2)]
+    path = tmp_path / "doc.json"
+    atomic.write_json(path, {"ops": ops}, "ops", item=lambda op: dict(zip("kpi", op, strict=True)))
+    want = {"ops": [dict(zip("kpi", op, strict=True)) for op in ops]}
+    assert path.read_bytes() == json.dumps(want, separators=(",", ":")).encode()

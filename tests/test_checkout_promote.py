@@ -5,6 +5,7 @@ parents (real subprocesses, USR_FAULT_POINT)."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 from pathlib import Path
@@ -129,14 +130,15 @@ def test_recovery_replayed_from_the_journal_is_idempotent(tmp_path: Path) -> Non
     root, ds, a, b = _two_states(tmp_path)
     assert _checkout(root, a, "checkout.before-ref") == -signal.SIGKILL
     store = Store.open(ds, create=False)
-    from usr.store.checkout import _promote, journal_path
+    from usr.store.checkout import journal_path, recover
 
     # Store.open finished it; run the same journal again, as a crash inside recovery would.
     assert store.head() == a and _files(ds) == STATE_A
     journal = {"commit": a, "staging": f"{STAGING_PREFIX}gone", "ops": _ops(store, b, a)}
-    journal_path(store).write_text("{}")
+    journal_path(store).write_text(json.dumps(journal))
     with store.lock():
-        _promote(store, journal)
+        assert recover(store)
+    assert not journal_path(store).exists()
     _sound(ds, a, STATE_A)
 
 
