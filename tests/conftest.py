@@ -12,6 +12,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -70,3 +71,18 @@ def root(tmp_path: Path) -> Path:
     r = tmp_path / "datasets"
     r.mkdir()
     return r
+
+
+def recorded_dataset(root: Path, ds_id: str, files: dict[str, bytes]) -> Any:
+    """A new dataset ``ds_id`` under ``root`` holding ``files`` (relpath -> bytes), with
+    its state recorded."""
+    from usr.dataset import Dataset
+    from usr.store import Store
+
+    ds = Dataset.init(root, ds_id, source="test")
+    for rel, data in files.items():
+        path = ds.path / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    Store.open(ds.path).record("files")
+    return ds

@@ -275,6 +275,7 @@ def test_fsck_accepts_remote_states_known_only_by_their_trees(template: Path, tm
 def _unpack(store) -> None:
     """Every object of the store's git packs written loose, the packs deleted."""
     from usr.store import gitpack
+    from usr.store.objects import OBJECT_TYPES
 
     pack_dir = store.gitdir / "objects" / "pack"
     objects = [
@@ -287,7 +288,7 @@ def _unpack(store) -> None:
         (pack_dir / f"{name}.pack").unlink()
     odb = pygit2.Repository(str(store.gitdir)).odb  # libgit2 skips objects it has
     for kind, data in objects:
-        odb.write(gitpack.TYPE_CODES[kind], data)
+        odb.write(OBJECT_TYPES[kind], data)
 
 
 @pytest.mark.parametrize("command", ["push", "pull"])

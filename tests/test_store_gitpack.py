@@ -17,7 +17,7 @@ import pytest
 
 from usr.errors import TransportError
 from usr.store import Store, gitpack
-from usr.store.objects import git_object_id
+from usr.store.objects import OBJECT_TYPES, git_object_id
 from usr.sync import packstream
 from usr.sync import protocol as p
 
@@ -30,7 +30,7 @@ def _frame(kind: bytes, payload: bytes) -> bytes:
 
 def _object_frame(type_name: str, data: bytes) -> tuple[str, bytes]:
     oid = git_object_id(type_name, data)
-    code = gitpack.TYPE_CODES[type_name]
+    code = OBJECT_TYPES[type_name]
     return oid, _frame(b"O", bytes([code]) + bytes.fromhex(oid) + data)
 
 

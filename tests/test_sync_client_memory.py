@@ -10,23 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from usr.dataset import Dataset
+from tests.conftest import recorded_dataset
 from usr.errors import VerifyError
 from usr.store import Store
 from usr.sync import engine
 from usr.sync.engine import SyncOptions
 
 DS = "ns/memory"
-
-
-def _dataset(root: Path, files: dict[str, bytes]) -> Dataset:
-    ds = Dataset.init(root, DS, source="test")
-    for rel, data in files.items():
-        path = ds.path / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
-    Store.open(ds.path).record("files")
-    return ds
 
 
 @pytest.mark.parametrize(
@@ -83,7 +73,7 @@ def test_a_summary_counts_what_a_listing_counts(tmp_path):
         "notes/free.txt": b"5",
         "loose.txt": b"6",
     }
-    ds = _dataset(tmp_path / "local", files)
+    ds = recorded_dataset(tmp_path / "local", DS, files)
     store = Store.open(ds.path)
     tree = store.tree_of(store.head())
     summary = engine._summary(store, tree)
@@ -96,7 +86,9 @@ def test_a_summary_counts_what_a_listing_counts(tmp_path):
 def test_verify_working_from_a_comparison_catches_a_changed_file(tmp_path):
     """The post-pull check given the comparison's entries hashes each working file against
     its entry id without reading the object, and still names a file that differs."""
-    ds = _dataset(tmp_path / "local", {"_auxiliary/a.txt": b"alpha\n", "_derived/b.txt": b"b"})
+    ds = recorded_dataset(
+        tmp_path / "local", DS, {"_auxiliary/a.txt": b"alpha\n", "_derived/b.txt": b"b"}
+    )
     store = Store.open(ds.path)
     head = store.head()
     entries = [c for c in store.diff(None, head) if c.path.startswith("_")]

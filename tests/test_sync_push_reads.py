@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import tomli_w
 
-from usr.dataset import Dataset
+from tests.conftest import recorded_dataset
 from usr.errors import VerifyError
 from usr.store import Store
 from usr.store.objects import MAGIC
@@ -30,16 +30,6 @@ def _remote_config(tmp_path: Path) -> tuple[Path, Path]:
     return base, config
 
 
-def _dataset(root: Path, files: dict[str, bytes]) -> Dataset:
-    ds = Dataset.init(root, DS, source="test")
-    for rel, data in files.items():
-        path = ds.path / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
-    Store.open(ds.path).record("files")
-    return ds
-
-
 def _corrupt(store: Store, oid: str, data: bytes) -> None:
     """Replace a loose object's bytes with other (well-formed) bytes of the same type."""
     obj = store.path / ".usr" / "objects" / oid[:2] / oid[2:]
@@ -50,7 +40,7 @@ def _corrupt(store: Store, oid: str, data: bytes) -> None:
 def test_reading_to_send_refuses_a_corrupt_object(tmp_path):
     """libgit2 hashes what it reads (strict verification, its default): the one read of an
     object to send it is also its check, so a corrupt local object never leaves."""
-    ds = _dataset(tmp_path / "local", {"_auxiliary/a.txt": b"alpha\n"})
+    ds = recorded_dataset(tmp_path / "local", DS, {"_auxiliary/a.txt": b"alpha\n"})
     store = Store.open(ds.path)
     (entry,) = [c for c in store.diff(None, store.head()) if c.path == "_auxiliary/a.txt"]
     assert packstream.read_for_send(store, entry.new_id) == ("blob", b"alpha\n")
@@ -61,7 +51,7 @@ def test_reading_to_send_refuses_a_corrupt_object(tmp_path):
 
 def test_push_of_a_corrupt_object_fails_and_moves_nothing(tmp_path):
     base, config = _remote_config(tmp_path)
-    ds = _dataset(tmp_path / "local", {"_auxiliary/a.txt": b"alpha\n"})
+    ds = recorded_dataset(tmp_path / "local", DS, {"_auxiliary/a.txt": b"alpha\n"})
     store = Store.open(ds.path)
     (entry,) = [c for c in store.diff(None, store.head()) if c.path == "_auxiliary/a.txt"]
     _corrupt(store, entry.new_id, b"alphA\n")
@@ -80,7 +70,7 @@ def test_a_manifest_taken_for_plain_bytes_still_lands_with_its_chunks(tmp_path, 
     monkeypatch.setenv("USR_INLINE_LIMIT", "64")
     _, config = _remote_config(tmp_path)
     big = bytes(range(256)) * 40  # over the inline limit: chunked
-    ds = _dataset(tmp_path / "local", {"_auxiliary/big.bin": big, "meta2.txt": b"x\n"})
+    ds = recorded_dataset(tmp_path / "local", DS, {"_auxiliary/big.bin": big, "meta2.txt": b"x\n"})
     store = Store.open(ds.path)
     (entry,) = [c for c in store.diff(None, store.head()) if c.path == "_auxiliary/big.bin"]
     kind, manifest = packstream.read_for_send(store, entry.new_id)
@@ -101,7 +91,9 @@ def test_a_tree_listing_sizes_blobs_as_the_store_does(tmp_path, monkeypatch):
     """Past a few hundred blobs the listing takes sizes from the stat cache instead of
     reading each blob: the same whole-file sizes, chunked files included."""
     monkeypatch.setenv("USR_INLINE_LIMIT", "4096")
-    ds = _dataset(tmp_path / "local", {"_auxiliary/big.bin": bytes(range(256)) * 64})  # chunked
+    ds = recorded_dataset(
+        tmp_path / "local", DS, {"_auxiliary/big.bin": bytes(range(256)) * 64}
+    )  # chunked
     store = Store.open(ds.path)
     for batch in range(10):  # recorded 60 files at a time: each record's objects stay loose
         for i in range(batch * 60, batch * 60 + 60):

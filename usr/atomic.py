@@ -7,6 +7,7 @@ here, so a crash leaves either the old file or the new one, never half of either
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import tempfile
 from collections.abc import Callable, Iterator
@@ -64,8 +65,6 @@ def write_json(
     one string and one bytes copy of 100,000 entries was the peak of a 100,000-file pull.
     ``item`` turns each element of a list member into what is written (so a caller can
     keep compact tuples in memory and write objects)."""
-    import json
-
     if list(doc)[-1] != big:
         raise ValueError(f"{big!r} must be the document's last key")
     rest = {k: v for k, v in doc.items() if k != big}

@@ -30,10 +30,8 @@ from typing import Any
 from usr import faults
 from usr.atomic import TMP_PREFIX, fsync_dir
 from usr.errors import InputError, VerifyError
-from usr.store.objects import git_object_id
+from usr.store.objects import OBJECT_NAMES, OBJECT_TYPES, git_object_id
 
-TYPE_CODES = {"commit": 1, "tree": 2, "blob": 3, "tag": 4}
-TYPE_NAMES = {v: k for k, v in TYPE_CODES.items()}
 _DELTAS = (6, 7)  # OFS_DELTA, REF_DELTA: only in packs git tools made
 
 PACK_SIGNATURE = b"PACK"
@@ -215,7 +213,7 @@ def _check_entry(m: mmap.mmap, oid: str, crc: int, off: int, end: int) -> str | 
     type_code, size, hlen = _entry_header(m, off)
     if type_code in _DELTAS:
         return None  # a git tool's delta: libgit2 checks it when the object is read
-    if type_code not in TYPE_NAMES:
+    if type_code not in OBJECT_NAMES:
         return f"bad object type {type_code}"
     try:
         data = zlib.decompressobj().decompress(m[off + hlen : end], size + 1)
@@ -223,7 +221,7 @@ def _check_entry(m: mmap.mmap, oid: str, crc: int, off: int, end: int) -> str | 
         return f"bad zlib data ({exc})"
     if len(data) != size:
         return f"{len(data)} bytes, its header says {size}"
-    if git_object_id(TYPE_NAMES[type_code], data) != oid:
+    if git_object_id(OBJECT_NAMES[type_code], data) != oid:
         return "its bytes hash to a different id"
     return None
 
@@ -264,7 +262,7 @@ class PackBuilder:
         if oid in self._where:
             return False
         body = stored_zlib(data) if self.level is None else zlib.compress(data, self.level)
-        record = object_header(TYPE_CODES[type_name], len(data)) + body
+        record = object_header(OBJECT_TYPES[type_name], len(data)) + body
         self._where[oid] = len(self._records)
         self._entries.append((bytes.fromhex(oid), zlib.crc32(record), self.size))
         self._records.append(record)
@@ -278,7 +276,7 @@ class PackBuilder:
             return None
         record = self._records[i]
         type_code, _size, hlen = _entry_header(record, 0)
-        return TYPE_NAMES[type_code], zlib.decompress(record[hlen:])
+        return OBJECT_NAMES[type_code], zlib.decompress(record[hlen:])
 
     def items(self) -> Iterator[tuple[str, tuple[str, bytes]]]:
         """``(oid, (type_name, bytes))`` of each queued object, in the order queued."""
@@ -331,6 +329,14 @@ class PackBuilder:
         return tmp
 
 
+def write_loose(repo: Any, type_name: str, oid: str, data: bytes) -> None:
+    """Write an object (its id already checked against ``data``) as a loose object through
+    libgit2; VerifyError if libgit2 names it otherwise."""
+    written = str(repo.odb.write(OBJECT_TYPES[type_name], data))
+    if written != oid:
+        raise VerifyError(f"object store wrote {written}, expected {oid}")
+
+
 class ObjectWriter:
     """Writes git objects into usr's packs for the life of one ``Store.object_writer()``
     block: presence is the store's or this writer's pending set, and pending objects are
@@ -353,7 +359,7 @@ class ObjectWriter:
     def add(self, type_name: str, oid: str, data: bytes) -> bool:
         """Queue an object whose id the caller checked against ``data``; False if it is
         already stored or pending."""
-        if type_name not in TYPE_CODES:
+        if type_name not in OBJECT_TYPES:
             raise InputError(f"bad object type {type_name!r}")
         if self.has(oid):
             return False
@@ -377,9 +383,7 @@ class ObjectWriter:
         if self.pending.sealed or len(self.pending) >= UNPACK_LIMIT:
             return self.seal()
         for oid, (type_name, data) in self.pending.items():
-            written = str(self.repo.odb.write(TYPE_CODES[type_name], data))
-            if written != oid:
-                raise VerifyError(f"object store wrote {written}, expected {oid}")
+            write_loose(self.repo, type_name, oid, data)
             self.loose += 1
         self.pending.clear()
         return None

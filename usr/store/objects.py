@@ -28,6 +28,10 @@ from dataclasses import dataclass
 
 from usr.errors import VerifyError
 
+#: Git's object type codes (pack entry headers, libgit2's odb): the store's one table.
+OBJECT_TYPES = {"commit": 1, "tree": 2, "blob": 3, "tag": 4}
+OBJECT_NAMES = {v: k for k, v in OBJECT_TYPES.items()}
+
 MAGIC = b"\x00usr-manifest v1\n"
 
 #: Default inline limit; larger files are chunked. 256 KiB, by measurement on this project's

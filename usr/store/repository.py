@@ -21,10 +21,17 @@ from usr.layout import STORE_DIR
 from usr.locks import dataset_lock
 from usr.store.chunks import ChunkStore
 from usr.store.diff_tree import diff_trees
-from usr.store.gitpack import ObjectWriter
+from usr.store.gitpack import ObjectWriter, write_loose
 from usr.store.index import StatCache, StatKey
 from usr.store.model import FileChange, LogEntry, Recorded, ScanStats
-from usr.store.objects import MAGIC, Manifest, git_object_id, inline_limit
+from usr.store.objects import (
+    MAGIC,
+    OBJECT_NAMES,
+    OBJECT_TYPES,
+    Manifest,
+    git_object_id,
+    inline_limit,
+)
 from usr.store.refs import MAIN, Refs
 from usr.store.worktree import (
     MODE_EXEC,
@@ -57,8 +64,6 @@ FAULT_SNAPSHOT_AFTER_REF = faults.register(
 pygit2.settings.mwindow_size = 8 << 20
 pygit2.settings.mwindow_mapped_limit = 32 << 20
 
-OBJECT_TYPES = {"commit": 1, "tree": 2, "blob": 3, "tag": 4}
-_TYPE_NAMES = {v: k for k, v in OBJECT_TYPES.items()}
 _HEX_RE = re.compile(r"^[0-9a-f]{4,40}\Z")
 _TILDE_RE = re.compile(r"^(.*?)((?:~\d*|\^)+)$")
 
@@ -506,16 +511,22 @@ class Store:
         pending = self._objects.read(oid) if self._objects is not None else None
         if pending is not None:
             return pending
+        name, data = self.read_stored(oid)
+        if git_object_id(name, data) != oid:
+            raise VerifyError(f"object {oid} is corrupt: its bytes hash differently")
+        return name, data
+
+    def read_stored(self, oid: str) -> tuple[str, bytes]:
+        """``(type_name, bytes)`` of a stored object as libgit2 reads it: libgit2 checks it
+        against its id (strict hash verification, its default); pending objects are not
+        seen. :meth:`read_object` hashes it once more."""
         try:
             obj_type, data = self.repo.odb.read(oid)
         except KeyError:
             raise NotFoundError(f"object {oid} is not in the store") from None
         except (pygit2.GitError, ValueError) as exc:
             raise VerifyError(f"object {oid} is corrupt: {exc}") from None
-        name = _TYPE_NAMES.get(int(obj_type), "unknown")
-        if git_object_id(name, data) != oid:
-            raise VerifyError(f"object {oid} is corrupt: its bytes hash differently")
-        return name, data
+        return OBJECT_NAMES.get(int(obj_type), "unknown"), data
 
     def write_object(self, type_name: str, data: bytes, expect: str | None = None) -> str:
         """Store a git object; VerifyError if ``expect`` is given and differs (nothing
@@ -532,9 +543,7 @@ class Store:
         if self._objects is not None:
             self._objects.add(type_name, oid, data)
         elif not self.repo.odb.exists(oid):
-            written = str(self.repo.odb.write(OBJECT_TYPES[type_name], data))
-            if written != oid:
-                raise VerifyError(f"object store wrote {written}, expected {oid}")
+            write_loose(self.repo, type_name, oid, data)
         return oid
 
     def write_blob(self, data: bytes) -> str:

@@ -21,8 +21,6 @@ from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any
 
-import pygit2
-
 from usr import faults
 from usr.errors import (
     ConflictError,
@@ -223,13 +221,7 @@ def read_for_send(store: Any, oid: str) -> tuple[str, bytes]:
     checks every object it reads against its id (strict hash verification, its default;
     ``tests/test_sync_push_reads.py`` holds it), where ``Store.read_object`` hashed the
     bytes a second time in Python. The receiver verifies them again before writing."""
-    try:
-        obj_type, data = store.repo.odb.read(oid)
-    except KeyError:
-        raise NotFoundError(f"object {oid} is not in the store") from None
-    except (pygit2.GitError, ValueError) as exc:
-        raise VerifyError(f"object {oid} is corrupt: {exc}") from None
-    return p.OBJECT_NAMES.get(int(obj_type), "unknown"), data
+    return store.read_stored(oid)
 
 
 @dataclass
