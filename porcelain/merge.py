@@ -25,6 +25,7 @@ from porcelain.options import (
 from usr import merge as merge_mod
 from usr.errors import UsageError
 from usr.sync import audit as audit_mod
+from usr.sync import engine
 from usr.sync.engine import SyncOptions, resolve_target
 
 _WORDS = {
@@ -126,19 +127,19 @@ def merge_command(
     checked out (staged, verified); 'usr push' then fast-forwards REMOTE. Not diverged:
     fast-forward when behind, nothing to do when ahead.
     """
-    from porcelain.sync import _confirmer
+    from porcelain.sync import confirmer
 
     if lock_timeout is not None and lock_timeout <= 0:
         raise UsageError("--lock-timeout must be a positive number of seconds")
     options = SyncOptions(dry_run=dry_run, remotes_config=remotes_config, lock_timeout=lock_timeout)
     if not dry_run:
-        options.confirm = _confirmer(yes, "merge")
+        options.confirm = confirmer(yes, "merge")
     target = resolve_target(settings.root, dataset, options)
     if target.kind != "dataset":
         raise UsageError(f"{dataset!r} is a file: merge works on datasets only")
     out = Path(audit_json_out) if audit_json_out else None
     try:
-        doc = merge_mod.merge(target, remote, options, out)
+        doc = engine.merge(target, remote, options, out)
     except merge_mod.MergeConflict as exc:
         data = dict(exc.data or {"merge": exc.report})
         data.update(transfer_state="FAILED", error=exc.to_json())

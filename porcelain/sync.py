@@ -179,7 +179,7 @@ def _check_file_mode(ctx: click.Context, params: dict[str, Any]) -> None:
         )
 
 
-def _confirmer(yes: bool, action: str):
+def confirmer(yes: bool, action: str):
     """The question asked before a pull/push overwrites anything.
 
     ``-y`` answers yes; on a terminal we ask; otherwise we refuse (never overwrite silently).
@@ -204,16 +204,14 @@ def _run(settings: Settings, ctx: click.Context, action: str, params: dict[str, 
 
     options = build_options(ctx, params, action)
     if action != "diff" and not options.dry_run:
-        options.confirm = _confirmer(params["yes"], action)
+        options.confirm = confirmer(params["yes"], action)
     target = resolve_target(settings.root, params["dataset"], options)
     if target.kind == "file":
         _check_file_mode(ctx, params)
     audit_out = Path(params["audit_json_out"]) if params.get("audit_json_out") else None
     fn = {"diff": engine.diff, "pull": engine.pull, "push": engine.push}[action]
-    if options.merge:  # usr.merge.merge dry-runs the merge first: conflicts change nothing
-        from usr import merge as merge_mod
-
-        fn = merge_mod.merge
+    if options.merge:  # engine.merge dry-runs the merge first: conflicts change nothing
+        fn = engine.merge
     doc = fn(target, params["remote"], options, audit_json_out=audit_out)
     fmt = params.get("fmt", "text")
     if fmt == "json":

@@ -267,7 +267,7 @@ def test_merge_events_rules():
     assert merged == base + b'{"x":1}\n{"l":1}\n' and added == 1
     torn, added = m.merge_events(b"", b'{"l":1}', b'{"r":1}\n')
     assert torn == b'{"r":1}\n{"l":1}\n' and added == 1
-    with pytest.raises(m._Refuse, match="mid-line"):
+    with pytest.raises(m.ContentRefused, match="mid-line"):
         m.merge_events(b"", b'{"l":1}\n', b'{"r":1}')
 
 
@@ -371,12 +371,13 @@ def test_merge_registry_rules_per_namespace(tmp_path):
         ("c", "string"),
     ]
     assert merged(None, ns(a="int64"), ns(a="int64")) == [("a", "int64")]
-    with pytest.raises(m._Refuse, match="namespace 'b': local removed vs remote b__v:string"):
+    refused = m.ContentRefused
+    with pytest.raises(refused, match="namespace 'b': local removed vs remote b__v:string"):
         merged(base, ns(a="int64"), ns(a="int64", b="string"))
-    with pytest.raises(m._Refuse) as exc:
+    with pytest.raises(m.ContentRefused) as exc:
         merged(None, ns(a="int64"), ns(a="float64"))
     assert exc.value.kind == "registry-contract"
-    with pytest.raises(m._Refuse, match="not a readable registry"):
+    with pytest.raises(m.ContentRefused, match="not a readable registry"):
         merged(None, b"[[[", ns(a="int64"))
 
 

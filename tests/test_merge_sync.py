@@ -194,7 +194,7 @@ def test_chained_loop_merges_then_push_fast_forwards(sides, capsys):
     main(["--root", str(sides.local_root), "log", DS, "--graph"])
     graph = capsys.readouterr().out
     assert "merge bu-scc" in graph and "| \\" in graph and "| /" in graph
-    again = merge_mod.merge(sides.target(), "bu-scc", sides.opts())
+    again = engine.merge(sides.target(), "bu-scc", sides.opts())
     assert again["data"]["transfer_state"] == "NO-OP"
 
 
@@ -232,7 +232,7 @@ def test_conflicts_are_reported_and_change_nothing(sides, capsys):
     for path in paths:
         assert f"CONFLICT      {path}:" in text.stdout
     with pytest.raises(merge_mod.MergeConflict) as exc:  # what usr pull --merge calls
-        merge_mod.merge(sides.target(), "bu-scc", sides.opts())
+        engine.merge(sides.target(), "bu-scc", sides.opts())
     assert sorted(c["path"] for c in exc.value.report["conflicts"]) == paths
 
     assert (refs_of(local.path), refs_of(remote.path)) == heads
@@ -255,13 +255,13 @@ def test_merge_fast_forwards_when_behind_and_is_a_noop_when_ahead(tmp_path):
     target = engine.resolve_target(local_root, DS, opts)
     engine.pull(target, "bu-scc", opts)
     remote.append_records([{"sequence": "GATTACAGAT"}], bio_type="dna")
-    behind = merge_mod.merge(target, "bu-scc", SyncOptions(remotes_config=str(config)))
+    behind = engine.merge(target, "bu-scc", SyncOptions(remotes_config=str(config)))
     assert behind["data"]["relation"] == "remote-ahead"
     assert behind["data"]["transfer_state"] == "TRANSFERRED"
     assert refs_of(target.path) == refs_of(remote.path)
     Dataset.open(local_root, DS).append_event("notebook", {})
     Store.open(target.path).record("notebook")
-    ahead = merge_mod.merge(target, "bu-scc", SyncOptions(remotes_config=str(config)))
+    ahead = engine.merge(target, "bu-scc", SyncOptions(remotes_config=str(config)))
     assert ahead["data"]["transfer_state"] == "NO-OP"
     assert any("push" in n for n in ahead["data"]["notes"])
 

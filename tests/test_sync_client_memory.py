@@ -13,7 +13,7 @@ import pytest
 from tests.conftest import recorded_dataset
 from usr.errors import VerifyError
 from usr.store import Store
-from usr.sync import engine
+from usr.sync import engine, trees
 from usr.sync.engine import SyncOptions
 
 DS = "ns/memory"
@@ -59,7 +59,7 @@ def test_the_audit_file_is_the_indented_json_of_the_document(tmp_path):
         "text": "µ-ü \u2028 tab\t",
     }
     out = tmp_path / "audit.json"
-    engine._write_audit(out, doc)
+    engine.write_audit(out, doc)
     expected = json.dumps(doc, indent=2, sort_keys=True, default=str) + "\n"
     assert out.read_text(encoding="utf-8") == expected
 
@@ -76,8 +76,8 @@ def test_a_summary_counts_what_a_listing_counts(tmp_path):
     ds = recorded_dataset(tmp_path / "local", DS, files)
     store = Store.open(ds.path)
     tree = store.tree_of(store.head())
-    summary = engine._summary(store, tree)
-    listing = engine._listing(store, tree)
+    summary = trees.summarize(store, tree)
+    listing = trees.listing(store, tree)
     counts = {s: sum(1 for f in listing if f.section == s) for s in summary.counts}
     assert summary.counts == counts
     assert summary.named == [f for f in listing if f.section in ("primary", "meta", "events")]

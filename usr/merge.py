@@ -43,22 +43,26 @@ from __future__ import annotations
 
 import math
 import tempfile
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import blake3
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from usr import ledger, records
 from usr.atomic import TMP_PREFIX
-from usr.errors import ConflictError, InputError
-from usr.layout import DERIVED_DIR, EVENTS_FILE, RECORDS_FILE, REGISTRY_FILE, section_of
+from usr.errors import ConflictError
+from usr.layout import DERIVED_DIR, EVENTS_FILE, RECORDS_FILE, section_of
 from usr.ledger import LEDGER_PATH
-from usr.registry import Namespace, Registry
+from usr.merge_content import (
+    ContentRefused,
+    merge_events,
+    merge_records,
+    merge_registry,
+    without_meta,
+)
 from usr.sidecars import FROZEN_REGISTRY
 from usr.store.fsck import MERGE_REMOTE_TRAILER
 from usr.store.objects import inline_limit
@@ -185,16 +189,7 @@ def _table(store: Any, oid: str, path: str) -> pa.Table:
     try:
         return pq.read_table(pa.BufferReader(_content(store, oid, path)))
     except (pa.ArrowInvalid, OSError) as exc:
-        raise _Refuse("unreadable", f"not a readable Parquet file ({exc})") from None
-
-
-class _Refuse(Exception):
-    """A content merge that must become a conflict (kind, why)."""
-
-    def __init__(self, kind: str, why: str) -> None:
-        super().__init__(why)
-        self.kind = kind
-        self.why = why
+        raise ContentRefused("unreadable", f"not a readable Parquet file ({exc})") from None
 
 
 def _namespace_of(path: str) -> str | None:
@@ -231,62 +226,6 @@ def needed_blobs(
 # ----------------------------------------------------------------------------- content rules
 
 
-def _line_prefix(base: bytes, side: bytes) -> bool:
-    """``base`` is a whole-line prefix of ``side`` (ends at a line boundary)."""
-    return side.startswith(base) and (not base or base.endswith(b"\n"))
-
-
-def merge_events(base: bytes, local: bytes, remote: bytes) -> tuple[bytes, int]:
-    """The remote log, then the local-only appended lines (those the remote's appended
-    lines do not already hold), in order. Returns (merged bytes, local lines added).
-
-    Raises :class:`_Refuse` when a side did not only append, or the remote log ends
-    mid-line (appending to it would glue two events into one line).
-    """
-    for side, data in (("local", local), ("remote", remote)):
-        if not _line_prefix(base, data):
-            raise _Refuse(
-                "events-rewritten",
-                f"the {side} side changed or removed lines of the base log (not append-only)",
-            )
-    if remote and not remote.endswith(b"\n"):
-        raise _Refuse("events-rewritten", "the remote log ends mid-line")
-    already = Counter(remote[len(base) :].splitlines(keepends=False))
-    added: list[bytes] = []
-    for line in local[len(base) :].splitlines(keepends=False):
-        if already[line]:
-            already[line] -= 1
-            continue
-        added.append(line + b"\n")
-    return remote + b"".join(added), len(added)
-
-
-def _without_meta(schema: pa.Schema) -> pa.Schema:
-    return schema.remove_metadata()
-
-
-def merge_records(base: pa.Table, local: pa.Table, remote: pa.Table) -> tuple[pa.Table, int]:
-    """The remote's rows, then the local-only appended rows whose id the remote lacks.
-
-    Refuses (:class:`_Refuse`) unless both sides kept every base row as it was, in place,
-    with the same columns: only then is "both appended" true and the union unambiguous.
-    """
-    schema = _without_meta(base.schema)
-    for side, table in (("local", local), ("remote", remote)):
-        if not _without_meta(table.schema).equals(schema):
-            raise _Refuse("records-rewritten", f"the {side} side changed the table's columns")
-        if table.num_rows < base.num_rows or not table.slice(0, base.num_rows).equals(base):
-            raise _Refuse(
-                "records-rewritten",
-                f"the {side} side changed or removed rows of the base (not only appended)",
-            )
-    local_new = local.slice(base.num_rows)
-    remote_ids = pc.is_in(local_new.column("id"), value_set=remote.column("id").combine_chunks())
-    local_only = local_new.filter(pc.invert(remote_ids))
-    merged = pa.concat_tables([remote.cast(schema), local_only.cast(schema)])
-    return merged, local_only.num_rows
-
-
 def _same(a: Any, b: Any) -> bool:
     if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
         return True
@@ -299,7 +238,7 @@ def _values(store: Any, files: dict, paths: list[str]) -> dict[str, dict[str, di
     for path in paths:
         table = _table(store, files[path][0], path)
         if "id" not in table.column_names:
-            raise _Refuse("overlay-unreadable", "overlay part has no id column")
+            raise ContentRefused("overlay-unreadable", "overlay part has no id column")
         ids = table.column("id").to_pylist()
         for column in table.column_names:
             if column == "id":
@@ -318,7 +257,7 @@ def _overlay_conflicts(
     try:
         lv = _values(store, local, local_paths)
         rv = _values(store, remote, remote_paths)
-    except _Refuse as exc:
+    except ContentRefused as exc:
         why = f"cannot compare overlay values: {exc.why}"
         return [Conflict(p, "overlay-unreadable", why) for p in local_paths + remote_paths]
     found: dict[str, list[str]] = {}
@@ -481,11 +420,11 @@ def _merge_content(
             rule = REGISTRY_UNION
         else:
             if bid is None:
-                raise _Refuse("both-added", "added on both sides with different content")
+                raise ContentRefused("both-added", "added on both sides with different content")
             table, added = merge_records(
                 _table(store, bid, path), _table(store, lid, path), _table(store, rid, path)
             )
-            schema = _without_meta(table.schema)
+            schema = without_meta(table.schema)
             if schema.equals(records.CORE_SCHEMA):
                 schema = records.CORE_SCHEMA
             oid = _write_file(
@@ -497,7 +436,7 @@ def _merge_content(
             )
             detail = f"remote rows, then {added} local-only row(s); {table.num_rows} rows"
             rule = RECORDS_UNION
-    except _Refuse as exc:
+    except ContentRefused as exc:
         kind = "records-rewritten" if exc.kind == "unreadable" else exc.kind
         if path == LEDGER_PATH and kind == "events-rewritten":
             kind = "ledger-rewritten"
@@ -507,65 +446,6 @@ def _merge_content(
         return
     merged[path] = (oid, mode)
     result.resolutions.append(Resolution(path, section_of(path), rule, "modified", detail))
-
-
-def _registry_namespaces(data: bytes | None, scratch: Path, side: str) -> dict[str, Namespace]:
-    """The namespaces of one side's registry copy, parsed by the registry's own reader."""
-    if data is None:
-        return {}
-    where = scratch / f"registry-{side}"
-    where.mkdir(exist_ok=True)
-    (where / REGISTRY_FILE).write_bytes(data)
-    try:
-        return Registry.load(where).namespaces
-    except (InputError, AttributeError, TypeError) as exc:  # a table where TOML had a value
-        why = str(exc).replace(str(where / REGISTRY_FILE), f"the {side} copy")
-        raise _Refuse("unreadable", f"the {side} copy is not a readable registry ({why})") from None
-
-
-def _columns(ns: Namespace) -> str:
-    return ",".join(f"{n}:{t}" for n, t in ns.columns) or "(no columns)"
-
-
-def merge_registry(
-    base: bytes | None, local: bytes, remote: bytes, scratch: Path
-) -> tuple[bytes, str]:
-    """The union of two registry copies' namespaces, each namespace merged against the base.
-
-    Per namespace: changed (added, altered, removed) on one side only -> that side; the same
-    contract (columns) on both -> the remote's entry (the cluster's copy is the shared one);
-    different contracts, or removed on one side and changed on the other -> :class:`_Refuse`
-    (``registry-contract``): parts stamped under one contract would be checked against the
-    other. Returns (bytes from the registry's writer, so equal inputs give equal bytes;
-    a detail for the report).
-    """
-    b = _registry_namespaces(base, scratch, "base")
-    lo = _registry_namespaces(local, scratch, "local")
-    r = _registry_namespaces(remote, scratch, "remote")
-    merged: dict[str, Namespace] = {}
-    clashes: list[str] = []
-    for name in sorted(set(b) | set(lo) | set(r)):
-        bn, ln, rn = b.get(name), lo.get(name), r.get(name)
-        if ln in (rn, bn):
-            pick = rn
-        elif rn == bn:
-            pick = ln
-        elif ln is not None and rn is not None and ln.columns == rn.columns:
-            pick = rn
-        else:
-            mine = _columns(ln) if ln else "removed"
-            theirs = _columns(rn) if rn else "removed"
-            clashes.append(f"namespace {name!r}: local {mine} vs remote {theirs}")
-            continue
-        if pick is not None:
-            merged[name] = pick
-    if clashes:
-        raise _Refuse(
-            "registry-contract",
-            f"a namespace has a different contract on each side: {'; '.join(clashes)}",
-        )
-    data = Registry(scratch, merged, b"").to_toml()
-    return data, f"{len(merged)} namespace(s): {', '.join(sorted(merged))}"
 
 
 def _vouch_registry(
@@ -678,149 +558,16 @@ def report(
     return doc
 
 
-# ----------------------------------------------------------------------------- sync hooks
-
-
-def _fetch_needed(session: Any, store: Any, dataset: str, base: str | None, lt: str, rt: str):
-    need = needed_blobs(store, base, lt, rt)
-    missing = [oid for oid in need["remote"] if not store.has_object(oid)]
-    if missing:
-        session.fetch_blobs(dataset, store, missing)
-
-
-def preview(session: Any, store: Any, dataset: str, st: Any) -> dict[str, Any] | None:
-    """What merging the two working trees would do, for ``diff`` and ``--dry-run``.
-
-    Called by the engine with the session open (it fetches the remote contents a content
-    merge needs). None unless the sides have diverged. Records nothing, moves no ref: the
-    merged objects it writes are unreferenced until a real merge (``usr gc`` drops them).
-    """
-    from usr.sync import engine
-
-    if st.local_head is None or st.remote_head is None or st.remote_tree is None:
-        return None
-    heads_rel, base = engine._relation(store, st.local_head, st.remote_head)
-    relation = engine._effective_relation(heads_rel, st.local_dirty, st.remote_dirty)
-    if relation != "diverged":
-        return None
-    if heads_rel == "equal":
-        base = st.local_head
-    if base is None:
-        return _unrelated(st.local_head, st.remote_head)
-    base_tree = store.tree_of(base)
-    _fetch_needed(session, store, dataset, base_tree, st.local_tree, st.remote_tree)
-    # Files only one side changed are never read, so their blobs need not be here.
-    result = merge_trees(store, base_tree, st.local_tree, st.remote_tree, strict=False)
-    return report(result, st.local_head, st.remote_head, base)
-
-
-def _unrelated(local_head: str, remote_head: str) -> dict[str, Any]:
-    why = "the two histories share no state (no merge base)"
-    return {
-        "mergeable": False,
-        "base_tree": None,
-        "local_tree": None,
-        "remote_tree": None,
-        "tree": None,
-        "files": [],
-        "conflicts": [{"path": "", "kind": "no-merge-base", "why": why}],
-        "local_head": local_head,
-        "remote_head": remote_head,
-        "merge_base": None,
-        "commit": None,
-    }
-
-
-def merge_pull(
-    run: Any, session: Any, store: Any, target: Any, remote: str, st: Any, cmp: Any, options: Any
-) -> str:
-    """``usr pull --merge`` (and ``usr merge``) once both sides are recorded and compared.
-
-    Local already containing the remote head is a NO-OP (push shares it). Diverged: fetch
-    the remote states, check their events chain, merge; on conflicts raise
-    :class:`MergeConflict` having changed nothing; else record the merge commit and check
-    it out here (staged, verified, promoted, HEAD moved from the local head in one locked
-    step). The remote is untouched: ``usr push`` then fast-forwards it.
-    """
-    from usr.locks import events_lock
-    from usr.sync import engine
-
-    data = run.data
-    if cmp.relation == "local-ahead":
-        run.notes.append("nothing to merge: local already holds the remote head; push it")
-        return "NO-OP"
-    engine.check_partial(cmp, options)
-    engine._require_primary(store, st.remote_head, f"remote {remote}", st.sizes)
-    if cmp.merge_base is None:
-        doc = _unrelated(st.local_head, st.remote_head)
-        data.update(mergeable=False, conflicts=doc["conflicts"], merge=doc)
-        raise MergeConflict(doc, data)
-    session.fetch(target.dataset, store, [st.remote_head], engine._haves(st.local_head))
-    engine.check_events_chain(store, engine._commits(store, st.remote_head, st.local_head))
-    result = merge_trees(
-        store, store.tree_of(cmp.merge_base), st.local_tree, store.tree_of(st.remote_head)
-    )
-    doc = report(result, st.local_head, st.remote_head, cmp.merge_base)
-    data.update(mergeable=result.mergeable, conflicts=doc["conflicts"], merge=doc)
-    if not result.mergeable:
-        raise MergeConflict(doc, data)
-    engine._confirm(options, "merge", data)
-    commit = commit_merge(store, result, st.local_head, st.remote_head, remote, options.actor)
-    doc["commit"] = commit
-    moved = {c.path for c in store.diff(st.local_head, commit, sizes=False) if c.new_id}
-    with (
-        store.lock(f"merge {remote}", timeout=options.lock_timeout),
-        events_lock(target.path, timeout=options.lock_timeout),
-    ):
-        store.checkout(commit, expect_head=st.local_head)
-        engine.verify_working(store, target.path, commit, options, only=moved)
-    run.notes.append(f"merged into {commit[:12]}; 'usr push' fast-forwards {remote}")
-    return "TRANSFERRED"
-
-
-def merge(
-    target: Any, remote: str, options: Any, audit_json_out: Path | None = None
-) -> dict[str, Any]:
-    """``usr merge DS REMOTE`` and ``usr pull DS REMOTE --merge``: fast-forward when the
-    remote is ahead, merge when diverged, nothing when local holds the remote head.
-
-    A dry run of the merge comes first (working trees, nothing recorded): when it finds
-    conflicts the command stops there, so a conflict leaves even ``refs/heads/main`` of
-    both sides where they were (a real run would record unrecorded work first). Returns
-    the pull audit document, whose ``data.merge`` is the merge report.
-    """
-    from dataclasses import replace
-
-    from usr.errors import UsageError
-    from usr.sync import engine
-
-    if target.kind != "dataset":
-        raise UsageError("merge works on datasets, not single files (file mode)")
-    options.merge = True
-    if options.dry_run:
-        return engine.pull(target, remote, options, audit_json_out)
-    first = engine.pull(target, remote, replace(options, dry_run=True, confirm=None))
-    rep = first["data"].get("merge")
-    if rep is not None and not rep["mergeable"]:
-        exc = MergeConflict(rep, first["data"])
-        data = dict(first["data"], transfer_state="FAILED", error=exc.to_json())
-        engine._write_audit(audit_json_out, dict(first, data=data))
-        raise exc
-    return engine.pull(target, remote, options, audit_json_out)
-
-
 __all__ = [
     "Conflict",
     "MergeConflict",
     "MergeResult",
     "Resolution",
     "commit_merge",
-    "merge",
     "merge_events",
     "merge_records",
     "merge_registry",
     "merge_trees",
     "needed_blobs",
-    "preview",
     "report",
 ]

@@ -219,6 +219,61 @@ def _transfer_estimate(cmp: Comparison, action: str) -> dict[str, Any]:
     }
 
 
+def _single_file_section(
+    cmp: Comparison,
+    section: str,
+    changed: dict[str, bool],
+    per_section: dict[str, dict[str, list[str]]],
+) -> dict[str, Any]:
+    """The audit entry of a one-file section (primary, meta): who changed it, both ids."""
+    lf = _single(cmp.local.files, section)
+    rf = _single(cmp.remote_side.files, section)
+    loc_only = bool(per_section[section]["local_only"])
+    rem_only = bool(per_section[section]["remote_only"])
+    return {
+        "changed": changed[section],
+        "changed_by": (
+            None
+            if not changed[section]
+            else "both"
+            if loc_only and rem_only
+            else "local"
+            if loc_only
+            else "remote"
+        ),
+        "local_present": lf is not None,
+        "remote_present": rf is not None,
+        "local_id": lf.new_id if lf else None,
+        "remote_id": rf.new_id if rf else None,
+        "local_size": lf.new_size if lf else None,
+        "remote_size": rf.new_size if rf else None,
+    }
+
+
+def _file_section(
+    cmp: Comparison,
+    section: str,
+    changed: dict[str, bool],
+    per_section: dict[str, dict[str, list[str]]],
+) -> dict[str, Any]:
+    """The audit entry of a many-file section: counts and the paths only one side has."""
+    entry: dict[str, Any] = {
+        "changed": changed[section],
+        "local_files": cmp.local.count(section),
+        "remote_files": cmp.remote_side.count(section),
+        "local_only": per_section[section]["local_only"],
+        "remote_only": per_section[section]["remote_only"],
+    }
+    if section == "snapshots":
+        entry.update(
+            remote_count=cmp.remote_side.states,
+            local_count=cmp.local.states,
+            newer_than_local=cmp.newer_than_local,
+            newer_than_remote=cmp.newer_than_remote,
+        )
+    return entry
+
+
 def build(cmp: Comparison, action: str, verify: VerifyProfile) -> dict[str, Any]:
     """The audit ``data`` dict (without timing/transfer_state; see :class:`AuditRun`)."""
     if action not in ACTIONS:
@@ -252,28 +307,7 @@ def build(cmp: Comparison, action: str, verify: VerifyProfile) -> dict[str, Any]
         "verify": verify.to_json(),
     }
     for section in _SINGLE_FILE_SECTIONS:
-        lf = _single(cmp.local.files, section)
-        rf = _single(cmp.remote_side.files, section)
-        loc_only = bool(per_section[section]["local_only"])
-        rem_only = bool(per_section[section]["remote_only"])
-        data[SECTION_KEYS[section]] = {
-            "changed": changed[section],
-            "changed_by": (
-                None
-                if not changed[section]
-                else "both"
-                if loc_only and rem_only
-                else "local"
-                if loc_only
-                else "remote"
-            ),
-            "local_present": lf is not None,
-            "remote_present": rf is not None,
-            "local_id": lf.new_id if lf else None,
-            "remote_id": rf.new_id if rf else None,
-            "local_size": lf.new_size if lf else None,
-            "remote_size": rf.new_size if rf else None,
-        }
+        data[SECTION_KEYS[section]] = _single_file_section(cmp, section, changed, per_section)
     data[".events.log"] = {
         "changed": changed["events"],
         "local": cmp.local.events_lines,
@@ -282,21 +316,7 @@ def build(cmp: Comparison, action: str, verify: VerifyProfile) -> dict[str, Any]
         "append_only": cmp.events_relation != "diverged",
     }
     for section in _FILE_SECTIONS:
-        entry: dict[str, Any] = {
-            "changed": changed[section],
-            "local_files": cmp.local.count(section),
-            "remote_files": cmp.remote_side.count(section),
-            "local_only": per_section[section]["local_only"],
-            "remote_only": per_section[section]["remote_only"],
-        }
-        if section == "snapshots":
-            entry.update(
-                remote_count=cmp.remote_side.states,
-                local_count=cmp.local.states,
-                newer_than_local=cmp.newer_than_local,
-                newer_than_remote=cmp.newer_than_remote,
-            )
-        data[SECTION_KEYS[section]] = entry
+        data[SECTION_KEYS[section]] = _file_section(cmp, section, changed, per_section)
     flags = dict(changed)
     flags["any"] = any(changed.values())
     data["changes"] = flags

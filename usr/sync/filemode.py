@@ -26,6 +26,8 @@ from usr.layout import check_relpath
 from usr.store import FileChange
 from usr.sync import files
 from usr.sync.audit import AuditRun, Comparison, Side
+from usr.sync.auditfile import run_audited
+from usr.sync.remote import bytes_moved
 
 
 @dataclass(frozen=True)
@@ -163,7 +165,6 @@ def _summary(run: AuditRun) -> str:
 def _go(action: str, target: Any, remote: str, options: Any, audit_json_out: Path | None):
     from usr import remotes
     from usr.sync import client
-    from usr.sync.engine import _remote_bytes, _run
 
     def body(run: AuditRun) -> str:
         profile = remotes.get(remote, options.remotes_config)
@@ -200,9 +201,9 @@ def _go(action: str, target: Any, remote: str, options: Any, audit_json_out: Pat
                 (run.data or {})["file"]["after"] = after
                 return "TRANSFERRED"
             finally:
-                run.bytes_sent, run.bytes_received = _remote_bytes(session)
+                run.bytes_sent, run.bytes_received = bytes_moved(session)
 
-    return _run(action, target, remote, options, audit_json_out, body)
+    return run_audited(action, target, remote, options, audit_json_out, body)
 
 
 def _pull(session: Any, rf: RemoteFile, dest: Path, local: dict, there: dict) -> dict:

@@ -1,0 +1,160 @@
+"""Carrying out a push: fast-forward the remote dataset to the local head (or bootstrap it).
+
+Owns :func:`push`: both sides record their working state, the planner compares them, the
+rules refuse or allow, the pre-push hook may refuse, then the session sends what the
+remote lacks and the remote compare-and-swaps its ref with the checkout (see
+:mod:`usr.sync.server`). May import the planner and the sync's lower modules,
+:mod:`usr.hooks`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from usr import faults, hooks
+from usr.errors import NotFoundError
+from usr.sync import merging
+from usr.sync.audit import AuditRun, Comparison
+from usr.sync.auditfile import observed_transfer, run_audited
+from usr.sync.history import commits, set_tracking
+from usr.sync.options import SyncOptions, confirm
+from usr.sync.plan import SyncState, compare, fetch_remote_trees, preview
+from usr.sync.remote import bytes_moved, here, open_remote
+from usr.sync.rules import (
+    bootstrap_id_check,
+    check_events_chain,
+    check_partial,
+    refuse,
+    require_primary,
+)
+from usr.sync.target import Target, local_exists, open_store
+
+FAULT_PUSH_UPDATED = faults.register(
+    "push.updated", "client: the remote moved its ref and checked out; tracking ref not moved"
+)
+
+
+def push(
+    target: Target,
+    remote: str,
+    options: SyncOptions | None = None,
+    audit_json_out: Path | None = None,
+) -> dict[str, Any]:
+    """Fast-forward the remote to the local head (bootstrap if the remote is absent)."""
+    options = options or SyncOptions()
+
+    def body(run: AuditRun) -> str:
+        if options.dry_run:
+            preview(run, target, remote, options, merging.preview)
+            return "DRY-RUN"
+        return _push(run, target, remote, options)
+
+    return run_audited("push", target, remote, options, audit_json_out, body)
+
+
+def _push(run: AuditRun, target: Target, remote: str, options: SyncOptions) -> str:
+    st = SyncState()
+    store = _record_local(target, remote, st, options)
+    with open_remote(remote, options) as session:
+        try:
+            if session.heads(target.dataset)["head"] is not None:
+                st.remote_head = session.record(
+                    target.dataset, f"record before push from {here()}", options.actor
+                )["commit"]
+                st.remote_exists = True
+                fetch_remote_trees(session, store, target, st)
+                set_tracking(store, remote, st.remote_head)
+            cmp = compare(store, target, remote, st)
+            data = run.set_comparison(cmp)
+            if cmp.relation == "equal":
+                return "NO-OP"
+            _decide(store, target, st, cmp, options)
+            confirm(options, "push", data)
+            hook = _Hook(target, remote, st, options, data)
+            hook.pre_push()
+            stats = session.push(
+                target.dataset,
+                store,
+                st.local_head,
+                st.remote_head,
+                file_sizes=st.sizes.seeded() if st.sizes is not None else None,
+            )
+            observed_transfer(data, stats)
+            faults.point(FAULT_PUSH_UPDATED)
+            set_tracking(store, remote, st.local_head)
+        finally:
+            run.bytes_sent, run.bytes_received = bytes_moved(session)
+    hook.post_push(run)
+    return "TRANSFERRED"
+
+
+def _record_local(target: Target, remote: str, st: SyncState, options: SyncOptions) -> Any:
+    """Record the local working state (a push needs a dataset here); returns its store."""
+    if not local_exists(target.path):
+        raise NotFoundError(
+            f"dataset {target.dataset!r} does not exist locally at {target.path}",
+            "pull it first, or check the id and --root",
+        )
+    st.local_exists = True
+    store = open_store(target.path, create=True)
+    with store.lock(f"record before push {remote}", timeout=options.lock_timeout):
+        store.record(f"record before push {remote}", actor=options.actor)
+    st.local_head = store.head()
+    st.local_tree = store.tree_of(st.local_head)
+    return store
+
+
+def _decide(
+    store: Any, target: Target, st: SyncState, cmp: Comparison, options: SyncOptions
+) -> None:
+    """The rules a fast-forward push must pass before anything is sent."""
+    if not st.remote_exists:
+        bootstrap_id_check(target, options)
+    refuse("push", cmp)
+    check_partial(cmp, options)
+    require_primary(store, st.local_head, "local")
+    check_events_chain(store, commits(store, st.local_head, st.remote_head))
+
+
+class _Hook:
+    """The pre-push and post-push hooks of one push, with the context both are given."""
+
+    def __init__(
+        self,
+        target: Target,
+        remote: str,
+        st: SyncState,
+        options: SyncOptions,
+        data: dict[str, Any],
+    ) -> None:
+        self.ctx = hooks.context_for(target.path, target.root, target.dataset)
+        self.where = hooks.remote_target(remote, options.remotes_config)
+        self.verify_env = hooks.verify_env_from(options)
+        self.remote, self.st, self.options, self.data = remote, st, options, data
+
+    def pre_push(self) -> None:
+        hooks.run_pre_push(
+            self.ctx,
+            self.remote,
+            self.where,
+            self.st.local_head,
+            self.st.remote_head,
+            self.verify_env,
+            no_verify=self.options.no_verify,
+            audit=self.data,
+        )
+
+    def post_push(self, run: AuditRun) -> None:
+        outcome = hooks.run_post_push(
+            self.ctx,
+            self.remote,
+            self.where,
+            self.st.local_head,
+            self.st.remote_head,
+            self.verify_env,
+            no_verify=self.options.no_verify,
+            audit=self.data,
+        )
+        if outcome.status == "failed":
+            run.notes.append(f"post-push hook failed (exit {outcome.exit_code}); the push stands")

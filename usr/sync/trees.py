@@ -1,0 +1,203 @@
+"""Reading the two sides' trees for a sync: sizes, per-file comparison, summaries, and the
+few files the sync reads by name (``records.parquet``, ``.events.log``).
+
+Owns :class:`Sizes` (whole-file sizes of tree entries, from the store or a fetch's
+listing), :func:`tree_diff` (the store's one comparison), :func:`summarize` (files per
+section of one side) and the event-log reading used by the append-only rule. Reads the
+store only; may import :mod:`usr.layout` and :mod:`usr.store`, nothing else of the sync.
+"""
+
+from __future__ import annotations
+
+from contextlib import suppress
+from dataclasses import dataclass
+from typing import Any
+
+from usr.errors import InputError
+from usr.layout import EVENTS_FILE, SECTIONS, check_relpath, section_of
+from usr.store import FileChange
+from usr.store.worktree import FILE_MODES, MODE_TREE
+
+
+class Sizes:
+    """Whole-file sizes of tree entries: from the store, else from what a fetch reported.
+
+    Remote trees are fetched without file contents, so their blobs' sizes come from the
+    server's listing; the comparison itself is still the store's one ``diff_trees``.
+    """
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+        self.known: dict[str, int] = {}
+        self._seeded = False
+
+    def add(self, stats: Any) -> None:
+        self.known.update(getattr(stats, "sizes", {}) or {})
+
+    def _seed(self) -> None:
+        """Take the sizes the stat cache already has (a working file's size is the size of
+        its entry): sizing from the store reads each object, ~40 us per file."""
+        self._seeded = True
+        with suppress(OSError, AttributeError):
+            for key, oid in self.store.stat_cache().entries.values():
+                self.known.setdefault(oid, key[0])
+
+    def seeded(self) -> dict[str, int]:
+        """Every size known, the stat cache's included (for sizing a push's blobs)."""
+        if not self._seeded:
+            self._seed()
+        return self.known
+
+    def few(self, oid: str) -> int | None:
+        """The size of one of a few entries: from the store unless known, without loading
+        the whole stat cache (sizing a side's named files must not cost the no-op that)."""
+        if oid not in self.known and self.store.has_object(oid):
+            self.known[oid] = self.store.entry_size(oid)
+        return self.known.get(oid)
+
+    def __call__(self, oid: str) -> int | None:
+        if oid in self.known:
+            return self.known[oid]
+        if not self._seeded:
+            self._seed()
+            if oid in self.known:
+                return self.known[oid]
+        if self.store.has_object(oid):
+            # Remembered: sizing reads the object, and both sides' listings ask for the
+            # same unchanged files.
+            self.known[oid] = self.store.entry_size(oid)
+            return self.known[oid]
+        return None
+
+
+def tree_diff(store: Any, a: str | None, b: str | None, sizes: Sizes | None = None):
+    """The store's exact per-file comparison, tolerating blobs only listed, not fetched."""
+    from usr.store.diff_tree import diff_trees
+
+    size_of = sizes or Sizes(store)
+    return diff_trees(store.repo, store.tree_of(a), store.tree_of(b), size_of)
+
+
+def listing(store: Any, tree: str | None, sizes: Sizes | None = None) -> list[FileChange]:
+    """Every file of ``tree`` as an addition (sized)."""
+    return [] if tree is None else tree_diff(store, None, tree, sizes)
+
+
+def _unsized(_oid: str) -> None:
+    return None
+
+
+def changed_paths(store: Any, a: str | None, b: str | None) -> set[str]:
+    """Paths that differ between two states: the same comparison with nothing sized
+    (sizing a stored file may read its whole object)."""
+    if a == b:
+        return set()
+    from usr.store.diff_tree import diff_trees
+
+    return {c.path for c in diff_trees(store.repo, store.tree_of(a), store.tree_of(b), _unsized)}
+
+
+def blob_bytes(store: Any, blob_id: str) -> bytes:
+    """The whole file behind a tree entry (inline blob, or manifest + chunks), verified."""
+    return b"".join(store.open_entry(blob_id, where=blob_id))
+
+
+def top_blob(store: Any, rev: str, name: str) -> str | None:
+    """Blob id of the top-level file ``name`` in a state or tree, or None (found by path:
+    listing, and sizing, every file just to find one cost seconds at 10,000 files)."""
+    tree = store.repo[store.tree_of(rev)]
+    try:
+        entry = tree[name]
+    except KeyError:
+        return None
+    return str(entry.id) if entry.type_str == "blob" else None
+
+
+def events_blob(store: Any, rev: str) -> str | None:
+    """Blob id of ``.events.log`` in a state or tree, found by path."""
+    tree = store.repo[store.tree_of(rev)]
+    try:
+        return str(tree[EVENTS_FILE].id)
+    except KeyError:
+        return None
+
+
+#: The sections whose one file the audit names (id and size): kept whole in a summary.
+NAMED_SECTIONS = frozenset({"primary", "meta", "events"})
+
+
+@dataclass
+class Summary:
+    """What the audit needs of one side's tree: files per section, and the listing entries
+    of the single files it names. A full listing held (and sized) an entry per file:
+    100,000 files cost ~40 MiB per side for the whole command."""
+
+    counts: dict[str, int]
+    named: list[FileChange]
+
+
+def summarize(store: Any, tree: str | None, sizes: Sizes | None = None) -> Summary:
+    """Count ``tree``'s files per section with one walk of its trees (no blob read), with
+    the same refusals as a listing: a bad name or a mode other than file/directory."""
+    counts = dict.fromkeys(SECTIONS, 0)
+    named: list[FileChange] = []
+    if tree is None:
+        return Summary(counts, named)
+    size_of = sizes or Sizes(store)
+    repo = store.repo
+    stack: list[tuple[str, str | None, Any]] = [("", None, repo[tree])]
+    while stack:
+        prefix, section, node = stack.pop()
+        for entry in node:
+            check_relpath(entry.name)
+            mode = entry.filemode
+            if mode == MODE_TREE:
+                sub = section or section_of(f"{prefix}{entry.name}/")
+                stack.append((f"{prefix}{entry.name}/", sub, repo[entry.id]))
+                continue
+            if mode not in FILE_MODES:
+                rel = prefix + entry.name
+                raise InputError(f"tree entry {rel!r} has mode {mode:o}; refused")
+            here = section or section_of(entry.name)
+            counts[here] += 1
+            if section is None and here in NAMED_SECTIONS:
+                oid = str(entry.id)
+                size = size_of.few(oid)
+                named.append(FileChange(entry.name, "A", here, None, oid, None, size))
+    named.sort(key=lambda c: c.path)
+    return Summary(counts, named)
+
+
+def entry_at(files: list[FileChange], path: str) -> FileChange | None:
+    """The entry of ``path`` in a short list (a summary's named files)."""
+    for f in files:
+        if f.path == path:
+            return f
+    return None
+
+
+def event_lines(data: bytes) -> list[bytes]:
+    return data.splitlines(keepends=True)
+
+
+def events_of(store: Any, files: list[FileChange]) -> list[bytes] | None:
+    """The ``.events.log`` lines among a summary's named files, or None when absent."""
+    entry = entry_at(files, EVENTS_FILE)
+    if entry is None or entry.new_id is None:
+        return None
+    return event_lines(blob_bytes(store, entry.new_id))
+
+
+def events_relation(local: list[bytes] | None, remote: list[bytes] | None) -> str:
+    """How two ``.events.log`` copies relate line by line (the append-only view)."""
+    if local is None and remote is None:
+        return "absent"
+    local = local or []
+    remote = remote or []
+    if local == remote:
+        return "equal"
+    if remote[: len(local)] == local:
+        return "remote-extends"
+    if local[: len(remote)] == remote:
+        return "local-extends"
+    return "diverged"
