@@ -260,7 +260,7 @@ def real_errors(tmp_path: Path, monkeypatch) -> list[tuple[str, UsrError]]:
     import io
 
     from porcelain.options import Settings
-    from porcelain.sync import _confirmer
+    from porcelain.sync import confirmer
     from porcelain.targets import resolve_dataset
     from usr import layout, locks, remotes
     from usr.dataset import Dataset
@@ -297,7 +297,7 @@ def real_errors(tmp_path: Path, monkeypatch) -> list[tuple[str, UsrError]]:
         "import missing": lambda: ds.import_file(tmp_path / "none.csv"),
         "alphabet": lambda: ds.import_file(seqs),
         "namespace": lambda: ds.attach(seqs, namespace="infer"),
-        "no -y": lambda: _confirmer(False, "pull")("summary"),
+        "no -y": lambda: confirmer(False, "pull")("summary"),
         "combined": _cli("pull", "d", "r", "--primary-only", "--skip-snapshots"),
         "lock timeout flag": _cli("pull", "d", "r", "--lock-timeout", "0"),
         "warm-auth local": _cli(
