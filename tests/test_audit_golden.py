@@ -15,6 +15,9 @@ import io
 import json
 import os
 import re
+import shutil
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow as pa
@@ -113,6 +116,8 @@ class Golden:
 
 
 def _scenario(tmp_path: Path) -> dict[str, str]:
+    """``tmp_path`` must have the same length on every run: the server names its root in
+    its hello, so the bytes a session moves depend on it."""
     g = Golden(tmp_path)
     local = g.local_root / DS
     remote = g.remote_root / DS
@@ -166,7 +171,18 @@ def _scenario(tmp_path: Path) -> dict[str, str]:
     return g.docs
 
 
-def test_audit_documents_are_byte_identical_for_the_same_states(tmp_path: Path) -> None:
+@pytest.fixture
+def fixed_dir() -> Iterator[Path]:
+    """A scratch directory whose path has the same length on every run and machine."""
+    path = Path(tempfile.mkdtemp(prefix="usr-golden-", dir="/tmp"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def test_audit_documents_are_byte_identical_for_the_same_states(fixed_dir: Path) -> None:
+    tmp_path = fixed_dir
     docs = _scenario(tmp_path)
     if os.environ.get("USR_REGEN_AUDIT_GOLDEN"):
         GOLDEN.mkdir(parents=True, exist_ok=True)
