@@ -22,6 +22,7 @@ from porcelain.options import (
     remotes_config_option,
     yes_option,
 )
+from porcelain.sync import confirmer, no_validate_option
 from usr import merge as merge_mod
 from usr.errors import UsageError
 from usr.sync import audit as audit_mod
@@ -102,6 +103,7 @@ def _emit(fmt: str, data: dict[str, Any]) -> None:
     metavar="SECONDS",
     help="Longest wait for a dataset lock (else $USR_LOCK_TIMEOUT, else 30).",
 )
+@no_validate_option
 @format_option
 @pass_settings
 def merge_command(
@@ -113,6 +115,7 @@ def merge_command(
     dry_run: bool,
     audit_json_out: str | None,
     lock_timeout: float | None,
+    no_validate: bool,
     fmt: str,
 ) -> None:
     """Merge REMOTE's states of DATASET with the local ones (three-way, from their base).
@@ -127,11 +130,15 @@ def merge_command(
     checked out (staged, verified); 'usr push' then fast-forwards REMOTE. Not diverged:
     fast-forward when behind, nothing to do when ahead.
     """
-    from porcelain.sync import confirmer
 
     if lock_timeout is not None and lock_timeout <= 0:
         raise UsageError("--lock-timeout must be a positive number of seconds")
-    options = SyncOptions(dry_run=dry_run, remotes_config=remotes_config, lock_timeout=lock_timeout)
+    options = SyncOptions(
+        dry_run=dry_run,
+        remotes_config=remotes_config,
+        lock_timeout=lock_timeout,
+        no_validate=no_validate,
+    )
     if not dry_run:
         options.confirm = confirmer(yes, "merge")
     target = resolve_target(settings.root, dataset, options)

@@ -99,6 +99,15 @@ def _sync_options(func):
     return func
 
 
+#: ``--no-validate`` (pull, push, merge): the one override of the gate (usr.sync.gate).
+no_validate_option = click.option(
+    "--no-validate",
+    is_flag=True,
+    help="Transfer a state even if it fails the gate (records.parquet readable with the core "
+    "schema and unique ids, .events.log lines JSON objects); recorded in the audit.",
+)
+
+
 def _explicit(ctx: click.Context, name: str) -> bool:
     source = ctx.get_parameter_source(name)
     return source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
@@ -153,6 +162,7 @@ def build_options(ctx: click.Context, params: dict[str, Any], action: str) -> Sy
         remote_path=params.get("remote_path"),
         remotes_config=params.get("remotes_config"),
         no_verify=bool(params.get("no_verify")),
+        no_validate=bool(params.get("no_validate")),
         merge=bool(params.get("merge")),
     )
 
@@ -259,6 +269,7 @@ def diff_command(ctx: click.Context, settings: Settings, **params: Any) -> None:
     is_flag=True,
     help="Skip the post-pull hook (recorded as skipped in the audit).",
 )
+@no_validate_option
 @pass_settings
 @click.pass_context
 def pull_command(ctx: click.Context, settings: Settings, **params: Any) -> None:
@@ -282,6 +293,7 @@ def pull_command(ctx: click.Context, settings: Settings, **params: Any) -> None:
     is_flag=True,
     help="Skip the pre-push and post-push hooks (recorded as skipped in the audit).",
 )
+@no_validate_option
 @pass_settings
 @click.pass_context
 def push_command(ctx: click.Context, settings: Settings, **params: Any) -> None:

@@ -209,11 +209,15 @@ class RemoteSession:
             "refs": {str(k): _oid_or_none(v, self.name) for k, v in refs.items()},
         }
 
-    def record(self, ds: str, action: str, actor: str | None = None) -> dict[str, Any]:
+    def record(
+        self, ds: str, action: str, actor: str | None = None, gate: bool = False
+    ) -> dict[str, Any]:
         """Have the remote record its working state under its dataset lock (the one
-        ``Store.record``) -> ``{"commit": head after, "created": bool}``."""
+        ``Store.record``) -> ``{"commit": head after, "created": bool}``. ``gate``: the
+        remote first checks the working files it would record (:mod:`usr.sync.gate`)."""
+        fields: dict[str, Any] = {"gate": True} if gate else {}
         r = self._request(
-            "record", "recorded", ds=validate_dataset_id(ds), action=action, actor=actor
+            "record", "recorded", ds=validate_dataset_id(ds), action=action, actor=actor, **fields
         )
         return {
             "commit": _oid_or_none(r.get("commit"), self.name),
@@ -390,6 +394,7 @@ class RemoteSession:
         old: str | None,
         create: bool | None = None,
         file_sizes: Mapping[str, int] | None = None,
+        validate: bool = True,
     ) -> TransferStats:
         """Send what the remote lacks of commit ``new``, then move its head ``old`` -> ``new``.
 
@@ -447,7 +452,8 @@ class RemoteSession:
                 self._send_chunk(store, cid, stats, meter)
             self.fio.send_message("end")
             # Pipelined: the ref update is queued behind the stream, no extra round trip.
-            self.fio.send_message("update", ds=ds, new=new, old=old)
+            extra: dict[str, Any] = {} if validate else {"validate": False}
+            self.fio.send_message("update", ds=ds, new=new, old=old, **extra)
             self.fio.flush()
             faults.point(FAULT_PUSH_SENT)
             self.fio.read_message("received")

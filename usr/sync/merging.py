@@ -14,6 +14,7 @@ from typing import Any
 
 from usr.locks import events_lock
 from usr.sync.audit import AuditRun, Comparison
+from usr.sync.gate import gate_state
 from usr.sync.history import commits, effective_relation, haves, relation
 from usr.sync.options import SyncOptions, confirm
 from usr.sync.rules import check_events_chain, check_partial, require_primary
@@ -105,6 +106,7 @@ def merge_pull(
         raise MergeConflict(doc, data)
     session.fetch(target.dataset, store, [st.remote_head], haves(st.local_head))
     check_events_chain(store, commits(store, st.remote_head, st.local_head))
+    data["gate"] = gate_state(store, st.remote_head, st.local_head, "merge", options)
     result = merge_trees(
         store, store.tree_of(cmp.merge_base), st.local_tree, store.tree_of(st.remote_head)
     )

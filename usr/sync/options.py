@@ -38,6 +38,9 @@ class SyncOptions:
     #: ``pull --merge`` / ``usr merge``: merge diverged histories (usr.merge) instead of
     #: refusing them.
     merge: bool = False
+    #: ``--no-validate``: let a state that fails the gate (usr.sync.gate) through; the
+    #: audit records it.
+    no_validate: bool = False
 
     def profile(self) -> VerifyProfile:
         return VerifyProfile(

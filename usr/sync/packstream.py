@@ -468,16 +468,22 @@ def write_held(store: Any, held: dict[str, bytes]) -> int:
     return n
 
 
-def update_and_checkout(store: Any, new: str, old: str | None) -> str:
+def update_and_checkout(store: Any, new: str, old: str | None, validate: bool = True) -> str:
     """The one locked step of a push: HEAD must still be ``old`` and ``new`` must contain
     it (fast-forward only); then ``new`` is checked out (staged, verified, promoted) and
     ``refs/heads/main`` moves with it. Unrecorded changes in the working directory refuse
-    it (ConflictError), so nothing written there since the record is ever overwritten."""
+    it (ConflictError), so nothing written there since the record is ever overwritten.
+    Before any of it the state passes the gate (:mod:`usr.sync.gate`) unless the client
+    named ``--no-validate``."""
     if not store.has_object(new):
         raise VerifyError(f"commit {new} did not arrive; refusing to move the ref")
     for path, oid, _mode in store.ls_tree(new):
         if not store.has_object(oid):
             raise VerifyError(f"commit {new} is incomplete: {path} ({oid}) did not arrive")
+    if validate:
+        from usr.sync.gate import check_state
+
+        check_state(store, new, old, f"the push of state {new[:12]}")
     # The events lock too (after the dataset lock, the order every writer takes them): a
     # batch job's line appended while files are staged would otherwise be overwritten when
     # the pushed .events.log is promoted. With it held the line waits and lands after.

@@ -54,6 +54,8 @@ class SyncState:
     sizes: Sizes | None = None
     #: ``(tree, summary)`` of the local tree, made while the session opened (diff).
     local_listing: tuple[str, Summary] | None = None
+    #: What the gate checked of the sender's side (usr.sync.gate), for the audit.
+    gate: dict[str, Any] | None = None
 
 
 #: What merge contributes to a plan of diverged sides: ``(session, store, dataset, state)``

@@ -21,6 +21,7 @@ from usr.store import FileChange
 from usr.sync import merging
 from usr.sync.audit import AuditRun, Comparison
 from usr.sync.auditfile import observed_transfer, run_audited
+from usr.sync.gate import gate_state
 from usr.sync.history import MAIN_REF, commits, haves, set_tracking, short
 from usr.sync.options import SyncOptions, confirm
 from usr.sync.plan import SyncState, compare, fetch_remote_trees, preview
@@ -90,6 +91,7 @@ def _pull(run: AuditRun, target: Target, remote: str, options: SyncOptions) -> s
             stats = session.fetch(target.dataset, store, [st.remote_head], haves(st.local_head))
             observed_transfer(data, stats)
             check_events_chain(store, commits(store, st.remote_head, st.local_head))
+            data["gate"] = gate_state(store, st.remote_head, st.local_head, "pull", options)
             faults.point(FAULT_PULL_FETCHED)
         finally:
             run.bytes_sent, run.bytes_received = bytes_moved(session)
@@ -116,7 +118,10 @@ def _record_both(
             "remote's base_dir",
         )
     st.remote_head = session.record(
-        target.dataset, f"record before pull to {here()}", options.actor
+        target.dataset,
+        f"record before pull to {here()}",
+        options.actor,
+        gate=not options.no_validate,
     )["commit"]
     st.remote_exists = True
     if not st.local_exists:

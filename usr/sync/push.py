@@ -17,7 +17,8 @@ from usr.errors import NotFoundError
 from usr.sync import merging
 from usr.sync.audit import AuditRun, Comparison
 from usr.sync.auditfile import observed_transfer, run_audited
-from usr.sync.history import commits, set_tracking
+from usr.sync.gate import check_state
+from usr.sync.history import commits, set_tracking, tracking_ref
 from usr.sync.options import SyncOptions, confirm
 from usr.sync.plan import SyncState, compare, fetch_remote_trees, preview
 from usr.sync.remote import bytes_moved, here, open_remote
@@ -67,6 +68,7 @@ def _push(run: AuditRun, target: Target, remote: str, options: SyncOptions) -> s
                 set_tracking(store, remote, st.remote_head)
             cmp = compare(store, target, remote, st)
             data = run.set_comparison(cmp)
+            data["gate"] = st.gate
             if cmp.relation == "equal":
                 return "NO-OP"
             _decide(store, target, st, cmp, options)
@@ -79,6 +81,7 @@ def _push(run: AuditRun, target: Target, remote: str, options: SyncOptions) -> s
                 st.local_head,
                 st.remote_head,
                 file_sizes=st.sizes.seeded() if st.sizes is not None else None,
+                validate=not options.no_validate,
             )
             observed_transfer(data, stats)
             faults.point(FAULT_PUSH_UPDATED)
@@ -98,11 +101,24 @@ def _record_local(target: Target, remote: str, st: SyncState, options: SyncOptio
         )
     st.local_exists = True
     store = open_store(target.path, create=True)
+    st.gate = _gate_working(store, remote, options)
     with store.lock(f"record before push {remote}", timeout=options.lock_timeout):
         store.record(f"record before push {remote}", actor=options.actor)
     st.local_head = store.head()
     st.local_tree = store.tree_of(st.local_head)
     return store
+
+
+def _gate_working(store: Any, remote: str, options: SyncOptions) -> dict[str, Any]:
+    """Gate the working files before they are recorded, so a refusal leaves even the local
+    ref where it was; what the remote already holds (as last seen) is not read again. The
+    remote gates what it receives once more before its ref moves."""
+    if options.no_validate:
+        return {"validated": False, "override": True, "checked": []}
+    tree = store.working_tree()
+    seen = store.head(tracking_ref(remote))
+    where = "the push of the working files"
+    return dict(check_state(store, tree, seen, where), validated=True, override=False)
 
 
 def _decide(

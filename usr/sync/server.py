@@ -167,6 +167,11 @@ class Server:
         store = self._store(msg)
         action = p.require(msg, "action", str, self.peer)
         actor = msg.get("actor")
+        if msg.get("gate") is True:
+            # Before the record moves the ref: a refused pull leaves this side as it was.
+            from usr.sync.gate import check_state
+
+            check_state(store, store.working_tree(), store.head(), "the pull of the working files")
         rec = store.record(action, actor=actor if isinstance(actor, str) else None)
         self.fio.send_message("recorded", commit=rec.commit, created=rec.created)
 
@@ -237,7 +242,8 @@ class Server:
         old = msg.get("old")
         if old is not None:
             old = p.check_oid(old, self.peer)
-        head = packstream.update_and_checkout(store, new, old)
+        validate = msg.get("validate", True) is not False
+        head = packstream.update_and_checkout(store, new, old, validate=validate)
         faults.point(FAULT_UPDATED)
         self.fio.send_message("updated", head=head)
 

@@ -1,0 +1,244 @@
+"""The gate: a state that would replace a good copy must pass the checks of ``usr validate``
+first, on whichever side receives it, before anything is promoted or a ref moves.
+
+Checked, whatever ``--verify`` says (it is the fidelity of the copy, this is the validity
+of what is copied):
+
+* ``records.parquet`` — a readable Parquet file, the core schema (every core column, with
+  its type, and no other), and no id twice;
+* ``.events.log`` — every line a JSON object, the last one ended by a newline.
+
+(The append-only rule of the log along history is :func:`usr.sync.rules.check_events_chain`;
+the id rule ``sha1(bio_type|sequence)`` and the alphabets stay with ``usr validate``, which
+reads every sequence.) A file the receiver already holds in its recorded head was accepted
+when it arrived, so it is not read again. ``--no-validate`` skips the gate; the audit says
+so (``data.gate``).
+
+A state is read from a store (:func:`check_state`, what a pull or a push receives) or from
+the working files a sender is about to record (:func:`check_working`), through the same
+checks. May import :mod:`usr.errors`, :mod:`usr.layout`, :mod:`usr.records` (the core
+schema) and pyarrow; it reads the store only through ``manifest_of``, ``chunks.get`` and
+``read_object``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from usr.errors import VerifyError
+from usr.layout import EVENTS_FILE, RECORDS_FILE
+
+HINT = (
+    "nothing was changed on either side; fix the file where it was written (usr validate "
+    "DATASET names every problem), or pass --no-validate to transfer it anyway"
+)
+
+
+class GateRefused(VerifyError):
+    """An incoming state that fails the gate (exit 5): names the file and the check."""
+
+    def __init__(self, where: str, path: str, check: str, why: str) -> None:
+        super().__init__(f"refusing {where}: {path} fails the {check} check: {why}", HINT)
+        self.path = path
+        self.check = check
+
+
+def gate_state(
+    store: Any, commit: str, receiver_head: str | None, action: str, options: Any
+) -> dict[str, Any]:
+    """The gate of a pull or push (``action``) receiving ``commit``, for its audit entry:
+    ``{"validated", "override", "checked"}``; ``--no-validate`` checks nothing."""
+    if options.no_validate:
+        return {"validated": False, "override": True, "checked": []}
+    where = f"the {action} of state {commit[:12]}"
+    return dict(check_state(store, commit, receiver_head, where), validated=True, override=False)
+
+
+def check_state(store: Any, commit: str, receiver_head: str | None, where: str) -> dict[str, Any]:
+    """Gate the recorded state ``commit`` of ``store`` (all its objects there) against the
+    receiver's current head (None: a bootstrap). Returns what was checked, for the audit."""
+    checked: list[str] = []
+    tree = store.repo[store.tree_of(commit)]
+    base = store.repo[store.tree_of(receiver_head)] if receiver_head else None
+    primary = _blob(tree, RECORDS_FILE)
+    if primary is not None and primary != _blob(base, RECORDS_FILE):
+        check_records(_EntryFile(store, primary), where)
+        checked.append(RECORDS_FILE)
+    events = _blob(tree, EVENTS_FILE)
+    held = _blob(base, EVENTS_FILE)
+    if events is not None and events != held:
+        old = b"".join(store.open_entry(held)) if held else b""
+        check_events(store.open_entry(events), old, where)
+        checked.append(EVENTS_FILE)
+    return {"checked": checked}
+
+
+def check_working(directory: Path, where: str) -> dict[str, Any]:
+    """Gate the working files a sender is about to record (before the record moves a ref)."""
+    checked: list[str] = []
+    records = directory / RECORDS_FILE
+    if records.is_file():
+        with records.open("rb") as fh:
+            check_records(fh, where)
+        checked.append(RECORDS_FILE)
+    events = directory / EVENTS_FILE
+    if events.is_file():
+        check_events(_blocks(events), b"", where)
+        checked.append(EVENTS_FILE)
+    return {"checked": checked}
+
+
+def check_records(source: BinaryIO, where: str) -> None:
+    """Readable Parquet, the core schema exactly, unique ids (read one column at a time)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from usr.records import CORE_SCHEMA
+
+    try:
+        pf = pq.ParquetFile(source)
+        schema = pf.schema_arrow.remove_metadata()
+    except Exception as exc:  # noqa: BLE001 - any parse failure is the refusal
+        raise GateRefused(where, RECORDS_FILE, "parquet", _first_line(exc)) from None
+    for want in CORE_SCHEMA:
+        if want.name not in schema.names:
+            why = f"core column {want.name!r} is missing"
+            raise GateRefused(where, RECORDS_FILE, "schema", why)
+        if schema.field(want.name).type != want.type:
+            got = schema.field(want.name).type
+            why = f"column {want.name!r} is {got}, not {want.type}"
+            raise GateRefused(where, RECORDS_FILE, "schema", why)
+    extra = [n for n in schema.names if n not in CORE_SCHEMA.names]
+    if extra:
+        why = f"non-core columns {', '.join(extra)} (overlays belong in _derived/)"
+        raise GateRefused(where, RECORDS_FILE, "schema", why)
+    try:
+        groups = [pf.read_row_group(i, columns=["id"]).column(0) for i in range(pf.num_row_groups)]
+        ids = pa.chunked_array([c for g in groups for c in g.chunks], pa.string())
+    except Exception as exc:  # noqa: BLE001 - a damaged column chunk
+        raise GateRefused(where, RECORDS_FILE, "parquet", _first_line(exc)) from None
+    duplicate = _first_duplicate(ids)
+    if duplicate is not None:
+        raise GateRefused(where, RECORDS_FILE, "unique-ids", f"id {duplicate!r} appears twice")
+
+
+def _first_duplicate(ids: Any) -> str | None:
+    import pyarrow.compute as pc
+
+    if ids.null_count:
+        return "null"
+    counts = pc.value_counts(ids)
+    repeated = pc.filter(counts.field("values"), pc.greater(counts.field("counts"), 1))
+    return None if len(repeated) == 0 else str(repeated[0].as_py())
+
+
+def check_events(blocks: Iterable[bytes], held: bytes, where: str) -> None:
+    """Every line beyond the receiver's copy (``held``, a byte prefix when the new log
+    extends it) is a JSON object, and the log ends with a newline."""
+    data = b"".join(blocks)
+    start = len(held) if held and data.startswith(held) else 0
+    if data and not data.endswith(b"\n"):
+        why = "its last line is not ended by a newline (a partial write)"
+        raise GateRefused(where, EVENTS_FILE, "event-lines", why)
+    number = data.count(b"\n", 0, start)
+    for line in data[start:].splitlines():
+        number += 1
+        try:
+            event = json.loads(line)
+        except ValueError:
+            raise GateRefused(
+                where, EVENTS_FILE, "event-lines", f"line {number} is not JSON"
+            ) from None
+        if not isinstance(event, dict):
+            why = f"line {number} is not a JSON object"
+            raise GateRefused(where, EVENTS_FILE, "event-lines", why)
+
+
+def _blob(tree: Any, name: str) -> str | None:
+    if tree is None:
+        return None
+    try:
+        entry = tree[name]
+    except KeyError:
+        return None
+    return str(entry.id) if entry.type_str == "blob" else None
+
+
+def _blocks(path: Path) -> Iterator[bytes]:
+    with path.open("rb") as fh:
+        yield from iter(lambda: fh.read(1 << 20), b"")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+class _EntryFile(io.RawIOBase):
+    """A seekable, read-only file over a store entry, reading only the chunks asked for
+    (Parquet reads its footer, then one column): the bytes are verified as they are read."""
+
+    def __init__(self, store: Any, blob_id: str) -> None:
+        super().__init__()
+        self._pos = 0
+        manifest = store.manifest_of(blob_id)
+        if manifest is None:
+            data = store.read_object(blob_id)[1]
+            self._size = len(data)
+            self._spans: list[tuple[int, int, Callable[[], bytes]]] = [(0, len(data), lambda: data)]
+        else:
+            self._size = manifest.size
+            self._spans = []
+            pos = 0
+            for cid, length in manifest.chunks:
+                self._spans.append((pos, length, lambda c=cid: store.chunks.get(c)))
+                pos += length
+        self._cache: dict[int, bytes] = {}
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        done = 0
+        while done < len(view) and self._pos < self._size:
+            index = self._span_at(self._pos)
+            start, length, _ = self._spans[index]
+            data = self._chunk(index)
+            take = data[self._pos - start : min(length, self._pos - start + len(view) - done)]
+            view[done : done + len(take)] = take
+            done += len(take)
+            self._pos += len(take)
+        return done
+
+    def _span_at(self, pos: int) -> int:
+        lo, hi = 0, len(self._spans) - 1
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if self._spans[mid][0] <= pos:
+                lo = mid
+            else:
+                hi = mid - 1
+        return lo
+
+    def _chunk(self, index: int) -> bytes:
+        if index not in self._cache:
+            if len(self._cache) >= 4:
+                self._cache.pop(next(iter(self._cache)))
+            self._cache[index] = self._spans[index][2]()
+        return self._cache[index]
