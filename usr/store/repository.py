@@ -356,11 +356,16 @@ class Store:
         action: str,
         actor: Actor | str | None = None,
         message: str | None = None,
+        check: Callable[[str], None] | None = None,
     ) -> Recorded:
         """Under the dataset lock, commit the working state on ``refs/heads/main`` if it
-        differs from HEAD (or there is no HEAD). The ONE way states are recorded."""
+        differs from HEAD (or there is no HEAD). The ONE way states are recorded.
+        ``check`` is called with the working tree before anything is committed (the sync's
+        gate); raising refuses the record, which then changes nothing."""
         with self.lock(f"record {action}"):
             tree = self.working_tree()
+            if check is not None:
+                check(tree)
             head = self.head()
             if head is not None and str(self.repo[head].tree_id) == tree:
                 return Recorded(head, False)

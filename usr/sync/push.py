@@ -101,24 +101,35 @@ def _record_local(target: Target, remote: str, st: SyncState, options: SyncOptio
         )
     st.local_exists = True
     store = open_store(target.path, create=True)
-    st.gate = _gate_working(store, remote, options)
+    gate = _WorkingGate(store, remote, options)
     with store.lock(f"record before push {remote}", timeout=options.lock_timeout):
-        store.record(f"record before push {remote}", actor=options.actor)
+        store.record(f"record before push {remote}", actor=options.actor, check=gate)
+    st.gate = gate.result
     st.local_head = store.head()
     st.local_tree = store.tree_of(st.local_head)
     return store
 
 
-def _gate_working(store: Any, remote: str, options: SyncOptions) -> dict[str, Any]:
-    """Gate the working files before they are recorded, so a refusal leaves even the local
-    ref where it was; what the remote already holds (as last seen) is not read again. The
-    remote gates what it receives once more before its ref moves."""
-    if options.no_validate:
-        return {"validated": False, "override": True, "checked": []}
-    tree = store.working_tree()
-    seen = store.head(tracking_ref(remote))
-    where = "the push of the working files"
-    return dict(check_state(store, tree, seen, where), validated=True, override=False)
+class _WorkingGate:
+    """The check a push's local record runs on the working tree before committing it, so a
+    refusal leaves even the local ref where it was. What the remote already holds (as last
+    seen) is not read again; the remote gates what it receives once more before its ref
+    moves. ``result`` is the audit's ``data.gate``."""
+
+    def __init__(self, store: Any, remote: str, options: SyncOptions) -> None:
+        self.store = store
+        self.seen = store.head(tracking_ref(remote))
+        self.override = options.no_validate
+        self.result: dict[str, Any] = {
+            "validated": not self.override,
+            "override": self.override,
+            "checked": [],
+        }
+
+    def __call__(self, tree: str) -> None:
+        if not self.override:
+            done = check_state(self.store, tree, self.seen, "the push of the working files")
+            self.result.update(done)
 
 
 def _decide(

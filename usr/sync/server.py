@@ -167,12 +167,15 @@ class Server:
         store = self._store(msg)
         action = p.require(msg, "action", str, self.peer)
         actor = msg.get("actor")
+        check = None
         if msg.get("gate") is True:
             # Before the record moves the ref: a refused pull leaves this side as it was.
             from usr.sync.gate import check_state
 
-            check_state(store, store.working_tree(), store.head(), "the pull of the working files")
-        rec = store.record(action, actor=actor if isinstance(actor, str) else None)
+            def check(tree: str) -> None:
+                check_state(store, tree, store.head(), "the pull of the working files")
+
+        rec = store.record(action, actor=actor if isinstance(actor, str) else None, check=check)
         self.fio.send_message("recorded", commit=rec.commit, created=rec.created)
 
     def op_working_tree(self, msg: dict[str, Any]) -> None:
