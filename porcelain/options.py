@@ -16,6 +16,7 @@ from typing import Any
 import click
 
 from usr import OUTPUT_VERSION
+from usr.errors import UsageError
 from usr.layout import resolve_root
 
 
@@ -50,6 +51,31 @@ yes_option = click.option(
 )
 
 dataset_argument = click.argument("dataset", metavar="DATASET")
+
+
+class FlagPair(click.Option):
+    """A ``--x/--no-x`` flag that refuses being named both ways (exit 2): click's own pair
+    keeps whichever came last, so ``--verify-sidecars --no-verify-sidecars`` ran."""
+
+    def add_to_parser(self, parser: Any, ctx: click.Context) -> None:
+        parser.add_option(
+            obj=self, opts=self.opts, dest=self.name, action="append_const", const=True
+        )
+        parser.add_option(
+            obj=self, opts=self.secondary_opts, dest=self.name, action="append_const", const=False
+        )
+
+    def process_value(self, ctx: click.Context, value: Any) -> Any:
+        if not isinstance(value, list):
+            return value  # not named: the default
+        if len(set(value)) > 1:
+            on, off = self.opts[0], self.secondary_opts[0]
+            raise UsageError(
+                f"{on} cannot be combined with {off}",
+                "they contradict each other; keep the one you mean",
+            )
+        return value[-1]
+
 
 _warned_open: set[str] = set()
 

@@ -15,6 +15,7 @@ from typing import Any
 import click
 
 from porcelain.options import (
+    FlagPair,
     Settings,
     format_option,
     pass_settings,
@@ -55,12 +56,14 @@ def _sync_options(func):
         ),
         click.option(
             "--verify-sidecars/--no-verify-sidecars",
+            cls=FlagPair,
             default=True,
             show_default=True,
             help="Hash-check meta.md, .events.log and _snapshots (strict) or skip (reduced).",
         ),
         click.option(
             "--verify-derived-hashes/--no-verify-derived-hashes",
+            cls=FlagPair,
             default=True,
             show_default=True,
             help="Hash-check _derived and _auxiliary (on) or compare sizes only (reduced).",
@@ -116,19 +119,21 @@ def _explicit(ctx: click.Context, name: str) -> bool:
 def build_options(ctx: click.Context, params: dict[str, Any], action: str) -> SyncOptions:
     """Validate flag combinations and turn them into :class:`SyncOptions`.
 
-    Refused (UsageError, exit 2) with the reason: ``--verify-sidecars`` or
+    Refused (UsageError, exit 2) with the reason: a flag named together with its negation
+    (``--verify-sidecars --no-verify-sidecars``); ``--verify-sidecars`` or
     ``--verify-derived-hashes`` named together with ``--primary-only`` (nothing of those
     sections is transferred, so there is nothing to verify); ``--primary-only`` with
     ``--skip-snapshots`` (redundant); ``--remote-path`` (file mode, one file) with either;
     a non-positive ``--lock-timeout``.
     """
+    sidecars, derived = params["verify_sidecars"], params["verify_derived_hashes"]
     primary_only = params["primary_only"]
-    if primary_only and _explicit(ctx, "verify_sidecars") and params["verify_sidecars"]:
+    if primary_only and _explicit(ctx, "verify_sidecars") and sidecars:
         raise UsageError(
             "--verify-sidecars cannot be combined with --primary-only",
             "--primary-only transfers no sidecars, so there is nothing to verify",
         )
-    if primary_only and _explicit(ctx, "verify_derived_hashes") and params["verify_derived_hashes"]:
+    if primary_only and _explicit(ctx, "verify_derived_hashes") and derived:
         raise UsageError(
             "--verify-derived-hashes cannot be combined with --primary-only",
             "--primary-only transfers no _derived/_auxiliary files, so there is nothing to hash",
@@ -155,8 +160,8 @@ def build_options(ctx: click.Context, params: dict[str, Any], action: str) -> Sy
         primary_only=primary_only,
         skip_snapshots=params["skip_snapshots"],
         verify=params["verify"],
-        verify_sidecars=False if primary_only else params["verify_sidecars"],
-        verify_derived_hashes=False if primary_only else params["verify_derived_hashes"],
+        verify_sidecars=False if primary_only else sidecars,
+        verify_derived_hashes=False if primary_only else derived,
         strict_bootstrap_id=strict,
         lock_timeout=params.get("lock_timeout"),
         remote_path=params.get("remote_path"),
@@ -167,20 +172,37 @@ def build_options(ctx: click.Context, params: dict[str, Any], action: str) -> Sy
     )
 
 
+#: Flags that speak of a dataset (sections, history, hooks, the gate): refused in file mode
+#: whenever they are named, whatever their value.
+DATASET_ONLY_FLAGS = (
+    ("--verify", "verify"),
+    ("--verify-sidecars", "verify_sidecars"),
+    ("--verify-derived-hashes", "verify_derived_hashes"),
+    ("--primary-only", "primary_only"),
+    ("--skip-snapshots", "skip_snapshots"),
+    ("--strict-bootstrap-id", "strict_bootstrap_id"),
+    ("--merge", "merge"),
+    ("--no-verify", "no_verify"),
+    ("--no-validate", "no_validate"),
+)
+
+
+def _as_named(flag: str, value: Any) -> str:
+    """The flag as the command line gave it: ``--verify size``, ``--no-verify-sidecars``."""
+    if isinstance(value, str):
+        return f"{flag} {value}"
+    if value is False and flag.startswith("--verify-"):
+        return "--no-" + flag[2:]
+    return flag
+
+
 def _check_file_mode(ctx: click.Context, params: dict[str, Any]) -> None:
     """Refuse dataset-only flags on a single file, naming why (file mode always checks
-    blake3 and has no sections or history)."""
+    blake3 and has no sections, history, hooks or gate)."""
     named = [
-        flag
-        for flag, name, default in (
-            ("--verify " + str(params["verify"]), "verify", "hash"),
-            ("--no-verify-sidecars", "verify_sidecars", True),
-            ("--no-verify-derived-hashes", "verify_derived_hashes", True),
-            ("--primary-only", "primary_only", False),
-            ("--skip-snapshots", "skip_snapshots", False),
-            ("--merge", "merge", False),
-        )
-        if name in params and params[name] != default and _explicit(ctx, name)
+        _as_named(flag, params[name])
+        for flag, name in DATASET_ONLY_FLAGS
+        if name in params and _explicit(ctx, name)
     ]
     if named:
         raise UsageError(

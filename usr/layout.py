@@ -26,6 +26,9 @@ STORE_DIR = ".usr"
 # ``\Z``, not ``$``: ``$`` also matches before a trailing newline ("a\n" would pass).
 ID_PART_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*\Z")
 NAMESPACE_RE = re.compile(r"^[a-z][a-z0-9_]*\Z")
+#: Names a datasets root holds for itself (compared case-folded, for case-insensitive
+#: filesystems): no dataset id may start with one.
+ROOT_OWNED = frozenset({REGISTRY_FILE.lower()})
 #: Longest id part: one directory name (NAME_MAX on Linux and macOS).
 ID_PART_MAX = 255
 RESERVED_NAMESPACES = frozenset({"usr"})
@@ -71,7 +74,29 @@ def validate_dataset_id(dataset_id: str) -> str:
                 f"{ID_PART_MAX} characters",
                 "use a shorter name",
             )
+    if parts[0].lower() in ROOT_OWNED:
+        raise InputError(
+            f"bad dataset id {dataset_id!r}: {parts[0]!r} is a file of the datasets root itself",
+            "pick another name",
+        )
     return dataset_id
+
+
+def refuse_symlinks(root: Path, dataset_id: str) -> Path:
+    """The dataset directory of ``dataset_id`` under ``root``, refusing a dataset or
+    namespace directory that is a symlink, or a symlinked records.parquet, meta.md or
+    .events.log: the store would record, and a sync would write, somewhere else."""
+    here = root
+    for part in dataset_id.split("/"):
+        here = here / part
+        if here.is_symlink():
+            raise InputError(
+                f"dataset path {here} is a symlink", "datasets must be real directories"
+            )
+    for name in (RECORDS_FILE, META_FILE, EVENTS_FILE):
+        if (here / name).is_symlink():
+            raise InputError(f"{here / name} is a symlink", "dataset files must be real files")
+    return here
 
 
 def dataset_path(root: Path, dataset_id: str) -> Path:
@@ -155,6 +180,23 @@ def check_relpath(relpath: str) -> str:
     if any(part in RUNTIME_NAMES or part.startswith(RUNTIME_PREFIXES) for part in parts):
         raise InputError(f"bad path {relpath!r}: names usr runtime state")
     return relpath
+
+
+def dataset_holding(path: Path, stop: Path | None = None) -> Path | None:
+    """The dataset directory (one holding a ``.usr/`` store) that ``path`` is in or is,
+    looking up from ``path`` to ``stop`` (inclusive; else the filesystem root), or None.
+
+    File mode refuses such paths: a file a dataset tracks changes only through the
+    dataset's record, lock and append-only event log, never by a plain copy over it.
+    """
+    path = Path(os.path.abspath(path))
+    top = Path(os.path.abspath(stop)) if stop is not None else None
+    for here in (path, *path.parents):
+        if (here / STORE_DIR).is_dir():
+            return here
+        if top is not None and here == top:
+            break
+    return None
 
 
 def mark_root(root: Path) -> None:

@@ -73,7 +73,7 @@ class VerifyProfile:
     ``primary``: hash|size|parquet|auto (the ``--verify`` level for ``records.parquet`` and
     the post-checkout re-check); ``sidecars``: strict|off (``meta.md``, ``.events.log``,
     ``_snapshots``); ``content_hashes``: on|off (``_derived`` and ``_auxiliary`` checked by
-    blake3 rather than size).
+    blake3 rather than size). File mode has one file and no sections: :data:`FILE_MODE`.
     """
 
     primary: str = "hash"
@@ -86,6 +86,11 @@ class VerifyProfile:
             "sidecars": self.sidecars,
             "content_hashes": self.content_hashes,
         }
+
+
+#: The profile of a file-mode transfer, as it is: its one file checked by blake3 (every
+#: piece, the whole file, and again after landing); no sidecars, no content sections.
+FILE_MODE = VerifyProfile(primary="hash", sidecars="none", content_hashes="none")
 
 
 @dataclass

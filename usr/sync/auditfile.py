@@ -18,7 +18,7 @@ from typing import Any, TextIO
 
 from usr import atomic
 from usr.errors import UsrError
-from usr.sync.audit import AuditRun
+from usr.sync.audit import AuditRun, VerifyProfile
 from usr.sync.options import SyncOptions
 from usr.sync.target import Target
 
@@ -122,10 +122,12 @@ def run_audited(
     options: SyncOptions,
     audit_json_out: Path | None,
     body: Callable[[AuditRun], str],
+    profile: VerifyProfile | None = None,
 ) -> dict[str, Any]:
     """Run ``body`` (which returns the transfer state) and write its audit document; a
-    failure's document is written too, naming the error, before the error propagates."""
-    run = AuditRun(action, target.dataset, remote, options.profile())
+    failure's document is written too, naming the error, before the error propagates.
+    ``profile``: the verification really applied, when it is not the options' (file mode)."""
+    run = AuditRun(action, target.dataset, remote, profile or options.profile())
     run.options = options.to_json()
     try:
         state = body(run)

@@ -25,7 +25,7 @@ from usr.errors import InputError, NotFoundError, UsageError, VerifyError
 from usr.layout import check_relpath
 from usr.store import FileChange
 from usr.sync import files
-from usr.sync.audit import AuditRun, Comparison, Side
+from usr.sync.audit import FILE_MODE, AuditRun, Comparison, Side
 from usr.sync.auditfile import run_audited
 from usr.sync.remote import bytes_moved
 
@@ -169,7 +169,7 @@ def _go(action: str, target: Any, remote: str, options: Any, audit_json_out: Pat
     def body(run: AuditRun) -> str:
         profile = remotes.get(remote, options.remotes_config)
         rf = remote_file_for(target, profile)
-        local_path = Path(target.path)
+        local_path = files.outside_datasets(Path(target.path), str(target.path))
         local = files.state(local_path, str(local_path))
         with client.open_session(profile, lock_timeout=options.lock_timeout) as session:
             try:
@@ -203,7 +203,7 @@ def _go(action: str, target: Any, remote: str, options: Any, audit_json_out: Pat
             finally:
                 run.bytes_sent, run.bytes_received = bytes_moved(session)
 
-    return run_audited(action, target, remote, options, audit_json_out, body)
+    return run_audited(action, target, remote, options, audit_json_out, body, FILE_MODE)
 
 
 def _pull(session: Any, rf: RemoteFile, dest: Path, local: dict, there: dict) -> dict:

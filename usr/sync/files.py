@@ -28,7 +28,7 @@ from usr.errors import (
     UsrError,
     VerifyError,
 )
-from usr.layout import check_relpath
+from usr.layout import check_relpath, dataset_holding
 from usr.ledger import file_digest
 from usr.sync import protocol as p
 
@@ -68,8 +68,9 @@ def confine(root: Path, relpath: Any) -> Path:
     """The file ``root/relpath``, refusing anything that could leave ``root``.
 
     ``relpath`` must be a relative POSIX path with no empty, ``.`` or ``..`` part and no usr
-    runtime name (``.usr`` and friends: file mode must never write into a store), and no
-    component below ``root`` may be a symlink (so a link can not lead out of the root).
+    runtime name (``.usr`` and friends: file mode must never write into a store), no
+    component below ``root`` may be a symlink (so a link can not lead out of the root), and
+    no directory on the way may be a dataset (its files change only through the dataset).
     """
     if not isinstance(relpath, str):
         raise InputError("file path missing or not a string")
@@ -86,7 +87,21 @@ def confine(root: Path, relpath: Any) -> Path:
             raise InputError(f"{relpath}: {part!r} is a symlink", "file mode follows no links")
         if here.exists() and not here.is_dir():
             raise InputError(f"{relpath}: {part!r} is not a directory")
-    return here / parts[-1]
+    return outside_datasets(here / parts[-1], relpath, root)
+
+
+def outside_datasets(path: Path, shown: str, stop: Path | None = None) -> Path:
+    """``path``, unless it lies in a dataset directory (up to ``stop``): file mode never
+    reads or writes what a dataset tracks (its lock, history and event log would be
+    bypassed)."""
+    inside = dataset_holding(path, stop)
+    if inside is not None:
+        raise InputError(
+            f"{shown} is a path of the dataset at {inside}: file mode never reads or writes "
+            "what a dataset tracks",
+            "sync the dataset instead: usr pull|push DATASET REMOTE",
+        )
+    return path
 
 
 def send(fio: p.FrameIO, path: Path, shown: str) -> None:

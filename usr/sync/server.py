@@ -19,7 +19,7 @@ from typing import Any
 
 from usr import __version__, faults
 from usr.errors import InputError, NotFoundError, TransportError, UsrError, VerifyError
-from usr.layout import check_dataset_dir, dataset_path, validate_dataset_id
+from usr.layout import check_dataset_dir, dataset_path, refuse_symlinks, validate_dataset_id
 from usr.locks import hold
 from usr.store.objects import INLINE_LIMIT_ENV
 from usr.sync import files, packstream
@@ -62,11 +62,9 @@ class Server:
                 "create it there, or fix base_dir in the remote profile",
             )
         path = dataset_path(self.root, ds)
-        # Refuse a dataset that resolves outside the root through a symlinked directory.
-        real_root = self.root.resolve()
-        resolved = path.resolve()
-        if resolved != real_root and real_root not in resolved.parents:
-            raise InputError(f"dataset {ds!r} resolves outside the served root")
+        # Refuse a symlinked dataset or namespace directory (as usr info does): whatever it
+        # points at, writes through it would land outside what the root shows.
+        refuse_symlinks(self.root, ds)
         check_dataset_dir(path, self.root)
         return ds, path
 

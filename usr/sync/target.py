@@ -19,6 +19,7 @@ from usr.layout import (
     check_dataset_dir,
     dataset_path,
     is_runtime_path,
+    refuse_symlinks,
     validate_dataset_id,
 )
 from usr.sync.options import SyncOptions
@@ -67,6 +68,7 @@ def resolve_target(root: Path, arg: str, options: SyncOptions | None = None) -> 
     if _looks_like_path(arg) or (is_dir and not os.path.isdir(in_root) and "/" in arg):
         return _dataset_dir_target(root, as_dir, is_dir)
     validate_dataset_id(arg)
+    refuse_symlinks(root, arg)
     check_dataset_dir(dataset_path(root, arg), root)
     return Target("dataset", root, arg, dataset_path(root, arg))
 
@@ -93,6 +95,7 @@ def _dataset_dir_target(root: Path, as_dir: Path, is_dir: bool) -> Target:
     dataset = as_dir.relative_to(found).as_posix()
     check_dataset_dir(as_dir, found)
     validate_dataset_id(dataset)
+    refuse_symlinks(found, dataset)
     return Target("dataset", found, dataset, as_dir)
 
 
