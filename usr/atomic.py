@@ -1,12 +1,15 @@
 """Atomic file replacement: temp file in the same directory, fsync, rename, fsync dir.
 
 Every mutable file usr writes (working files, refs, the stat cache, configs) goes through
-here, so a crash leaves either the old file or the new one, never half of either.
+here, so a crash leaves either the old file or the new one, never half of either. It also
+owns the flushes that make a batch of writes durable at once (:func:`fsync_dir`,
+:func:`syncfs`). Standard library only: any module may import it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import os
 import tempfile
@@ -21,6 +24,21 @@ def fsync_dir(directory: Path) -> None:
     fd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def syncfs(path: Path) -> None:
+    """Flush the filesystem holding ``path`` (git objects are not fsynced one by one).
+
+    Called once before a ref moves, so a power cut cannot leave a ref naming objects that
+    never reached the disk, at the cost of one flush instead of one per object.
+    """
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if getattr(libc, "syncfs", None) is None or libc.syncfs(fd) != 0:
+            os.sync()
     finally:
         os.close(fd)
 

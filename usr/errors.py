@@ -3,6 +3,10 @@
 The CLI maps these to ``usr: error: <what> (<hint>)`` on stderr and the exit code, in one
 place (``porcelain.cli``). Library code raises them; it never prints or exits.
 
+This module imports nothing of usr's, so every other module may import it. It also owns
+:func:`redact_text`, because every error message passes through it on its way to a user
+(:mod:`usr.events` and the audit apply the same function to what they write).
+
 Exit codes (documented in docs/cli.md):
 
 ====  ======================  ==================================================
@@ -24,6 +28,25 @@ code  class                   meaning
 
 from __future__ import annotations
 
+import re
+
+#: What a redacted secret reads as, everywhere usr echoes text.
+REDACTED = "***"
+_URL_PASSWORD = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://[^/:@\s]+):[^@/\s]+@", re.IGNORECASE)
+#: ``NAME=value`` in free text (a query string, an env assignment) where NAME looks secret.
+_SECRET_ASSIGNMENT = re.compile(
+    r"(?P<name>[\w.-]*(pass(word|wd|phrase)?|secret|token|credential|api[_-]?key|"
+    r"access[_-]?key|private[_-]?key)[\w.-]*)=[^\s&;'\"]+",
+    re.IGNORECASE,
+)
+
+
+def redact_text(text: str) -> str:
+    """``text`` with URL passwords and secret-looking ``NAME=value`` values replaced by
+    ``***``: for anything usr echoes (events, error lines, audit JSON)."""
+    text = _URL_PASSWORD.sub(rf"\g<scheme>:{REDACTED}@", text)
+    return _SECRET_ASSIGNMENT.sub(rf"\g<name>={REDACTED}", text)
+
 
 class UsrError(Exception):
     """Base of every error usr reports to a user. ``hint`` says what to do about it."""
@@ -32,8 +55,6 @@ class UsrError(Exception):
     kind = "error"
 
     def __init__(self, message: str, hint: str | None = None) -> None:
-        from usr.events import redact_text  # here: usr.events imports this module
-
         # Errors echo input (ids, remote names, paths); a pasted URL password or token must
         # not reach the terminal, an audit file or a peer.
         message = redact_text(message)

@@ -4,6 +4,9 @@ Consumers tail this file and sync refuses any state whose log is not a line-pref
 of its parent's, so lines are only ever appended: one ``write`` of a whole line, under the
 ``fcntl`` events lock, fsynced. Arguments that look like secrets are redacted before they
 reach the file, because the log is synced to every machine that holds the dataset.
+
+Imports the layout, the locks, the actor and the errors; :func:`redact_text` lives in
+:mod:`usr.errors` (every error message passes through it) and is re-exported here.
 """
 
 from __future__ import annotations
@@ -15,22 +18,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from usr.errors import VerifyError
+from usr.errors import REDACTED, VerifyError, redact_text
 from usr.layout import EVENTS_FILE
 from usr.locks import events_lock
 
 EVENT_VERSION = 1
-REDACTED = "***"
 _SECRET_KEY = re.compile(
     r"(pass(word|wd|phrase)?|secret|token|credential|api[_-]?key|access[_-]?key|"
     r"private[_-]?key|ssh[_-]?key|auth)",
-    re.IGNORECASE,
-)
-_URL_PASSWORD = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://[^/:@\s]+):[^@/\s]+@", re.IGNORECASE)
-#: ``NAME=value`` in free text (a query string, an env assignment) where NAME looks secret.
-_SECRET_ASSIGNMENT = re.compile(
-    r"(?P<name>[\w.-]*(pass(word|wd|phrase)?|secret|token|credential|api[_-]?key|"
-    r"access[_-]?key|private[_-]?key)[\w.-]*)=[^\s&;'\"]+",
     re.IGNORECASE,
 )
 
@@ -55,13 +50,6 @@ def redact(value: Any, key: str = "") -> Any:
     if isinstance(value, Path):
         return str(value)
     return value
-
-
-def redact_text(text: str) -> str:
-    """``text`` with URL passwords and secret-looking ``NAME=value`` values replaced by
-    ``***``: for anything usr echoes (events, error lines, audit JSON)."""
-    text = _URL_PASSWORD.sub(rf"\g<scheme>:{REDACTED}@", text)
-    return _SECRET_ASSIGNMENT.sub(rf"\g<name>={REDACTED}", text)
 
 
 def make_event(

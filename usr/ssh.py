@@ -17,6 +17,9 @@ What an operator of a cluster login node expects from ``ssh``, and nothing loose
 
 asyncssh is asynchronous and the rest of usr is not, so connections live on one background
 event loop thread and :class:`SSHChannel` offers blocking reads and writes over it.
+
+This is a transport: it imports the session class it wraps its channel in
+(:mod:`usr.sync.session`), never :mod:`usr.sync.client`, which opens sessions through it.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from typing import Any, TextIO, TypeVar
 import asyncssh
 
 from usr.errors import AuthError, InputError, TransportError
+from usr.sync.session import Session, StderrTail
 
 T = TypeVar("T")
 
@@ -322,17 +326,31 @@ class SSHChannel:
         pass
 
 
-def open_session(profile: Any, label: str, lock_timeout: float | None, interactive=None):
-    """A :class:`RemoteSession` over a new SSH login (not yet handshaken)."""
+def open_session(
+    profile: Any,
+    label: str,
+    lock_timeout: float | None,
+    interactive=None,
+    session_class: type[Session] = Session,
+) -> Session:
+    """A ``session_class`` session over a new SSH login (not yet handshaken)."""
 
     conn = connect(profile, interactive)
-    return session_on(conn, profile, label, lock_timeout, close_connection=True)
+    return session_on(
+        conn, profile, label, lock_timeout, close_connection=True, session_class=session_class
+    )
 
 
-def session_on(conn, profile: Any, label: str, lock_timeout: float | None, close_connection: bool):
-    """A :class:`RemoteSession` over an exec channel of an existing connection."""
-    from usr.sync.client import RemoteSession, StderrTail
-
+def session_on(
+    conn,
+    profile: Any,
+    label: str,
+    lock_timeout: float | None,
+    close_connection: bool,
+    session_class: type[Session] = Session,
+) -> Session:
+    """A ``session_class`` session (:class:`usr.sync.session.Session` or a subclass) over an
+    exec channel of an existing connection."""
     tail = StderrTail()
 
     async def _start() -> asyncssh.SSHClientProcess:
@@ -374,7 +392,7 @@ def session_on(conn, profile: Any, label: str, lock_timeout: float | None, close
         except (asyncssh.Error, OSError, TimeoutError):
             return None
 
-    session = RemoteSession(
+    session = session_class(
         SSHChannel(process, profile.idle_timeout), label, closer, tail, lock_timeout
     )
     session.connection = conn  # type: ignore[attr-defined]

@@ -19,6 +19,9 @@ The steps, all under the dataset lock:
 A crash before 3 leaves the working files and the ref untouched (staging is reused or
 removed later). A crash after 3 is rolled forward by :func:`recover`, which any
 ``Store.open`` runs first: every step of 4 is idempotent.
+
+Every function takes the store as an argument: this module sits below
+:mod:`usr.store.repository` (which calls it for ``Store.checkout``) and never imports it.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ import stat as statmod
 from pathlib import Path
 
 from usr import faults
-from usr.atomic import write_json
+from usr.atomic import syncfs, write_json
 from usr.errors import ConflictError, InputError
 from usr.layout import check_relpath
 from usr.store.index import StatKey
@@ -110,9 +113,7 @@ def _stage(store, target_tree: str, changes) -> tuple[Path, list[Op]]:
         ops.append(("put", rel, change.new_id))
         faults.point(FAULT_MID_STAGE)
     if batched:
-        from usr.store.repository import _syncfs  # here: repository imports this module
-
-        _syncfs(staging)
+        syncfs(staging)
     return staging, ops
 
 

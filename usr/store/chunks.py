@@ -165,6 +165,12 @@ class ChunkStore:
         except FileNotFoundError:
             return None
 
+    def packed(self, cid: str) -> bool:
+        """True if a pack holds the chunk (a loose copy does not count); loads pack
+        trailers on first use. Used to repack loose chunks."""
+        self._locate(cid)
+        return cid in self._index
+
     def has(self, cid: str) -> bool:
         """True if the chunk is stored (not verified; reads verify)."""
         return self._locate(cid) is not None
@@ -249,7 +255,8 @@ class ChunkStore:
         finally:
             w.close()
 
-    def _add_pack(self, pack: str, entries: list[tuple[str, int, int]]) -> None:
+    def add_pack(self, pack: str, entries: list[tuple[str, int, int]]) -> None:
+        """Index a pack just written by :class:`PackWriter` (its entries are known)."""
         for cid, offset, length in entries:
             self._index.setdefault(cid, PackEntry(pack, offset, length))
         self._packs_seen.add(f"{pack}.pack")
@@ -365,8 +372,8 @@ class PackWriter:
 
     def add_packed(self, cid: str, data: bytes) -> bool:
         """Like :meth:`add`, but a loose copy does not count: used to repack loose chunks."""
-        self.store._locate(cid)  # loads pack trailers on first use
-        if cid in self._ids or cid in self.store._index:
+        packed = self.store.packed(cid)  # loads pack trailers on first use
+        if cid in self._ids or packed:
             return False
         return self._append(cid, data)
 
@@ -396,7 +403,7 @@ class PackWriter:
         os.chmod(self._tmp, 0o444)
         os.replace(self._tmp, self.store.packs_dir / f"{pack}.pack")
         fsync_dir(self.store.packs_dir)
-        self.store._add_pack(pack, self._entries)
+        self.store.add_pack(pack, self._entries)
         self._fh = None
         self._tmp = None
         self._entries = []

@@ -7,6 +7,9 @@ cache's entry ids (as git keeps its index's blobs) and an unfinished checkout's 
 Anything younger than ``prune_age`` seconds is kept even when unreachable: objects and
 chunks are written without the dataset lock (a transfer streams them before it moves a
 ref), so a young unreachable object may be about to become reachable.
+
+:func:`gc` takes the store as an argument (``Store.gc`` calls it): this module imports the
+store's lower modules (checkout, chunks, gitpack, ...), never :mod:`usr.store.repository`.
 """
 
 from __future__ import annotations

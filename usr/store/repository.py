@@ -1,10 +1,14 @@
 """The store facade: one object per dataset that every layer (porcelain, sync, lifecycle)
-talks to. See the contract in :mod:`usr.store`."""
+talks to. See the contract in :mod:`usr.store`.
+
+It owns the open repository, the object reads and writes, recording a state and moving
+refs. The modules below it (revisions, revlist, checkout, gc, fsck, worktree, chunks, ...)
+take the store or its repository as an argument and never import this module.
+"""
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import re
 import threading
@@ -16,9 +20,11 @@ import pygit2
 
 from usr import faults, hooks
 from usr.actor import Actor, current_actor
+from usr.atomic import syncfs
 from usr.errors import InputError, NotFoundError, UsrError, VerifyError
 from usr.layout import STORE_DIR
 from usr.locks import dataset_lock
+from usr.store import checkout, fsck, gc, revisions, revlist
 from usr.store.chunks import ChunkStore
 from usr.store.diff_tree import diff_trees
 from usr.store.gitpack import ObjectWriter, write_loose
@@ -64,27 +70,9 @@ FAULT_SNAPSHOT_AFTER_REF = faults.register(
 pygit2.settings.mwindow_size = 8 << 20
 pygit2.settings.mwindow_mapped_limit = 32 << 20
 
-_HEX_RE = re.compile(r"^[0-9a-f]{4,40}\Z")
-_TILDE_RE = re.compile(r"^(.*?)((?:~\d*|\^)+)$")
-
 # Dataset locks this process holds, with a depth: fcntl locks are per open file, so taking
 # the same lock twice in one process would wait on itself. Store.lock() is reentrant.
 _HELD: dict[str, int] = {}  # key: dataset path + thread id
-
-
-def _syncfs(path: Path) -> None:
-    """Flush the filesystem holding ``path`` (git objects are not fsynced one by one).
-
-    Called once before a ref moves, so a power cut cannot leave a ref naming objects that
-    never reached the disk, at the cost of one flush instead of one per object.
-    """
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        if getattr(libc, "syncfs", None) is None or libc.syncfs(fd) != 0:
-            os.sync()
-    finally:
-        os.close(fd)
 
 
 class Store:
@@ -132,11 +120,9 @@ class Store:
             except pygit2.GitError as exc:
                 raise VerifyError(f"store {gitdir} cannot be opened: {exc}") from None
         store = cls(path, repo)
-        from usr.store import checkout as _checkout
-
-        if _checkout.journal_path(store).exists():
+        if checkout.journal_path(store).exists():
             with store.lock("recover checkout"):
-                _checkout.recover(store)
+                checkout.recover(store)
         return store
 
     @staticmethod
@@ -203,63 +189,18 @@ class Store:
             obj = self.repo.get(new)
             if obj is None or obj.type != pygit2.enums.ObjectType.COMMIT:
                 raise NotFoundError(f"commit {new} is not in the store", "send its objects first")
-            _syncfs(self.gitdir)
+            syncfs(self.gitdir)
         self.refs.update(name, new, old)
 
     def resolve(self, rev: str) -> str:
         """A commit id for ``rev``: a full or abbreviated id, ``HEAD``, a ref name
         (``main``, ``refs/heads/main``, ``<remote>/main``), each optionally followed by
         ``~N`` / ``^`` (first parents). NotFoundError if nothing matches."""
-        rev = rev.strip()
-        m = _TILDE_RE.match(rev)
-        if m and m.group(1):
-            commit = self.resolve(m.group(1))
-            for step in re.findall(r"~\d*|\^", m.group(2)):
-                n = 1 if step in ("~", "^") else int(step[1:])
-                for _ in range(n):
-                    parents = self.repo[commit].parent_ids
-                    if not parents:
-                        raise NotFoundError(f"revision {rev!r} goes past the first state")
-                    commit = str(parents[0])
-            return commit
-        if rev in ("HEAD", "@"):
-            head = self.head()
-            if head is None:
-                raise NotFoundError("HEAD: the dataset has no recorded state yet")
-            return head
-        for name in (rev, f"refs/heads/{rev}", f"refs/remotes/{rev}", f"refs/tags/{rev}"):
-            if name.startswith("refs/"):
-                try:
-                    target = self.refs.get(name)
-                except InputError:
-                    continue
-                if target:
-                    return target
-        if _HEX_RE.match(rev):
-            obj = self._lookup_prefix(rev)
-            if obj is not None:
-                if obj.type == pygit2.enums.ObjectType.COMMIT:
-                    return str(obj.id)
-                raise NotFoundError(f"{rev} is a {obj.type_str}, not a recorded state")
-        raise NotFoundError(f"unknown revision {rev!r}", "see 'usr log' for recorded states")
-
-    def _lookup_prefix(self, prefix: str) -> pygit2.Object | None:
-        if len(prefix) == 40:
-            return self.repo.get(prefix)
-        try:
-            return self.repo.revparse_single(prefix)
-        except (KeyError, ValueError, pygit2.GitError):
-            return None
+        return revisions.resolve(self.repo, self.refs, rev)
 
     def tree_of(self, rev: str | None) -> str | None:
         """The tree id of a commit or revision, or ``rev`` itself if it is a tree id."""
-        if rev is None:
-            return None
-        if _HEX_RE.match(rev):
-            obj = self._lookup_prefix(rev)
-            if obj is not None and obj.type == pygit2.enums.ObjectType.TREE:
-                return str(obj.id)
-        return str(self.repo[self.resolve(rev)].tree_id)
+        return revisions.tree_of(self.repo, self.refs, rev)
 
     # -- the working state ----------------------------------------------------------------
 
@@ -414,9 +355,7 @@ class Store:
         needs). A previous HEAD that ``commit`` does not contain is kept reachable under
         ``refs/usr/saved/<id>``. Returns the commit checked out.
         """
-        from usr.store import checkout as _checkout
-
-        return _checkout.checkout(self, commit, force=force, expect_head=expect_head)
+        return checkout.checkout(self, commit, force=force, expect_head=expect_head)
 
     def verify_working(self, commit: str | None = None) -> list[FileChange]:
         """Re-hash every working file (ignoring the stat cache) and compare with ``commit``
@@ -631,77 +570,18 @@ class Store:
         return list(seen)
 
     def missing_objects(self, wants: Iterable[str], haves: Iterable[str]) -> list[str]:
-        """Git ids reachable from the commits ``wants`` but not from ``haves``, ordered so
-        a receiver can write them as they come (blobs and subtrees before the trees that
-        name them, trees before their commit, parents before children).
-
-        ``haves`` the local store lacks are ignored; objects of the trees of known haves
-        are excluded, which may send a few objects a receiver already has (never fewer).
-        """
-        known = [h for h in haves if h and self.repo.get(h) is not None]
-        wants = list(wants)
-        for w in wants:
-            obj = self.repo.get(w)
-            if obj is None or obj.type != pygit2.enums.ObjectType.COMMIT:
-                raise NotFoundError(f"commit {w} is not in the store")
-        walker = None
-        for w in wants:
-            if walker is None:
-                walker = self.repo.walk(
-                    pygit2.Oid(hex=w),
-                    pygit2.enums.SortMode.TOPOLOGICAL | pygit2.enums.SortMode.REVERSE,
-                )
-            else:
-                walker.push(pygit2.Oid(hex=w))
-        if walker is None:
-            return []
-        for h in known:
-            walker.hide(pygit2.Oid(hex=h))
-        commits = [str(c.id) for c in walker]
-        seen: set[str] = set()
-        for h in known:
-            self._mark_tree(str(self.repo[h].tree_id), seen)
-        out: list[str] = []
-        for c in commits:
-            self._emit_tree(str(self.repo[c].tree_id), seen, out)
-            out.append(c)
-        return out
-
-    def _mark_tree(self, tree_id: str, seen: set[str]) -> None:
-        if tree_id in seen:
-            return
-        seen.add(tree_id)
-        for e in self.repo[tree_id]:
-            if e.filemode == 0o040000:
-                self._mark_tree(str(e.id), seen)
-            else:
-                seen.add(str(e.id))
-
-    def _emit_tree(self, tree_id: str, seen: set[str], out: list[str]) -> None:
-        if tree_id in seen:
-            return
-        seen.add(tree_id)
-        for e in self.repo[tree_id]:
-            oid = str(e.id)
-            if e.filemode == 0o040000:
-                self._emit_tree(oid, seen, out)
-            elif oid not in seen:
-                seen.add(oid)
-                out.append(oid)
-        out.append(tree_id)
+        """Git ids reachable from the commits ``wants`` but not from ``haves``, in an order
+        a receiver can write them as they come (:func:`usr.store.revlist.missing_objects`)."""
+        return revlist.missing_objects(self.repo, wants, haves)
 
     # -- maintenance ----------------------------------------------------------------------
 
     def gc(self, prune_age: float = 3600.0, repack_min: int = 256):
         """Remove objects, chunks and temp files no ref reaches (older than ``prune_age``
         seconds, so a transfer in flight keeps what it has sent). See usr.store.gc."""
-        from usr.store import gc as _gc
-
-        return _gc.gc(self, prune_age, repack_min)
+        return gc.gc(self, prune_age, repack_min)
 
     def fsck(self):
         """Verify every reachable object and chunk and the events append-only rule;
         returns a list of :class:`Problem` (empty when the store is sound)."""
-        from usr.store import fsck as _fsck
-
-        return _fsck.fsck(self)
+        return fsck.fsck(self)

@@ -13,6 +13,9 @@ holder logs in by itself.
 Socket protocol (one byte, then): ``S`` starts a serve session (raw protocol bytes follow
 both ways), ``P`` asks for ``{"live": true, "idle": seconds, "sessions": n}`` as one JSON
 line, ``Q`` stops the holder.
+
+A transport like :mod:`usr.ssh` (which it imports to log in): it builds the session class
+it is given (:mod:`usr.sync.session`) and never imports :mod:`usr.sync.client`.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from usr.errors import TransportError, UsrError
+from usr.sync.session import Session
 
 #: Unix socket paths are limited to ~107 bytes; longer runtime dirs fall back to /tmp.
 _MAX_SOCKET_PATH = 100
@@ -89,10 +93,14 @@ class SocketChannel:
         pass
 
 
-def try_session(profile: Any, label: str, lock_timeout: float | None) -> Any | None:
-    """A session through a live holder for ``profile``, or None when there is none."""
-    from usr.sync.client import RemoteSession
-
+def try_session(
+    profile: Any,
+    label: str,
+    lock_timeout: float | None,
+    session_class: type[Session] = Session,
+) -> Session | None:
+    """A ``session_class`` session through a live holder for ``profile``, or None when
+    there is none."""
     sock = _connect(profile, b"S")
     if sock is None:
         return None
@@ -106,7 +114,7 @@ def try_session(profile: Any, label: str, lock_timeout: float | None) -> Any | N
         sock.close()
         return None
 
-    session = RemoteSession(SocketChannel(sock), label, closer, None, lock_timeout)
+    session = session_class(SocketChannel(sock), label, closer, None, lock_timeout)
     session.via_holder = True  # type: ignore[attr-defined]
     return session
 
