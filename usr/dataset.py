@@ -33,12 +33,12 @@ from usr import importers, overlays, records, sidecars
 from usr.atomic import atomic_writer, write_text
 from usr.errors import InputError, NotFoundError, UsageError
 from usr.layout import (
-    EVENTS_FILE,
     META_FILE,
     RECORDS_FILE,
     STORE_DIR,
     dataset_path,
     mark_root,
+    refuse_symlinks,
     resolve_root,
     validate_dataset_id,
 )
@@ -65,21 +65,6 @@ class AttachResult:
     missing: int
     columns: list[str]
     event: dict[str, Any] = field(default_factory=dict)
-
-
-def _refuse_symlinks(root: Path, dataset_id: str) -> None:
-    """A dataset directory (or its namespace directory) must not be a symlink: the store
-    would record, and sync would write, somewhere outside the root."""
-    here = root
-    for part in dataset_id.split("/"):
-        here = here / part
-        if here.is_symlink():
-            raise InputError(
-                f"dataset path {here} is a symlink", "datasets must be real directories"
-            )
-    for name in (RECORDS_FILE, META_FILE, EVENTS_FILE):
-        if (here / name).is_symlink():
-            raise InputError(f"{here / name} is a symlink", "dataset files must be real files")
 
 
 def _as_table(data: pa.Table | Iterable[Mapping[str, Any]]) -> pa.Table:
@@ -116,7 +101,7 @@ class Dataset:
     def open(cls, root: Path | str | None, dataset_id: str) -> Dataset:
         """The existing dataset ``dataset_id`` under ``root`` (NotFoundError otherwise)."""
         ds = cls(resolve_root(root), dataset_id)
-        _refuse_symlinks(ds.root, ds.id)
+        refuse_symlinks(ds.root, ds.id)
         if not ds.records_path.is_file():
             raise NotFoundError(
                 f"dataset {dataset_id!r} not found under {ds.root}",
@@ -135,7 +120,7 @@ class Dataset:
     ) -> Dataset:
         """Create an empty dataset: records.parquet (core schema), meta.md, first event."""
         ds = cls(resolve_root(root), dataset_id)
-        _refuse_symlinks(ds.root, ds.id)
+        refuse_symlinks(ds.root, ds.id)
         if ds.records_path.exists():
             raise InputError(f"dataset {dataset_id!r} already exists at {ds.path}")
         if ds.path.exists() and (not ds.path.is_dir() or any(ds.path.iterdir())):

@@ -11,7 +11,7 @@ This module only routes: a dataset goes to the operation modules, a single file 
 :mod:`usr.sync.filemode`. The house below it (see docs/architecture.md):
 
 * :mod:`usr.sync.plan` decides (both heads, the relation, what would move);
-* :mod:`usr.sync.pull`, :mod:`usr.sync.push`, :mod:`usr.sync.diff` carry a plan out;
+* :mod:`usr.sync.pull`, :mod:`usr.sync.push` carry a plan out (a diff is the plan alone);
 * :mod:`usr.sync.merging` merges diverged sides, asking the planner's modules;
 * :mod:`usr.sync.rules`, :mod:`usr.sync.verify` refuse and check;
 * :mod:`usr.sync.auditfile` writes the audit document built by :mod:`usr.sync.audit`.
@@ -29,18 +29,20 @@ written to ``audit_json_out``, on failure too, before the error propagates).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from usr.errors import UsageError
-from usr.sync import diff as diff_op
-from usr.sync import filemode
+from usr.sync import filemode, merging
 from usr.sync import pull as pull_op
 from usr.sync import push as push_op
-from usr.sync.auditfile import dump_audit, write_audit
+from usr.sync.audit import AuditRun
+from usr.sync.auditfile import dump_audit, run_audited, write_audit
 from usr.sync.history import MAIN_REF, TRACKING_REF, tracking_ref
 from usr.sync.options import SyncOptions
+from usr.sync.plan import preview
 from usr.sync.rules import check_events_chain, check_partial
 from usr.sync.status import last_seen_status, remote_log, remote_status, status_text
 from usr.sync.target import Target, resolve_target
@@ -54,10 +56,7 @@ def diff(
     audit_json_out: Path | None = None,
 ) -> dict[str, Any]:
     """Compare both working trees; record nothing, move no branch on either side."""
-    options = options or SyncOptions()
-    if target.kind == "file":
-        return filemode.diff(target, remote, options, audit_json_out)
-    return diff_op.diff(target, remote, options, audit_json_out)
+    return _operate("diff", target, remote, options, audit_json_out, None)
 
 
 def pull(
@@ -67,10 +66,7 @@ def pull(
     audit_json_out: Path | None = None,
 ) -> dict[str, Any]:
     """Fast-forward local to the remote head (bootstrap if local is absent)."""
-    options = options or SyncOptions()
-    if target.kind == "file":
-        return filemode.pull(target, remote, options, audit_json_out)
-    return pull_op.pull(target, remote, options, audit_json_out)
+    return _operate("pull", target, remote, options, audit_json_out, pull_op.carry_out)
 
 
 def push(
@@ -80,10 +76,31 @@ def push(
     audit_json_out: Path | None = None,
 ) -> dict[str, Any]:
     """Fast-forward the remote to the local head (bootstrap if the remote is absent)."""
+    return _operate("push", target, remote, options, audit_json_out, push_op.carry_out)
+
+
+def _operate(
+    action: str,
+    target: Target,
+    remote: str,
+    options: SyncOptions | None,
+    audit_json_out: Path | None,
+    carry_out: Callable[[AuditRun, Target, str, SyncOptions], str] | None,
+) -> dict[str, Any]:
+    """Route one command: a single file to file mode; a dataset to the planner's preview
+    (a diff, or any dry run) or to the operation that carries the plan out, under its
+    audit document."""
     options = options or SyncOptions()
     if target.kind == "file":
-        return filemode.push(target, remote, options, audit_json_out)
-    return push_op.push(target, remote, options, audit_json_out)
+        return getattr(filemode, action)(target, remote, options, audit_json_out)
+
+    def body(run: AuditRun) -> str:
+        if carry_out is None or options.dry_run:
+            preview(run, target, remote, options, merging.preview)
+            return "DIFF-ONLY" if carry_out is None else "DRY-RUN"
+        return carry_out(run, target, remote, options)
+
+    return run_audited(action, target, remote, options, audit_json_out, body)
 
 
 def merge(

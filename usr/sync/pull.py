@@ -10,7 +10,6 @@ planner and the sync's lower modules, :mod:`usr.hooks`, :mod:`usr.locks`.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 from usr import faults, hooks
@@ -20,11 +19,11 @@ from usr.locks import events_lock
 from usr.store import FileChange
 from usr.sync import merging
 from usr.sync.audit import AuditRun, Comparison
-from usr.sync.auditfile import observed_transfer, run_audited
+from usr.sync.auditfile import observed_transfer
 from usr.sync.gate import gate_state
 from usr.sync.history import MAIN_REF, commits, haves, set_tracking, short
 from usr.sync.options import SyncOptions, confirm
-from usr.sync.plan import SyncState, compare, fetch_remote_trees, preview
+from usr.sync.plan import SyncState, compare, fetch_remote_trees
 from usr.sync.remote import bytes_moved, here, open_remote
 from usr.sync.rules import (
     bootstrap_id_check,
@@ -48,25 +47,8 @@ FAULT_PULL_CHECKED_OUT = faults.register(
 )
 
 
-def pull(
-    target: Target,
-    remote: str,
-    options: SyncOptions | None = None,
-    audit_json_out: Path | None = None,
-) -> dict[str, Any]:
-    """Fast-forward local to the remote head (bootstrap if local is absent) of a dataset."""
-    options = options or SyncOptions()
-
-    def body(run: AuditRun) -> str:
-        if options.dry_run:
-            preview(run, target, remote, options, merging.preview)
-            return "DRY-RUN"
-        return _pull(run, target, remote, options)
-
-    return run_audited("pull", target, remote, options, audit_json_out, body)
-
-
-def _pull(run: AuditRun, target: Target, remote: str, options: SyncOptions) -> str:
+def carry_out(run: AuditRun, target: Target, remote: str, options: SyncOptions) -> str:
+    """The pull itself once planned to run (not a dry run): returns the transfer state."""
     st = SyncState()
     st.local_exists = local_exists(target.path)
     with open_remote(remote, options) as session:

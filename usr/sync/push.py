@@ -9,18 +9,16 @@ remote lacks and the remote compare-and-swaps its ref with the checkout (see
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from usr import faults, hooks
 from usr.errors import NotFoundError
-from usr.sync import merging
 from usr.sync.audit import AuditRun, Comparison
-from usr.sync.auditfile import observed_transfer, run_audited
+from usr.sync.auditfile import observed_transfer
 from usr.sync.gate import check_state
 from usr.sync.history import commits, set_tracking, tracking_ref
 from usr.sync.options import SyncOptions, confirm
-from usr.sync.plan import SyncState, compare, fetch_remote_trees, preview
+from usr.sync.plan import SyncState, compare, fetch_remote_trees
 from usr.sync.remote import bytes_moved, here, open_remote
 from usr.sync.rules import (
     bootstrap_id_check,
@@ -36,25 +34,8 @@ FAULT_PUSH_UPDATED = faults.register(
 )
 
 
-def push(
-    target: Target,
-    remote: str,
-    options: SyncOptions | None = None,
-    audit_json_out: Path | None = None,
-) -> dict[str, Any]:
-    """Fast-forward the remote to the local head (bootstrap if the remote is absent)."""
-    options = options or SyncOptions()
-
-    def body(run: AuditRun) -> str:
-        if options.dry_run:
-            preview(run, target, remote, options, merging.preview)
-            return "DRY-RUN"
-        return _push(run, target, remote, options)
-
-    return run_audited("push", target, remote, options, audit_json_out, body)
-
-
-def _push(run: AuditRun, target: Target, remote: str, options: SyncOptions) -> str:
+def carry_out(run: AuditRun, target: Target, remote: str, options: SyncOptions) -> str:
+    """The push itself once planned to run (not a dry run): returns the transfer state."""
     st = SyncState()
     store = _record_local(target, remote, st, options)
     with open_remote(remote, options) as session:
