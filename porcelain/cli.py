@@ -12,7 +12,7 @@ import click
 
 from porcelain.options import Settings
 from usr import __version__
-from usr.errors import UsrError
+from usr.errors import UsrError, store_damage
 
 #: Which module defines each top-level command. A command's module (and what it imports:
 #: pyarrow, pygit2, asyncssh) is loaded only when that command runs, so ``usr diff`` does not
@@ -131,6 +131,10 @@ def fail(exc: BaseException, args: list[str]) -> NoReturn:
     except Exception as err:  # noqa: BLE001 - the last line of defence
         if _debug_requested(args):
             traceback.print_exc()
+        damage = store_damage(err)
+        if damage is not None:
+            click.echo(f"usr: error: {damage.one_line()}", err=True)
+            sys.exit(damage.exit_code)
         click.echo(
             f"usr: error: internal error: {type(err).__name__}: {err} "
             "(rerun with --debug and report it)",

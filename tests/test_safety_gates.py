@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -33,7 +34,7 @@ def env(request, tmp_path) -> Env:
     return make_env(request.param, tmp_path, request)
 
 
-def fingerprint(env: Env) -> dict[str, str]:
+def fingerprint(env: Env, heads: bool = True) -> dict[str, str]:
     """Every working file under both roots (not the stores) and both branch heads."""
     out: dict[str, str] = {}
     for side, root in (("laptop", env.local_root), ("cluster", env.remote_root)):
@@ -45,7 +46,7 @@ def fingerprint(env: Env) -> dict[str, str]:
                 continue
             out[f"{side}:{rel}"] = hashlib.sha1(path.read_bytes()).hexdigest()
         store_dir = root / DS
-        if (store_dir / ".usr").is_dir():
+        if heads and (store_dir / ".usr").is_dir():
             out[f"{side}:HEAD"] = str(Store.open(store_dir, create=False).head())
     return out
 
@@ -262,3 +263,217 @@ def test_the_cli_refusal_is_one_line_with_exit_5(env: Env) -> None:
 
 def test_sync_options_default_to_the_gate() -> None:
     assert SyncOptions().no_validate is False
+
+
+# -- store damage: every command names it, exit 5 ------------------------------------------
+
+
+def _cli(env: Env, *args: str):
+    return run_usr("--root", str(env.local_root), *args, "--remotes-config", str(env.config))
+
+
+def _cli_local(env: Env, *args: str):
+    return run_usr("--root", str(env.local_root), *args)
+
+
+def _one_line_damage(r, where: str) -> None:
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 5, r.stderr
+    assert len(lines) == 1 and lines[0].startswith("usr: error: "), r.stderr
+    assert "usr fsck DATASET" in lines[0] and where in lines[0], lines[0]
+
+
+def _point_main_at_nothing(directory: Path) -> None:
+    (directory / ".usr" / "refs" / "heads" / "main").write_text("1" * 40 + "\n")
+
+
+def test_a_local_ref_naming_a_missing_commit_is_named_by_every_command(env: Env) -> None:
+    _synced(env)
+    _point_main_at_nothing(env.local_dir)
+    before = fingerprint_files(env)
+    for args in (("status", DS), ("log", DS), ("snapshot", DS)):
+        _one_line_damage(_cli_local(env, *args), "refs/heads/main names 1111")
+    for verb in ("push", "pull", "diff"):
+        extra = ("-y",) if verb != "diff" else ()
+        _one_line_damage(_cli(env, verb, DS, "bu-scc", *extra), "refs/heads/main names 1111")
+    assert fingerprint_files(env) == before
+
+
+def test_remote_store_damage_is_named_by_every_sync_command(env: Env) -> None:
+    _synced(env)
+    remote_store = Store.open(env.remote_dir, create=False)
+    head = remote_store.head()
+    _point_main_at_nothing(env.remote_dir)
+    for verb in ("push", "pull", "diff"):
+        extra = ("-y",) if verb != "diff" else ()
+        r = _cli(env, verb, DS, "bu-scc", *extra)
+        _one_line_damage(r, "remote bu-scc: refs/heads/main names 1111")
+    # The ref back, its commit object damaged on disk: read errors are named the same way.
+    (env.remote_dir / ".usr" / "refs" / "heads" / "main").write_text(head + "\n")
+    loose = env.remote_dir / ".usr" / "objects" / head[:2] / head[2:]
+    loose.chmod(0o644)
+    loose.write_bytes(b"garbage")
+    before = fingerprint_files(env)
+    for verb in ("push", "pull", "diff"):
+        extra = ("-y",) if verb != "diff" else ()
+        _one_line_damage(_cli(env, verb, DS, "bu-scc", *extra), "remote bu-scc")
+    _one_line_damage(_cli(env, "status", DS, "bu-scc"), "remote bu-scc")
+    assert fingerprint_files(env) == before
+
+
+def fingerprint_files(env: Env) -> dict[str, str]:
+    """The working files of both roots (branch heads left out: they are what is damaged)."""
+    return fingerprint(env, heads=False)
+
+
+# -- paths: every write stays inside its root ----------------------------------------------
+
+
+def test_a_symlinked_namespace_or_dataset_directory_is_refused(env: Env, tmp_path: Path) -> None:
+    make_dataset(env.remote_root)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (env.local_root / "densegen").symlink_to(elsewhere)
+    r = _cli(env, "pull", DS, "bu-scc", "-y")
+    assert r.returncode == 3 and "is a symlink" in r.stderr
+    assert list(elsewhere.iterdir()) == []  # a first pull created nothing there
+    (env.local_root / "densegen").unlink()
+    (env.local_root / "densegen").mkdir()
+    (env.local_root / DS).symlink_to(elsewhere)
+    r = _cli(env, "pull", DS, "bu-scc", "-y")
+    assert r.returncode == 3 and "is a symlink" in r.stderr
+    assert list(elsewhere.iterdir()) == []
+
+
+def test_the_server_refuses_a_symlinked_dataset_directory(env: Env, tmp_path: Path) -> None:
+    make_dataset(env.local_root)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (env.remote_root / "densegen").symlink_to(elsewhere)
+    r = _cli(env, "push", DS, "bu-scc", "-y")
+    assert r.returncode == 3 and "is a symlink" in r.stderr, r.stderr
+    assert list(elsewhere.iterdir()) == []
+
+
+def test_a_dataset_id_cannot_shadow_the_roots_registry(env: Env) -> None:
+    (env.remote_root / "registry.toml").write_text("")
+    before = (env.remote_root / "registry.toml").read_bytes()
+    for ds in ("registry.toml", "Registry.TOML", "registry.toml/x"):
+        r = _cli(env, "push", ds, "bu-scc", "-y")
+        assert r.returncode == 3 and "is a file of the datasets root" in r.stderr, r.stderr
+    assert (env.remote_root / "registry.toml").read_bytes() == before
+
+
+def test_file_mode_never_writes_what_a_dataset_tracks(env: Env, tmp_path: Path) -> None:
+    _synced(env)
+    loose = tmp_path / "loose.parquet"
+    loose.write_bytes(b"not the table")
+    before = fingerprint(env)
+    for remote_path in (f"{DS}/records.parquet", f"{DS}/.events.log", f"{DS}/_derived/x"):
+        r = _cli(env, "push", str(loose), "bu-scc", "-y", "--remote-path", remote_path)
+        assert r.returncode == 3 and "file mode never reads or writes" in r.stderr, r.stderr
+    r = _cli(env, "pull", str(env.local_dir / "meta.md"), "bu-scc", "-y", "--remote-path", "m")
+    assert r.returncode == 3 and "file mode never reads or writes" in r.stderr, r.stderr
+    assert fingerprint(env) == before
+
+
+# -- flags ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "pair",
+    [
+        ("--verify-sidecars", "--no-verify-sidecars"),
+        ("--no-verify-derived-hashes", "--verify-derived-hashes"),
+    ],
+)
+def test_a_flag_and_its_negation_together_are_refused(root: Path, pair: tuple[str, str]) -> None:
+    r = run_usr("--root", str(root), "push", DS, "nowhere", "-y", *pair)
+    assert r.returncode == 2
+    assert "cannot be combined with" in r.stderr and "\n" not in r.stderr.strip()
+
+
+@pytest.mark.parametrize(
+    "flag",
+    [
+        ("--verify-sidecars",),
+        ("--no-verify-sidecars",),
+        ("--verify", "hash"),
+        ("--no-validate",),
+        ("--strict-bootstrap-id",),
+    ],
+)
+def test_file_mode_refuses_every_dataset_flag_named(tmp_path: Path, flag: tuple[str]) -> None:
+    f = tmp_path / "x.txt"
+    f.write_text("x")
+    r = run_usr("push", str(f), "nowhere", "-y", "--remote-path", "y.txt", *flag)
+    assert r.returncode == 2 and "does not apply to file mode" in r.stderr
+
+
+def test_a_file_mode_audit_states_the_profile_it_used(env: Env, tmp_path: Path) -> None:
+    f = tmp_path / "x.txt"
+    f.write_text("x")
+    out = tmp_path / "audit.json"
+    r = _cli(
+        env, "push", str(f), "bu-scc", "-y", "--remote-path", "y.txt", "--audit-json-out", str(out)
+    )
+    assert r.returncode == 0, r.stderr
+    verify = json.loads(out.read_text())["data"]["verify"]
+    assert verify == {"primary": "hash", "sidecars": "none", "content_hashes": "none"}
+
+
+# -- names and depth -----------------------------------------------------------------------
+
+#: Each name either round-trips byte for byte or is refused in one line, nothing moved
+#: (docs/format.md, "Names").
+NAMES: dict[str, tuple[bytes, bool]] = {
+    "newline": (b"new\nline", True),
+    "tab and carriage return": (b"t\tc\rr", True),
+    "unicode, spaces, punctuation": ("sp ace é 😀 -dash #h :c".encode(), True),
+    "decomposed unicode": ("e\u0301".encode(), True),
+    "255-byte name": (b"n" * 255, True),
+    "300 levels": (b"/".join([b"d"] * 300) + b"/f", True),
+    "backslash": (b"back\\slash", False),
+    "not UTF-8": (b"bad\xffbyte", False),
+    "path over 1024 bytes": (b"/".join([b"d" * 200] * 6) + b"/f", False),
+    "store name below the top": (b"sub/.usr", False),
+    "lock name below the top": (b"sub/.usr.lock", False),
+}
+
+
+def _artifacts(directory: Path) -> dict[bytes, bytes]:
+    base = os.fsencode(directory / "_artifacts")
+    out = {}
+    for dirpath, _dirs, names in os.walk(base):
+        for name in names:
+            path = os.path.join(dirpath, name)
+            with open(path, "rb") as fh:
+                out[os.path.relpath(path, base)] = fh.read()
+    return out
+
+
+NAME_MATRIX = [("local", c) for c in sorted(NAMES)] + [
+    ("ssh", c) for c in ("newline", "not UTF-8", "300 levels")
+]
+
+
+@pytest.mark.parametrize(("kind_env", "case"), NAME_MATRIX, indirect=["kind_env"])
+def test_a_name_round_trips_or_is_refused_before_anything_moves(kind_env: Env, case: str) -> None:
+    env = kind_env
+    name, travels = NAMES[case]
+    _synced(env)
+    path = os.path.join(os.fsencode(env.local_dir / "_artifacts"), name)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb") as fh:
+        fh.write(b"payload\n")
+    before = fingerprint(env)
+    r = _cli(env, "push", DS, "bu-scc", "-y")
+    if travels:
+        assert r.returncode == 0, r.stderr
+        assert _artifacts(env.remote_dir) == _artifacts(env.local_dir)
+        env.pull()  # and back: a second copy made from the remote's tree is the same
+        assert _artifacts(env.local_dir)[name] == b"payload\n"
+    else:
+        assert r.returncode == 3, r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1 and "bad path" in r.stderr
+        assert fingerprint(env) == before

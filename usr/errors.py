@@ -96,6 +96,38 @@ class VerifyError(UsrError):
     kind = "verify"
 
 
+#: The hint of every store-damage error.
+FSCK_HINT = "the dataset's store is damaged: usr fsck DATASET names every problem"
+
+
+class StoreDamage(VerifyError):
+    """The object store lacks, or cannot read, an object that it names (exit 5)."""
+
+    def __init__(self, message: str, hint: str | None = FSCK_HINT) -> None:
+        super().__init__(message, hint)
+
+
+_OBJECT_ID = re.compile(r"[0-9a-f]{40}\Z")
+
+
+def store_damage(exc: BaseException) -> StoreDamage | None:
+    """The :class:`StoreDamage` a low-level failure stands for, or None.
+
+    libgit2 raises its own errors (``GitError``, its ``NotFoundError``) for an object it
+    cannot find or read, and pygit2 a ``KeyError`` naming the id of an object the store
+    lacks; only a damaged store makes either reach a command. Matched by where the
+    exception comes from, so this module needs no pygit2.
+    """
+    if isinstance(exc, UsrError):
+        return None
+    if type(exc).__module__ in ("_pygit2", "pygit2", "pygit2.errors"):
+        text = " ".join(str(exc).split()) or type(exc).__name__
+        return StoreDamage(f"cannot read the object store: {text}")
+    if isinstance(exc, KeyError) and exc.args and _OBJECT_ID.match(str(exc.args[0])):
+        return StoreDamage(f"object {exc.args[0]} is missing from the object store")
+    return None
+
+
 class TransportError(UsrError):
     exit_code = 6
     kind = "transport"

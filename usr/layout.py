@@ -36,6 +36,15 @@ RESERVED_NAMESPACES = frozenset({"usr"})
 #: Paths that are runtime state, never recorded, transferred or counted.
 RUNTIME_NAMES = frozenset({STORE_DIR, ".usr.lock", ".events.lock", ".usr.transfer.lock"})
 RUNTIME_PREFIXES = (".usr.lease.", ".usr-tmp", ".usr-staging")
+#: Of those, usr's temporary files: a crash may leave one in any directory (an atomic
+#: write's temp file, a staged file), so they are skipped at every depth. The other
+#: runtime names live only at a dataset's top; below it they are refused, never skipped.
+TEMP_PREFIXES = (".usr-tmp", ".usr-staging")
+
+#: Longest path inside a dataset, in bytes of UTF-8: with a datasets root of up to 3,000
+#: bytes on the other machine it still fits PATH_MAX (4,096 on Linux). A name is at most
+#: NAME_MAX (255) anyway: the filesystem refuses longer ones.
+MAX_RELPATH = 1024
 
 #: Section names, in the order every report lists them.
 SECTIONS = ("primary", "meta", "events", "snapshots", "derived", "auxiliary")
@@ -173,6 +182,11 @@ def check_relpath(relpath: str) -> str:
     """
     if not relpath or "\x00" in relpath or "\\" in relpath:
         raise InputError(f"bad path {relpath!r} in dataset")
+    if len(relpath) > MAX_RELPATH // 4 and len(relpath.encode("utf-8", "replace")) > MAX_RELPATH:
+        raise InputError(
+            f"bad path {relpath[:60]!r}...: longer than {MAX_RELPATH} bytes",
+            "shorten it: every path must fit below any datasets root on every machine",
+        )
     # Plain string splits, no pathlib: this runs for every entry of every tree walked.
     parts = relpath.split("/")
     if any(part in ("", ".", "..") for part in parts):  # "" covers absolute paths too

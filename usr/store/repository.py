@@ -21,7 +21,7 @@ import pygit2
 from usr import faults, hooks
 from usr.actor import Actor, current_actor
 from usr.atomic import syncfs
-from usr.errors import InputError, NotFoundError, UsrError, VerifyError
+from usr.errors import InputError, NotFoundError, StoreDamage, UsrError, VerifyError
 from usr.layout import STORE_DIR
 from usr.locks import dataset_lock
 from usr.store import checkout, fsck, gc, revisions, revlist
@@ -179,8 +179,15 @@ class Store:
     # -- refs and revisions ---------------------------------------------------------------
 
     def head(self, ref: str = MAIN) -> str | None:
-        """Commit id ``ref`` points at, or None (an empty history)."""
-        return self.refs.get(ref)
+        """Commit id ``ref`` points at, or None (an empty history). A ref naming an object
+        the store lacks, or one that is not a commit, is :class:`StoreDamage` (exit 5)."""
+        oid = self.refs.get(ref)
+        if oid is not None:
+            obj = self.repo.get(oid)
+            if obj is None or obj.type_str != "commit":
+                what = "is not in the store" if obj is None else f"is a {obj.type_str}"
+                raise StoreDamage(f"{ref} names {oid}, which {what}")
+        return oid
 
     def update_ref(self, name: str, new: str | None, old: str | None) -> None:
         """Compare-and-swap ``name`` from ``old`` (None: must not exist) to ``new`` (None:

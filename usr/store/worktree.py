@@ -22,7 +22,13 @@ import pygit2
 from pyfastcdc import FastCDC
 
 from usr.errors import InputError, NotFoundError, VerifyError
-from usr.layout import RUNTIME_NAMES, RUNTIME_PREFIXES, check_relpath
+from usr.layout import (
+    MAX_RELPATH,
+    RUNTIME_NAMES,
+    RUNTIME_PREFIXES,
+    TEMP_PREFIXES,
+    check_relpath,
+)
 from usr.store.chunks import WRITEBACK_BYTES, ChunkStore, PackWriter, chunk_id, start_writeback
 from usr.store.objects import CHUNK_AVG, CHUNK_MAX, CHUNK_MIN, MAGIC, Manifest, git_object_id
 
@@ -69,12 +75,24 @@ def scan(dataset_dir: Path) -> Iterator[ScannedFile]:
             # The same rules as usr.layout.is_runtime_path / check_relpath, applied to one
             # name at a time (its parents were checked already): pathlib per file costs
             # more than the stat itself on a 100,000-file dataset.
-            if name in RUNTIME_NAMES or name.startswith(RUNTIME_PREFIXES):
-                continue
             rel = f"{prefix}{name}"
+            if name in RUNTIME_NAMES or name.startswith(RUNTIME_PREFIXES):
+                if not prefix or name.startswith(TEMP_PREFIXES):
+                    continue
+                raise InputError(
+                    f"bad path {rel!r}: {name!r} is a name usr keeps for its own state",
+                    "rename it; a dataset's store and locks live only at its top",
+                )
             st = entry.stat(follow_symlinks=False)
             if "\\" in name:
                 raise InputError(f"bad path {rel!r}: cannot record a name with a backslash")
+            if len(rel) > MAX_RELPATH // 4:
+                check_relpath(rel)  # the length rule (the rest was checked part by part)
+            if not _utf8(name):
+                raise InputError(
+                    f"bad path {rel!r}: the name is not UTF-8",
+                    "rename it: usr records names as UTF-8 text, the same on every machine",
+                )
             if statmod.S_ISDIR(st.st_mode):
                 stack.append((rel + "/", entry.path))
             elif statmod.S_ISREG(st.st_mode):
@@ -85,6 +103,16 @@ def scan(dataset_dir: Path) -> Iterator[ScannedFile]:
                     f"refusing to record {rel!r}: it is a {kind}",
                     "usr records regular files only; replace it with a copy of the data",
                 )
+
+
+def _utf8(name: str) -> bool:
+    """A name the OS gave as text is UTF-8 unless it holds an undecodable byte (Python
+    carries those as lone surrogates, which no tree, protocol or audit can encode)."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def all_cached(dataset_dir: Path, entries: dict, trust_before_ns: int) -> int | None:
@@ -106,7 +134,9 @@ def all_cached(dataset_dir: Path, entries: dict, trust_before_ns: int) -> int | 
             for entry in it:
                 name = entry.name
                 if name in RUNTIME_NAMES or name.startswith(RUNTIME_PREFIXES):
-                    continue
+                    if not prefix or name.startswith(TEMP_PREFIXES):
+                        continue
+                    return None  # refused by the full scan, which names it
                 st = entry.stat(follow_symlinks=False)
                 mode = st.st_mode
                 if statmod.S_ISDIR(mode):

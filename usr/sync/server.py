@@ -18,7 +18,14 @@ from pathlib import Path
 from typing import Any
 
 from usr import __version__, faults
-from usr.errors import InputError, NotFoundError, TransportError, UsrError, VerifyError
+from usr.errors import (
+    InputError,
+    NotFoundError,
+    TransportError,
+    UsrError,
+    VerifyError,
+    store_damage,
+)
 from usr.layout import check_dataset_dir, dataset_path, refuse_symlinks, validate_dataset_id
 from usr.locks import hold
 from usr.store.objects import INLINE_LIMIT_ENV
@@ -112,6 +119,11 @@ class Server:
                 self.fio.send_error(exc)
                 self.fio.flush()
             except Exception as exc:  # noqa: BLE001 - the client must hear why, in one line
+                damage = store_damage(exc)
+                if damage is not None:  # the request failed, not the stream
+                    self.fio.send_error(damage)
+                    self.fio.flush()
+                    continue
                 self._fail(UsrError(f"internal error in usr serve: {type(exc).__name__}: {exc}"))
                 return 1
 
