@@ -477,3 +477,44 @@ def test_a_name_round_trips_or_is_refused_before_anything_moves(kind_env: Env, c
         assert r.returncode == 3, r.stderr
         assert len(r.stderr.strip().splitlines()) == 1 and "bad path" in r.stderr
         assert fingerprint(env) == before
+
+
+# -- a crash, then the gate ----------------------------------------------------------------
+
+
+def test_a_killed_pull_then_a_refusal_at_the_gate_then_a_fix_completes(env: Env) -> None:
+    """The crash sweep's promise with the gate in the way: a pull killed once everything
+    is fetched leaves the laptop as it was; the cluster then records a broken table; the
+    rerun is refused at the gate with nothing promoted; after the cluster repairs it, the
+    same command completes."""
+    from usr.dataset import Dataset
+
+    good = _synced(env)
+    Dataset.open(env.remote_root, DS).append_records(
+        [{"sequence": "GGGGAAAACCCCTTTT"}], bio_type="dna"
+    )
+    before = fingerprint(env, heads=False)
+    killed = run_usr(
+        "--root",
+        str(env.local_root),
+        "pull",
+        DS,
+        "bu-scc",
+        "-y",
+        "--remotes-config",
+        str(env.config),
+        env={"USR_FAULT_POINT": "pull.fetched"},
+    )
+    assert killed.returncode == -9, killed.stderr
+    local_files = {
+        k: v for k, v in fingerprint(env, heads=False).items() if k.startswith("laptop:")
+    }
+    assert local_files == {k: v for k, v in before.items() if k.startswith("laptop:")}
+    appended = (env.remote_dir / RECORDS_FILE).read_bytes()
+    DAMAGE["duplicate-ids"][0](env.remote_dir)
+    Store.open(env.remote_dir).record("a batch that broke it")
+    _refused(env, "pull", RECORDS_FILE, "unique-ids")
+    (env.remote_dir / RECORDS_FILE).write_bytes(appended)
+    env.pull()
+    assert (env.local_dir / RECORDS_FILE).read_bytes() == appended != good[RECORDS_FILE]
+    assert run_usr("--root", str(env.local_root), "fsck", DS).returncode == 0
