@@ -100,7 +100,9 @@ def refuse_symlinks(root: Path, dataset_id: str) -> Path:
         here = here / part
         if here.is_symlink():
             raise InputError(
-                f"dataset path {here} is a symlink", "datasets must be real directories"
+                f"dataset path {here} is a symlink: what is written through it lands outside "
+                "the root",
+                "datasets must be real directories",
             )
     for name in (RECORDS_FILE, META_FILE, EVENTS_FILE):
         if (here / name).is_symlink():
