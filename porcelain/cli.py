@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import os
 import sys
@@ -56,6 +57,50 @@ class LazyGroup(click.Group):
         mount_all()
         return super().list_commands(ctx)
 
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
+        """As click's, but a mistyped command is answered with the nearest names (git's
+        "Did you mean"), found among the commands without loading their modules."""
+        name = click.utils.make_str(args[0]) if args else ""
+        if args and not name.startswith("-") and self.get_command(ctx, name) is None:
+            near = difflib.get_close_matches(name, sorted(COMMAND_MODULES), n=3, cutoff=0.6)
+            if near:
+                ctx.fail(f"No such command {name!r}. Did you mean {' or '.join(map(repr, near))}?")
+        return super().resolve_command(ctx, args)
+
+
+#: Root options that may also come after the command (git's ``-C`` is global too): they
+#: are moved in front before click parses, except for ``plumbing``, whose ``serve`` has a
+#: ``--root`` of its own.
+GLOBAL_OPTIONS = ("--root", "--debug")
+
+
+def hoist_globals(args: list[str]) -> list[str]:
+    """``usr status DS --root DIR`` as ``usr --root DIR status DS``."""
+    command = next((i for i, a in enumerate(args) if not a.startswith("-")), None)
+    if command is not None and command > 0 and args[command - 1] == "--root":
+        command = next(
+            (i for i, a in enumerate(args) if i > command and not a.startswith("-")), None
+        )
+    if command is None or args[command] == "plumbing":
+        return args
+    front, rest, i = list(args[:command]), [], command
+    while i < len(args):
+        arg = args[i]
+        if arg == "--":
+            rest += args[i:]
+            break
+        if arg == "--debug" or arg.startswith("--root="):
+            front.append(arg)
+        elif arg == "--root" and i + 1 < len(args):
+            front += [arg, args[i + 1]]
+            i += 1
+        else:
+            rest.append(arg)
+        i += 1
+    return front + rest
+
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
@@ -94,7 +139,7 @@ def _debug_requested(argv: list[str]) -> bool:
 
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; map every failure to one line on stderr and a documented exit code."""
-    args = list(sys.argv[1:] if argv is None else argv)
+    args = hoist_globals(list(sys.argv[1:] if argv is None else argv))
     try:
         rv = root.main(args=args, prog_name="usr", standalone_mode=False)
     except BaseException as exc:  # noqa: BLE001 - fail() maps each kind to its exit code

@@ -217,6 +217,13 @@ def status_cmd(
     emit(fmt, data, "\n".join(text))
 
 
+def subject(entry: LogEntry) -> str:
+    """What one line says of a state: its message's first line (git's subject), else the
+    action that recorded it (``snapshot``, ``pull bu-scc``)."""
+    first = entry.message.strip().splitlines()[0] if entry.message.strip() else ""
+    return first or entry.action
+
+
 @click.command("log")
 @dataset_argument
 @click.option("--oneline", is_flag=True, help="One line per state.")
@@ -268,7 +275,7 @@ def log_cmd(
             doc["changes"] = [c.as_dict() for c in changes]
         docs.append(doc)
         if oneline:
-            lines.append(f"{e.id[:12]} {_when(e)} {e.action} ({e.actor})")
+            lines.append(f"{e.id[:12]} {_when(e)} {subject(e)} ({e.actor})")
         else:
             lines += [f"state {e.id}", f"Date:   {_when(e)}", f"Actor:  {e.actor}"]
             lines.append(f"Action: {e.action}")
@@ -285,7 +292,8 @@ def log_cmd(
         lines = []
         for prefix, cid in graph_rows([(e.id, e.parents) for e in entries]):
             e = by_id[cid] if cid else None
-            lines.append(f"{prefix} {e.id[:12]} {_when(e)} {e.action} ({e.actor})" if e else prefix)
+            shown = f"{prefix} {e.id[:12]} {_when(e)} {subject(e)} ({e.actor})" if e else prefix
+            lines.append(shown)
     if not entries:
         lines = [f"{dataset}: no recorded states yet"]
     emit(fmt, {"dataset": dataset, "states": docs}, "\n".join(lines).rstrip("\n"))

@@ -20,6 +20,7 @@ from porcelain.options import (
     emit,
     format_option,
     pass_settings,
+    warn,
     yes_option,
 )
 from usr import registry as reg
@@ -188,6 +189,12 @@ def import_(
     )
     data = {"dataset": ds.id, "added": result.added, "skipped": result.skipped}
     data["rows"] = result.rows
+    data["ignored_columns"] = result.ignored
+    if "id" in result.ignored:
+        warn(
+            f"{path}: its 'id' column was not used: record ids are sha1(bio_type|sequence), "
+            "computed by usr (keep your own ids in an overlay: usr attach)"
+        )
     emit(
         fmt,
         data,

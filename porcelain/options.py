@@ -26,6 +26,10 @@ class Settings:
 
     root_option: str | None = None
     debug: bool = False
+    #: ``-q``: no text on success (JSON, warnings and errors still print).
+    quiet: bool = False
+    #: ``-v``: every path, not the first ones.
+    verbose: bool = False
 
     @property
     def root(self) -> Path:
@@ -34,7 +38,19 @@ class Settings:
 
 pass_settings = click.make_pass_decorator(Settings, ensure=True)
 
-format_option = click.option(
+
+def _set_level(ctx: click.Context, param: click.Parameter, value: bool) -> bool:
+    """``-q``/``-v`` land in the Settings every command reaches (not in its arguments)."""
+    if value:
+        settings = ctx.ensure_object(Settings)
+        if param.name == "quiet":
+            settings.quiet = True
+        else:
+            settings.verbose = True
+    return value
+
+
+_format = click.option(
     "--format",
     "fmt",
     type=click.Choice(["text", "json"]),
@@ -42,6 +58,36 @@ format_option = click.option(
     show_default=True,
     help='text for people; json prints {"usr_output_version": 1, "data": ...} and nothing else.',
 )
+_quiet = click.option(
+    "-q",
+    "--quiet",
+    is_flag=True,
+    expose_value=False,
+    callback=_set_level,
+    help="Print nothing on success but what --format json asks for; errors still print.",
+)
+_verbose = click.option(
+    "-v",
+    "--verbose",
+    is_flag=True,
+    expose_value=False,
+    callback=_set_level,
+    help="Say more: every path rather than the first ones, and what each step did.",
+)
+
+
+def format_option(func: Any) -> Any:
+    """``--format text|json``, ``-q/--quiet`` and ``-v/--verbose``: the output options every
+    read and sync command shares, declared once."""
+    return _format(_quiet(_verbose(func)))
+
+
+def output_level() -> Settings:
+    """The Settings of the running command (quiet, verbose), or the defaults outside one."""
+    ctx = click.get_current_context(silent=True)
+    found = ctx.find_object(Settings) if ctx is not None else None
+    return found if found is not None else Settings()
+
 
 yes_option = click.option(
     "-y",
@@ -115,7 +161,7 @@ def emit(fmt: str, data: Any, text: str | None = None) -> None:
     """Print ``data`` as the JSON envelope, or ``text`` for people."""
     if fmt == "json":
         click.echo(json.dumps(envelope(data), indent=2, sort_keys=True, default=str))
-    elif text is not None:
+    elif text is not None and not output_level().quiet:
         click.echo(text)
 
 

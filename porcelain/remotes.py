@@ -251,12 +251,33 @@ def doctor(profile: profiles.Profile) -> _Report:
     return report
 
 
+def remote_name(func: Any) -> Any:
+    """The remote a command is about: ``NAME`` as an argument, as ``usr remotes show NAME``
+    takes it, or ``--remote NAME`` (the spelling the runbooks use); either, once."""
+    func = click.argument("name_arg", metavar="NAME", required=False)(func)
+    return click.option(
+        "--remote", "name_opt", default=None, metavar="NAME", help="Profile name (same as NAME)."
+    )(func)
+
+
+def one_name(name_arg: str | None, name_opt: str | None) -> str:
+    if name_arg and name_opt and name_arg != name_opt:
+        raise UsageError(f"two remotes named: {name_arg} and --remote {name_opt}", "name one")
+    name = name_arg or name_opt
+    if not name:
+        raise UsageError("which remote? name it: NAME or --remote NAME", "usr remotes list")
+    return name
+
+
 @remotes_group.command("doctor")
-@click.option("--remote", "name", required=True, metavar="NAME", help="Profile name.")
+@remote_name
 @remotes_config_option
 @format_option
-def doctor_command(name: str, remotes_config: str | None, fmt: str) -> None:
+def doctor_command(
+    name_arg: str | None, name_opt: str | None, remotes_config: str | None, fmt: str
+) -> None:
     """Check a remote end to end; one line per check with pass/FAIL and a fix hint."""
+    name = one_name(name_arg, name_opt)
     profile = _get(name, remotes_config)
     report = doctor(profile)
     ok = all(c["ok"] for c in report.checks)
@@ -266,11 +287,14 @@ def doctor_command(name: str, remotes_config: str | None, fmt: str) -> None:
 
 
 @remotes_group.command("status")
-@click.option("--remote", "name", required=True, metavar="NAME", help="Profile name.")
+@remote_name
 @remotes_config_option
 @format_option
-def status_command(name: str, remotes_config: str | None, fmt: str) -> None:
+def status_command(
+    name_arg: str | None, name_opt: str | None, remotes_config: str | None, fmt: str
+) -> None:
     """Is the remote reachable, how long the handshake took, is a warm-auth holder live."""
+    name = one_name(name_arg, name_opt)
     from usr.sync import connholder
     from usr.sync.client import open_session
 
@@ -296,15 +320,18 @@ def status_command(name: str, remotes_config: str | None, fmt: str) -> None:
 
 
 @remotes_group.command("warm-auth")
-@click.option("--remote", "name", required=True, metavar="NAME", help="Profile name.")
+@remote_name
 @click.option("--stop", is_flag=True, help="Stop the holder instead of starting it.")
 @remotes_config_option
-def warm_auth_command(name: str, stop: bool, remotes_config: str | None) -> None:
+def warm_auth_command(
+    name_arg: str | None, name_opt: str | None, stop: bool, remotes_config: str | None
+) -> None:
     """Log in once (answering MFA on the terminal) and keep the connection for later commands.
 
     A holder process keeps it on a per-user unix socket (mode 0600) until it has been idle
     for idle_timeout seconds (default 600). Commands work without it.
     """
+    name = one_name(name_arg, name_opt)
     from usr.sync import connholder
 
     profile = _get(name, remotes_config)

@@ -18,6 +18,7 @@ from porcelain.options import (
     FlagPair,
     Settings,
     format_option,
+    output_level,
     pass_settings,
     remotes_config_option,
     yes_option,
@@ -246,22 +247,33 @@ def _run(settings: Settings, ctx: click.Context, action: str, params: dict[str, 
         fn = engine.merge
     doc = fn(target, params["remote"], options, audit_json_out=audit_out)
     fmt = params.get("fmt", "text")
+    level = output_level()
     if fmt == "json":
         # The same document --audit-json-out writes: the usual envelope plus top-level
         # "changes", so one jq query works on either.
         engine.dump_audit(doc, sys.stdout)  # streamed: no whole-document string
         sys.stdout.flush()
+    elif level.quiet:
+        pass
     elif target.kind == "file":
         from usr.sync import filemode
 
         click.echo(filemode.render_text(doc))
     else:
-        click.echo(audit_mod.render_text(doc))
+        paths = None if level.verbose else audit_mod.PATHS_SHOWN
+        click.echo(audit_mod.render_text(doc, paths))
+    if params.get("exit_code") and doc["data"].get("status") == "CHANGES":
+        sys.exit(1)  # git diff --exit-code: 1 when the sides differ
 
 
 @click.command("diff")
 @_sync_options
 @format_option
+@click.option(
+    "--exit-code",
+    is_flag=True,
+    help="Exit 1 when the two sides differ (Status: CHANGES), 0 when up-to-date (git diff).",
+)
 @pass_settings
 @click.pass_context
 def diff_command(ctx: click.Context, settings: Settings, **params: Any) -> None:
@@ -292,6 +304,7 @@ def diff_command(ctx: click.Context, settings: Settings, **params: Any) -> None:
     help="Skip the post-pull hook (recorded as skipped in the audit).",
 )
 @no_validate_option
+@format_option
 @pass_settings
 @click.pass_context
 def pull_command(ctx: click.Context, settings: Settings, **params: Any) -> None:
@@ -316,6 +329,7 @@ def pull_command(ctx: click.Context, settings: Settings, **params: Any) -> None:
     help="Skip the pre-push and post-push hooks (recorded as skipped in the audit).",
 )
 @no_validate_option
+@format_option
 @pass_settings
 @click.pass_context
 def push_command(ctx: click.Context, settings: Settings, **params: Any) -> None:

@@ -55,6 +55,9 @@ class AppendResult:
     skipped: int
     rows: int
     event: dict[str, Any] = field(default_factory=dict)
+    #: Input columns that were read but not kept (an ``id`` column: ids are always
+    #: ``sha1(bio_type|sequence)``, computed here), so the caller can say so.
+    ignored: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -264,7 +267,10 @@ class Dataset:
         )
         args = {"path": str(path), "format": importers.format_of(Path(path), fmt)}
         args.update(kwargs.pop("event_args", None) or {})
-        return self.append_records(table, event_args=args, **kwargs)
+        result = self.append_records(table, event_args=args, **kwargs)
+        if "id" in table.column_names:
+            result.ignored.append("id")
+        return result
 
     # -- overlays ----------------------------------------------------------------------
 

@@ -32,11 +32,21 @@ import logging
 import os
 import shlex
 import threading
+import warnings
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any, TextIO, TypeVar
 
-import asyncssh
+try:  # before asyncssh: it imports what newer cryptography releases deprecate
+    from cryptography.utils import CryptographyDeprecationWarning
+except ImportError:  # pragma: no cover - cryptography always comes with asyncssh
+    pass
+else:
+    # The warnings are about asyncssh's code, not the user's; they printed ten lines on
+    # every SSH command with the newest cryptography.
+    warnings.filterwarnings("ignore", category=CryptographyDeprecationWarning)
+
+import asyncssh  # noqa: E402 - after the filter above
 
 from usr.errors import AuthError, InputError, TransportError
 from usr.sync.session import Session, StderrTail

@@ -494,8 +494,16 @@ def header_lines(data: dict[str, Any]) -> list[str]:
     return lines
 
 
-def render_text(doc: dict[str, Any]) -> str:
-    """The human summary of an audit document (``diff`` or a pull/push audit)."""
+#: How many changed paths the text of a diff lists before it counts the rest.
+PATHS_SHOWN = 20
+
+
+def render_text(doc: dict[str, Any], paths: int | None = PATHS_SHOWN) -> str:
+    """The human summary of an audit document (``diff`` or a pull/push audit).
+
+    A diff lists the changed paths, the first ``paths`` of them (None: all) and a count of
+    the rest (git's ``--stat``, rsync's ``-i``); sizes are in human units, the exact
+    numbers are in the JSON."""
     data = doc["data"]
     action = data["action"]
     lines: list[str] = []
@@ -503,11 +511,13 @@ def render_text(doc: dict[str, Any]) -> str:
         lines.append(f"{action.upper()} audit: {data['transfer_state']}")
     lines.extend(header_lines(data))
     lines.extend(section_lines(data))
+    if action == "diff":
+        lines.extend(path_lines(data, paths))
     if action != "diff":
         moved = data.get("bytes_moved", {})
         lines.append(
-            f"Moved:       {moved.get('total', 0)} bytes "
-            f"(sent {moved.get('sent', 0)}, received {moved.get('received', 0)}) "
+            f"Moved:       {_size(moved.get('total', 0))} "
+            f"(sent {_size(moved.get('sent', 0))}, received {_size(moved.get('received', 0))}) "
             f"in {data.get('duration', 0):.2f}s"
         )
         v = data.get("verify", {})
@@ -520,3 +530,19 @@ def render_text(doc: dict[str, Any]) -> str:
     if action == "diff":
         lines.append(f"Status: {data.get('status', 'unknown')}")
     return "\n".join(lines)
+
+
+def path_lines(data: dict[str, Any], limit: int | None = PATHS_SHOWN) -> list[str]:
+    """One line per changed path: who changed it, how, the path (as ``local`` and ``remote``
+    see it: ``added`` means the remote has it and local does not)."""
+    files = data.get("files") or []
+    if not files:
+        return []
+    shown = files if limit is None else files[:limit]
+    lines = [f"Paths:       {len(files)} changed (by, status, path)"]
+    lines += [
+        f"  {f.get('changed_by') or '?':<7}{f.get('status', '?'):<9}{f.get('path')}" for f in shown
+    ]
+    if len(files) > len(shown):
+        lines.append(f"  ... and {len(files) - len(shown)} more (-v lists every one)")
+    return lines

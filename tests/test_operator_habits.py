@@ -1,0 +1,159 @@
+"""Output and arguments that behave like git, rsync and rclone (docs/cli.md "Global
+options"): every test drives the real CLI in a subprocess."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import tomli_w
+
+from tests.conftest import run_usr
+from usr.store import Store
+
+DS = "densegen/ds"
+
+
+@pytest.fixture
+def sides(tmp_path: Path) -> dict[str, Path]:
+    """A laptop and a cluster root with one dataset pulled, and a local remote profile."""
+    laptop, cluster = tmp_path / "laptop", tmp_path / "cluster"
+    for r in (laptop, cluster):
+        r.mkdir()
+        (r / "registry.toml").write_text("")
+    config = tmp_path / "remotes.toml"
+    config.write_text(
+        tomli_w.dumps({"remotes": {"hpc": {"type": "local", "base_dir": str(cluster)}}})
+    )
+    config.chmod(0o600)
+    for args in (("init", DS), ("dev", "mock-batch", DS, "--rows", "5")):
+        assert run_usr("--root", str(cluster), *args).returncode == 0
+    env = {"USR_REMOTES_PATH": str(config)}
+    r = run_usr("--root", str(laptop), "pull", DS, "hpc", "-y", env=env)
+    assert r.returncode == 0, r.stderr
+    return {"laptop": laptop, "cluster": cluster, "config": config, "env": env}
+
+
+def usr_at(sides: dict, *args: str):
+    return run_usr("--root", str(sides["laptop"]), *args, env=sides["env"])
+
+
+def test_log_oneline_shows_the_message_subject(sides: dict) -> None:
+    for n in range(3):
+        (sides["laptop"] / DS / "_artifacts").mkdir(exist_ok=True)
+        (sides["laptop"] / DS / "_artifacts" / f"n{n}.txt").write_text(str(n))
+        r = usr_at(sides, "snapshot", DS, "-m", f"note {n}\n\nbody line")
+        assert r.returncode == 0, r.stderr
+    lines = usr_at(sides, "log", DS, "--oneline").stdout.splitlines()
+    assert [re.search(r"note \d", line).group(0) for line in lines[:3]] == [
+        "note 2",
+        "note 1",
+        "note 0",
+    ]
+    assert all("body line" not in line for line in lines)
+    graph = usr_at(sides, "log", DS, "--graph").stdout
+    assert "note 2" in graph
+
+
+def test_diff_lists_changed_paths_capped_and_exit_code(sides: dict) -> None:
+    art = sides["cluster"] / DS / "_artifacts"
+    art.mkdir()
+    for n in range(25):
+        (art / f"f{n:02d}.txt").write_text(str(n))
+    r = usr_at(sides, "diff", DS, "hpc")
+    assert r.returncode == 0
+    assert "Paths:       25 changed" in r.stdout
+    listed = [line for line in r.stdout.splitlines() if "_artifacts/f" in line]
+    assert len(listed) == 20 and "remote " in listed[0] and "added" in listed[0]
+    assert "... and 5 more" in r.stdout
+    every = usr_at(sides, "diff", DS, "hpc", "-v").stdout
+    assert len([line for line in every.splitlines() if "_artifacts/f" in line]) == 25
+    assert usr_at(sides, "diff", DS, "hpc", "--exit-code").returncode == 1
+    assert usr_at(sides, "pull", DS, "hpc", "-y").returncode == 0
+    same = usr_at(sides, "diff", DS, "hpc", "--exit-code")
+    assert same.returncode == 0 and "Status: up-to-date" in same.stdout
+
+
+def test_pull_and_push_take_format_json(sides: dict) -> None:
+    (sides["cluster"] / DS / "meta.md").write_text("# changed there\n")
+    r = usr_at(sides, "pull", DS, "hpc", "-y", "--format", "json")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["data"]["action"] == "pull" and doc["data"]["transfer_state"] == "TRANSFERRED"
+    assert doc["changes"]["meta"] is True
+    (sides["laptop"] / DS / "meta.md").write_text("# changed here\n")
+    r = usr_at(sides, "push", DS, "hpc", "-y", "--format", "json")
+    assert json.loads(r.stdout)["data"]["action"] == "push"
+
+
+def test_quiet_prints_nothing_on_success_and_errors_still_print(sides: dict) -> None:
+    for args in (("status", DS, "-q"), ("diff", DS, "hpc", "-q"), ("log", DS, "-q")):
+        r = usr_at(sides, *args)
+        assert r.returncode == 0 and r.stdout == "", args
+    r = usr_at(sides, "status", "no/such", "-q")
+    assert r.returncode == 4 and r.stderr.startswith("usr: error: ")
+
+
+def test_a_mistyped_command_gets_did_you_mean() -> None:
+    r = run_usr("statsu")
+    assert r.returncode == 2
+    assert "Did you mean 'status'?" in r.stderr
+
+
+def test_global_options_may_come_after_the_command(sides: dict) -> None:
+    r = run_usr("status", DS, "--root", str(sides["laptop"]))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith(f"{DS}: clean")
+    r = run_usr("log", DS, f"--root={sides['laptop']}", "--oneline")
+    assert r.returncode == 0 and "mock batch" in r.stdout
+
+
+def test_remotes_status_and_doctor_take_the_name_as_an_argument(sides: dict) -> None:
+    for sub in ("status", "doctor"):
+        r = run_usr("remotes", sub, "hpc", env=sides["env"])
+        assert r.returncode == 0, r.stderr
+        assert run_usr("remotes", sub, "--remote", "hpc", env=sides["env"]).returncode == 0
+    r = run_usr("remotes", "status", env=sides["env"])
+    assert r.returncode == 2 and "which remote" in r.stderr
+
+
+def test_import_says_when_it_does_not_use_the_files_id_column(sides: dict, tmp_path: Path) -> None:
+    csv = tmp_path / "rows.csv"
+    csv.write_text("id,sequence\nmy-own-1,ACGTACGTAC\n")
+    r = usr_at(sides, "import", DS, "--path", str(csv))
+    assert r.returncode == 0, r.stderr
+    assert "its 'id' column was not used" in r.stderr
+    r = usr_at(
+        sides, "import", DS, "--path", str(csv), "--format", "json", "--on-duplicate", "skip"
+    )
+    assert json.loads(r.stdout)["data"]["ignored_columns"] == ["id"]
+
+
+def test_the_transfer_summary_uses_human_units(sides: dict) -> None:
+    (sides["cluster"] / DS / "meta.md").write_text("# changed there\n" * 200)
+    r = usr_at(sides, "pull", DS, "hpc", "-y")
+    moved = next(line for line in r.stdout.splitlines() if line.startswith("Moved:"))
+    assert re.match(r"Moved:\s+[\d.]+ (B|KiB|MiB|GiB) \(sent ", moved), moved
+
+
+def test_cryptography_deprecations_from_asyncssh_are_not_shown() -> None:
+    """A dependency's deprecation warnings must never reach a user: the filter is in place
+    once the SSH layer is loaded (it printed ten lines per SSH command)."""
+    import warnings
+
+    from cryptography.utils import CryptographyDeprecationWarning
+
+    import usr.ssh  # noqa: F401 - installs the filter
+
+    ignored = [
+        f for f in warnings.filters if f[0] == "ignore" and f[2] is CryptographyDeprecationWarning
+    ]
+    assert ignored
+
+
+def test_store_records_are_untouched_by_a_quiet_status(sides: dict) -> None:
+    head = Store.open(sides["laptop"] / DS, create=False).head()
+    assert usr_at(sides, "status", DS, "-q", "-v").returncode == 0
+    assert Store.open(sides["laptop"] / DS, create=False).head() == head
