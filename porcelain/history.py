@@ -12,14 +12,13 @@ from collections import Counter
 import click
 
 from porcelain.options import (
-    dataset_argument,
     emit,
     format_option,
     pass_settings,
     remotes_config_option,
     stderr_is_terminal,
 )
-from porcelain.targets import resolve_dataset
+from porcelain.targets import dataset_from_cwd, resolve_dataset
 from usr.errors import VerifyError
 from usr.layout import RECORDS_FILE, SECTIONS
 from usr.locks import events_lock
@@ -27,6 +26,17 @@ from usr.store import FileChange, LogEntry, Store
 from usr.store.parquet_footer import num_rows
 
 _STATUS_WORD = {"A": "added", "M": "modified", "D": "deleted"}
+
+
+def _here_if_none(ctx: click.Context, param: click.Parameter, value: str | None) -> str:
+    """No DATASET: the dataset the working directory is in (git finds its repository so)."""
+    return value if value is not None else str(dataset_from_cwd())
+
+
+#: DATASET, optional for the history commands: inside a dataset directory it is that one.
+here_or_dataset = click.argument(
+    "dataset", metavar="[DATASET]", required=False, callback=_here_if_none
+)
 
 
 def open_store(settings, dataset: str) -> Store:
@@ -138,7 +148,7 @@ def _parent_changes(store: Store, entry: LogEntry) -> list[FileChange]:
 
 
 @click.command("snapshot")
-@dataset_argument
+@here_or_dataset
 @click.option("-m", "--message", default=None, help="Say why (kept in the commit message).")
 @format_option
 @pass_settings
@@ -170,7 +180,7 @@ def snapshot_cmd(settings, dataset: str, message: str | None, fmt: str) -> None:
 
 
 @click.command("status")
-@dataset_argument
+@here_or_dataset
 @click.argument("remote", required=False, default=None)
 @remotes_config_option
 @format_option
@@ -225,7 +235,7 @@ def subject(entry: LogEntry) -> str:
 
 
 @click.command("log")
-@dataset_argument
+@here_or_dataset
 @click.option("--oneline", is_flag=True, help="One line per state.")
 @click.option(
     "-n", "--max-count", "limit", type=int, default=None, metavar="N", help="Show at most N."
@@ -300,7 +310,7 @@ def log_cmd(
 
 
 @click.command("show")
-@dataset_argument
+@here_or_dataset
 @click.argument("commit", default="HEAD")
 @format_option
 @pass_settings
@@ -324,7 +334,7 @@ def show_cmd(settings, dataset: str, commit: str, fmt: str) -> None:
 
 
 @click.command("checkout")
-@dataset_argument
+@here_or_dataset
 @click.argument("commit")
 @click.option("--force", is_flag=True, help="Record unrecorded changes first, then go on.")
 @format_option
@@ -344,12 +354,19 @@ def checkout_cmd(settings, dataset: str, commit: str, force: bool, fmt: str) -> 
     what = f"checkout {target[:12]}"
     with store.lock(what), events_lock(store.path, what=what):
         store.checkout(target, force=force)
-    data = {"dataset": dataset, "from": before, "to": target}
-    emit(fmt, data, f"checked out {target[:12]} in {dataset} (was {(before or '-')[:12]})")
+    data = {"dataset": dataset, "from": before, "to": target, "moved": "refs/heads/main"}
+    text = f"checked out {target[:12]} in {dataset} (was {(before or '-')[:12]})"
+    if before and before != target:
+        # Like git reset --hard, not a detached checkout: say so, and the way back.
+        text += (
+            f"\nrefs/heads/main moved from {before[:12]} to {target[:12]}; "
+            f"undo with: usr checkout {dataset} {before}"
+        )
+    emit(fmt, data, text)
 
 
 @click.command("gc")
-@dataset_argument
+@here_or_dataset
 @click.option(
     "--prune-age",
     type=float,
@@ -373,7 +390,7 @@ def gc_cmd(settings, dataset: str, prune_age: float, fmt: str) -> None:
 
 
 @click.command("fsck")
-@dataset_argument
+@here_or_dataset
 @format_option
 @pass_settings
 def fsck_cmd(settings, dataset: str, fmt: str) -> None:

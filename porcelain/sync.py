@@ -34,7 +34,7 @@ def _sync_options(func):
     """The flags every sync command shares, declared once."""
     decorators = [
         click.argument("dataset", metavar="DATASET"),
-        click.argument("remote", metavar="REMOTE"),
+        click.argument("remote", metavar="[REMOTE]", required=False),
         remotes_config_option,
         click.option(
             "--primary-only",
@@ -241,6 +241,8 @@ def _run(settings: Settings, ctx: click.Context, action: str, params: dict[str, 
     target = resolve_target(settings.root, params["dataset"], options)
     if target.kind == "file":
         _check_file_mode(ctx, params)
+    if params.get("remote") is None:
+        params["remote"] = engine.upstream(target)
     audit_out = Path(params["audit_json_out"]) if params.get("audit_json_out") else None
     fn = {"diff": engine.diff, "pull": engine.pull, "push": engine.push}[action]
     if options.merge:  # engine.merge dry-runs the merge first: conflicts change nothing

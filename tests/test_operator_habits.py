@@ -157,3 +157,34 @@ def test_store_records_are_untouched_by_a_quiet_status(sides: dict) -> None:
     head = Store.open(sides["laptop"] / DS, create=False).head()
     assert usr_at(sides, "status", DS, "-q", "-v").returncode == 0
     assert Store.open(sides["laptop"] / DS, create=False).head() == head
+
+
+def test_history_commands_find_the_dataset_from_the_working_directory(sides: dict) -> None:
+    inside = sides["laptop"] / DS / "_derived"
+    inside.mkdir(exist_ok=True)
+    r = run_usr("status", cwd=inside)
+    assert r.returncode == 0, r.stderr
+    assert "clean" in r.stdout
+    assert "mock batch" in run_usr("log", "--oneline", cwd=sides["laptop"] / DS).stdout
+    outside = run_usr("status", cwd=sides["laptop"])
+    assert outside.returncode == 4 and "not inside a dataset" in outside.stderr
+
+
+def test_a_sync_without_remote_uses_the_one_it_synced_with(sides: dict, tmp_path: Path) -> None:
+    r = usr_at(sides, "diff", DS)
+    assert r.returncode == 0, r.stderr
+    assert "Remote:      hpc" in r.stdout
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    r = run_usr("--root", str(fresh), "pull", DS, "-y", env=sides["env"])
+    assert r.returncode == 2 and "has not synced with one yet" in r.stderr
+
+
+def test_checkout_of_an_old_state_says_it_moved_main_and_the_way_back(sides: dict) -> None:
+    head = Store.open(sides["laptop"] / DS, create=False).head()
+    r = usr_at(sides, "checkout", DS, "HEAD~1")
+    assert r.returncode == 0, r.stderr
+    assert "refs/heads/main moved from" in r.stdout
+    assert f"undo with: usr checkout {DS} {head}" in r.stdout
+    assert usr_at(sides, "checkout", DS, head).returncode == 0
+    assert Store.open(sides["laptop"] / DS, create=False).head() == head

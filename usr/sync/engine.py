@@ -44,7 +44,13 @@ from usr.sync.history import MAIN_REF, TRACKING_REF, tracking_ref
 from usr.sync.options import SyncOptions
 from usr.sync.plan import preview
 from usr.sync.rules import check_events_chain, check_partial
-from usr.sync.status import last_seen_status, remote_log, remote_status, status_text
+from usr.sync.status import (
+    last_seen_status,
+    remote_log,
+    remote_status,
+    status_text,
+    upstream,
+)
 from usr.sync.target import Target, resolve_target
 from usr.sync.verify import AUTO_HASH_LIMIT, verify_working
 
@@ -150,6 +156,7 @@ __all__ = [
     "resolve_target",
     "status_text",
     "tracking_ref",
+    "upstream",
     "verify_working",
     "write_audit",
 ]

@@ -11,11 +11,31 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from usr.errors import NotFoundError
+from usr.errors import NotFoundError, UsageError
 from usr.sync.history import commits, haves, relation, set_tracking, short, tracking_ref
 from usr.sync.options import SyncOptions
 from usr.sync.remote import open_remote
 from usr.sync.target import Target, local_exists, open_store
+
+
+def upstream(target: Target) -> str:
+    """The remote a sync command means when it names none (git's upstream): the one remote
+    this dataset has synced with, by its remote-tracking refs. Several, or none, must be
+    named."""
+    seen = []
+    if target.kind == "dataset" and local_exists(target.path):
+        seen = [e["remote"] for e in last_seen_status(open_store(target.path, create=True))]
+    if len(seen) == 1:
+        return seen[0]
+    if seen:
+        raise UsageError(
+            f"{target.dataset} has synced with {len(seen)} remotes: {', '.join(seen)}",
+            "name the one you mean: usr pull|push|diff DATASET REMOTE",
+        )
+    raise UsageError(
+        f"no remote named, and {target.dataset} has not synced with one yet",
+        "name it: usr pull|push|diff DATASET REMOTE (usr remotes list)",
+    )
 
 
 def remote_log(store: Any, remote: str, limit: int | None = None) -> list[Any]:
