@@ -189,7 +189,8 @@ def import_(
     )
     data = {"dataset": ds.id, "added": result.added, "skipped": result.skipped}
     data["rows"] = result.rows
-    data["ignored_columns"] = result.ignored
+    if result.ignored:
+        data["ignored_columns"] = result.ignored
     if "id" in result.ignored:
         warn(
             f"{path}: its 'id' column was not used: record ids are sha1(bio_type|sequence), "
