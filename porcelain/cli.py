@@ -70,19 +70,22 @@ class LazyGroup(click.Group):
         return super().resolve_command(ctx, args)
 
 
-#: Root options that may also come after the command (git's ``-C`` is global too): they
-#: are moved in front before click parses, except for ``plumbing``, whose ``serve`` has a
-#: ``--root`` of its own.
-GLOBAL_OPTIONS = ("--root", "--debug")
+#: Root options may also come after the command (git's ``-C`` is global too): ``--root``,
+#: ``--debug``, ``--color``, ``--no-color``, ``--no-pager`` are moved in front before click
+#: parses, except for ``plumbing``, whose ``serve`` has a ``--root`` of its own.
 
 
 def hoist_globals(args: list[str]) -> list[str]:
     """``usr status DS --root DIR`` as ``usr --root DIR status DS``."""
-    command = next((i for i, a in enumerate(args) if not a.startswith("-")), None)
-    if command is not None and command > 0 and args[command - 1] == "--root":
-        command = next(
-            (i for i, a in enumerate(args) if i > command and not a.startswith("-")), None
-        )
+    command, i = None, 0
+    while i < len(args):
+        if args[i] in ("--root", "--color"):
+            i += 2  # and its value
+            continue
+        if not args[i].startswith("-"):
+            command = i
+            break
+        i += 1
     if command is None or args[command] == "plumbing":
         return args
     front, rest, i = list(args[:command]), [], command
@@ -91,9 +94,11 @@ def hoist_globals(args: list[str]) -> list[str]:
         if arg == "--":
             rest += args[i:]
             break
-        if arg == "--debug" or arg.startswith("--root="):
+        if arg in ("--debug", "--no-color", "--no-pager") or arg.startswith(
+            ("--root=", "--color=")
+        ):
             front.append(arg)
-        elif arg == "--root" and i + 1 < len(args):
+        elif arg in ("--root", "--color") and i + 1 < len(args):
             front += [arg, args[i + 1]]
             i += 1
         else:
@@ -112,9 +117,26 @@ def hoist_globals(args: list[str]) -> list[str]:
     help="Datasets root (else $USR_ROOT, else ./datasets).",
 )
 @click.option("--debug", is_flag=True, help="Show tracebacks on errors (also USR_DEBUG=1).")
+@click.option(
+    "--color",
+    "color",
+    type=click.Choice(["auto", "always", "never"]),
+    default="auto",
+    show_default=True,
+    help="Colour the text output: on a terminal (auto, off when $NO_COLOR is set), always, never.",
+)
+@click.option("--no-color", is_flag=True, help="The same as --color never.")
+@click.option("--no-pager", is_flag=True, help="Print long text (usr log) without $PAGER.")
 @click.version_option(__version__, prog_name="usr")
 @click.pass_context
-def root(ctx: click.Context, root_option: str | None, debug: bool) -> None:
+def root(
+    ctx: click.Context,
+    root_option: str | None,
+    debug: bool,
+    color: str,
+    no_color: bool,
+    no_pager: bool,
+) -> None:
     """usr keeps sequence datasets in sync between machines, like git for datasets.
 
     Each dataset directory carries its own object store (.usr/); every recorded state is a
@@ -124,7 +146,12 @@ def root(ctx: click.Context, root_option: str | None, debug: bool) -> None:
     sets it up against your cluster. 'usr COMMAND --help' explains each command; errors are
     one line 'usr: error: ...' whose exit code docs/troubleshooting.md explains.
     """
-    ctx.obj = Settings(root_option=root_option, debug=debug)
+    ctx.obj = Settings(
+        root_option=root_option,
+        debug=debug,
+        color="never" if no_color else color,
+        pager=not no_pager,
+    )
 
 
 def mount_all() -> None:

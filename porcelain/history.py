@@ -14,6 +14,7 @@ import click
 from porcelain.options import (
     emit,
     format_option,
+    paint,
     pass_settings,
     remotes_config_option,
     stderr_is_terminal,
@@ -285,9 +286,9 @@ def log_cmd(
             doc["changes"] = [c.as_dict() for c in changes]
         docs.append(doc)
         if oneline:
-            lines.append(f"{e.id[:12]} {_when(e)} {subject(e)} ({e.actor})")
+            lines.append(f"{paint(e.id[:12], 'id')} {_when(e)} {subject(e)} ({e.actor})")
         else:
-            lines += [f"state {e.id}", f"Date:   {_when(e)}", f"Actor:  {e.actor}"]
+            lines += [paint(f"state {e.id}", "id"), f"Date:   {_when(e)}", f"Actor:  {e.actor}"]
             lines.append(f"Action: {e.action}")
             if e.message:
                 lines += [""] + [f"    {line}" for line in e.message.splitlines()]
@@ -302,11 +303,15 @@ def log_cmd(
         lines = []
         for prefix, cid in graph_rows([(e.id, e.parents) for e in entries]):
             e = by_id[cid] if cid else None
-            shown = f"{prefix} {e.id[:12]} {_when(e)} {subject(e)} ({e.actor})" if e else prefix
+            shown = (
+                f"{prefix} {paint(e.id[:12], 'id')} {_when(e)} {subject(e)} ({e.actor})"
+                if e
+                else prefix
+            )
             lines.append(shown)
     if not entries:
         lines = [f"{dataset}: no recorded states yet"]
-    emit(fmt, {"dataset": dataset, "states": docs}, "\n".join(lines).rstrip("\n"))
+    emit(fmt, {"dataset": dataset, "states": docs}, "\n".join(lines).rstrip("\n"), page=True)
 
 
 @click.command("show")

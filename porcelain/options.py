@@ -8,6 +8,7 @@ through :func:`emit`, so ``--format json`` always means ``{"usr_output_version":
 from __future__ import annotations
 
 import json
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,10 @@ class Settings:
     quiet: bool = False
     #: ``-v``: every path, not the first ones.
     verbose: bool = False
+    #: ``--color auto|always|never`` (``--no-color`` is never; ``$NO_COLOR`` makes auto never).
+    color: str = "auto"
+    #: ``--no-pager`` clears it: long text on a terminal goes through ``$PAGER``.
+    pager: bool = True
 
     @property
     def root(self) -> Path:
@@ -157,12 +162,47 @@ def envelope(data: Any) -> dict[str, Any]:
     return {"usr_output_version": OUTPUT_VERSION, "data": data}
 
 
-def emit(fmt: str, data: Any, text: str | None = None) -> None:
-    """Print ``data`` as the JSON envelope, or ``text`` for people."""
+def emit(fmt: str, data: Any, text: str | None = None, page: bool = False) -> None:
+    """Print ``data`` as the JSON envelope, or ``text`` for people: coloured by
+    :func:`color`, and with ``page`` through the pager when stdout is a terminal."""
     if fmt == "json":
         click.echo(json.dumps(envelope(data), indent=2, sort_keys=True, default=str))
     elif text is not None and not output_level().quiet:
-        click.echo(text)
+        if page and output_level().pager and sys.stdout.isatty():
+            # git's default: quit if one screen, keep colours, do not clear the screen.
+            os.environ.setdefault("LESS", "FRX")
+            # On a terminal, colour goes to the pager too (less shows it with -R, as git's).
+            click.echo_via_pager(text, color=color() is not False)
+        else:
+            click.echo(text, color=color())
+
+
+def color() -> bool | None:
+    """click's ``color`` argument: True (``--color always``), False (``never``,
+    ``--no-color``, or ``$NO_COLOR`` set with ``auto``), None (auto: only on a terminal)."""
+    choice = output_level().color
+    if choice == "always":
+        return True
+    if choice == "never" or os.environ.get("NO_COLOR"):
+        return False
+    return None
+
+
+def paint(text: str, kind: str) -> str:
+    """``text`` styled for its ``kind`` (stripped again by click when colour is off)."""
+    style = PALETTE.get(kind)
+    return click.style(text, **style) if style else text
+
+
+#: git's colours where git has one: ids yellow, added green, deleted red.
+PALETTE: dict[str, dict[str, Any]] = {
+    "id": {"fg": "yellow"},
+    "added": {"fg": "green"},
+    "deleted": {"fg": "red"},
+    "modified": {"fg": "yellow"},
+    "changes": {"fg": "yellow", "bold": True},
+    "up-to-date": {"fg": "green"},
+}
 
 
 def warn(message: str) -> None:

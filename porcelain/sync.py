@@ -17,8 +17,10 @@ import click
 from porcelain.options import (
     FlagPair,
     Settings,
+    color,
     format_option,
     output_level,
+    paint,
     pass_settings,
     remotes_config_option,
     yes_option,
@@ -260,10 +262,10 @@ def _run(settings: Settings, ctx: click.Context, action: str, params: dict[str, 
     elif target.kind == "file":
         from usr.sync import filemode
 
-        click.echo(filemode.render_text(doc))
+        click.echo(filemode.render_text(doc), color=color())
     else:
         paths = None if level.verbose else audit_mod.PATHS_SHOWN
-        click.echo(audit_mod.render_text(doc, paths))
+        click.echo(audit_mod.render_text(doc, paths, paint), color=color())
     if params.get("exit_code") and doc["data"].get("status") == "CHANGES":
         sys.exit(1)  # git diff --exit-code: 1 when the sides differ
 

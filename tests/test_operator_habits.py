@@ -191,3 +191,58 @@ def test_checkout_of_an_old_state_says_it_moved_main_and_the_way_back(sides: dic
     assert f"undo with: usr checkout {DS} {head}" in r.stdout
     assert usr_at(sides, "checkout", DS, head).returncode == 0
     assert Store.open(sides["laptop"] / DS, create=False).head() == head
+
+
+# -- colour and pager, on a real pseudo-terminal ------------------------------------------
+
+
+def _in_pty(args: list[str], extra: dict[str, str]) -> str:
+    """Run the CLI with its stdin, stdout and stderr on a pseudo-terminal; what it showed."""
+    import os
+    import pty
+
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "usr", *args],
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
+        env=usr_env(extra),
+        close_fds=True,
+    )
+    os.close(slave)
+    out = b""
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # EIO: the terminal's other side is closed
+            break
+        if not chunk:
+            break
+        out += chunk
+    assert proc.wait(timeout=60) == 0, out
+    os.close(master)
+    return out.decode(errors="replace")
+
+
+def test_log_on_a_terminal_is_coloured_and_paged(sides: dict) -> None:
+    pager = {"PAGER": "sed s/^/PAGED:/", **sides["env"]}
+    shown = _in_pty(["--root", str(sides["laptop"]), "log", DS, "--oneline"], pager)
+    lines = [line for line in shown.splitlines() if line.strip()]
+    assert lines and all(line.startswith("PAGED:") for line in lines), shown
+    assert "\x1b[33m" in shown  # ids in yellow, as git shows them
+    plain = _in_pty(["--root", str(sides["laptop"]), "log", DS, "--oneline", "--no-pager"], pager)
+    assert "PAGED:" not in plain and "\x1b[33m" in plain
+    no_color = _in_pty(
+        ["--root", str(sides["laptop"]), "--no-pager", "log", DS], {**pager, "NO_COLOR": "1"}
+    )
+    assert "\x1b[" not in no_color and "mock batch" in no_color
+
+
+def test_colour_is_off_in_a_pipe_unless_asked(sides: dict) -> None:
+    piped = usr_at(sides, "log", DS, "--oneline")
+    assert "\x1b[" not in piped.stdout
+    forced = usr_at(sides, "log", DS, "--oneline", "--color", "always")
+    assert "\x1b[33m" in forced.stdout
+    never = usr_at(sides, "--no-color", "log", DS, "--oneline", "--color", "always")
+    assert never.returncode == 0

@@ -21,7 +21,7 @@ Vocabulary (also in docs/cli.md, "Sync: diff, pull, push"):
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -498,12 +498,21 @@ def header_lines(data: dict[str, Any]) -> list[str]:
 PATHS_SHOWN = 20
 
 
-def render_text(doc: dict[str, Any], paths: int | None = PATHS_SHOWN) -> str:
+def _plain(text: str, _kind: str) -> str:
+    return text
+
+
+def render_text(
+    doc: dict[str, Any],
+    paths: int | None = PATHS_SHOWN,
+    style: Callable[[str, str], str] = _plain,
+) -> str:
     """The human summary of an audit document (``diff`` or a pull/push audit).
 
     A diff lists the changed paths, the first ``paths`` of them (None: all) and a count of
     the rest (git's ``--stat``, rsync's ``-i``); sizes are in human units, the exact
-    numbers are in the JSON."""
+    numbers are in the JSON. ``style(text, kind)`` may colour a path's status (``added``,
+    ``deleted``, ``modified``) and the status (``changes``, ``up-to-date``)."""
     data = doc["data"]
     action = data["action"]
     lines: list[str] = []
@@ -512,7 +521,7 @@ def render_text(doc: dict[str, Any], paths: int | None = PATHS_SHOWN) -> str:
     lines.extend(header_lines(data))
     lines.extend(section_lines(data))
     if action == "diff":
-        lines.extend(path_lines(data, paths))
+        lines.extend(path_lines(data, paths, style))
     if action != "diff":
         moved = data.get("bytes_moved", {})
         lines.append(
@@ -528,11 +537,16 @@ def render_text(doc: dict[str, Any], paths: int | None = PATHS_SHOWN) -> str:
     for note in data.get("notes", []):
         lines.append(f"Note:        {note}")
     if action == "diff":
-        lines.append(f"Status: {data.get('status', 'unknown')}")
+        status = data.get("status", "unknown")
+        lines.append(f"Status: {style(status, status.lower())}")
     return "\n".join(lines)
 
 
-def path_lines(data: dict[str, Any], limit: int | None = PATHS_SHOWN) -> list[str]:
+def path_lines(
+    data: dict[str, Any],
+    limit: int | None = PATHS_SHOWN,
+    style: Callable[[str, str], str] = _plain,
+) -> list[str]:
     """One line per changed path: who changed it, how, the path (as ``local`` and ``remote``
     see it: ``added`` means the remote has it and local does not)."""
     files = data.get("files") or []
@@ -540,9 +554,10 @@ def path_lines(data: dict[str, Any], limit: int | None = PATHS_SHOWN) -> list[st
         return []
     shown = files if limit is None else files[:limit]
     lines = [f"Paths:       {len(files)} changed (by, status, path)"]
-    lines += [
-        f"  {f.get('changed_by') or '?':<7}{f.get('status', '?'):<9}{f.get('path')}" for f in shown
-    ]
+    for f in shown:
+        status = str(f.get("status", "?"))
+        by = f.get("changed_by") or "?"
+        lines.append(f"  {by:<7}{style(f'{status:<9}', status)}{f.get('path')}")
     if len(files) > len(shown):
         lines.append(f"  ... and {len(files) - len(shown)} more (-v lists every one)")
     return lines
