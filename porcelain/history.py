@@ -14,6 +14,7 @@ import click
 from porcelain.options import (
     emit,
     format_option,
+    output_level,
     paint,
     pass_settings,
     remotes_config_option,
@@ -108,22 +109,56 @@ def row_delta(store: Store, changes: list[FileChange]) -> dict | None:
     return None
 
 
+#: Past this many changed files in a section, status and snapshot show directories with
+#: counts (git collapses an untracked directory); ``-v`` lists every file.
+FILES_SHOWN = 20
+
+
 def _changes_text(changes: list[FileChange], indent: str = "  ") -> list[str]:
+    verbose = output_level().verbose
     lines = []
     for section in SECTIONS:
         mine = [c for c in changes if c.section == section]
         if not mine:
             continue
         lines.append(f"{indent}{section}:")
+        if len(mine) > FILES_SHOWN and not verbose:
+            lines += _collapsed(mine, indent + "  ")
+            continue
         for c in mine:
-            sizes = (
-                _size(c.new_size)
-                if c.status == "A"
-                else _size(c.old_size)
-                if c.status == "D"
-                else f"{_size(c.old_size)} -> {_size(c.new_size)}"
-            )
-            lines.append(f"{indent}  {_STATUS_WORD[c.status]:<9} {c.path}  ({sizes})")
+            lines.append(f"{indent}  {_status_word(c)} {c.path}  ({_sizes(c)})")
+    return lines
+
+
+def _status_word(c: FileChange) -> str:
+    word = _STATUS_WORD[c.status]
+    return paint(f"{word:<9}", word)
+
+
+def _sizes(c: FileChange) -> str:
+    if c.status == "A":
+        return _size(c.new_size)
+    if c.status == "D":
+        return _size(c.old_size)
+    return f"{_size(c.old_size)} -> {_size(c.new_size)}"
+
+
+def _collapsed(changes: list[FileChange], indent: str) -> list[str]:
+    """Many changed files as one line per directory and kind: ``added _artifacts/b/ (3000
+    files, 2.9 MiB)``, the first ``FILES_SHOWN`` of them and a count of the rest."""
+    groups: dict[tuple[str, str], list[FileChange]] = {}
+    for c in changes:
+        parent = c.path.rsplit("/", 1)[0] + "/" if "/" in c.path else c.path
+        groups.setdefault((parent, c.status), []).append(c)
+    lines = []
+    for (where, status), members in list(groups.items())[:FILES_SHOWN]:
+        size = sum((c.old_size if status == "D" else c.new_size) or 0 for c in members)
+        what = f"{len(members)} files, {_size(size)}" if len(members) > 1 else _sizes(members[0])
+        lines.append(f"{indent}{_status_word(members[0])} {where}  ({what})")
+    if len(groups) > FILES_SHOWN:
+        lines.append(
+            f"{indent}... and {len(groups) - FILES_SHOWN} more directories (-v lists every file)"
+        )
     return lines
 
 

@@ -246,3 +246,18 @@ def test_colour_is_off_in_a_pipe_unless_asked(sides: dict) -> None:
     assert "\x1b[33m" in forced.stdout
     never = usr_at(sides, "--no-color", "log", DS, "--oneline", "--color", "always")
     assert never.returncode == 0
+
+
+def test_many_changed_files_are_shown_by_directory_with_counts(sides: dict) -> None:
+    many = sides["laptop"] / DS / "_artifacts" / "batch"
+    many.mkdir(parents=True)
+    for n in range(300):
+        (many / f"f{n:04d}.txt").write_text("x" * 10)
+    r = usr_at(sides, "status", DS)
+    assert r.returncode == 0
+    assert "_artifacts/batch/  (300 files" in r.stdout
+    assert len(r.stdout.splitlines()) < 15
+    every = usr_at(sides, "status", DS, "-v").stdout
+    assert len([line for line in every.splitlines() if "batch/f" in line]) == 300
+    snap = usr_at(sides, "snapshot", DS)
+    assert "_artifacts/batch/  (300 files" in snap.stdout and len(snap.stdout.splitlines()) < 15
