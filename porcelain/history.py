@@ -12,6 +12,7 @@ from collections import Counter
 import click
 
 from porcelain.options import (
+    complete_dataset,
     emit,
     format_option,
     output_level,
@@ -37,7 +38,11 @@ def _here_if_none(ctx: click.Context, param: click.Parameter, value: str | None)
 
 #: DATASET, optional for the history commands: inside a dataset directory it is that one.
 here_or_dataset = click.argument(
-    "dataset", metavar="[DATASET]", required=False, callback=_here_if_none
+    "dataset",
+    metavar="[DATASET]",
+    required=False,
+    callback=_here_if_none,
+    shell_complete=complete_dataset,
 )
 
 

@@ -101,7 +101,35 @@ yes_option = click.option(
     help="Do not prompt; needed to overwrite when stdin is not a terminal.",
 )
 
-dataset_argument = click.argument("dataset", metavar="DATASET")
+
+def complete_dataset(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[Any]:
+    """Shell completion of DATASET: the ids under the root (``--root``, else ``$USR_ROOT``)."""
+    from click.shell_completion import CompletionItem
+
+    from usr.dataset import list_datasets
+
+    top = ctx.find_root().params.get("root_option")
+    try:
+        ids = list_datasets(resolve_root(top))
+    except Exception:  # noqa: BLE001 - completion must never print an error into a shell
+        return []
+    return [CompletionItem(i) for i in ids if i.startswith(incomplete)]
+
+
+def complete_remote(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[Any]:
+    """Shell completion of REMOTE: the profile names of the remotes config."""
+    from click.shell_completion import CompletionItem
+
+    from usr import remotes
+
+    try:
+        names = sorted(remotes.load(remotes.config_path(ctx.params.get("remotes_config"))))
+    except Exception:  # noqa: BLE001 - completion must never print an error into a shell
+        return []
+    return [CompletionItem(n) for n in names if n.startswith(incomplete)]
+
+
+dataset_argument = click.argument("dataset", metavar="DATASET", shell_complete=complete_dataset)
 
 
 class FlagPair(click.Option):

@@ -15,6 +15,7 @@ from typing import Any
 import click
 
 from porcelain.options import (
+    complete_remote,
     emit,
     format_option,
     remotes_config_option,
@@ -254,7 +255,9 @@ def doctor(profile: profiles.Profile) -> _Report:
 def remote_name(func: Any) -> Any:
     """The remote a command is about: ``NAME`` as an argument, as ``usr remotes show NAME``
     takes it, or ``--remote NAME`` (the spelling the runbooks use); either, once."""
-    func = click.argument("name_arg", metavar="NAME", required=False)(func)
+    func = click.argument(
+        "name_arg", metavar="NAME", required=False, shell_complete=complete_remote
+    )(func)
     return click.option(
         "--remote", "name_opt", default=None, metavar="NAME", help="Profile name (same as NAME)."
     )(func)

@@ -18,6 +18,8 @@ from porcelain.options import (
     FlagPair,
     Settings,
     color,
+    complete_dataset,
+    complete_remote,
     format_option,
     output_level,
     paint,
@@ -35,8 +37,10 @@ STRICT_BOOTSTRAP_ENV = "USR_SYNC_STRICT_BOOTSTRAP_ID"
 def _sync_options(func):
     """The flags every sync command shares, declared once."""
     decorators = [
-        click.argument("dataset", metavar="DATASET"),
-        click.argument("remote", metavar="[REMOTE]", required=False),
+        click.argument("dataset", metavar="DATASET", shell_complete=complete_dataset),
+        click.argument(
+            "remote", metavar="[REMOTE]", required=False, shell_complete=complete_remote
+        ),
         remotes_config_option,
         click.option(
             "--primary-only",

@@ -261,3 +261,24 @@ def test_many_changed_files_are_shown_by_directory_with_counts(sides: dict) -> N
     assert len([line for line in every.splitlines() if "batch/f" in line]) == 300
     snap = usr_at(sides, "snapshot", DS)
     assert "_artifacts/batch/  (300 files" in snap.stdout and len(snap.stdout.splitlines()) < 15
+
+
+def test_shell_completion_offers_dataset_ids_and_remote_names(sides: dict) -> None:
+    """click's completion protocol, as bash's completion function drives it."""
+
+    def complete(words: str) -> list[str]:
+        extra = {
+            **sides["env"],
+            "_USR_COMPLETE": "bash_complete",
+            "COMP_WORDS": words,
+            "COMP_CWORD": str(len(words.split()) - 1),
+        }
+        r = run_usr(env=extra)
+        assert r.returncode == 0, r.stderr
+        return [line.split(",", 1)[1] for line in r.stdout.splitlines()]
+
+    assert complete(f"usr --root {sides['laptop']} status den") == [DS]
+    assert complete(f"usr --root {sides['laptop']} pull {DS} h") == ["hpc"]
+    assert complete("usr remotes doctor h") == ["hpc"]
+    script = run_usr(env={"_USR_COMPLETE": "bash_source"})
+    assert "complete " in script.stdout and "_usr_completion" in script.stdout
