@@ -282,3 +282,20 @@ def test_shell_completion_offers_dataset_ids_and_remote_names(sides: dict) -> No
     assert complete("usr remotes doctor h") == ["hpc"]
     script = run_usr(env={"_USR_COMPLETE": "bash_source"})
     assert "complete " in script.stdout and "_usr_completion" in script.stdout
+
+
+def test_the_docs_show_the_loop_and_the_sections_as_pictures() -> None:
+    """README.md and docs/quickstart.md show SVG diagrams that exist and parse."""
+    import xml.etree.ElementTree as ET
+
+    from tests.conftest import REPO
+
+    for page in (REPO / "README.md", REPO / "docs" / "quickstart.md"):
+        images = re.findall(r"!\[[^\]]+\]\(([^)]+\.svg)\)", page.read_text())
+        assert images, page
+        for rel in images:
+            svg = ET.parse(page.parent / rel).getroot()
+            assert (
+                svg.tag.endswith("svg")
+                and svg.find("{http://www.w3.org/2000/svg}title") is not None
+            )
