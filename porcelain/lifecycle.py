@@ -178,15 +178,18 @@ def import_(
 ) -> None:
     """Append the records of a csv/tsv/parquet/jsonl file (needs a 'sequence' column)."""
     ds = Dataset.open(settings.root, dataset)
-    result = ds.import_file(
-        path,
-        src_fmt,
-        bio_type=bio_type,
-        alphabet=alphabet,
-        source=source,
-        on_duplicate=on_duplicate,
-        event_args={"bio_type": bio_type, "alphabet": alphabet, "on_duplicate": on_duplicate},
-    )
+    from usr.progress import Waiting
+
+    with Waiting(f"importing {Path(path).name} into {ds.id}"):
+        result = ds.import_file(
+            path,
+            src_fmt,
+            bio_type=bio_type,
+            alphabet=alphabet,
+            source=source,
+            on_duplicate=on_duplicate,
+            event_args={"bio_type": bio_type, "alphabet": alphabet, "on_duplicate": on_duplicate},
+        )
     data = {"dataset": ds.id, "added": result.added, "skipped": result.skipped}
     data["rows"] = result.rows
     if result.ignored:

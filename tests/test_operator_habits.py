@@ -299,3 +299,18 @@ def test_the_docs_show_the_loop_and_the_sections_as_pictures() -> None:
                 svg.tag.endswith("svg")
                 and svg.find("{http://www.w3.org/2000/svg}title") is not None
             )
+
+
+def test_a_wait_says_what_it_waits_for_on_a_terminal(sides: dict, tmp_path: Path) -> None:
+    """Connecting and importing say so on a terminal (drawn at once with USR_PROGRESS=1,
+    the switch that stands in for a terminal), then clear the line; never in a pipe."""
+    forced = {**sides["env"], "USR_PROGRESS": "1"}
+    r = run_usr("--root", str(sides["laptop"]), "diff", DS, "hpc", env=forced)
+    assert r.returncode == 0 and "usr: connecting to hpc ..." in r.stderr
+    assert r.stderr.rstrip("\n").endswith("\x1b[K")  # the line is cleared again
+    csv = tmp_path / "rows.csv"
+    csv.write_text("sequence\nACGTACGTAA\n")
+    r = run_usr("--root", str(sides["laptop"]), "import", DS, "--path", str(csv), env=forced)
+    assert r.returncode == 0 and "usr: importing rows.csv into" in r.stderr
+    quiet = usr_at(sides, "diff", DS, "hpc")
+    assert "connecting" not in quiet.stderr

@@ -120,3 +120,49 @@ class Progress:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class Waiting:
+    """One line saying what a command waits for (``connecting to bu-scc``, ``importing
+    rows.csv``), drawn on a terminal only when the wait outlasts :data:`INTERVAL` (or at
+    once with ``USR_PROGRESS=1``), and cleared when the wait ends: a login or a long read
+    is otherwise seconds of silence.
+
+        with Waiting("connecting to bu-scc"):
+            session = open_session(...)
+    """
+
+    def __init__(self, label: str, stream: TextIO | None = None) -> None:
+        import threading
+
+        self.label = label
+        self.stream = stream or sys.stderr
+        self.shown = False
+        self._lock = threading.Lock()
+        self._timer: threading.Timer | None = None
+        if _enabled(self.stream):
+            delay = 0.0 if os.environ.get("USR_PROGRESS") == "1" else INTERVAL
+            self._timer = threading.Timer(delay, self._show)
+            self._timer.daemon = True
+
+    def _show(self) -> None:
+        with self._lock:
+            if self._timer is not None:
+                self.stream.write(f"\rusr: {self.label} ...")
+                self.stream.flush()
+                self.shown = True
+
+    def __enter__(self) -> Waiting:
+        if self._timer is not None:
+            self._timer.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        timer, self._timer = self._timer, None
+        if timer is None:
+            return
+        timer.cancel()
+        with self._lock:
+            if self.shown:
+                self.stream.write("\r\x1b[K")
+                self.stream.flush()

@@ -19,9 +19,13 @@ from usr.sync.options import SyncOptions
 @contextmanager
 def open_remote(remote: str, options: SyncOptions) -> Iterator[Any]:
     """An open :class:`usr.sync.client.RemoteSession` to the named remote profile."""
+    from usr.progress import Waiting
     from usr.sync import client
 
-    session = client.open_session(remote, options.remotes_config, lock_timeout=options.lock_timeout)
+    with Waiting(f"connecting to {remote}"):
+        session = client.open_session(
+            remote, options.remotes_config, lock_timeout=options.lock_timeout
+        )
     with session:
         yield session
 
