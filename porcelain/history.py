@@ -269,10 +269,11 @@ def status_cmd(
 
 
 def subject(entry: LogEntry) -> str:
-    """What one line says of a state: its message's first line (git's subject), else the
-    action that recorded it (``snapshot``, ``pull bu-scc``)."""
+    """What one line says of a state: the action that recorded it (``snapshot``, ``pull
+    bu-scc``, ``merge bu-scc``) and the first line of its message when it has one (``-m``),
+    as git's one-line log shows the subject."""
     first = entry.message.strip().splitlines()[0] if entry.message.strip() else ""
-    return first or entry.action
+    return f"{entry.action}: {first}" if first else entry.action
 
 
 @click.command("log")
