@@ -18,6 +18,7 @@ from porcelain.options import (
     FlagPair,
     Settings,
     format_option,
+    max_ids_option,
     pass_settings,
     remotes_config_option,
     yes_option,
@@ -169,6 +170,8 @@ def build_options(ctx: click.Context, params: dict[str, Any], action: str) -> Sy
         no_verify=bool(params.get("no_verify")),
         no_validate=bool(params.get("no_validate")),
         merge=bool(params.get("merge")),
+        rows=bool(params.get("rows")),
+        max_ids=params.get("max_ids", 20),
     )
 
 
@@ -184,6 +187,8 @@ DATASET_ONLY_FLAGS = (
     ("--merge", "merge"),
     ("--no-verify", "no_verify"),
     ("--no-validate", "no_validate"),
+    ("--rows", "rows"),
+    ("--max-ids", "max_ids"),
 )
 
 
@@ -261,6 +266,13 @@ def _run(settings: Settings, ctx: click.Context, action: str, params: dict[str, 
 
 @click.command("diff")
 @_sync_options
+@click.option(
+    "--rows",
+    is_flag=True,
+    help="Also diff the records: added/removed/changed by id and overlay values "
+    "(data.records; the remote's records.parquet and parts are fetched into the store).",
+)
+@max_ids_option
 @format_option
 @pass_settings
 @click.pass_context

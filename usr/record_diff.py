@@ -169,15 +169,21 @@ def open_records(store: Any, tree: str | None, label: str) -> pq.ParquetFile | N
 
 
 def entry_id(store: Any, tree: str, path: str) -> str | None:
-    """Blob id of the file at ``path`` (slash-separated) in a tree, or None."""
+    """Blob id of the file at ``path`` (slash-separated) in a tree, or None; reads trees
+    only, so the blob itself need not be here yet."""
     node = store.repo[tree]
-    for name in path.split("/"):
+    names = path.split("/")
+    for depth, name in enumerate(names):
         try:
             entry = node[name]
         except KeyError:
             return None
+        if depth == len(names) - 1:
+            return str(entry.id) if entry.type_str == "blob" else None
+        if entry.type_str != "tree":
+            return None
         node = store.repo[entry.id]
-    return str(node.id) if node.type_str == "blob" else None
+    return None
 
 
 def needed_blobs(store: Any, tree: str | None) -> list[str]:
