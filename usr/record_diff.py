@@ -7,7 +7,8 @@ seekable file over its store entry (:class:`usr.store.entryfile.EntryFile`), foo
 then by row group. A row group at the same place in both files whose bytes are the same
 (the same chunks cover it, else its raw bytes compare equal) holds the same records and is
 skipped without decoding: after an append (usr's writer keeps every earlier row group byte
-for byte) only the tail is read. Ids are unique within a state (the gate refuses a table
+for byte) only the tail is read. (Groups are paired by index; one moved by a change before
+it still pairs, its bytes being the same.) Ids are unique within a state (the gate refuses a table
 that repeats one), so the records of skipped groups are in both states and the rest can be
 diffed on their own: in passes over the remaining groups, each pass holding the ids of
 one bucket (by their first two characters) and enough passes that a pass stays small.
@@ -219,19 +220,23 @@ def _spans(pf: pq.ParquetFile | None) -> list[tuple[int, int, int]]:
     return out
 
 
-def _same_bytes(fa: EntryFile, fb: EntryFile, start: int, end: int) -> bool:
-    """Whether both files hold the same bytes in ``[start, end)``: equal when the same
-    chunks cover the range (nothing read), else by reading the raw bytes (not decoding)."""
-    covered = fa.chunks_covering(start, end)
-    if covered is not None and covered == fb.chunks_covering(start, end):
-        return True
-    fa.seek(start)
-    fb.seek(start)
-    return fa.read(end - start) == fb.read(end - start)
+def _same_bytes(fa: EntryFile, fb: EntryFile, a: tuple[int, int], b: tuple[int, int]) -> bool:
+    """Whether ``fa[a]`` and ``fb[b]`` (byte ranges of equal length) hold the same bytes:
+    equal when the same chunks cover the same place (nothing read), else by reading the
+    raw bytes (never decoding). Page bytes name no file offsets, so a row group moved by
+    a change before it still compares equal."""
+    if a == b:
+        covered = fa.chunks_covering(*a)
+        if covered is not None and covered == fb.chunks_covering(*b):
+            return True
+    fa.seek(a[0])
+    fb.seek(b[0])
+    return fa.read(a[1] - a[0]) == fb.read(b[1] - b[0])
 
 
 def _matched(store: Any, tree_a: str, tree_b: str) -> set[int]:
-    """Indexes of the row groups at the same place with the same bytes in both files."""
+    """Indexes of the row groups holding the same bytes in both files (same index, rows
+    and length; the place may differ)."""
     blob_a, blob_b = entry_id(store, tree_a, RECORDS_FILE), entry_id(store, tree_b, RECORDS_FILE)
     fa, fb = EntryFile(store, blob_a), EntryFile(store, blob_b)
     if blob_a == blob_b:
@@ -240,7 +245,7 @@ def _matched(store: Any, tree_a: str, tree_b: str) -> set[int]:
     return {
         i
         for i, (sa, sb) in enumerate(zip(spans_a, spans_b, strict=False))
-        if sa == sb and _same_bytes(fa, fb, sa[0], sa[1])
+        if sa[2] == sb[2] and sa[1] - sa[0] == sb[1] - sb[0] and _same_bytes(fa, fb, sa[:2], sb[:2])
     }
 
 
