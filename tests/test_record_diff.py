@@ -18,6 +18,10 @@ from usr.dataset import Dataset
 from usr.store import Store
 
 
+def _ok(result) -> None:
+    assert result.returncode == 0, result.stderr
+
+
 def _json(result) -> dict:
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)["data"]
@@ -29,10 +33,10 @@ def test_diff_rows_reports_remote_batch_and_local_annotations(kind, tmp_path, re
     cfg = ["--remotes-config", str(env.config)]
     remote = ["--root", str(env.remote_root)]
     local = ["--root", str(env.local_root)]
-    assert run_usr(*remote, "dev", "mock-batch", DS, "--rows", "30").returncode == 0
-    assert run_usr(*local, "pull", DS, "bu-scc", "-y", *cfg).returncode == 0
-    assert run_usr(*remote, "dev", "mock-batch", DS, "--rows", "25").returncode == 0
-    assert run_usr(*local, "dev", "mock-infer", DS).returncode == 0
+    _ok(run_usr(*remote, "dev", "mock-batch", DS, "--rows", "30"))
+    _ok(run_usr(*local, "pull", DS, "bu-scc", "-y", *cfg))
+    _ok(run_usr(*remote, "dev", "mock-batch", DS, "--rows", "25"))
+    _ok(run_usr(*local, "dev", "mock-infer", DS))
     before_files, before_head = files_of(env.local_dir), head(env.local_dir)
     audit = tmp_path / "diff.json"
     args = ("diff", DS, "bu-scc", "--rows", "--max-ids", "5", "--format", "json", *cfg)
@@ -58,6 +62,7 @@ def test_diff_rows_reports_remote_batch_and_local_annotations(kind, tmp_path, re
     plain = _json(run_usr(*local, "diff", DS, "bu-scc", "--format", "json", *cfg))
     assert "records" not in plain
     text = run_usr(*local, "diff", DS, "bu-scc", "--rows", *cfg)
+    _ok(text)
     assert "Records: +25 added, -0 removed, ~30 changed" in text.stdout
     # Each side's show --rows says what its last state added.
     shown = _json(run_usr(*remote, "show", DS, "--rows", "--format", "json"))["records"]
