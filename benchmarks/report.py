@@ -222,6 +222,20 @@ def targets(doc: dict[str, Any]) -> list[dict[str, Any]]:
                 hi["seconds"] <= 1.0 and growth <= 1.5 and (read_growth or 0) < 0.5,
             )
         )
+    rd = _get(doc, "record_diff")
+    if rd:
+        rows.append(
+            _row(
+                f"record diff of {rd['records_before']:,} records + {rd['records_appended']:,}"
+                f" appended (plumbing diff-records; row groups skipped "
+                f"{rd['row_groups']['skipped']} of {rd['row_groups']['before']})",
+                "a few seconds, peak RSS <= 256 MiB",
+                f"{rd['plumbing_seconds']:g} s, {rd['plumbing_rss_mib']:g} MiB",
+                f"show --rows {rd['show_rows_seconds']:g} s, {rd['show_rows_rss_mib']:g} MiB",
+                "-",
+                rd["plumbing_rss_mib"] <= 256 and rd["show_rows_rss_mib"] <= 256,
+            )
+        )
     at_issue_sizes = doc.get("mode") == "full"
     for row in rows:
         row["at_issue_sizes"] = at_issue_sizes

@@ -46,6 +46,8 @@ class Sizes:
     repeats: int
     #: Free memory touched once before measuring (``measure.warm_memory``).
     warm_memory_bytes: int = 0
+    #: Records of the record-diff scenario (then 1% appended).
+    record_diff_rows: int = 3_000_000
 
 
 MODES = {
@@ -61,13 +63,26 @@ MODES = {
         (1000, 10_000, 100_000),
         3,
         warm_memory_bytes=64 << 30,
+        record_diff_rows=3_000_000,
     ),
     # Under 3 minutes on 2 cores: the same scenarios, smaller.
     "quick": Sizes(
-        32 * MIB, 1000, 2000, 10_000, 256 * MIB, 8 * MIB, 20, (1000, 3000, 10_000), 2, 4 << 30
+        32 * MIB,
+        1000,
+        2000,
+        10_000,
+        256 * MIB,
+        8 * MIB,
+        20,
+        (1000, 3000, 10_000),
+        2,
+        4 << 30,
+        record_diff_rows=3_000_000,
     ),
     # Seconds: only checks that every scenario runs (used by the test suite).
-    "smoke": Sizes(1 * MIB, 20, 100, 2000, 8 * MIB, 1 * MIB, 3, (50, 100, 200), 1),
+    "smoke": Sizes(
+        1 * MIB, 20, 100, 2000, 8 * MIB, 1 * MIB, 3, (50, 100, 200), 1, record_diff_rows=40_000
+    ),
 }
 
 
@@ -522,6 +537,49 @@ def status_scaling(b: Bench) -> None:
     b.results["status_scaling"] = out
 
 
+def record_diff(b: Bench) -> None:
+    """``record_diff_rows`` records, then 1% appended (a batch job's append, one recorded
+    state): the record diff of the two states (``usr plumbing diff-records`` and ``usr show
+    --rows``), time and peak RSS of the whole command; the issue's bound is 256 MiB."""
+    rows = b.sizes.record_diff_rows
+    ds = Dataset.init(b.local, "bench/rows", source="benchmark")
+    datagen.write_records(ds, rows, seed=21)
+    ds.record_state("import")
+    appended = max(1, rows // 100)
+    datagen.append_rows(ds, appended, seed=22)
+    plumbing, times = _repeat(
+        b.sizes.repeats,
+        lambda: b.usr(
+            "plumbing", "diff-records", "bench/rows", "HEAD~1", "HEAD", "--format", "json"
+        ).check("usr plumbing diff-records"),
+    )
+    found = json.loads(plumbing.stdout)["data"]["records"]
+    if (found["added"], found["removed"], found["changed"]) != (appended, 0, 0):
+        raise RuntimeError(f"record diff found {found}, expected {appended} added")
+    show, _ = _repeat(
+        b.sizes.repeats,
+        lambda: b.usr("show", "bench/rows", "--rows", "--format", "json").check("usr show"),
+    )
+    streamed = b.usr("plumbing", "diff-records", "bench/rows", "HEAD~1", "HEAD", "-z")
+    streamed.check("usr plumbing diff-records -z")
+    b.results["record_diff"] = {
+        "records_before": rows,
+        "records_appended": appended,
+        "records_bytes": ds.records_path.stat().st_size,
+        "row_groups": found["row_groups"],
+        "plumbing_seconds": round(plumbing.seconds, 3),
+        "plumbing_seconds_all": times,
+        "plumbing_rss_mib": round(plumbing.client_rss_mib(), 1),
+        "plumbing_cpu_seconds": round(plumbing.cpu_seconds, 3),
+        "plumbing_rchar": plumbing.client.get("rchar", 0),
+        "show_rows_seconds": round(show.seconds, 3),
+        "show_rows_rss_mib": round(show.client_rss_mib(), 1),
+        "streamed_ids_seconds": round(streamed.seconds, 3),
+        "streamed_ids_rss_mib": round(streamed.client_rss_mib(), 1),
+        "streamed_ids": streamed.stdout.count("\0"),
+    }
+
+
 SCENARIOS: list[tuple[str, Callable[[Bench], None]]] = [
     ("floors", floors),
     ("primary_dataset", primary_dataset),
@@ -531,4 +589,5 @@ SCENARIOS: list[tuple[str, Callable[[Bench], None]]] = [
     ("big_file", big_file),
     ("storage", storage),
     ("status_scaling", status_scaling),
+    ("record_diff", record_diff),
 ]

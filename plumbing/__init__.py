@@ -15,9 +15,9 @@ def plumbing() -> None:
 
 
 def _register() -> None:
-    from plumbing import objects, refs, transport, trees, verify
+    from plumbing import objects, records, refs, transport, trees, verify
 
-    for module in (objects, refs, trees, transport, verify):
+    for module in (objects, refs, trees, records, transport, verify):
         for command in module.COMMANDS:
             plumbing.add_command(command)
 

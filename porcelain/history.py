@@ -15,6 +15,7 @@ from porcelain.options import (
     complete_dataset,
     emit,
     format_option,
+    max_ids_option,
     output_level,
     paint,
     pass_settings,
@@ -358,12 +359,29 @@ def log_cmd(
 @click.command("show")
 @here_or_dataset
 @click.argument("commit", default="HEAD")
+@click.option(
+    "--rows",
+    is_flag=True,
+    help="Also the records it added, removed or changed, and overlay values it set.",
+)
+@max_ids_option
 @format_option
 @pass_settings
-def show_cmd(settings, dataset: str, commit: str, fmt: str) -> None:
-    """One recorded state of DATASET and what it changed against its parent."""
+def show_cmd(settings, dataset: str, commit: str, rows: bool, max_ids: int, fmt: str) -> None:
+    """One recorded state of DATASET and what it changed against its parent.
+
+    --rows adds the record diff against the first parent: records added and removed by
+    id, records changed, overlay values set, changed or cleared per namespace and column
+    (records.parquet read by row group; unchanged row groups are skipped)."""
     store = open_store(settings, dataset)
     entry = store.log_entry(store.resolve(commit))
+    record_doc = None
+    if rows:
+        from usr.record_diff import diff_states
+
+        parent = entry.parents[0] if entry.parents else None
+        labels = (f"{entry.id[:12]}^" if parent else "(none)", entry.id[:12])
+        record_doc = diff_states(store, parent, entry.id, max_ids, labels=labels).to_json()
     changes = _parent_changes(store, entry)
     doc = entry.as_dict()
     doc["changes"] = [c.as_dict() for c in changes]
@@ -376,7 +394,13 @@ def show_cmd(settings, dataset: str, commit: str, fmt: str) -> None:
     lines.append("")
     lines += _changes_text(changes) or ["  (no file changes)"]
     lines += _stat_text(store, changes)
-    emit(fmt, {"dataset": dataset, "state": doc}, "\n".join(lines))
+    data = {"dataset": dataset, "state": doc}
+    if record_doc is not None:
+        from usr.record_diff import render_text
+
+        data["records"] = record_doc
+        lines += render_text(record_doc, indent="  ")
+    emit(fmt, data, "\n".join(lines))
 
 
 @click.command("checkout")

@@ -131,6 +131,17 @@ def complete_remote(ctx: click.Context, param: click.Parameter, incomplete: str)
 
 dataset_argument = click.argument("dataset", metavar="DATASET", shell_complete=complete_dataset)
 
+#: ``--max-ids N`` of the record diffs (``show --rows``, ``diff --rows``, ``plumbing
+#: diff-records``): how many ids the report lists; counts are always whole.
+max_ids_option = click.option(
+    "--max-ids",
+    type=click.IntRange(min=0),
+    default=20,
+    show_default=True,
+    metavar="N",
+    help="Ids listed in the record diff (JSON ids and samples); counts are always whole.",
+)
+
 
 class FlagPair(click.Option):
     """A ``--x/--no-x`` flag that refuses being named both ways (exit 2): click's own pair

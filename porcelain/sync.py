@@ -21,6 +21,7 @@ from porcelain.options import (
     complete_dataset,
     complete_remote,
     format_option,
+    max_ids_option,
     output_level,
     paint,
     pass_settings,
@@ -176,6 +177,8 @@ def build_options(ctx: click.Context, params: dict[str, Any], action: str) -> Sy
         no_verify=bool(params.get("no_verify")),
         no_validate=bool(params.get("no_validate")),
         merge=bool(params.get("merge")),
+        rows=bool(params.get("rows")),
+        max_ids=params.get("max_ids", 20),
     )
 
 
@@ -191,6 +194,8 @@ DATASET_ONLY_FLAGS = (
     ("--merge", "merge"),
     ("--no-verify", "no_verify"),
     ("--no-validate", "no_validate"),
+    ("--rows", "rows"),
+    ("--max-ids", "max_ids"),
 )
 
 
@@ -276,6 +281,13 @@ def _run(settings: Settings, ctx: click.Context, action: str, params: dict[str, 
 
 @click.command("diff")
 @_sync_options
+@click.option(
+    "--rows",
+    is_flag=True,
+    help="Also diff the records: added/removed/changed by id and overlay values "
+    "(data.records; the remote's records.parquet and parts are fetched into the store).",
+)
+@max_ids_option
 @format_option
 @click.option(
     "--exit-code",

@@ -38,6 +38,7 @@ RUNBOOKS = [
     "audit-loop.md",
     "workflow-map.md",
     "fidelity-drills.md",
+    "cli.md",
 ]
 DATASET = "densegen/my_dataset"
 MAX_SKIPS = 8

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import json
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -39,10 +41,11 @@ class Part:
     num_rows: int
 
 
-def read_part_info(path: Path) -> Part:
-    """The stamps and columns of one part, from its footer only."""
+def read_part_info(path: Path, source: Any = None) -> Part:
+    """The stamps and columns of one part, from its footer only; ``source`` (a seekable
+    file, e.g. over a store entry) is read instead of ``path`` when given."""
     try:
-        meta = pq.read_metadata(path)
+        meta = pq.read_metadata(path if source is None else source)
     except (pa.ArrowInvalid, OSError) as exc:
         raise VerifyError(f"overlay part {path} is unreadable: {exc}") from exc
     raw = meta.metadata or {}
@@ -304,13 +307,21 @@ def read_part(part: Part, columns: list[str]) -> pa.Table:
         raise VerifyError(f"overlay part {part.path} is unreadable: {exc}") from exc
 
 
-def resolve_column(parts: list[Part], column: str, ids: pa.Array) -> pa.Array:
-    """Values of ``column`` for ``ids`` (same order); the newest part with a key wins."""
+def resolve_column(
+    parts: list[Part],
+    column: str,
+    ids: pa.Array,
+    read: Callable[[Part, list[str]], pa.Table] | None = None,
+) -> pa.Array:
+    """Values of ``column`` for ``ids`` (same order); the newest part with a key wins.
+    ``read`` reads a part's columns (default: the working file; the record diff reads
+    parts of a recorded state from the store)."""
+    read = read or read_part
     pieces = []
     for rank, part in enumerate(parts):
         if column not in part.columns:
             continue
-        t = read_part(part, ["id", column])
+        t = read(part, ["id", column])
         t = t.filter(pc.is_in(t.column("id"), value_set=ids))
         pieces.append(t.append_column("__rank", pa.array([rank] * t.num_rows, pa.int32())))
     if not pieces:

@@ -58,6 +58,20 @@ DICTIONARY_COLUMNS = ["bio_type", "alphabet", "source"]
 STATISTICS_COLUMNS = ["bio_type", "alphabet", "length", "source", "created_at"]
 
 
+def schema_problem(schema: pa.Schema) -> str | None:
+    """Why ``schema`` is not the core schema (every core column with its type, no other
+    column), or None. The gate and the record diff refuse a table for the same reasons."""
+    for want in CORE_SCHEMA:
+        if want.name not in schema.names:
+            return f"core column {want.name!r} is missing"
+        if schema.field(want.name).type != want.type:
+            return f"column {want.name!r} is {schema.field(want.name).type}, not {want.type}"
+    extra = [n for n in schema.names if n not in CORE_SCHEMA.names]
+    if extra:
+        return f"non-core columns {', '.join(extra)} (overlays belong in _derived/)"
+    return None
+
+
 def record_id(bio_type: str, sequence: str) -> str:
     """The id rule: ``sha1(bio_type|sequence.strip())`` as lowercase hex."""
     return hashlib.sha1(f"{bio_type}|{sequence.strip()}".encode()).hexdigest()

@@ -534,6 +534,10 @@ def render_text(
             f"Verify:      primary {v.get('primary')}, sidecars {v.get('sidecars')}, "
             f"content hashes {v.get('content_hashes')}"
         )
+    if data.get("records") is not None:  # diff --rows: old = local, new = remote
+        from usr.record_diff import render_text as record_lines
+
+        lines.extend(record_lines(data["records"]))
     for note in data.get("notes", []):
         lines.append(f"Note:        {note}")
     if action == "diff":

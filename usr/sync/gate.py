@@ -17,20 +17,20 @@ so (``data.gate``).
 A state is read from a store (:func:`check_state`, what a pull or a push receives) or from
 the working files a sender is about to record (:func:`check_working`), through the same
 checks. May import :mod:`usr.errors`, :mod:`usr.layout`, :mod:`usr.records` (the core
-schema) and pyarrow; it reads the store only through ``manifest_of``, ``chunks.get`` and
-``read_object``.
+schema) and pyarrow; it reads the store only through
+:class:`usr.store.entryfile.EntryFile` and ``open_entry``.
 """
 
 from __future__ import annotations
 
-import io
 import json
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from usr.errors import VerifyError
 from usr.layout import EVENTS_FILE, RECORDS_FILE
+from usr.store.entryfile import EntryFile
 
 HINT = (
     "nothing was changed on either side; fix the file where it was written (usr validate "
@@ -66,7 +66,7 @@ def check_state(store: Any, commit: str, receiver_head: str | None, where: str) 
     base = store.repo[store.tree_of(receiver_head)] if receiver_head else None
     primary = _blob(tree, RECORDS_FILE)
     if primary is not None and primary != _blob(base, RECORDS_FILE):
-        check_records(_EntryFile(store, primary), where)
+        check_records(EntryFile(store, primary), where)
         checked.append(RECORDS_FILE)
     events = _blob(tree, EVENTS_FILE)
     held = _blob(base, EVENTS_FILE)
@@ -97,24 +97,15 @@ def check_records(source: BinaryIO, where: str) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from usr.records import CORE_SCHEMA
+    from usr.records import schema_problem
 
     try:
         pf = pq.ParquetFile(source)
         schema = pf.schema_arrow.remove_metadata()
     except Exception as exc:  # noqa: BLE001 - any parse failure is the refusal
         raise GateRefused(where, RECORDS_FILE, "parquet", _first_line(exc)) from None
-    for want in CORE_SCHEMA:
-        if want.name not in schema.names:
-            why = f"core column {want.name!r} is missing"
-            raise GateRefused(where, RECORDS_FILE, "schema", why)
-        if schema.field(want.name).type != want.type:
-            got = schema.field(want.name).type
-            why = f"column {want.name!r} is {got}, not {want.type}"
-            raise GateRefused(where, RECORDS_FILE, "schema", why)
-    extra = [n for n in schema.names if n not in CORE_SCHEMA.names]
-    if extra:
-        why = f"non-core columns {', '.join(extra)} (overlays belong in _derived/)"
+    why = schema_problem(schema)
+    if why is not None:
         raise GateRefused(where, RECORDS_FILE, "schema", why)
     try:
         groups = [pf.read_row_group(i, columns=["id"]).column(0) for i in range(pf.num_row_groups)]
@@ -176,69 +167,3 @@ def _blocks(path: Path) -> Iterator[bytes]:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
-
-
-class _EntryFile(io.RawIOBase):
-    """A seekable, read-only file over a store entry, reading only the chunks asked for
-    (Parquet reads its footer, then one column): the bytes are verified as they are read."""
-
-    def __init__(self, store: Any, blob_id: str) -> None:
-        super().__init__()
-        self._pos = 0
-        manifest = store.manifest_of(blob_id)
-        if manifest is None:
-            data = store.read_object(blob_id)[1]
-            self._size = len(data)
-            self._spans: list[tuple[int, int, Callable[[], bytes]]] = [(0, len(data), lambda: data)]
-        else:
-            self._size = manifest.size
-            self._spans = []
-            pos = 0
-            for cid, length in manifest.chunks:
-                self._spans.append((pos, length, lambda c=cid: store.chunks.get(c)))
-                pos += length
-        self._cache: dict[int, bytes] = {}
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._pos
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
-        self._pos = max(0, base + offset)
-        return self._pos
-
-    def readinto(self, buffer: Any) -> int:
-        view = memoryview(buffer).cast("B")
-        done = 0
-        while done < len(view) and self._pos < self._size:
-            index = self._span_at(self._pos)
-            start, length, _ = self._spans[index]
-            data = self._chunk(index)
-            take = data[self._pos - start : min(length, self._pos - start + len(view) - done)]
-            view[done : done + len(take)] = take
-            done += len(take)
-            self._pos += len(take)
-        return done
-
-    def _span_at(self, pos: int) -> int:
-        lo, hi = 0, len(self._spans) - 1
-        while lo < hi:
-            mid = (lo + hi + 1) // 2
-            if self._spans[mid][0] <= pos:
-                lo = mid
-            else:
-                hi = mid - 1
-        return lo
-
-    def _chunk(self, index: int) -> bytes:
-        if index not in self._cache:
-            if len(self._cache) >= 4:
-                self._cache.pop(next(iter(self._cache)))
-            self._cache[index] = self._spans[index][2]()
-        return self._cache[index]

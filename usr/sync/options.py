@@ -41,6 +41,10 @@ class SyncOptions:
     #: ``--no-validate``: let a state that fails the gate (usr.sync.gate) through; the
     #: audit records it.
     no_validate: bool = False
+    #: ``diff --rows``: add the record diff of both working trees (``data.records``,
+    #: usr.record_diff), listing at most ``max_ids`` ids.
+    rows: bool = False
+    max_ids: int = 20
 
     def profile(self) -> VerifyProfile:
         return VerifyProfile(

@@ -23,6 +23,7 @@ from usr.layout import RECORDS_FILE
 from usr.sync.audit import AuditRun, Comparison, Side
 from usr.sync.history import commits, effective_relation, haves, relation, set_tracking
 from usr.sync.options import SyncOptions
+from usr.sync.recordfetch import fetch_record_blobs, record_diff
 from usr.sync.remote import beside, bytes_moved, open_remote
 from usr.sync.rules import check_partial
 from usr.sync.target import Target, local_exists, open_store
@@ -210,6 +211,8 @@ def preview(
         try:
             _read_remote_side(session, store, target, st)
             set_tracking(store, remote, st.remote_head)
+            if options.rows:
+                fetch_record_blobs(session, store, target.dataset, st.remote_tree)
             merge_report = _merge_report(run, session, store, target, st, options, merge_preview)
         finally:
             run.bytes_sent, run.bytes_received = bytes_moved(session)
@@ -221,6 +224,8 @@ def preview(
     cmp = compare(store, target, remote, st)
     data = run.set_comparison(cmp)
     missing_primary_notes(run, store, st)
+    if options.rows:
+        data["records"] = record_diff(store, st, options)
     if merge_report is not None:
         data.update(
             mergeable=merge_report["mergeable"],
