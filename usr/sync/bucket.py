@@ -1,4 +1,4 @@
-"""The bucket layout of an object-store remote (docs/format.md, "Object-store remotes"),
+"""The bucket layout of an object-store remote (docs/format.md §12),
 and the one place that talks to the S3 client library.
 
 Owns :class:`Bucket` (reading and writing the three kinds of keys of one remote: the ref,
