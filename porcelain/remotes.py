@@ -215,12 +215,34 @@ def _doctor_connect(profile: profiles.Profile, report: _Report) -> Any | None:
     return ssh.session_on(conn, profile, f"remote {profile.name}", None, close_connection=True)
 
 
+def _doctor_s3(profile: profiles.Profile, report: _Report) -> _Report:
+    """credentials / bucket for an object-store remote (no usr runs there)."""
+    from usr.sync.bucket import Bucket
+
+    try:
+        bucket = Bucket(profile, f"remote {profile.name}")
+    except UsrError as exc:
+        report.fail("credentials", exc)
+        report.skip("bucket")
+        return report
+    report.add("credentials", True, "access key pair found in the environment")
+    try:
+        bucket.probe()
+    except UsrError as exc:
+        report.fail("bucket", exc)
+        return report
+    report.add("bucket", True, f"{bucket.label} answers with these credentials")
+    return report
+
+
 def doctor(profile: profiles.Profile) -> _Report:
     """Run every check; never raises for a failed check (it becomes a FAIL line)."""
     from usr.sync.client import spawn_local
     from usr.sync.peercheck import peer_text
 
     report = _Report()
+    if profile.type == "s3":
+        return _doctor_s3(profile, report)
     if profile.type == "local":
         report.add("connect", True, "local remote (no network)")
         session = spawn_local(profile.base_dir, profile.remote_usr, f"remote {profile.name}")

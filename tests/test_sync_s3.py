@@ -207,3 +207,68 @@ def test_remotes_add_and_show_s3(tmp_path):
     assert shown["type"] == "s3" and shown["bucket"] == "b" and shown["prefix"] == "usr/data"
     assert shown["access_key_env"] == "LAB_KEY" and "base_dir" not in shown
     assert "secret" not in config.read_text().replace("secret_key_env", "")
+
+
+def _boto(s3server):
+    import boto3
+
+    return boto3.client(
+        "s3",
+        endpoint_url=s3server.endpoint,
+        aws_access_key_id=s3server.access_key,
+        aws_secret_access_key=s3server.secret_key,
+        region_name="us-east-1",
+    )
+
+
+def _prefix(laptop: Laptop) -> str:
+    import tomllib
+
+    return tomllib.loads(laptop.config.read_text())["remotes"]["s3"]["prefix"]
+
+
+def test_gate_runs_before_the_ref_moves(s3env):
+    from usr import remotes
+    from usr.errors import VerifyError
+    from usr.sync.client import open_session
+
+    a, _b = s3env
+    make_dataset(a.root)
+    a.run("push")
+    (a.dir / "records.parquet").write_bytes(b"not parquet")
+    store = Store.open(a.dir)
+    store.record("break it")
+    with open_session(remotes.get("s3", a.config)) as session:
+        old = session.heads(DS)["head"]
+        with pytest.raises(VerifyError):
+            session.push(DS, store, store.head(), old)
+        assert session.heads(DS)["head"] == old
+
+
+def test_a_damaged_pack_is_refused_before_anything_lands(s3env, s3server):
+    a, b = s3env
+    make_dataset(a.root)
+    a.run("push")
+    client = _boto(s3server)
+    keys = client.list_objects_v2(Bucket=s3server.bucket, Prefix=f"{_prefix(a)}/{DS}/packs/")
+    (key,) = [o["Key"] for o in keys["Contents"]]
+    body = bytearray(client.get_object(Bucket=s3server.bucket, Key=key)["Body"].read())
+    body[-1] ^= 0xFF  # the last payload: a blob or chunk, found only when contents move
+    client.put_object(Bucket=s3server.bucket, Key=key, Body=bytes(body))
+    from usr.errors import VerifyError
+
+    with pytest.raises(VerifyError):
+        b.run("pull")
+    assert head(b.dir) is None if (b.dir / ".usr").exists() else True
+    assert not (b.dir / "records.parquet").exists()
+
+
+def test_doctor_s3(s3env, s3server):
+    a, _b = s3env
+    env = {**s3server.env(), "USR_REMOTES_PATH": str(a.config)}
+    r = run_usr("remotes", "doctor", "s3", "--format", "json", env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    checks = {c["check"]: c["ok"] for c in json.loads(r.stdout)["data"]["checks"]}
+    assert checks == {"credentials": True, "bucket": True}
+    r = run_usr("remotes", "doctor", "s3", env={**env, "AWS_SECRET_ACCESS_KEY": "x"})
+    assert r.returncode == 7, r.stdout + r.stderr

@@ -21,7 +21,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from usr.errors import ConflictError, NotFoundError, VerifyError
+from usr.errors import ConflictError, NotFoundError, UsageError, VerifyError
 from usr.layout import validate_dataset_id
 from usr.store.chunks import chunk_id
 from usr.store.objects import git_object_id
@@ -120,6 +120,15 @@ class ObjectStoreSession:
     def probe(self) -> dict[str, Any]:
         self.bucket.probe()
         return {"root": self.bucket.label, "root_exists": True, "root_writable": None}
+
+    # -- file mode -------------------------------------------------------------------------
+    def file_stat(self, root: str, path: str) -> dict[str, Any]:
+        raise UsageError(
+            f"file mode is not available for {self.name}: an object store holds datasets only",
+            "sync the dataset (usr pull|push DATASET REMOTE), or use an ssh or local remote",
+        )
+
+    file_get = file_put = file_stat
 
     # -- fetch -----------------------------------------------------------------------------
     def read_objects(self, ds: str, index: Index, oids: list[str]) -> dict[str, tuple[str, bytes]]:
