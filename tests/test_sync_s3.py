@@ -243,6 +243,8 @@ def test_gate_runs_before_the_ref_moves(s3env):
         with pytest.raises(VerifyError):
             session.push(DS, store, store.head(), old)
         assert session.heads(DS)["head"] == old
+        log = session.log(DS)
+        assert log[0]["id"] == old and log[0]["tree"] == session.working_tree(DS)
 
 
 def test_a_damaged_pack_is_refused_before_anything_lands(s3env, s3server):
@@ -272,3 +274,42 @@ def test_doctor_s3(s3env, s3server):
     assert checks == {"credentials": True, "bucket": True}
     r = run_usr("remotes", "doctor", "s3", env={**env, "AWS_SECRET_ACCESS_KEY": "x"})
     assert r.returncode == 7, r.stdout + r.stderr
+
+
+def test_two_push_processes_race_one_wins_the_other_exits_8(s3env, s3server):
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO, usr_env
+
+    a, b = s3env
+    make_dataset(a.root)
+    a.run("push")
+    b.run("pull")
+    append(a.dir, "AAAACCCCGG")
+    append(b.dir, "TTTTGGGGCC")
+    env = usr_env({**s3server.env(), "USR_REMOTES_PATH": str(a.config)})
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "usr", "--root", str(lap.root), "push", DS, "s3", "-y"],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for lap in (a, b)
+    ]
+    results = [(p.wait(timeout=120), p.stderr.read()) for p in procs]
+    codes = sorted(code for code, _ in results)
+    assert codes == [0, 8], results
+    (loser,) = [err for code, err in results if code == 8]
+    # Lost at the compare-and-swap, or started after the winner moved the ref.
+    assert any(w in loser for w in ("remote moved", "newer states", "diverged")), loser
+    assert loser.count("\n") == 1
+    (winner,) = [lap for lap, (code, _) in zip((a, b), results, strict=True) if code == 0]
+    from usr import remotes
+    from usr.sync.client import open_session
+
+    with open_session(remotes.get("s3", a.config)) as session:
+        assert session.heads(DS)["head"] == head(winner.dir)
