@@ -25,6 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+import tomli_w
 
 from tests.conftest import REPO, usr_env
 from usr.dataset import Dataset
@@ -329,3 +330,62 @@ def test_harness_chains(harness_runs, heading):
         assert drill["ok"] is True and drill["final_up_to_date"] is True, drill["steps"]
     if re.search(r"^pytest ", chain, re.M):  # the suites the runbook re-runs directly
         assert re.search(r"^\d+ passed", out, re.M), out[-2000:]
+
+
+def test_sync_audit_loop_against_an_object_store(s3server, tmp_path, monkeypatch):
+    """The seeds' daily loop (diff, pull -y, push -y with --audit-json-out, then their jq
+    decision checks) runs as written against a remote named ``bu-scc`` that is an S3
+    bucket (the real SeaweedFS fixture) instead of the cluster's sshd. The cluster's side
+    is a second root that pushes its batch to the bucket, as a batch job there would."""
+    from usr.sync import engine
+
+    laptop, cluster, work = tmp_path / "laptop", tmp_path / "cluster", tmp_path / "work"
+    for d in (laptop, cluster, work):
+        d.mkdir()
+    config = tmp_path / "remotes.toml"
+    table = s3server.profile(prefix="lab/datasets")
+    config.write_text(tomli_w.dumps({"remotes": {"bu-scc": table}}))
+    config.chmod(0o600)
+    env = usr_env({"USR_ROOT": str(laptop), "USR_REMOTES_PATH": str(config), **s3server.env()})
+    for key, value in s3server.env().items():  # the in-process setup pushes read them
+        monkeypatch.setenv(key, value)
+    opts = engine.SyncOptions(remotes_config=str(config))
+
+    def sync(root: Path, verb: str) -> None:
+        getattr(engine, verb)(engine.resolve_target(root, DS, opts), "bu-scc", opts)
+
+    remote = dataset(cluster)
+    sync(cluster, "push")
+    sync(laptop, "pull")
+    remote.append_records([{"sequence": "AAAACCCCGG"}], bio_type="dna", alphabet="dna_4")
+    sync(cluster, "push")
+    chain = sections("sync-audit-loop.md")
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    _exe(bindir / "usr", f'#!/bin/sh\nexec "{sys.executable}" -m usr "$@"\n')
+    env["PATH"] = f"{bindir}{os.pathsep}{os.environ['PATH']}"
+    proc = subprocess.run(
+        [
+            "bash",
+            "-euo",
+            "pipefail",
+            "-c",
+            as_run(chain["Quick loop"] + "\n" + chain["Decision checks from JSON"]),
+        ],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, f"{proc.stdout}\n{proc.stderr}"
+    assert "pull\tTRANSFERRED\ttrue\tfalse\tfalse" in proc.stdout.splitlines()
+    audit = work / ".usr-sync-audit"
+    diff = json.loads((audit / "diff-before-transfer.json").read_text())
+    assert diff["data"]["transfer_state"] == "DIFF-ONLY"
+    assert diff["data"]["relation"] == "remote-ahead"
+    push = json.loads((audit / "push.json").read_text())
+    assert push["data"]["transfer_state"] == "NO-OP"
+    assert (laptop / DS / "records.parquet").read_bytes() == (
+        cluster / DS / "records.parquet"
+    ).read_bytes()
