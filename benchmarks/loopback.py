@@ -147,6 +147,8 @@ def start(workdir: Path, remote_root: Path) -> Loopback:
     profiles = {
         "bench": info.profile(remote_root, remote_usr=str(wrapper)),
         "bench-wire": info.profile(remote_root, remote_usr=str(wrapper), port=proxy.port),
+        # The same server through the system's OpenSSH client (transport = "openssh").
+        "bench-openssh": info.profile(remote_root, remote_usr=str(wrapper), transport="openssh"),
     }
     remotes.write_text(tomli_w.dumps({"remotes": profiles}))
     remotes.chmod(0o600)

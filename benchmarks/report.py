@@ -149,6 +149,20 @@ def targets(doc: dict[str, Any]) -> list[dict[str, Any]]:
                 None if ratio is None else secs <= 1.0 and ratio <= 1.0,
             )
         )
+    ossh = "noop_diff_openssh"
+    secs = _get(doc, ossh, "usr", "seconds")
+    ratio = _get(doc, ossh, "time_vs_baseline")
+    if secs is not None:
+        rows.append(
+            _row(
+                "no-op diff through the system ssh (transport = openssh)",
+                "<= 1 s and <= rsync -an",
+                _u(doc, ossh),
+                _s(_get(doc, ossh, "baseline_seconds")) + " (rsync -an)",
+                ratio,
+                None if ratio is None else secs <= 1.0 and ratio <= 1.0,
+            )
+        )
     sf = "small_files"
     rows.append(
         _row(

@@ -363,6 +363,15 @@ def noop(b: Bench) -> None:
         }
     b.results.update(out)
     b.results["noop_diff_warm_auth"] = _warm_diff(b, n, rs_dry)
+    timed, times = _repeat(n, lambda: b.sync("diff", "bench/ds", "bench-openssh"))
+    b.results["noop_diff_openssh"] = {
+        "usr": _usr_side(timed),
+        "usr_seconds_all": times,
+        "transport": "openssh",
+        "baseline": "rsync -an",
+        "baseline_seconds": _secs(rs_dry),
+        "time_vs_baseline": _ratio(timed.seconds, _secs(rs_dry)),
+    }
 
 
 def _warm_diff(b: Bench, n: int, baseline: Run) -> dict[str, Any]:

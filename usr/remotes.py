@@ -51,7 +51,11 @@ _KEYS: dict[str, type | tuple[type, ...]] = {
     "region": str,
     "access_key_env": str,
     "secret_key_env": str,
+    "transport": str,
 }
+#: How an ``ssh`` remote is reached: asyncssh in this process (the default), or the
+#: system's OpenSSH client (``ssh``, with ~/.ssh/config, ProxyJump, ControlMaster).
+TRANSPORTS = ("asyncssh", "openssh")
 
 #: How a wrong-typed value is explained: what the key needs, and what writing it looks like.
 _KIND_WORDS: dict[type | tuple[type, ...], tuple[str, str]] = {
@@ -89,6 +93,8 @@ class Profile:
     region: str | None = None
     access_key_env: str | None = None
     secret_key_env: str | None = None
+    #: ``ssh`` only: ``asyncssh`` (default) or ``openssh`` (the system ssh binary).
+    transport: str = "asyncssh"
 
     def to_toml(self) -> dict[str, Any]:
         """The table as written: defaults that were never set are left out."""
@@ -156,6 +162,13 @@ def _profile_from_table(name: str, table: Any, path: Path) -> Profile:
         _check_s3_table(table, where)
     elif not table.get("base_dir"):
         raise InputError(f"{where}.base_dir: missing", "the datasets root on that machine")
+    if table.get("transport", "asyncssh") not in TRANSPORTS or (
+        "transport" in table and kind != "ssh"
+    ):
+        raise InputError(
+            f"{where}.transport: must be 'asyncssh' or 'openssh' on an ssh remote, "
+            f"got {table.get('transport')!r}"
+        )
     if kind == "ssh" and not table.get("host"):
         raise InputError(f"{where}.host: missing", "an ssh remote needs a host")
     port = table.get("port")

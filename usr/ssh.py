@@ -30,7 +30,6 @@ import getpass
 import io
 import logging
 import os
-import shlex
 import threading
 import warnings
 from collections.abc import Coroutine
@@ -49,6 +48,7 @@ else:
 import asyncssh  # noqa: E402 - after the filter above
 
 from usr.errors import AuthError, InputError, TransportError
+from usr.sshcommand import remote_command
 from usr.sync.session import Session, StderrTail
 
 T = TypeVar("T")
@@ -264,22 +264,6 @@ async def _connect(profile: Any, interactive: bool) -> asyncssh.SSHClientConnect
         ) from None
     except (ValueError, asyncssh.KeyImportError) as exc:
         raise InputError(f"ssh settings for remote {profile.name}: {exc}") from None
-
-
-def _word(word: str) -> str:
-    if word.startswith("~/"):
-        return "~/" + shlex.quote(word[2:])
-    return shlex.quote(word)
-
-
-def remote_command(profile: Any) -> str:
-    """``<remote_usr> plumbing serve --root <base_dir> [--repo-root <repo_root>]``, every
-    word quoted."""
-    words = shlex.split(profile.remote_usr) or ["usr"]
-    parts = [_word(w) for w in words] + ["plumbing", "serve", "--root", _word(profile.base_dir)]
-    if getattr(profile, "repo_root", None):
-        parts += ["--repo-root", _word(profile.repo_root)]
-    return " ".join(parts)
 
 
 def connect(profile: Any, interactive: bool | None = None) -> asyncssh.SSHClientConnection:

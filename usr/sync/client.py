@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from usr import faults
-from usr.errors import TransportError
+from usr.errors import AuthError, TransportError, UsrError
 from usr.sync import protocol as p
 from usr.sync.session import (
     FAULT_PUSH_MID_STREAM,
@@ -102,6 +102,30 @@ def spawn_local(
     env = {k: v for k, v in os.environ.items() if k not in (faults.ENV, faults.PAUSE_ENV)}
     package_parent = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_parent, env.get("PYTHONPATH")]))
+    hint = "check remote_usr in the profile"
+    return spawn(argv, env, name, lock_timeout, idle_timeout, hint)
+
+
+def spawn_openssh(profile: Any, name: str, lock_timeout: float | None = None) -> RemoteSession:
+    """A session with ``usr plumbing serve`` on an ssh remote, through the system's OpenSSH
+    client (``transport = "openssh"``): its login, ~/.ssh/config, ProxyJump and
+    ControlMaster sockets, with host keys checked strictly (:func:`usr.sshcommand.openssh_argv`)."""
+    from usr.sshcommand import openssh_argv
+
+    env = {k: v for k, v in os.environ.items() if k not in (faults.ENV, faults.PAUSE_ENV)}
+    hint = 'install the OpenSSH client (ssh), or drop transport = "openssh" from the profile'
+    return spawn(openssh_argv(profile), env, name, lock_timeout, profile.idle_timeout, hint)
+
+
+def spawn(
+    argv: list[str],
+    env: dict[str, str],
+    name: str,
+    lock_timeout: float | None,
+    idle_timeout: float | None,
+    hint: str,
+) -> RemoteSession:
+    """A session over a child process's stdin and stdout (its stderr kept for errors)."""
     try:
         proc = subprocess.Popen(
             argv,
@@ -112,9 +136,7 @@ def spawn_local(
             bufsize=0,  # stdout unbuffered: the idle timeout polls its fd
         )
     except OSError as exc:
-        raise TransportError(
-            f"cannot start {argv[0]}: {exc.strerror}", "check remote_usr in the profile"
-        ) from None
+        raise TransportError(f"cannot start {argv[0]}: {exc.strerror}", hint) from None
     tail = StderrTail()
     pump = threading.Thread(target=_pump_stderr, args=(proc.stderr, tail), daemon=True)
     pump.start()
@@ -163,6 +185,8 @@ def open_session(
         from usr.sync.objsession import ObjectStoreSession
 
         session = ObjectStoreSession(profile, label)
+    elif profile.type == "ssh" and profile.transport == "openssh":
+        session = spawn_openssh(profile, label, lock_timeout)
     elif profile.type == "local":
         session = spawn_local(
             profile.base_dir,
@@ -186,7 +210,42 @@ def open_session(
             )
     try:
         session.hello()
-    except BaseException:
+    except BaseException as exc:
         session.close()
+        if isinstance(exc, TransportError) and getattr(profile, "transport", "") == "openssh":
+            raise openssh_failure(profile, exc) from None
         raise
     return session
+
+
+#: What OpenSSH prints when the host key or the login is refused (exit 7, not 6).
+_AUTH_SIGNS = (
+    "Permission denied",
+    "Host key verification failed",
+    "REMOTE HOST IDENTIFICATION HAS CHANGED",
+    "No ED25519 host key is known",
+    "host key for",
+)
+
+
+def openssh_failure(profile: Any, exc: TransportError) -> UsrError:
+    """The one-line error of an ``ssh`` that could not reach ``usr plumbing serve``: an
+    :class:`AuthError` when ssh says the host key or the login was refused."""
+    where = f"{profile.user + '@' if profile.user else ''}{profile.host}:{profile.port or 22}"
+    if any(sign in exc.message for sign in _AUTH_SIGNS):
+        if (
+            "Host key" in exc.message
+            or "host key" in exc.message
+            or "IDENTIFICATION" in exc.message
+        ):
+            return AuthError(
+                f"host key of {where} is not trusted (unknown or changed) (openssh)",
+                f"compare its fingerprint with the one your cluster publishes, then add it: "
+                f"ssh-keyscan -p {profile.port or 22} {profile.host} >> "
+                f"{profile.known_hosts or '~/.ssh/known_hosts'}",
+            )
+        return AuthError(
+            f"authentication to {where} failed (openssh: {exc.message})",
+            "check user and key (ssh_key / ssh_key_env / agent / ~/.ssh/config)",
+        )
+    return exc

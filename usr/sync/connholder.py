@@ -199,7 +199,7 @@ async def _pipe(reader: Any, writer: Any) -> None:
 
 
 async def _hold(profile: Any, conn: Any, path: Path) -> None:
-    from usr.ssh import remote_command
+    from usr.sshcommand import remote_command
 
     state = {"sessions": 0, "last": time.monotonic()}
     done = asyncio.Event()
