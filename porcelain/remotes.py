@@ -76,20 +76,27 @@ def show_command(name: str, remotes_config: str | None, fmt: str) -> None:
 @click.option(
     "--type",
     "kind",
-    type=click.Choice(["ssh", "local"]),
+    type=click.Choice(["ssh", "local", "s3"]),
     default="ssh",
     show_default=True,
-    help="ssh: a host reached over SSH; local: a directory on this machine.",
+    help="ssh: a host reached over SSH; local: a directory on this machine; "
+    "s3: a bucket of an S3 object store.",
 )
 @click.option("--host", default=None, help="SSH login host (required for --type ssh).")
 @click.option("--user", default=None, help="SSH login user (default: ~/.ssh/config, else yours).")
 @click.option("--port", type=int, default=None, help="SSH port (default 22).")
-@click.option("--base-dir", required=True, help="Datasets root on that machine.")
+@click.option("--base-dir", default=None, help="Datasets root on that machine (ssh, local).")
 @click.option("--batch-mode/--no-batch-mode", default=True, help="Forbid prompts (default).")
 @click.option("--remote-usr", default="usr", help="Command that runs usr on the remote.")
 @click.option("--ssh-key", default=None, help="Private key file.")
 @click.option("--ssh-key-env", default=None, help="Env var holding the private key's path.")
 @click.option("--known-hosts", default=None, help="known_hosts file (default ~/.ssh/...).")
+@click.option("--endpoint", default=None, help="S3 endpoint URL (s3; default AWS).")
+@click.option("--bucket", default=None, help="S3 bucket (required for --type s3).")
+@click.option("--prefix", default=None, help="Key prefix the datasets live under (s3).")
+@click.option("--region", default=None, help="S3 region (s3; default us-east-1).")
+@click.option("--access-key-env", default=None, help="Env var holding the access key id (s3).")
+@click.option("--secret-key-env", default=None, help="Env var holding the secret access key (s3).")
 @click.option("--force", is_flag=True, help="Replace an existing profile of that name.")
 @remotes_config_option
 def add_command(
@@ -98,29 +105,44 @@ def add_command(
     host: str | None,
     user: str | None,
     port: int | None,
-    base_dir: str,
+    base_dir: str | None,
     batch_mode: bool,
     remote_usr: str,
     ssh_key: str | None,
     ssh_key_env: str | None,
     known_hosts: str | None,
+    endpoint: str | None,
+    bucket: str | None,
+    prefix: str | None,
+    region: str | None,
+    access_key_env: str | None,
+    secret_key_env: str | None,
     force: bool,
     remotes_config: str | None,
 ) -> None:
-    """Add a profile (written with mode 0600)."""
+    """Add a profile (written with mode 0600). Credentials are never written: an s3
+    profile reads them from the environment at use."""
     profiles.validate_name(name)
+    if kind != "s3" and not base_dir:
+        raise UsageError("--base-dir is required for --type ssh and --type local")
     profile = profiles.Profile(
         name=name,
         type=kind,
         host=host,
         user=user,
         port=port,
-        base_dir=base_dir,
+        base_dir=base_dir or "",
         batch_mode=batch_mode,
         remote_usr=remote_usr,
         ssh_key=ssh_key,
         ssh_key_env=ssh_key_env,
         known_hosts=known_hosts,
+        endpoint=endpoint,
+        bucket=bucket,
+        prefix=prefix,
+        region=region,
+        access_key_env=access_key_env,
+        secret_key_env=secret_key_env,
     )
     path = profiles.add(profile, remotes_config, replace=force)
     click.echo(f"added remote {name} ({profile.describe()}) to {path}", err=True)
@@ -193,12 +215,34 @@ def _doctor_connect(profile: profiles.Profile, report: _Report) -> Any | None:
     return ssh.session_on(conn, profile, f"remote {profile.name}", None, close_connection=True)
 
 
+def _doctor_s3(profile: profiles.Profile, report: _Report) -> _Report:
+    """credentials / bucket for an object-store remote (no usr runs there)."""
+    from usr.sync.bucket import Bucket
+
+    try:
+        bucket = Bucket(profile, f"remote {profile.name}")
+    except UsrError as exc:
+        report.fail("credentials", exc)
+        report.skip("bucket")
+        return report
+    report.add("credentials", True, "access key pair found in the environment")
+    try:
+        bucket.probe()
+    except UsrError as exc:
+        report.fail("bucket", exc)
+        return report
+    report.add("bucket", True, f"{bucket.label} answers with these credentials")
+    return report
+
+
 def doctor(profile: profiles.Profile) -> _Report:
     """Run every check; never raises for a failed check (it becomes a FAIL line)."""
     from usr.sync.client import spawn_local
     from usr.sync.peercheck import peer_text
 
     report = _Report()
+    if profile.type == "s3":
+        return _doctor_s3(profile, report)
     if profile.type == "local":
         report.add("connect", True, "local remote (no network)")
         session = spawn_local(profile.base_dir, profile.remote_usr, f"remote {profile.name}")

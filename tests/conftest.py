@@ -18,7 +18,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 
-pytest_plugins: list[str] = ["tests.fixtures.sshd"]
+pytest_plugins: list[str] = ["tests.fixtures.sshd", "tests.fixtures.s3server"]
 
 
 @dataclass

@@ -356,6 +356,8 @@ def remote_target(remote: str, remotes_config: str | os.PathLike[str] | None = N
         return remote
     if profile.type == "local":
         return str(profile.base_dir)
+    if profile.type == "s3":
+        return f"s3://{profile.bucket}/{(profile.prefix or '').strip('/')}".rstrip("/")
     who = f"{profile.user}@" if profile.user else ""
     if profile.port:
         return f"ssh://{who}{profile.host}:{profile.port}/{str(profile.base_dir).lstrip('/')}"

@@ -23,7 +23,9 @@ from usr.errors import InputError, NotFoundError
 
 REMOTES_ENV = "USR_REMOTES_PATH"
 DEFAULT_PATH = "~/.config/usr/remotes.toml"
-TYPES = ("ssh", "local")
+TYPES = ("ssh", "local", "s3")
+#: Keys only an ``s3`` profile may set, and those it may not.
+S3_KEYS = ("endpoint", "bucket", "prefix", "region", "access_key_env", "secret_key_env")
 NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
 
 #: Known keys of a profile, with their TOML types. Anything else is refused by name.
@@ -43,6 +45,12 @@ _KEYS: dict[str, type | tuple[type, ...]] = {
     "idle_timeout": (int, float),
     "repo_root": str,
     "local_repo_root": str,
+    "endpoint": str,
+    "bucket": str,
+    "prefix": str,
+    "region": str,
+    "access_key_env": str,
+    "secret_key_env": str,
 }
 
 #: How a wrong-typed value is explained: what the key needs, and what writing it looks like.
@@ -73,13 +81,21 @@ class Profile:
     idle_timeout: float = 600.0
     repo_root: str | None = None
     local_repo_root: str | None = None
+    #: ``s3`` only: the S3 endpoint URL, bucket, key prefix, region, and the names of the
+    #: environment variables holding the credentials (never the credentials themselves).
+    endpoint: str | None = None
+    bucket: str | None = None
+    prefix: str | None = None
+    region: str | None = None
+    access_key_env: str | None = None
+    secret_key_env: str | None = None
 
     def to_toml(self) -> dict[str, Any]:
         """The table as written: defaults that were never set are left out."""
         out: dict[str, Any] = {}
         defaults = Profile(name=self.name)
         for key, value in asdict(self).items():
-            if key == "name" or value is None:
+            if key == "name" or value is None or (key == "base_dir" and self.type == "s3"):
                 continue
             if key != "type" and value == getattr(defaults, key) and key != "base_dir":
                 continue
@@ -89,6 +105,9 @@ class Profile:
     def describe(self) -> str:
         if self.type == "local":
             return f"local {self.base_dir}"
+        if self.type == "s3":
+            where = "/".join(x for x in (self.bucket, (self.prefix or "").strip("/")) if x)
+            return f"s3 {self.endpoint or 'aws'} {where}"
         who = f"{self.user}@" if self.user else ""
         port = f":{self.port}" if self.port else ""
         return f"ssh {who}{self.host}{port}:{self.base_dir}"
@@ -132,8 +151,10 @@ def _profile_from_table(name: str, table: Any, path: Path) -> Profile:
             )
     kind = table.get("type", "ssh")
     if kind not in TYPES:
-        raise InputError(f"{where}.type: must be 'ssh' or 'local', got {kind!r}")
-    if not table.get("base_dir"):
+        raise InputError(f"{where}.type: must be 'ssh', 'local' or 's3', got {kind!r}")
+    if kind == "s3":
+        _check_s3_table(table, where)
+    elif not table.get("base_dir"):
         raise InputError(f"{where}.base_dir: missing", "the datasets root on that machine")
     if kind == "ssh" and not table.get("host"):
         raise InputError(f"{where}.host: missing", "an ssh remote needs a host")
@@ -150,6 +171,24 @@ def _profile_from_table(name: str, table: Any, path: Path) -> Profile:
     except ValueError as exc:  # the command is split into words the same way when used
         raise InputError(f"{where}.remote_usr: {exc}", "quote it as a shell would") from None
     return Profile(name=name, **table)
+
+
+def _check_s3_table(table: dict[str, Any], where: str) -> None:
+    """An ``s3`` profile names a bucket; it has no base_dir, host or SSH keys."""
+    if not table.get("bucket"):
+        raise InputError(f"{where}.bucket: missing", "an s3 remote needs a bucket")
+    for key in ("host", "user", "port", "ssh_key", "ssh_key_env", "known_hosts", "ssh_config"):
+        if key in table:
+            raise InputError(f"{where}.{key}: not used by an s3 remote", "remove it")
+    endpoint = table.get("endpoint")
+    if endpoint is not None and not endpoint.startswith(("http://", "https://")):
+        raise InputError(
+            f"{where}.endpoint: must be an http:// or https:// URL, got {endpoint!r}",
+            "e.g. https://s3.us-east-1.amazonaws.com",
+        )
+    prefix = table.get("prefix", "")
+    if any(part in (".", "..") for part in prefix.strip("/").split("/") if part):
+        raise InputError(f"{where}.prefix: must not contain '.' or '..' segments")
 
 
 def load(path: Path) -> dict[str, Profile]:

@@ -159,7 +159,11 @@ def open_session(
 
     profile = remotes.get(remote, remotes_config) if isinstance(remote, str) else remote
     label = f"remote {profile.name}"
-    if profile.type == "local":
+    if profile.type == "s3":
+        from usr.sync.objsession import ObjectStoreSession
+
+        session = ObjectStoreSession(profile, label)
+    elif profile.type == "local":
         session = spawn_local(
             profile.base_dir,
             profile.remote_usr,
