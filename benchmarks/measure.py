@@ -36,6 +36,13 @@ class Run:
     connections: int = 0
     client: dict[str, Any] = field(default_factory=dict)
     server: list[dict[str, Any]] = field(default_factory=list)
+    #: The program is not installed here: no figure, reported as missing.
+    missing: bool = False
+
+    @classmethod
+    def absent(cls) -> Run:
+        """A baseline that could not run because its program is missing."""
+        return cls(0.0, 0, "", "", 0.0, missing=True)
 
     @property
     def wire_bytes(self) -> int:

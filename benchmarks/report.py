@@ -294,6 +294,12 @@ def markdown(doc: dict[str, Any]) -> str:
         "| Figure | Target | usr | Baseline | Ratio | Met |",
         "| --- | --- | --- | --- | --- | --- |",
     ]
+    if doc.get("missing"):
+        missing = ", ".join(doc["missing"])
+        lines[-2:-2] = [
+            f"Missing on this machine: {missing}; its baselines show '-' and no ratio.",
+            "",
+        ]
     for row in doc.get("targets", []):
         if row["met"] is None and row["usr"] in ("-", None):
             continue  # its scenario did not run (--only)

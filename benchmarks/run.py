@@ -164,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     remote_root = workdir / "remote"
     remote_root.mkdir(exist_ok=True)
     loop = loopback.start(workdir, remote_root)
+    bench = None
     try:
         bench = scenarios.Bench(workdir, sizes, loop)
         bench.results = doc["results"]
@@ -195,6 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         loop.stop()
         if not opts.keep and opts.workdir is None:
             shutil.rmtree(workdir, ignore_errors=True)
+        doc["missing"] = sorted(bench.missing) if bench is not None else []
     doc["seconds"] = round(time.perf_counter() - start, 1)
     doc["targets"] = report.targets(doc)
     table = report.markdown(doc)

@@ -9,6 +9,7 @@ and ``rsync -an`` (the no-op diff). Each figure is reported absolute and as a ra
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 import shutil
@@ -102,6 +103,8 @@ class Bench:
         self.usr = UsrRunner(self.local, loop.remotes, loop.probe_log, workdir / "logs")
         self.results: dict[str, Any] = {}
         self.per_row: float | None = None
+        #: Baseline programs this machine lacks (their figures are None).
+        self.missing: set[str] = set()
 
     # -- baselines ----------------------------------------------------------------------
     def _ssh(self, host: str, command: str) -> str:
@@ -131,7 +134,15 @@ class Bench:
         return run(line).check("ssh cat")
 
     def rsync(self, src: Path, dest: str, host: str = "bench", dry: bool = False) -> Run:
-        """``rsync -a`` (or ``-an``) of a dataset directory, store excluded, with --stats."""
+        """``rsync -a`` (or ``-an``) of a dataset directory, store excluded, with --stats.
+
+        Without rsync on this machine (or named in ``$USR_BENCH_WITHOUT``) the baseline is
+        missing: its figures are None and the results say so; the scenario goes on."""
+        if "rsync" in os.environ.get("USR_BENCH_WITHOUT", "").split(",") or not shutil.which(
+            "rsync"
+        ):
+            self.missing.add("rsync")
+            return Run.absent()
         target = self.baseline / dest
         argv = ["rsync", "-a", "--delete", "--stats", *RSYNC_EXCLUDES]
         if dry:
@@ -196,13 +207,26 @@ def _median(runs: list[Run]) -> Run:
     return ordered[len(ordered) // 2]
 
 
-def _repeat(n: int, fn: Callable[[], Run]) -> tuple[Run, list[float]]:
+def _repeat(n: int, fn: Callable[[], Run]) -> tuple[Run, list[float | None]]:
     runs = [fn() for _ in range(n)]
-    return _median(runs), [round(r.seconds, 3) for r in runs]
+    return _median(runs), [_secs(r) for r in runs]
 
 
-def _ratio(a: float, b: float) -> float | None:
-    return round(a / b, 3) if b else None
+def _ratio(a: float | None, b: float | None, digits: int = 3) -> float | None:
+    return round(a / b, digits) if a is not None and b else None
+
+
+def _secs(r: Run) -> float | None:
+    """A run's wall time, or None for a baseline whose program is missing."""
+    return None if r.missing else round(r.seconds, 3)
+
+
+def _cpu(r: Run) -> float | None:
+    return None if r.missing else round(r.cpu_seconds, 3)
+
+
+def _wire(r: Run) -> int | None:
+    return None if r.missing else r.wire_bytes
 
 
 def _rss(r: Run) -> dict[str, float]:
@@ -289,12 +313,12 @@ def primary_dataset(b: Bench) -> None:
         "usr": _usr_side(push),
         "ssh_cat_seconds": round(cat.seconds, 3),
         "ssh_cat_client_cpu_seconds": round(cat.cpu_seconds, 3),
-        "rsync_seconds": round(rs.seconds, 3),
-        "rsync_client_cpu_seconds": round(rs.cpu_seconds, 3),
+        "rsync_seconds": _secs(rs),
+        "rsync_client_cpu_seconds": _cpu(rs),
         "usr_mib_per_s": round(total / MIB / push.seconds, 1),
         "ssh_cat_mib_per_s": round(total / MIB / cat.seconds, 1),
         "throughput_vs_ssh_cat": _ratio(cat.seconds, push.seconds),
-        "time_vs_rsync": _ratio(push.seconds, rs.seconds),
+        "time_vs_rsync": _ratio(push.seconds, _secs(rs)),
     }
     b.results["initial_pull"] = {
         "usr": _usr_side(pull),
@@ -320,13 +344,13 @@ def incremental(b: Bench) -> None:
         "usr_wire_bytes": push.wire_bytes,
         "usr_wire_fraction_of_file": round(push.wire_bytes / size, 5),
         "usr_protocol_fraction_of_file": round(_usr_side(push)["protocol_bytes"] / size, 5),
-        "rsync_seconds": round(rs.seconds, 3),
-        "rsync_client_cpu_seconds": round(rs.cpu_seconds, 3),
-        "rsync_wire_bytes": rs.wire_bytes,
-        "rsync_wire_fraction_of_file": round(rs.wire_bytes / size, 5),
+        "rsync_seconds": _secs(rs),
+        "rsync_client_cpu_seconds": _cpu(rs),
+        "rsync_wire_bytes": _wire(rs),
+        "rsync_wire_fraction_of_file": _ratio(_wire(rs), size, 5),
         "rsync_stats": stats,
-        "time_vs_rsync": _ratio(push.seconds, rs.seconds),
-        "wire_vs_rsync": _ratio(push.wire_bytes, rs.wire_bytes),
+        "time_vs_rsync": _ratio(push.seconds, _secs(rs)),
+        "wire_vs_rsync": _ratio(push.wire_bytes, _wire(rs)),
     }
     # The pulled copy catches up too (so later no-op pulls are no-ops).
     b.results["incremental_pull"] = {"usr": _usr_side(b.sync("pull", "bench/ds", root=b.pulled))}
@@ -355,11 +379,11 @@ def noop(b: Bench) -> None:
             "usr_round_trips_after_handshake": wired.round_trips_after_handshake(),
             "usr_protocol_bytes": _usr_side(wired)["protocol_bytes"],
             "baseline": "rsync -an" if action == "diff" else "rsync -a",
-            "baseline_seconds": round(baseline.seconds, 3),
-            "baseline_client_cpu_seconds": round(baseline.cpu_seconds, 3),
+            "baseline_seconds": _secs(baseline),
+            "baseline_client_cpu_seconds": _cpu(baseline),
             "baseline_seconds_all": base_times,
-            "baseline_wire_bytes": base_wire.wire_bytes,
-            "time_vs_baseline": _ratio(timed.seconds, baseline.seconds),
+            "baseline_wire_bytes": _wire(base_wire),
+            "time_vs_baseline": _ratio(timed.seconds, _secs(baseline)),
         }
     b.results.update(out)
     b.results["noop_diff_warm_auth"] = _warm_diff(b, n, rs_dry)
@@ -389,8 +413,8 @@ def _warm_diff(b: Bench, n: int, baseline: Run) -> dict[str, Any]:
         "usr_seconds_all": times,
         "via_holder": True,
         "baseline": "rsync -an",
-        "baseline_seconds": round(baseline.seconds, 3),
-        "time_vs_baseline": _ratio(timed.seconds, baseline.seconds),
+        "baseline_seconds": _secs(baseline),
+        "time_vs_baseline": _ratio(timed.seconds, _secs(baseline)),
     }
 
 
@@ -427,10 +451,10 @@ def small_files(b: Bench) -> None:
         "ssh_cat_client_cpu_seconds": round(cat.cpu_seconds, 3),
         "ssh_untar_seconds": round(untar.seconds, 3),
         "time_vs_ssh_untar": _ratio(push.seconds, untar.seconds),
-        "rsync_seconds": round(rs.seconds, 3),
-        "rsync_client_cpu_seconds": round(rs.cpu_seconds, 3),
+        "rsync_seconds": _secs(rs),
+        "rsync_client_cpu_seconds": _cpu(rs),
         "throughput_vs_ssh_cat": _ratio(cat.seconds, push.seconds),
-        "time_vs_rsync": _ratio(push.seconds, rs.seconds),
+        "time_vs_rsync": _ratio(push.seconds, _secs(rs)),
         "files_per_s": round(files / push.seconds),
         "rss_mib": {
             "snapshot": round(snap.client_rss_mib(), 1),

@@ -43,7 +43,7 @@ def test_benchmark_runner_smoke(sshd, tmp_path: Path) -> None:
         ],
         capture_output=True,
         text=True,
-        env=usr_env(),
+        env=usr_env({"USR_BENCH_WITHOUT": "rsync"}),
         timeout=280,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -57,3 +57,9 @@ def test_benchmark_runner_smoke(sshd, tmp_path: Path) -> None:
     assert "| Figure | Target |" in proc.stdout
     assert doc["results"]["small_files"]["ssh_untar_seconds"] > 0
     assert "tar piped to ssh tar -x" in proc.stdout
+    # A baseline program missing here is reported as missing, never a failure of the run
+    # (a fresh machine may have no rsync); USR_BENCH_WITHOUT stands in for its absence.
+    assert doc["missing"] == ["rsync"]
+    assert doc["results"]["initial_push"]["rsync_seconds"] is None
+    assert doc["results"]["initial_push"]["time_vs_rsync"] is None
+    assert "Missing on this machine: rsync" in proc.stdout
