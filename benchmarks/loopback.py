@@ -112,6 +112,24 @@ class Loopback:
             self.process.wait()
 
 
+def _control_config(workdir: Path, info: Any) -> Path:
+    """An ssh_config for the fixture's server that keeps a ControlMaster socket open."""
+    path = workdir / "ssh_config_control"
+    path.write_text(
+        "\n".join(
+            [
+                "Host *",
+                "  ControlMaster auto",
+                f"  ControlPath {workdir}/cm-%C",
+                "  ControlPersist 120",
+                "  LogLevel ERROR",
+                "",
+            ]
+        )
+    )
+    return path
+
+
 def start(workdir: Path, remote_root: Path) -> Loopback:
     """Start sshd on 127.0.0.1 with fresh keys, the proxy, and write both client configs."""
     from tests.fixtures import sshd as fixture
@@ -147,8 +165,15 @@ def start(workdir: Path, remote_root: Path) -> Loopback:
     profiles = {
         "bench": info.profile(remote_root, remote_usr=str(wrapper)),
         "bench-wire": info.profile(remote_root, remote_usr=str(wrapper), port=proxy.port),
-        # The same server through the system's OpenSSH client (transport = "openssh").
-        "bench-openssh": info.profile(remote_root, remote_usr=str(wrapper), transport="openssh"),
+        # The same server through the system's OpenSSH client (transport = "openssh"), with
+        # a ControlMaster socket as an operator's ~/.ssh/config would have: the first
+        # command logs in, the next ones reuse the connection.
+        "bench-openssh": info.profile(
+            remote_root,
+            remote_usr=str(wrapper),
+            transport="openssh",
+            ssh_config=str(_control_config(workdir, info)),
+        ),
     }
     remotes.write_text(tomli_w.dumps({"remotes": profiles}))
     remotes.chmod(0o600)
