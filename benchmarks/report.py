@@ -135,34 +135,23 @@ def targets(doc: dict[str, Any]) -> list[dict[str, Any]]:
             None if secs is None or ratio is None else secs <= 1.0 and ratio <= 1.0,
         )
     )
-    warm = "noop_diff_warm_auth"
-    secs = _get(doc, warm, "usr", "seconds")
-    ratio = _get(doc, warm, "time_vs_baseline")
-    if secs is not None:
-        rows.append(
-            _row(
-                "no-op diff through a warm-auth holder (login already done)",
-                "<= 1 s and <= rsync -an",
-                _u(doc, warm),
-                _s(_get(doc, warm, "baseline_seconds")) + " (rsync -an)",
-                ratio,
-                None if ratio is None else secs <= 1.0 and ratio <= 1.0,
+    for key, label in (
+        ("noop_diff_warm_auth", "no-op diff through a warm-auth holder (login already done)"),
+        ("noop_diff_openssh", "no-op diff through the system ssh (transport = openssh)"),
+    ):
+        secs = _get(doc, key, "usr", "seconds")
+        ratio = _get(doc, key, "time_vs_baseline")
+        if secs is not None:
+            rows.append(
+                _row(
+                    label,
+                    "<= 1 s and <= rsync -an",
+                    _u(doc, key),
+                    _s(_get(doc, key, "baseline_seconds")) + " (rsync -an)",
+                    ratio,
+                    None if ratio is None else secs <= 1.0 and ratio <= 1.0,
+                )
             )
-        )
-    ossh = "noop_diff_openssh"
-    secs = _get(doc, ossh, "usr", "seconds")
-    ratio = _get(doc, ossh, "time_vs_baseline")
-    if secs is not None:
-        rows.append(
-            _row(
-                "no-op diff through the system ssh (transport = openssh)",
-                "<= 1 s and <= rsync -an",
-                _u(doc, ossh),
-                _s(_get(doc, ossh, "baseline_seconds")) + " (rsync -an)",
-                ratio,
-                None if ratio is None else secs <= 1.0 and ratio <= 1.0,
-            )
-        )
     sf = "small_files"
     rows.append(
         _row(
