@@ -282,6 +282,29 @@ class Bucket:
         """One request that fails the way a wrong key or a missing bucket does."""
         self.get(".usr-probe", "reach the bucket")
 
+    def conditional_writes(self) -> bool:
+        """Whether the store refuses a create over an existing key and a write whose
+        If-Match names another ETag (what the ref's compare-and-swap rests on). Writes, then
+        deletes, one probe key ``.usr-probe-cas/<random>``."""
+        import uuid
+
+        import obstore
+        from obstore.exceptions import AlreadyExistsError, PreconditionError
+
+        key = f".usr-probe-cas/{uuid.uuid4().hex}"
+        refused = 0
+        try:
+            obstore.put(self.store, key, b"1", mode="create", use_multipart=False)
+            for mode in ("create", {"e_tag": '"00000000000000000000000000000000"'}):
+                try:
+                    obstore.put(self.store, key, b"2", mode=mode, use_multipart=False)
+                except (AlreadyExistsError, PreconditionError):
+                    refused += 1
+            obstore.delete(self.store, key)
+        except Exception as exc:  # noqa: BLE001
+            raise self.error(exc, "probe conditional writes") from None
+        return refused == 2
+
     def read_ref(self, ds: str) -> Ref | None:
         got = self.get(f"{ds}/ref", f"read the ref of {ds}")
         if got is None:
