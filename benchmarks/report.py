@@ -239,10 +239,47 @@ def targets(doc: dict[str, Any]) -> list[dict[str, Any]]:
                 rd["plumbing_rss_mib"] <= 256 and rd["show_rows_rss_mib"] <= 256,
             )
         )
+    rows += _object_store_rows(doc)
     at_issue_sizes = doc.get("mode") == "full"
     for row in rows:
         row["at_issue_sizes"] = at_issue_sizes
     return rows
+
+
+def _object_store_rows(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    """The object-store scenario (benchmarks/objstore.py): no issue target, figures only."""
+    o = _get(doc, "object_store")
+    if not o:
+        return []
+    first, inc = o["initial_push"], o["incremental_push"]
+    noop, diff = o["noop_push"], o["noop_diff"]
+    return [
+        _row(
+            f"s3 initial push of {_mib(o['records_bytes'])} records (SeaweedFS, loopback)",
+            "-",
+            f"{first['seconds']:g} s, {o['initial_push_mib_per_s']:g} MiB/s",
+            f"one raw PUT {o['raw_put_seconds']:g} s",
+            o["time_vs_raw_put"],
+            None,
+        ),
+        _row(
+            "s3 push of a 1% append",
+            "-",
+            f"{inc['seconds']:g} s, sent {_mib(inc['bytes_sent'])}"
+            f" ({o['incremental_sent_fraction_of_file']:.1%} of the file)",
+            "-",
+            "-",
+            None,
+        ),
+        _row(
+            "s3 no-op push / diff",
+            "-",
+            f"{noop['seconds']:g} s / {diff['seconds']:g} s, sent {noop['bytes_sent']} B",
+            "-",
+            "-",
+            None,
+        ),
+    ]
 
 
 def _pct(x: Any) -> str | None:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import datagen
+import objstore
 from loopback import Loopback
 from measure import REPO, Run, UsrRunner, run
 
@@ -623,4 +624,5 @@ SCENARIOS: list[tuple[str, Callable[[Bench], None]]] = [
     ("storage", storage),
     ("status_scaling", status_scaling),
     ("record_diff", record_diff),
+    ("object_store", objstore.object_store),
 ]

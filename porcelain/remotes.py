@@ -232,6 +232,20 @@ def _doctor_s3(profile: profiles.Profile, report: _Report) -> _Report:
         report.fail("bucket", exc)
         return report
     report.add("bucket", True, f"{bucket.label} answers with these credentials")
+    try:
+        honoured = bucket.conditional_writes()
+    except UsrError as exc:
+        report.fail("conditional writes", exc)
+        return report
+    if not honoured:
+        report.fail("conditional writes", TransportError(
+            f"remote {profile.name}: {bucket.label} ignores conditional writes "
+            "(If-None-Match: * and If-Match are not enforced)",
+            "use a store that enforces them (AWS S3, SeaweedFS, MinIO): without them two "
+            "pushes can overwrite each other's ref",
+        ))  # fmt: skip
+        return report
+    report.add("conditional writes", True, "If-None-Match and If-Match are enforced")
     return report
 
 

@@ -271,7 +271,7 @@ def test_doctor_s3(s3env, s3server):
     r = run_usr("remotes", "doctor", "s3", "--format", "json", env=env)
     assert r.returncode == 0, r.stdout + r.stderr
     checks = {c["check"]: c["ok"] for c in json.loads(r.stdout)["data"]["checks"]}
-    assert checks == {"credentials": True, "bucket": True}
+    assert checks == {"credentials": True, "bucket": True, "conditional writes": True}
     r = run_usr("remotes", "doctor", "s3", env={**env, "AWS_SECRET_ACCESS_KEY": "x"})
     assert r.returncode == 7, r.stdout + r.stderr
 

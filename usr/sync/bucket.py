@@ -10,27 +10,45 @@ remote dataset holds: every git object and chunk, by pack, offset and length) an
     <prefix>/DS/index/<blake3>.json     JSON index, named by the blake3 of its bytes
     <prefix>/DS/packs/<blake3>.pack     raw payloads back to back, named by their blake3
 
-May import :mod:`usr.errors`, :mod:`usr.layout`, the store's id helpers and ``obstore``
-(the client, imported when a bucket is opened). Knows nothing of sessions or the sync.
+A push cut off resumes: packs are content-named and written whole (an S3 PUT is atomic), so
+before writing one the builder asks the bucket which packs it already holds (one LIST) and
+skips those; only the ref makes anything visible. Packs of at least
+:func:`multipart_threshold` bytes go up as a multipart upload.
+
+May import :mod:`usr.errors`, :mod:`usr.faults`, :mod:`usr.progress`, the store's id
+helpers and ``obstore`` (the client, imported when a bucket is opened). Knows nothing of
+sessions or the sync.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
 from blake3 import blake3
 
+from usr import faults
 from usr.errors import AuthError, ConflictError, NotFoundError, TransportError, VerifyError
 
 REF_FORMAT = "usr-s3-ref/1"
 INDEX_FORMAT = "usr-s3-index/1"
-#: A push's payload is cut into packs of at most this many bytes (one PUT each).
+#: A push's payload is cut into packs of at most this many bytes (``USR_S3_PACK_LIMIT``).
 PACK_LIMIT = 64 << 20
+#: Packs of at least this many bytes go up in parts (``USR_S3_MULTIPART_THRESHOLD``).
+MULTIPART_THRESHOLD = 16 << 20
+#: The part size of a multipart upload (S3 wants at least 5 MiB but for the last).
+PART_SIZE = 8 << 20
+FAULT_PACK_WRITTEN = faults.register(
+    "s3.pack-written", "client: a pack of the push is in the bucket; no ref names it yet"
+)
+FAULT_PACK_READ = faults.register(
+    "s3.pack-read", "client: ranges of one pack read during a fetch; nothing of it landed"
+)
 CREDENTIAL_HINT = (
     "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or the variables the profile's "
     "access_key_env / secret_key_env name) to a key allowed on the bucket"
@@ -96,6 +114,21 @@ class Index:
         return Index(list(self.packs), dict(self.objects), dict(self.chunks))
 
 
+def _env_bytes(name: str, default: int) -> int:
+    value = os.environ.get(name, "")
+    return int(value) if value.isdigit() and int(value) > 0 else default
+
+
+def pack_limit() -> int:
+    """Bytes per pack: :data:`PACK_LIMIT` unless ``USR_S3_PACK_LIMIT`` lowers it (tests)."""
+    return _env_bytes("USR_S3_PACK_LIMIT", PACK_LIMIT)
+
+
+def multipart_threshold() -> int:
+    """Pack size from which an upload goes in parts (``USR_S3_MULTIPART_THRESHOLD``)."""
+    return _env_bytes("USR_S3_MULTIPART_THRESHOLD", MULTIPART_THRESHOLD)
+
+
 def credentials(profile: Any) -> tuple[str, str]:
     """The access key pair, from the environment variables the profile names (default
     ``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY``); never from the profile itself."""
@@ -118,6 +151,7 @@ class Bucket:
 
         self.name = name
         self.counter = Counter()
+        self.meter: tuple[Any, int, bool] | None = None  # (Progress, base, outgoing)
         self.label = f"s3://{profile.bucket}/{(profile.prefix or '').strip('/')}".rstrip("/")
         key, secret = credentials(profile)
         endpoint = profile.endpoint
@@ -161,7 +195,54 @@ class Bucket:
             )
         return TransportError(f"{self.name}: {what} failed: {first}", "check the endpoint; rerun")
 
+    # -- progress --------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def metered(self, what: str, total: int | None, outgoing: bool) -> Iterator[None]:
+        """A progress line (terminal only, :class:`usr.progress.Progress`) fed with the
+        bytes this bucket sends (``outgoing``) or receives while the block runs."""
+        from usr.progress import Progress
+
+        meter = Progress(f"{what} {self.name}", total)
+        base = self.counter.bytes_out if outgoing else self.counter.bytes_in
+        self.meter = (meter, base, outgoing)
+        try:
+            yield
+        finally:
+            self.meter = None
+            meter.close()
+
+    def tick(self, extra: int = 0) -> None:
+        """Show the bytes moved so far (plus ``extra`` in flight) on the meter, if any."""
+        if self.meter is not None:
+            meter, base, outgoing = self.meter
+            moved = self.counter.bytes_out if outgoing else self.counter.bytes_in
+            meter.update(moved - base + extra)
+
     # -- reading ---------------------------------------------------------------------------
+    def sizes(self, prefix: str) -> dict[str, int]:
+        """``name -> size`` of the keys under ``prefix`` (the last path segment as name)."""
+        import obstore
+
+        out: dict[str, int] = {}
+        try:
+            for batch in obstore.list(self.store, prefix=prefix):
+                for meta in batch:
+                    out[str(meta["path"]).rsplit("/", 1)[-1]] = int(meta["size"])
+        except Exception as exc:  # noqa: BLE001
+            raise self.error(exc, f"list {prefix}") from None
+        return out
+
+    def size(self, key: str) -> int | None:
+        """The size of ``key`` (one HEAD), or None if there is no such key."""
+        import obstore
+
+        try:
+            return int(obstore.head(self.store, key)["size"])
+        except FileNotFoundError:
+            return None
+        except Exception as exc:  # noqa: BLE001
+            raise self.error(exc, f"look up {key}") from None
+
     def get(self, key: str, what: str) -> tuple[bytes, str | None] | None:
         """The bytes and ETag of ``key``, or None if there is no such key."""
         import obstore
@@ -194,11 +275,35 @@ class Bucket:
             raise self.error(exc, f"read {key}") from None
         out = [bytes(b) for b in got]
         self.counter.bytes_in += sum(len(b) for b in out)
+        self.tick()
         return out
 
     def probe(self) -> None:
         """One request that fails the way a wrong key or a missing bucket does."""
         self.get(".usr-probe", "reach the bucket")
+
+    def conditional_writes(self) -> bool:
+        """Whether the store refuses a create over an existing key and a write whose
+        If-Match names another ETag (what the ref's compare-and-swap rests on). Writes, then
+        deletes, one probe key ``.usr-probe-cas/<random>``."""
+        import uuid
+
+        import obstore
+        from obstore.exceptions import AlreadyExistsError, PreconditionError
+
+        key = f".usr-probe-cas/{uuid.uuid4().hex}"
+        refused = 0
+        try:
+            obstore.put(self.store, key, b"1", mode="create", use_multipart=False)
+            for mode in ("create", {"e_tag": '"00000000000000000000000000000000"'}):
+                try:
+                    obstore.put(self.store, key, b"2", mode=mode, use_multipart=False)
+                except (AlreadyExistsError, PreconditionError):
+                    refused += 1
+            obstore.delete(self.store, key)
+        except Exception as exc:  # noqa: BLE001
+            raise self.error(exc, "probe conditional writes") from None
+        return refused == 2
 
     def read_ref(self, ds: str) -> Ref | None:
         got = self.get(f"{ds}/ref", f"read the ref of {ds}")
@@ -235,6 +340,32 @@ class Bucket:
         except Exception as exc:  # noqa: BLE001
             raise self.error(exc, f"write {key}") from None
         self.counter.bytes_out += len(data)
+        self.tick()
+
+    def put_pack(self, key: str, data: bytes) -> None:
+        """Write a content-named pack: at :func:`multipart_threshold` bytes and over in
+        parts of :data:`PART_SIZE` (a multipart upload cannot be conditional, and need not
+        be: a key of this name can only ever hold these bytes), else as :meth:`put_once`."""
+        import obstore
+
+        if len(data) < multipart_threshold():
+            self.put_once(key, data)
+            return
+        try:
+            obstore.put(
+                self.store, key, self._parts(data), use_multipart=True, chunk_size=PART_SIZE
+            )
+        except Exception as exc:  # noqa: BLE001
+            raise self.error(exc, f"write {key}") from None
+        self.counter.bytes_out += len(data)
+        self.tick()
+
+    def _parts(self, data: bytes) -> Iterator[memoryview]:
+        """``data`` in parts, moving the meter as the client takes each one."""
+        view = memoryview(data)
+        for start in range(0, len(view), PART_SIZE):
+            yield view[start : start + PART_SIZE]
+            self.tick(min(start + PART_SIZE, len(view)))
 
     def swap_ref(self, ds: str, head: str, index: str, old: Ref | None) -> None:
         """Move the ref by compare-and-swap: If-Match the ETag read, or If-None-Match ``*``
@@ -264,6 +395,9 @@ class PackBuilder:
 
     def __init__(self, bucket: Bucket, ds: str, index: Index) -> None:
         self.bucket, self.ds, self.index = bucket, ds, index
+        self.limit = pack_limit()
+        self.present: dict[str, int] | None = None  # packs already in the bucket
+        self.reused = 0  # bytes of packs found there and not sent again
         self.buf = bytearray()
         self.pending_objects: dict[str, list[Any]] = {}
         self.pending_chunks: dict[str, list[int]] = {}
@@ -278,14 +412,20 @@ class PackBuilder:
 
     def _append(self, data: bytes) -> None:
         self.buf += data
-        if len(self.buf) >= PACK_LIMIT:
+        if len(self.buf) >= self.limit:
             self.flush()
 
     def flush(self) -> None:
         if not self.buf:
             return
         name = blake3(self.buf).hexdigest()
-        self.bucket.put_once(f"{self.ds}/packs/{name}.pack", bytes(self.buf))
+        if self.present is None:  # one LIST per push: what a cut-off push left behind
+            self.present = self.bucket.sizes(f"{self.ds}/packs/")
+        if self.present.get(f"{name}.pack") == len(self.buf):
+            self.reused += len(self.buf)
+        else:
+            self.bucket.put_pack(f"{self.ds}/packs/{name}.pack", bytes(self.buf))
+            faults.point(FAULT_PACK_WRITTEN)
         number = len(self.index.packs)
         self.index.packs.append(name)
         for oid, entry in self.pending_objects.items():
@@ -300,7 +440,9 @@ class PackBuilder:
         self.flush()
         data = self.index.encode()
         name = blake3(data).hexdigest()
-        self.bucket.put_once(f"{self.ds}/index/{name}.json", data)
+        key = f"{self.ds}/index/{name}.json"
+        if self.bucket.size(key) != len(data):
+            self.bucket.put_once(key, data)
         return name
 
 
@@ -325,4 +467,5 @@ def read_spans(
             if len(data) != n:
                 raise VerifyError(f"{bucket.name}: {key} is shorter than its index says")
             out[oid] = data
+        faults.point(FAULT_PACK_READ)
     return out

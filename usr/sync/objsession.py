@@ -21,6 +21,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from usr import faults
 from usr.errors import ConflictError, NotFoundError, UsageError, VerifyError
 from usr.layout import validate_dataset_id
 from usr.store.chunks import chunk_id
@@ -29,6 +30,16 @@ from usr.sync import packstream, peercheck
 from usr.sync import protocol as p
 from usr.sync.bucket import Bucket, Index, PackBuilder, Ref, read_spans
 from usr.sync.session import TransferStats
+
+FAULT_BEFORE_REF = faults.register(
+    "s3.before-ref", "client: every pack and the new index in the bucket; the ref not moved"
+)
+FAULT_REF_MOVED = faults.register(
+    "s3.ref-moved", "client: the bucket's ref moved by CAS; the local tracking ref not yet"
+)
+FAULT_CHUNKS_LANDED = faults.register(
+    "s3.chunks-landed", "client: a fetch's chunks are in the local store; no manifest yet"
+)
 
 
 class ObjectStoreSession:
@@ -163,7 +174,9 @@ class ObjectStoreSession:
         walk.run(wants)
         stats = TransferStats(sizes=walk.sizes)
         if blobs:
-            self._land_blobs(ds, store, index, walk.blobs, stats)
+            total = sum(walk.sizes.get(b, 0) for b in walk.blobs)
+            with self.bucket.metered("pull", total or None, outgoing=False):
+                self._land_blobs(ds, store, index, walk.blobs, stats)
         with store.object_writer() as objects:
             for oid in walk.seen:
                 if oid not in walk.fetched:
@@ -224,6 +237,8 @@ class ObjectStoreSession:
                 if writer.add(cid, data):
                     stats.chunks += 1
                     stats.payload_bytes += len(data)
+        if chunks:
+            faults.point(FAULT_CHUNKS_LANDED)
         stats.objects += packstream.write_held(store, held)
         with store.object_writer() as objects:
             for oid, data in plain.items():
@@ -269,9 +284,15 @@ class ObjectStoreSession:
         stats = TransferStats()
         builder = PackBuilder(self.bucket, ds, index)
         haves = [old] if old and store.has_object(old) else []
-        _pack_missing(store, builder, store.missing_objects([new], haves), file_sizes, stats)
-        name = builder.finish()
+        oids = store.missing_objects([new], haves)
+        plan = packstream.plan_push(store, oids, file_sizes)
+        total = sum(plan.sizes.values()) + sum(plan.chunk_sizes.values())
+        with self.bucket.metered("push", total or None, outgoing=True):
+            _pack_missing(store, builder, plan, stats)
+            name = builder.finish()
+        faults.point(FAULT_BEFORE_REF)
         self.bucket.swap_ref(ds, new, name, ref)
+        faults.point(FAULT_REF_MOVED)
         self._refs[ds] = Ref(new, name, None)
         self._indexes[name] = index
         stats.wire_bytes_in = self.fio.bytes_in - in0
@@ -281,16 +302,12 @@ class ObjectStoreSession:
 
 
 def _pack_missing(
-    store: Any,
-    builder: PackBuilder,
-    oids: list[str],
-    file_sizes: Mapping[str, int] | None,
-    stats: TransferStats,
+    store: Any, builder: PackBuilder, plan: packstream.PushPlan, stats: TransferStats
 ) -> None:
-    """Add to the packs every object of ``oids`` and every chunk their manifests name that
-    the index lacks (chunks before the manifests naming them)."""
+    """Add to the packs every object of ``plan`` and every chunk their manifests name that
+    the index lacks (chunks before the manifests naming them). The order is the plan's, so
+    a rerun of a cut-off push cuts the same packs and finds those already written."""
     index = builder.index
-    plan = packstream.plan_push(store, oids, file_sizes)
     for oid in plan.sizes:
         if oid in index.objects:
             continue
