@@ -313,3 +313,19 @@ def test_two_push_processes_race_one_wins_the_other_exits_8(s3env, s3server):
 
     with open_session(remotes.get("s3", a.config)) as session:
         assert session.heads(DS)["head"] == head(winner.dir)
+
+
+def test_plumbing_ls_remote_and_status_of_an_s3_remote(s3env, s3server):
+    """The plumbing and status commands reach a bucket through the same session seam."""
+    a, _ = s3env
+    make_dataset(a.root)
+    a.run("push")
+    env = s3server.env()
+    r = run_usr("plumbing", "ls-remote", "s3", DS, "--remotes-config", str(a.config), env=env)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == [head(a.dir), "refs/heads/main"]
+    r = run_usr(
+        "--root", str(a.root), "status", DS, "s3", "--remotes-config", str(a.config), env=env
+    )
+    assert r.returncode == 0, r.stderr
+    assert "s3 (now" in r.stdout and "up-to-date" in r.stdout
