@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 
 ENV = "USR_FAULT_POINT"
 PAUSE_ENV = "USR_PAUSE_POINT"
@@ -60,6 +61,9 @@ def _pause(name: str) -> None:
             return
 
 
+_counting = threading.Lock()
+
+
 def point(name: str) -> None:
     """Kill this process with SIGKILL if ``$USR_FAULT_POINT`` names ``name``, or pause it
     if ``$USR_PAUSE_POINT`` does (cheap when neither is set)."""
@@ -70,6 +74,8 @@ def point(name: str) -> None:
     wanted = _wanted()
     if name not in wanted:
         return
-    _hits[name] = _hits.get(name, 0) + 1
-    if _hits[name] == wanted[name]:
+    with _counting:  # points may be reached from upload threads at once
+        _hits[name] = _hits.get(name, 0) + 1
+        hit = _hits[name] == wanted[name]
+    if hit:
         os.kill(os.getpid(), signal.SIGKILL)

@@ -25,7 +25,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import threading
 from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -119,6 +121,10 @@ def _env_bytes(name: str, default: int) -> int:
     return int(value) if value.isdigit() and int(value) > 0 else default
 
 
+#: Pack uploads in flight at once (each holds a pack of up to the pack limit in memory).
+UPLOADS_IN_FLIGHT = 2
+
+
 def pack_limit() -> int:
     """Bytes per pack: :data:`PACK_LIMIT` unless ``USR_S3_PACK_LIMIT`` lowers it (tests)."""
     return _env_bytes("USR_S3_PACK_LIMIT", PACK_LIMIT)
@@ -151,6 +157,7 @@ class Bucket:
 
         self.name = name
         self.counter = Counter()
+        self._counting = threading.Lock()  # packs upload from several threads at once
         self.meter: tuple[Any, int, bool] | None = None  # (Progress, base, outgoing)
         self.label = f"s3://{profile.bucket}/{(profile.prefix or '').strip('/')}".rstrip("/")
         key, secret = credentials(profile)
@@ -210,6 +217,12 @@ class Bucket:
         finally:
             self.meter = None
             meter.close()
+
+    def sent(self, n: int) -> None:
+        """Count ``n`` bytes written to the bucket (from any upload thread)."""
+        with self._counting:
+            self.counter.bytes_out += n
+        self.tick()
 
     def tick(self, extra: int = 0) -> None:
         """Show the bytes moved so far (plus ``extra`` in flight) on the meter, if any."""
@@ -339,8 +352,7 @@ class Bucket:
             pass
         except Exception as exc:  # noqa: BLE001
             raise self.error(exc, f"write {key}") from None
-        self.counter.bytes_out += len(data)
-        self.tick()
+        self.sent(len(data))
 
     def put_pack(self, key: str, data: bytes) -> None:
         """Write a content-named pack: at :func:`multipart_threshold` bytes and over in
@@ -357,8 +369,7 @@ class Bucket:
             )
         except Exception as exc:  # noqa: BLE001
             raise self.error(exc, f"write {key}") from None
-        self.counter.bytes_out += len(data)
-        self.tick()
+        self.sent(len(data))
 
     def _parts(self, data: bytes) -> Iterator[memoryview]:
         """``data`` in parts, moving the meter as the client takes each one."""
@@ -385,7 +396,7 @@ class Bucket:
             ) from None
         except Exception as exc:  # noqa: BLE001
             raise self.error(exc, f"move the ref of {ds}") from None
-        self.counter.bytes_out += len(data)
+        self.sent(len(data))
 
 
 class PackBuilder:
@@ -401,6 +412,8 @@ class PackBuilder:
         self.buf = bytearray()
         self.pending_objects: dict[str, list[Any]] = {}
         self.pending_chunks: dict[str, list[int]] = {}
+        self.pool: ThreadPoolExecutor | None = None
+        self.uploads: list[Future[None]] = []
 
     def add_object(self, oid: str, kind: str, data: bytes, file_size: int) -> None:
         self.pending_objects[oid] = [kind, -1, len(self.buf), len(data), file_size]
@@ -424,8 +437,7 @@ class PackBuilder:
         if self.present.get(f"{name}.pack") == len(self.buf):
             self.reused += len(self.buf)
         else:
-            self.bucket.put_pack(f"{self.ds}/packs/{name}.pack", bytes(self.buf))
-            faults.point(FAULT_PACK_WRITTEN)
+            self._upload(f"{self.ds}/packs/{name}.pack", bytes(self.buf))
         number = len(self.index.packs)
         self.index.packs.append(name)
         for oid, entry in self.pending_objects.items():
@@ -435,9 +447,36 @@ class PackBuilder:
         self.buf = bytearray()
         self.pending_objects, self.pending_chunks = {}, {}
 
+    def _upload(self, key: str, data: bytes) -> None:
+        """Write one pack while the next is cut: at most :data:`UPLOADS_IN_FLIGHT` at once
+        (each holds its bytes, so memory stays bounded); a failed upload fails the push at
+        the next pack or at :meth:`finish`, before any index or ref is written."""
+        if self.pool is None:
+            self.pool = ThreadPoolExecutor(UPLOADS_IN_FLIGHT, thread_name_prefix="usr-s3-put")
+        while len(self.uploads) >= UPLOADS_IN_FLIGHT:
+            self.uploads.pop(0).result()
+        self.uploads.append(self.pool.submit(self._put, key, data))
+
+    def _put(self, key: str, data: bytes) -> None:
+        self.bucket.put_pack(key, data)
+        faults.point(FAULT_PACK_WRITTEN)
+
+    def wait(self) -> None:
+        """Every pack submitted is in the bucket (or its error is raised here)."""
+        try:
+            for upload in self.uploads:
+                upload.result()
+        finally:
+            self.uploads = []
+            if self.pool is not None:
+                self.pool.shutdown(wait=True)
+                self.pool = None
+
     def finish(self) -> str:
-        """Write the last pack and the new index; returns the index's name."""
+        """Write the last pack, wait for every pack, then the new index (which names them
+        all); returns the index's name."""
         self.flush()
+        self.wait()
         data = self.index.encode()
         name = blake3(data).hexdigest()
         key = f"{self.ds}/index/{name}.json"
