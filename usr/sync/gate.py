@@ -31,6 +31,7 @@ from typing import Any, BinaryIO
 from usr.errors import VerifyError
 from usr.layout import EVENTS_FILE, RECORDS_FILE
 from usr.store.entryfile import EntryFile
+from usr.unique_ids import first_duplicate
 
 HINT = (
     "nothing was changed on either side; fix the file where it was written (usr validate "
@@ -93,8 +94,8 @@ def check_working(directory: Path, where: str) -> dict[str, Any]:
 
 
 def check_records(source: BinaryIO, where: str) -> None:
-    """Readable Parquet, the core schema exactly, unique ids (read one column at a time)."""
-    import pyarrow as pa
+    """Readable Parquet, the core schema exactly, unique ids (the id column alone, row
+    group by row group, in bounded memory: :mod:`usr.unique_ids`)."""
     import pyarrow.parquet as pq
 
     from usr.records import schema_problem
@@ -108,23 +109,11 @@ def check_records(source: BinaryIO, where: str) -> None:
     if why is not None:
         raise GateRefused(where, RECORDS_FILE, "schema", why)
     try:
-        groups = [pf.read_row_group(i, columns=["id"]).column(0) for i in range(pf.num_row_groups)]
-        ids = pa.chunked_array([c for g in groups for c in g.chunks], pa.string())
+        duplicate = first_duplicate(pf)
     except Exception as exc:  # noqa: BLE001 - a damaged column chunk
         raise GateRefused(where, RECORDS_FILE, "parquet", _first_line(exc)) from None
-    duplicate = _first_duplicate(ids)
     if duplicate is not None:
         raise GateRefused(where, RECORDS_FILE, "unique-ids", f"id {duplicate!r} appears twice")
-
-
-def _first_duplicate(ids: Any) -> str | None:
-    import pyarrow.compute as pc
-
-    if ids.null_count:
-        return "null"
-    counts = pc.value_counts(ids)
-    repeated = pc.filter(counts.field("values"), pc.greater(counts.field("counts"), 1))
-    return None if len(repeated) == 0 else str(repeated[0].as_py())
 
 
 def check_events(blocks: Iterable[bytes], held: bytes, where: str) -> None:

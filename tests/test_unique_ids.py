@@ -1,0 +1,53 @@
+"""usr.unique_ids: a duplicate id is found exactly, in one pass or several, whether the ids
+are core sha1 hex (keys decoded at once) or anything else (hashed one by one)."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from usr.unique_ids import first_duplicate
+
+
+def _file(ids: list[str | None], row_group_size: int = 1000) -> pq.ParquetFile:
+    out = io.BytesIO()
+    pq.write_table(pa.table({"id": pa.array(ids, pa.string())}), out, row_group_size=row_group_size)
+    out.seek(0)
+    return pq.ParquetFile(out)
+
+
+def _sha(n: int) -> list[str]:
+    return [hashlib.sha1(str(i).encode()).hexdigest() for i in range(n)]
+
+
+@pytest.mark.parametrize("per_pass", [10_000_000, 700, 37])
+def test_core_ids_unique_and_duplicated(per_pass: int) -> None:
+    ids = _sha(5000)
+    assert first_duplicate(_file(ids), per_pass=per_pass) is None
+    twice = ids[:3000] + [ids[4321]] + ids[3000:]  # the copy lands in another row group
+    assert first_duplicate(_file(twice), per_pass=per_pass) == ids[4321]
+
+
+def test_ids_sharing_a_key_are_not_taken_for_duplicates() -> None:
+    """Two different sha1-shaped ids with the same first 16 hex digits: same key, not the
+    same id; a real duplicate after them is still found."""
+    a = "0123456789abcdef" + "0" * 24
+    b = "0123456789abcdef" + "1" * 24
+    assert first_duplicate(_file([a, b] + _sha(100))) is None
+    assert first_duplicate(_file([a, b, b] + _sha(100))) == b
+
+
+@pytest.mark.parametrize("per_pass", [10_000_000, 3])
+def test_other_ids_are_hashed(per_pass: int) -> None:
+    ids = [f"seq-{i}" for i in range(50)] + ["ABCDEF" * 7]  # not core ids, one 42 long
+    assert first_duplicate(_file(ids), per_pass=per_pass) is None
+    assert first_duplicate(_file([*ids, "seq-7"]), per_pass=per_pass) == "seq-7"
+
+
+def test_a_missing_id_and_an_empty_table() -> None:
+    assert first_duplicate(_file(["a", None])) == "null"
+    assert first_duplicate(_file([])) is None

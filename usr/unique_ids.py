@@ -1,0 +1,98 @@
+"""Whether a records table holds an id twice, in memory that does not grow with the table.
+
+Every id is reduced to a 64-bit key: the first 16 hex digits of a core id (``sha1`` hex),
+decoded at once for a whole column chunk with numpy, or Python's string hash for any other
+id. Keys are sorted and neighbours compared; a key seen twice is confirmed on the ids
+themselves (two different ids may share a key), so the answer is exact. A table of more
+than ``per_pass`` rows is done in several passes, each keeping only the keys of one
+partition (key modulo the number of passes): about 8 bytes a row of one pass, 64 MiB at
+the default, whatever the table's size. May import numpy and pyarrow only.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+#: Rows whose keys one pass holds at most (8 bytes each).
+PER_PASS = 8_000_000
+_HEX_WIDTH = 40  # a core id: sha1 in hex
+
+
+def first_duplicate(pf: Any, column: str = "id", per_pass: int = PER_PASS) -> str | None:
+    """An id that ``pf`` (a ``pyarrow.parquet.ParquetFile``) holds twice, ``"null"`` for a
+    missing id, or None when every id is there once."""
+    import numpy as np
+
+    passes = max(1, -(-pf.metadata.num_rows // per_pass))
+    for part in range(passes):
+        keys = []
+        for chunk in _chunks(pf, column):
+            if chunk.null_count:
+                return "null"
+            k = _keys(chunk)
+            keys.append(k if passes == 1 else k[k % np.uint64(passes) == part])
+        if not keys:
+            return None
+        every = np.concatenate(keys)
+        del keys
+        every.sort()
+        twice = every[1:][every[1:] == every[:-1]]
+        if len(twice):
+            found = _confirm(pf, column, np.unique(twice))
+            if found is not None:
+                return found
+    return None
+
+
+def _chunks(pf: Any, column: str):
+    for i in range(pf.num_row_groups):
+        yield from pf.read_row_group(i, columns=[column]).column(0).chunks
+
+
+def _confirm(pf: Any, column: str, suspects: Any) -> str | None:
+    """A second pass over only the ids whose key was seen twice: compare the ids."""
+    import numpy as np
+    import pyarrow as pa
+
+    seen: set[str] = set()
+    for chunk in _chunks(pf, column):
+        mask = np.isin(_keys(chunk), suspects)
+        if mask.any():
+            for value in chunk.filter(pa.array(mask)).to_pylist():
+                if value in seen:
+                    return value
+                seen.add(value)
+    return None
+
+
+def _keys(chunk: Any) -> Any:
+    """One 64-bit key per id of a string column chunk."""
+    import numpy as np
+
+    n = len(chunk)
+    if n == 0:
+        return np.empty(0, np.uint64)
+    offsets = np.frombuffer(chunk.buffers()[1], dtype=np.int32)[chunk.offset : chunk.offset + n + 1]
+    if (np.diff(offsets) == _HEX_WIDTH).all():
+        data = np.frombuffer(chunk.buffers()[2], dtype=np.uint8)
+        rows = data[offsets[0] : offsets[0] + n * _HEX_WIDTH].reshape(n, _HEX_WIDTH)[:, :16]
+        nibbles = _hex_table()[rows]
+        if (nibbles != 255).all():
+            key = np.zeros(n, np.uint64)
+            for col in range(16):
+                key = (key << np.uint64(4)) | nibbles[:, col].astype(np.uint64)
+            return key
+    # Not core ids (the id rule is usr validate's): hash each one.
+    return np.fromiter((hash(v) & 0xFFFFFFFFFFFFFFFF for v in chunk.to_pylist()), np.uint64, n)
+
+
+@functools.cache
+def _hex_table() -> Any:
+    """Byte -> its hex digit's value (255 for anything but 0-9a-f)."""
+    import numpy as np
+
+    table = np.full(256, 255, np.uint8)
+    for i, ch in enumerate(b"0123456789abcdef"):
+        table[ch] = i
+    return table
