@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -18,23 +19,41 @@ from usr.store import Store
 DS = "densegen/ds"
 
 
-@pytest.fixture
-def sides(tmp_path: Path) -> dict[str, Path]:
-    """A laptop and a cluster root with one dataset pulled, and a local remote profile."""
-    laptop, cluster = tmp_path / "laptop", tmp_path / "cluster"
+def _remotes(path: Path, cluster: Path) -> Path:
+    path.write_text(
+        tomli_w.dumps({"remotes": {"hpc": {"type": "local", "base_dir": str(cluster)}}})
+    )
+    path.chmod(0o600)
+    return path
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Made once per module (three CLI runs): a cluster root with one dataset and a laptop
+    root that pulled it; each test gets its own copy."""
+    base = tmp_path_factory.mktemp("habits-template")
+    laptop, cluster = base / "laptop", base / "cluster"
     for r in (laptop, cluster):
         r.mkdir()
         (r / "registry.toml").write_text("")
-    config = tmp_path / "remotes.toml"
-    config.write_text(
-        tomli_w.dumps({"remotes": {"hpc": {"type": "local", "base_dir": str(cluster)}}})
-    )
-    config.chmod(0o600)
+    config = _remotes(base / "remotes.toml", cluster)
     for args in (("init", DS), ("dev", "mock-batch", DS, "--rows", "5")):
         assert run_usr("--root", str(cluster), *args).returncode == 0
-    env = {"USR_REMOTES_PATH": str(config)}
-    r = run_usr("--root", str(laptop), "pull", DS, "hpc", "-y", env=env)
+    r = run_usr(
+        "--root", str(laptop), "pull", DS, "hpc", "-y", env={"USR_REMOTES_PATH": str(config)}
+    )
     assert r.returncode == 0, r.stderr
+    return base
+
+
+@pytest.fixture
+def sides(template: Path, tmp_path: Path) -> dict[str, Path]:
+    """A laptop and a cluster root with one dataset pulled, and a local remote profile."""
+    laptop, cluster = tmp_path / "laptop", tmp_path / "cluster"
+    shutil.copytree(template / "laptop", laptop, symlinks=True)
+    shutil.copytree(template / "cluster", cluster, symlinks=True)
+    config = _remotes(tmp_path / "remotes.toml", cluster)
+    env = {"USR_REMOTES_PATH": str(config)}
     return {"laptop": laptop, "cluster": cluster, "config": config, "env": env}
 
 
