@@ -12,7 +12,7 @@ import pytest
 
 from tests import test_sync_s3 as base
 from tests.conftest import run_usr
-from tests.test_s3_resume import boto, prefix
+from tests.test_sync_s3 import prefix
 from tests.test_sync_scenarios import DS, files_of, head, make_dataset
 from usr.store import Store
 
@@ -39,7 +39,7 @@ def test_damaged_bucket_fails_one_line_exit_5_and_nothing_lost(s3env, s3server, 
     a, b = s3env
     _two_states(a, b)
     before, old = files_of(b.dir), head(b.dir)
-    client, bucket = boto(s3server), s3server.bucket
+    client, bucket = s3server.client(), s3server.bucket
     where = "index" if "index" in damage else "packs"
     key = _newest(client, bucket, f"{prefix(a)}/{DS}/{where}/")
     if damage.startswith("flip"):

@@ -7,7 +7,7 @@ from __future__ import annotations
 import random
 
 from tests import test_sync_s3 as base
-from tests.test_s3_resume import boto, prefix
+from tests.test_sync_s3 import prefix
 from tests.test_sync_scenarios import DS, files_of, head, make_dataset
 
 s3env = base.s3env  # the fixture: two laptops and a fresh prefix of the bucket
@@ -23,7 +23,7 @@ def test_a_pack_over_the_threshold_goes_in_parts_and_reads_back(s3env, s3server,
     (a.dir / "_derived").mkdir()
     (a.dir / "_derived" / "big.bin").write_bytes(big)
     a.run("push")
-    client = boto(s3server)
+    client = s3server.client()
     got = client.list_objects_v2(Bucket=s3server.bucket, Prefix=f"{prefix(a)}/{DS}/packs/")
     (key,) = [o["Key"] for o in got["Contents"]]
     etag = client.head_object(Bucket=s3server.bucket, Key=key)["ETag"].strip('"')

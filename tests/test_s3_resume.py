@@ -18,7 +18,7 @@ import pytest
 
 from tests import test_sync_s3 as base
 from tests.conftest import run_usr
-from tests.test_sync_s3 import Laptop, append
+from tests.test_sync_s3 import Laptop, append, prefix
 from tests.test_sync_scenarios import DS, files_of, head, make_dataset
 from usr.store import Store
 
@@ -53,26 +53,8 @@ def _big(lap: Laptop, name: str, size: int, seed: int) -> None:
     (lap.dir / "_derived" / name).write_bytes(random.Random(seed).randbytes(size))
 
 
-def boto(s3server):
-    import boto3
-
-    return boto3.client(
-        "s3",
-        endpoint_url=s3server.endpoint,
-        aws_access_key_id=s3server.access_key,
-        aws_secret_access_key=s3server.secret_key,
-        region_name="us-east-1",
-    )
-
-
-def prefix(lap: Laptop) -> str:
-    import tomllib
-
-    return tomllib.loads(lap.config.read_text())["remotes"]["s3"]["prefix"]
-
-
 def _bucket_packs(s3server, lap: Laptop) -> dict[str, int]:
-    client = boto(s3server)
+    client = s3server.client()
     got = client.list_objects_v2(Bucket=s3server.bucket, Prefix=f"{prefix(lap)}/{DS}/packs/")
     return {o["Key"].rsplit("/", 1)[-1]: o["Size"] for o in got.get("Contents", [])}
 

@@ -209,19 +209,8 @@ def test_remotes_add_and_show_s3(tmp_path):
     assert "secret" not in config.read_text().replace("secret_key_env", "")
 
 
-def _boto(s3server):
-    import boto3
-
-    return boto3.client(
-        "s3",
-        endpoint_url=s3server.endpoint,
-        aws_access_key_id=s3server.access_key,
-        aws_secret_access_key=s3server.secret_key,
-        region_name="us-east-1",
-    )
-
-
-def _prefix(laptop: Laptop) -> str:
+def prefix(laptop: Laptop) -> str:
+    """The key prefix of the laptop's ``s3`` profile (where its datasets are)."""
     import tomllib
 
     return tomllib.loads(laptop.config.read_text())["remotes"]["s3"]["prefix"]
@@ -251,8 +240,8 @@ def test_a_damaged_pack_is_refused_before_anything_lands(s3env, s3server):
     a, b = s3env
     make_dataset(a.root)
     a.run("push")
-    client = _boto(s3server)
-    keys = client.list_objects_v2(Bucket=s3server.bucket, Prefix=f"{_prefix(a)}/{DS}/packs/")
+    client = s3server.client()
+    keys = client.list_objects_v2(Bucket=s3server.bucket, Prefix=f"{prefix(a)}/{DS}/packs/")
     (key,) = [o["Key"] for o in keys["Contents"]]
     body = bytearray(client.get_object(Bucket=s3server.bucket, Key=key)["Body"].read())
     body[-1] ^= 0xFF  # the last payload: a blob or chunk, found only when contents move
