@@ -4,12 +4,15 @@ remote-tracking refs that remember what a remote had.
 Owns the relations (``equal``, ``local-ahead``, ``remote-ahead``, ``diverged``,
 ``remote-missing``, ``local-missing``, ``both-missing``), :func:`commits` (a walk that
 hides what the other side has), and ``refs/remotes/REMOTE/main``. Reads the store only;
-may import pygit2 and :mod:`usr.remotes` (for a remote's name), nothing else of the sync.
+may import pygit2, :mod:`usr.errors` and :mod:`usr.remotes` (for a remote's name),
+nothing else of the sync.
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+from usr.errors import ConflictError
 
 TRACKING_REF = "refs/remotes/{remote}/main"
 MAIN_REF = "refs/heads/main"
@@ -72,6 +75,19 @@ def effective_relation(heads_relation: str, local_dirty: bool, remote_dirty: boo
     if remote_moves:
         return "remote-ahead"
     return "equal"
+
+
+def require_fast_forward(
+    store: Any, head: str | None, old: str | None, new: str, hint: str
+) -> None:
+    """The precondition of a ref's compare-and-swap from ``old`` to ``new``: it still names
+    ``old`` (it is ``head`` now), and ``new`` contains ``old`` (fast-forward only)."""
+    if head != old:
+        raise ConflictError(
+            f"remote moved: head is {head or 'absent'}, expected {old or 'absent'}", hint
+        )
+    if old is not None and not store.is_ancestor(old, new):
+        raise ConflictError(f"{new} does not contain remote head {old}: not a fast-forward")
 
 
 def tracking_ref(remote: str) -> str:

@@ -22,13 +22,14 @@ from collections.abc import Mapping
 from typing import Any
 
 from usr import faults
-from usr.errors import ConflictError, NotFoundError, UsageError, VerifyError
+from usr.errors import NotFoundError, UsageError, VerifyError
 from usr.layout import validate_dataset_id
 from usr.store.chunks import chunk_id
 from usr.store.objects import git_object_id
 from usr.sync import packstream, peercheck
 from usr.sync import protocol as p
 from usr.sync.bucket import Bucket, Index, PackBuilder, Ref, read_spans
+from usr.sync.history import require_fast_forward
 from usr.sync.session import TransferStats
 
 FAULT_BEFORE_REF = faults.register(
@@ -269,13 +270,9 @@ class ObjectStoreSession:
         in0, out0 = self.fio.bytes_in, self.fio.bytes_out
         ref = self._ref(ds, fresh=True)
         head = None if ref is None else ref.head
-        if head != old:
-            raise ConflictError(
-                f"remote moved: head is {head or 'absent'}, expected {old or 'absent'}",
-                "someone else pushed; rerun to see the new state",
-            )
-        if old is not None and not store.is_ancestor(old, new):
-            raise ConflictError(f"{new} does not contain remote head {old}: not a fast-forward")
+        require_fast_forward(
+            store, head, old, new, "someone else pushed; rerun to see the new state"
+        )
         if validate:
             from usr.sync.gate import check_state
 

@@ -23,7 +23,6 @@ from typing import Any
 
 from usr import faults
 from usr.errors import (
-    ConflictError,
     InputError,
     NotFoundError,
     TransportError,
@@ -36,6 +35,7 @@ from usr.store.chunks import chunk_id
 from usr.store.objects import Manifest, git_object_id, inline_limit, is_manifest_bytes
 from usr.sync import peercheck
 from usr.sync import protocol as p
+from usr.sync.history import require_fast_forward
 
 #: Received chunks are sealed into a pack after the first SEAL_BYTES, then after twice as
 #: many each time up to SEAL_MAX_BYTES, so even a receiver killed outright (SIGKILL, not
@@ -489,14 +489,8 @@ def update_and_checkout(store: Any, new: str, old: str | None, validate: bool = 
     # the pushed .events.log is promoted. With it held the line waits and lands after.
     what = "push: update ref and check out"
     with store.lock(what), events_lock(store.path, what=what):
-        head = store.head()
-        if head != old:
-            raise ConflictError(
-                f"remote moved: head is {head or 'absent'}, expected {old or 'absent'}",
-                "someone else pushed or recorded; rerun to see the new state",
-            )
-        if old is not None and not store.is_ancestor(old, new):
-            raise ConflictError(f"{new} does not contain remote head {old}: not a fast-forward")
+        hint = "someone else pushed or recorded; rerun to see the new state"
+        require_fast_forward(store, store.head(), old, new, hint)
         store.checkout(new, expect_head=old)
     return store.head()
 
