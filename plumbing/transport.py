@@ -14,8 +14,7 @@ import click
 from porcelain.options import emit, format_option, pass_settings, remotes_config_option
 from usr.errors import ConflictError, NotFoundError
 from usr.layout import dataset_path, validate_dataset_id
-
-TRACKING_REF = "refs/remotes/{remote}/main"
+from usr.sync.history import set_tracking, tracking_ref
 
 lock_timeout_option = click.option(
     "--lock-timeout",
@@ -98,10 +97,8 @@ def fetch_pack_command(
             raise NotFoundError(f"dataset {dataset!r} has no recorded state on remote {remote}")
         store = Store.open(path, create=True)
         stats = session.fetch(dataset, store, [head])
-    ref = TRACKING_REF.format(remote=remote)
-    old = store.head(ref)
-    if old != head:
-        store.update_ref(ref, head, old)
+    set_tracking(store, remote, head)
+    ref = tracking_ref(remote)
     emit(
         fmt,
         {
@@ -157,10 +154,7 @@ def send_pack_command(
                     "pull first",
                 )
         stats = session.push(dataset, store, new, old) if old != new else None
-    ref = TRACKING_REF.format(remote=remote)
-    prev = store.head(ref)
-    if prev != new:
-        store.update_ref(ref, new, prev)
+    set_tracking(store, remote, new)
     emit(
         fmt,
         {
