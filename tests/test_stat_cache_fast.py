@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from usr import atomic
 from usr.errors import InputError
 from usr.store import Store
 
@@ -67,32 +66,3 @@ def test_a_symlink_is_a_miss_then_refused_by_the_full_scan(tmp_path: Path) -> No
     assert store.stat_cache().unchanged_tree(ds) is None
     with pytest.raises(InputError, match="symlink"):
         store.working_tree()
-
-
-@pytest.mark.parametrize(
-    "count", [0, 1, atomic.JSON_BATCH - 1, atomic.JSON_BATCH, atomic.JSON_BATCH + 1, 9000]
-)
-def test_the_saved_cache_is_one_json_document_across_write_batches(
-    tmp_path: Path, count: int
-) -> None:
-    """``save`` writes its entries a batch at a time (``atomic.write_json``, for memory):
-    the bytes are still exactly the one-shot JSON of the whole document, and load back."""
-    import json
-
-    from usr.store import index
-
-    cache = index.StatCache(tmp_path / "index.json", inline_limit=4096)
-    for i in range(count):
-        cache.update(f'd{i % 7}/f "{i}".txt', index.StatKey(i, 2 * i, 3 * i, 4 * i), f"{i:040x}")
-    cache.scan_ns, cache.tree = 123, "ab" * 20
-    cache.save()
-    doc = {
-        "version": index.VERSION,
-        "inline_limit": 4096,
-        "scan_ns": 123,
-        "tree": "ab" * 20,
-        "entries": {p: [*k, oid] for p, (k, oid) in sorted(cache.entries.items())},
-    }
-    assert cache.path.read_bytes() == json.dumps(doc, separators=(",", ":")).encode()
-    again = index.StatCache(cache.path, inline_limit=4096)
-    assert again.entries == cache.entries and again.scan_ns == 123 and again.tree == "ab" * 20

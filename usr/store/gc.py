@@ -62,7 +62,10 @@ def _reachable(store) -> tuple[set[str], set[str]]:
                 continue
             objects.add(cid)
             tree(str(c.tree_id))
-    blobs |= {oid for oid in store.stat_cache().entry_ids() if store.repo.odb.exists(oid)}
+    cache = store.stat_cache()
+    blobs |= {oid for oid in cache.entry_ids() if store.repo.odb.exists(oid)}
+    # The cache-tree's trees too: a scan names them in new trees without reading them.
+    objects |= {oid for oid in cache.tree_ids() if store.repo.odb.exists(oid)}
     objects |= blobs
     for oid in blobs:
         _, size = store.repo.odb.read_header(oid)

@@ -1,7 +1,15 @@
-"""The stat cache (``.usr/index.json``): path -> (size, mtime_ns, ctime_ns, inode) -> entry id.
+"""The stat cache (``.usr/index``): path -> (size, mtime_ns, ctime_ns, inode, mode) -> entry
+id, plus the cache-tree: each directory's tree id and file count.
 
 Like git's index, it lets recording an unchanged dataset skip reading file contents: a file
-whose stat matches its cached stat is taken to have the cached entry id.
+whose stat matches its cached stat is taken to have the cached entry id; and, like git's
+cache-tree, a directory whose files all hit (none added or gone) keeps its cached tree id,
+so only the directories on a changed path are built again.
+
+The file is binary and sorted by path in git's order (docs/format.md §6). In memory it is
+the file's bytes with numpy views over its tables (about 100 bytes per file), never a dict
+of Python objects: :mod:`usr.store.treescan` compares it with the working files as two
+sorted streams and writes the next cache with :class:`CacheWriter` as it goes.
 
 Racy timestamps: a file modified within the same timestamp tick as it was hashed could
 change without its stat changing. So the cache remembers when the scan that produced it
@@ -9,23 +17,54 @@ change without its stat changing. So the cache remembers when the scan that prod
 is never trusted and is re-hashed next time (by then it is old enough to be trusted). The
 slack covers coarse filesystem clocks (NFS, Lustre, FAT: up to 1 s or 2 s).
 
-The cache is replaced whole by atomic rename; a missing, unreadable or foreign-version
-cache is simply empty (it only ever saves work, it is never the truth).
+The cache is replaced whole by atomic rename; a missing, unreadable, truncated, corrupt
+(blake3 trailer) or foreign-version cache is simply empty (it only ever saves work, it is
+never the truth). The JSON cache of earlier versions (``.usr/index.json``) is ignored and
+removed by the first save.
 """
 
 from __future__ import annotations
 
+import bisect
 import contextlib
-import json
 import os
+import struct
+import tempfile
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
-from usr.atomic import write_json
-from usr.store.worktree import all_cached
+import blake3
+import numpy as np
 
-VERSION = 1
+from usr.atomic import TMP_PREFIX, fsync_dir
+from usr.errors import InputError
+from usr.store.treescan import Miss, TreeScan
+
+VERSION = 2
 RACY_NS = 2_000_000_000
+MAGIC = b"USRINDEX"
+#: One entry: size, mtime_ns, ctime_ns, inode, st_mode, path length, entry id (raw).
+ROW = struct.Struct("<QqqQII20s")
+ROW_DTYPE = np.dtype(
+    [
+        ("size", "<u8"),
+        ("mtime", "<i8"),
+        ("ctime", "<i8"),
+        ("ino", "<u8"),
+        ("mode", "<u4"),
+        ("plen", "<u4"),
+        ("oid", "V20"),
+    ]
+)
+#: One directory of the cache-tree: files under it (recursively), path length, tree id.
+TREE_ROW = struct.Struct("<QI20s")
+TREE_DTYPE = np.dtype([("count", "<u8"), ("plen", "<u4"), ("oid", "V20")])
+#: version, inline_limit, scan_ns, entries, entry path bytes, directories, dir path bytes.
+FOOTER = struct.Struct("<IQqQQQQ")
+DIGEST = 32  # blake3 of everything before it
+OLD_JSON = "index.json"
+_FLUSH = 1 << 20
 
 
 class StatKey(NamedTuple):
@@ -41,6 +80,34 @@ class StatKey(NamedTuple):
         return cls(st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
 
 
+class _Table:
+    """Sorted rows with NUL-terminated paths: a numpy view over the file's bytes plus the
+    offset of each row's path (``offsets[i]`` .. ``offsets[i + 1] - 1``)."""
+
+    def __init__(self, rows: np.ndarray, names: bytes | memoryview, raw: memoryview) -> None:
+        self.rows = rows
+        self.names = bytes(names)  # one copy of the path section: slices of it are compared
+        self.raw = raw  # the row section's bytes, copied into the next cache as they are
+        ends = np.cumsum(rows["plen"].astype(np.int64) + 1)
+        self.offsets = np.concatenate((np.zeros(1, np.int64), ends))
+        if len(rows) and int(self.offsets[-1]) != len(self.names):
+            raise ValueError("path lengths do not add up")
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> bytes:  # the path of row i (a sequence, for bisect)
+        return self.names[int(self.offsets[i]) : int(self.offsets[i + 1]) - 1]
+
+    def find(self, path: bytes) -> int | None:
+        i = bisect.bisect_left(self, path)
+        return i if i < len(self.rows) and self[i] == path else None
+
+
+def _empty_table(dtype: np.dtype) -> _Table:
+    return _Table(np.zeros(0, dtype), b"", memoryview(b""))
+
+
 class StatCache:
     """The stat cache of one store. Not thread-safe; callers hold the dataset lock to save."""
 
@@ -48,26 +115,68 @@ class StatCache:
         self.path = path
         self.inline_limit = inline_limit
         self.scan_ns = 0
-        self.entries: dict[str, tuple[StatKey, str]] = {}
-        #: The tree the cached entries make (with the modes then), so a scan where every
-        #: file hits the cache needs to write no tree at all.
-        self.tree: str | None = None
-        self._load()
+        self.files = _empty_table(ROW_DTYPE)
+        self.dirs = _empty_table(TREE_DTYPE)
+        #: Entries set by :meth:`update` since the load, and the directories they make
+        #: stale (every ancestor of an updated path): merged in by :meth:`save`.
+        self._updates: dict[str, tuple[StatKey, str]] = {}
+        self._stale: set[bytes] = set()
+        with contextlib.suppress(OSError, ValueError, TypeError, struct.error):
+            self._load(path.read_bytes())
 
-    def _load(self) -> None:
-        with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
-            doc = json.loads(self.path.read_bytes())
-            if doc.get("version") != VERSION or doc.get("inline_limit") != self.inline_limit:
-                return  # a different inline limit gives different entry ids: start over
-            self.scan_ns = int(doc["scan_ns"])
-            self.tree = doc.get("tree")
-            self.entries = {path: (tuple(row[:4]), row[4]) for path, row in doc["entries"].items()}
+    def _load(self, data: bytes) -> None:
+        if len(data) < len(MAGIC) + FOOTER.size + DIGEST or not data.startswith(MAGIC):
+            return
+        body = memoryview(data)[:-DIGEST]
+        if blake3.blake3(body).digest() != data[-DIGEST:]:
+            return  # corrupt or torn: empty
+        version, limit, scan_ns, n, nbytes, t, tbytes = FOOTER.unpack_from(
+            body, len(body) - FOOTER.size
+        )
+        if version != VERSION or limit != self.inline_limit:
+            return  # a different inline limit gives different entry ids: start over
+        at = len(MAGIC)
+        sizes = (n * ROW.size, nbytes, t * TREE_ROW.size, tbytes)
+        if at + sum(sizes) + FOOTER.size != len(body):
+            return
+        parts = []
+        for size in sizes:
+            parts.append(body[at : at + size])
+            at += size
+        files = _Table(np.frombuffer(parts[0], ROW_DTYPE), parts[1], parts[0])
+        dirs = _Table(np.frombuffer(parts[2], TREE_DTYPE), parts[3], parts[2])
+        self.files, self.dirs, self.scan_ns = files, dirs, scan_ns
+
+    # -- reading --------------------------------------------------------------------------
+
+    @property
+    def entries(self) -> Mapping[str, tuple[tuple[int, int, int, int], str]]:
+        """``{relpath: (stat key, entry id)}`` as a read-only view (nothing is copied)."""
+        return _Entries(self)
+
+    @property
+    def tree(self) -> str | None:
+        """The root tree the cached entries make, if the cache-tree holds it."""
+        i = self.dirs.find(b"")
+        if i is None or b"" in self._stale:
+            return None
+        return bytes(self.dirs.rows["oid"][i]).hex()
+
+    def _row(self, relpath: str) -> tuple[StatKey, str] | None:
+        hit = self._updates.get(relpath)
+        if hit is not None:
+            return hit
+        i = self.files.find(relpath.encode("utf-8", "surrogateescape"))
+        if i is None:
+            return None
+        size, mtime, ctime, ino, _mode, _plen, oid = self.files.rows[i].tolist()
+        return StatKey(size, mtime, ctime, ino), bytes(oid).hex()
 
     def lookup(self, relpath: str, key: tuple[int, int, int, int]) -> str | None:
         """The cached entry id for ``relpath`` if its stat (a :class:`StatKey` or the same
         four fields as a plain tuple) matches and is not racy."""
-        hit = self.entries.get(relpath)
-        if hit is None or hit[0] != key:
+        hit = self._row(relpath)
+        if hit is None or hit[0] != tuple(key):
             return None
         if key[1] >= self.scan_ns - RACY_NS:
             return None  # racy: could have changed within the tick it was hashed in
@@ -77,44 +186,236 @@ class StatCache:
         """The cached entry id for ``relpath`` if its stat matches, racy or not: a racy hit
         is only a candidate, to be confirmed by reading the file
         (:func:`usr.store.worktree.confirm_entry`)."""
-        hit = self.entries.get(relpath)
-        return hit[1] if hit is not None and hit[0] == key else None
+        hit = self._row(relpath)
+        return hit[1] if hit is not None and hit[0] == tuple(key) else None
 
     def unchanged_tree(self, dataset_dir: Path) -> tuple[str, int] | None:
         """``(tree, files)`` when every working file under ``dataset_dir`` hits the cache
-        (same stat, not racy, plain mode, none added or gone): the cached tree, found by a
-        scan that builds no per-file objects. None otherwise: scan in full."""
-        if self.tree is None:
+        (same stat and mode, not racy, none added or gone): the cached root tree, found by
+        the sorted walk without reading or writing anything. None otherwise (anything odd,
+        such as a symlink, is only a miss here: the full scan reports it)."""
+        if self._updates:
             return None
-        files = all_cached(dataset_dir, self.entries, self.scan_ns - RACY_NS)
-        return None if files is None else (self.tree, files)
-
-    def replace(
-        self, entries: dict[str, tuple[StatKey, str]], scan_ns: int, tree: str | None = None
-    ) -> None:
-        """Make ``entries`` (from a scan that started at ``scan_ns``, giving ``tree``) the
-        whole cache."""
-        self.entries = entries
-        self.scan_ns = scan_ns
-        self.tree = tree
-
-    def update(self, relpath: str, key: StatKey, entry_id: str) -> None:
-        """Remember one entry (after checkout wrote a verified file)."""
-        self.entries[relpath] = (key, entry_id)
-        self.tree = None
+        scan = TreeScan(dataset_dir, self, self.scan_ns - RACY_NS)
+        try:
+            return scan.run()
+        except (Miss, InputError, OSError):
+            return None
 
     def entry_ids(self) -> set[str]:
         """Every entry id the cache names (gc keeps them, as git keeps index blobs)."""
-        return {oid for _, oid in self.entries.values()}
+        ids = {bytes(oid).hex() for oid in self.files.rows["oid"].tolist()}
+        return ids | {oid for _, oid in self._updates.values()}
+
+    def tree_ids(self) -> set[str]:
+        """Every tree id the cache-tree names (gc keeps them: a scan reuses them unread)."""
+        return {bytes(oid).hex() for oid in self.dirs.rows["oid"].tolist()}
+
+    # -- writing --------------------------------------------------------------------------
+
+    def update(self, relpath: str, key: StatKey, entry_id: str) -> None:
+        """Remember one entry (after checkout wrote a verified file); the directories above
+        it lose their cached trees."""
+        self._updates[relpath] = (StatKey(*key), entry_id)
+        parts = relpath.encode("utf-8", "surrogateescape").split(b"/")[:-1]
+        self._stale.add(b"")
+        for i in range(len(parts)):
+            self._stale.add(b"/".join(parts[: i + 1]) + b"/")
+
+    def writer(self, scan_ns: int) -> CacheWriter:
+        """A writer for the next whole cache (a scan that started at ``scan_ns``)."""
+        return CacheWriter(self.path, self.inline_limit, scan_ns, self.files)
 
     def save(self) -> None:
-        """Write the cache atomically (temp, fsync, rename), its entries a batch at a time
-        (:func:`usr.atomic.write_json`)."""
-        doc = {
-            "version": VERSION,
-            "inline_limit": self.inline_limit,
-            "scan_ns": self.scan_ns,
-            "tree": self.tree,
-            "entries": {path: [*k, oid] for path, (k, oid) in sorted(self.entries.items())},
-        }
-        write_json(self.path, doc, "entries")
+        """Write the cache with the :meth:`update` entries merged in, atomically (temp,
+        fsync, rename); the rows between updated paths are copied as bytes."""
+        out = self.writer(self.scan_ns)
+        try:
+            files, at = self.files, 0
+            for rel in sorted(self._updates):
+                path = rel.encode("utf-8", "surrogateescape")
+                i = bisect.bisect_left(files, path, lo=at)
+                out.copy(at, i)
+                at = i + 1 if i < len(files) and files[i] == path else i
+                key, oid = self._updates[rel]
+                out.add(path, (*key, 0), bytes.fromhex(oid))  # mode unknown: a miss, not a hit
+            out.copy(at, len(files))
+            for i in range(len(self.dirs)):
+                path = self.dirs[i]
+                if path not in self._stale:
+                    count, _plen, oid = self.dirs.rows[i].tolist()
+                    out.set_tree(out.open_tree(path), count, bytes(oid))
+            out.commit()
+        finally:
+            out.close()
+
+
+class _Entries(Mapping):
+    """The cache's entries as a mapping, for callers that ask about a few paths or want
+    every ``(key, id)`` (sizes by id): each value is decoded when asked for."""
+
+    def __init__(self, cache: StatCache) -> None:
+        self.cache = cache
+
+    def __getitem__(self, relpath: str) -> tuple[StatKey, str]:
+        hit = self.cache._row(relpath)
+        if hit is None:
+            raise KeyError(relpath)
+        return hit
+
+    def __iter__(self) -> Iterator[str]:
+        files = self.cache.files
+        for i in range(len(files)):
+            rel = files[i].decode("utf-8", "surrogateescape")
+            if rel not in self.cache._updates:
+                yield rel
+        yield from self.cache._updates
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+    def values(self) -> Iterator[tuple[tuple[int, int, int, int], str]]:  # type: ignore[override]
+        if self.cache._updates:
+            yield from (self[rel] for rel in self)
+            return
+        rows = self.cache.files.rows
+        keys = rows[["size", "mtime", "ctime", "ino"]].tolist()
+        for key, oid in zip(keys, rows["oid"].tolist(), strict=True):
+            yield key, bytes(oid).hex()
+
+
+class CacheWriter:
+    """The next cache file, written as a scan produces its rows in sorted order: rows go
+    to the temp file as they come and paths to a second (unnamed) temp file appended at
+    the end, so a scan of any size holds only the directories' rows (32 bytes each) and
+    a buffer in memory. Runs of old rows kept as they are stay a pending range until
+    something else comes, so a scan where everything hit writes nothing at all. Nothing
+    replaces the cache until :meth:`commit`."""
+
+    def __init__(self, path: Path, inline_limit: int, scan_ns: int, old: _Table) -> None:
+        self.path = path
+        self.inline_limit = inline_limit
+        self.scan_ns = scan_ns
+        self.old = old
+        self.count = 0
+        self.path_bytes = 0
+        self._hash = blake3.blake3()
+        self._pending: list[int] = [0, 0]  # old rows to copy, not yet written
+        self._rows = bytearray()
+        self._names = bytearray()
+        self._dir_rows = bytearray()
+        self._dir_names = bytearray()
+        self._dirs = 0
+        self._tmp: str | None = None
+        self._fh: Any = None
+        self._side: Any = None
+
+    def _open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, self._tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=self.path.parent)
+        self._fh = os.fdopen(fd, "wb")
+        # Closed by close(), which every caller reaches (try/finally).
+        self._side = tempfile.TemporaryFile(dir=self.path.parent, prefix=TMP_PREFIX)  # noqa: SIM115
+        self._write(MAGIC)
+
+    def _write(self, data: bytes | bytearray | memoryview) -> None:
+        self._hash.update(data)
+        self._fh.write(data)
+
+    def _flush(self) -> None:
+        """Write the pending old rows, then the buffered new ones."""
+        if self._fh is None:
+            self._open()
+        start, stop = self._pending
+        if stop > start:
+            old = self.old
+            self._write(old.raw[start * ROW.size : stop * ROW.size])
+            self._side.write(old.names[int(old.offsets[start]) : int(old.offsets[stop])])
+            self._pending = [0, 0]
+        self._write(self._rows)
+        self._side.write(self._names)
+        self._rows.clear()
+        self._names.clear()
+
+    def copy(self, start: int, stop: int) -> None:
+        """Keep rows ``start:stop`` of the old cache as they are (bytes, not objects)."""
+        if stop <= start:
+            return
+        old = self.old
+        self.count += stop - start
+        self.path_bytes += int(old.offsets[stop]) - int(old.offsets[start])
+        pending = self._pending
+        if pending[1] == start and not self._rows:
+            pending[1] = stop
+            return
+        if self._rows or pending[1] > pending[0]:
+            self._flush()
+        self._pending = [start, stop]
+
+    def add(self, path: bytes, key: tuple[int, int, int, int, int], oid: bytes) -> None:
+        """One row: ``path`` (UTF-8), ``key`` = size, mtime_ns, ctime_ns, inode, st_mode."""
+        if self._pending[1] > self._pending[0]:
+            self._flush()
+        self._rows += ROW.pack(*key, len(path), oid)
+        self._names += path + b"\0"
+        self.count += 1
+        self.path_bytes += len(path) + 1
+        if len(self._rows) >= _FLUSH:
+            self._flush()
+
+    def open_tree(self, path: bytes) -> int:
+        """Reserve the cache-tree row of directory ``path`` ("" or ending in "/"), in the
+        order directories are entered (sorted); :meth:`set_tree` fills it when done."""
+        self._dir_rows += bytes(TREE_ROW.size)
+        self._dir_names += path + b"\0"
+        self._dirs += 1
+        return self._dirs - 1
+
+    def set_tree(self, slot: int, count: int, oid: bytes) -> None:
+        TREE_ROW.pack_into(self._dir_rows, slot * TREE_ROW.size, count, 0, oid)
+
+    def _dir_table(self) -> tuple[bytearray, bytearray]:
+        """The directory rows with their path lengths and their paths, those never given
+        a tree (no file under them) dropped."""
+        rows, names = bytearray(), bytearray()
+        paths = bytes(self._dir_names).split(b"\0")
+        for i in range(self._dirs):
+            count, _, oid = TREE_ROW.unpack_from(self._dir_rows, i * TREE_ROW.size)
+            if oid != bytes(20):
+                rows += TREE_ROW.pack(count, len(paths[i]), oid)
+                names += paths[i] + b"\0"
+        return rows, names
+
+    def commit(self) -> None:
+        """Finish the file (paths, cache-tree, footer, blake3), fsync it and rename it over
+        the cache; the old JSON cache goes."""
+        self._flush()
+        self._side.seek(0)
+        while block := self._side.read(_FLUSH):
+            self._write(block)
+        rows, names = self._dir_table()
+        self._write(rows)
+        self._write(names)
+        dirs = len(rows) // TREE_ROW.size
+        footer = (VERSION, self.inline_limit, self.scan_ns, self.count, self.path_bytes)
+        self._write(FOOTER.pack(*footer, dirs, len(names)))
+        self._fh.write(self._hash.digest())
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+        self._fh.close()
+        assert self._tmp is not None
+        os.chmod(self._tmp, 0o644)
+        os.replace(self._tmp, self.path)
+        self._tmp = None
+        fsync_dir(self.path.parent)
+        with contextlib.suppress(OSError):
+            (self.path.parent / OLD_JSON).unlink()
+
+    def close(self) -> None:
+        """Drop the temp files (after :meth:`commit`, only the unnamed one is left)."""
+        for fh in (self._fh, self._side):
+            if fh is not None:
+                fh.close()
+        if self._tmp is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._tmp)

@@ -28,7 +28,7 @@ from usr.store import checkout, fsck, gc, revisions, revlist
 from usr.store.chunks import ChunkStore
 from usr.store.diff_tree import diff_trees
 from usr.store.gitpack import ObjectWriter, write_loose
-from usr.store.index import StatCache, StatKey
+from usr.store.index import RACY_NS, StatCache
 from usr.store.model import FileChange, LogEntry, Recorded, ScanStats
 from usr.store.objects import (
     MAGIC,
@@ -39,10 +39,9 @@ from usr.store.objects import (
     inline_limit,
 )
 from usr.store.refs import MAIN, Refs
+from usr.store.treescan import StaleTree, TreeScan
 from usr.store.worktree import (
-    MODE_EXEC,
-    MODE_FILE,
-    build_tree,
+    ScannedFile,
     confirm_entry,
     hash_file,
     scan,
@@ -51,7 +50,7 @@ from usr.store.worktree import (
 )
 
 FAULT_SNAPSHOT_CHUNKS = faults.register(
-    "snapshot.after-chunks", "working files hashed, chunks and blobs written; no tree yet"
+    "snapshot.after-chunks", "working files hashed; chunks, blobs and trees written; no commit yet"
 )
 FAULT_SNAPSHOT_BEFORE_REF = faults.register(
     "snapshot.before-ref", "commit object written; refs/heads/main not moved"
@@ -212,70 +211,66 @@ class Store:
     # -- the working state ----------------------------------------------------------------
 
     def stat_cache(self) -> StatCache:
-        return StatCache(self.gitdir / "index.json", inline_limit())
+        return StatCache(self.gitdir / "index", inline_limit())
 
     def working_tree(self) -> str:
-        """Tree id of the working files now. Writes blobs, manifests and chunks (like
-        ``git add``) but commits nothing and moves no ref. Files whose stat matches the
-        stat cache are not read; ``self.last_scan`` says how many were."""
+        """Tree id of the working files now. Writes blobs, manifests, chunks and trees
+        (like ``git add`` and ``git write-tree``) but commits nothing and moves no ref.
+        Files whose stat matches the stat cache are not read, and directories where every
+        file did keep their cached trees (:mod:`usr.store.treescan`); ``self.last_scan``
+        says how many files were read."""
         cache = self.stat_cache()
-        fast = cache.unchanged_tree(self.path)
-        if fast is not None and self.repo.odb.exists(fast[0]):
-            faults.point(FAULT_SNAPSHOT_CHUNKS)
-            self.last_scan = ScanStats(files=fast[1])
-            return fast[0]  # nothing changed since the cache was written: its tree
+        try:
+            return self._scan(cache, use_trees=True)
+        except StaleTree:
+            return self._scan(cache, use_trees=False)  # a cached tree was removed: rebuild
+
+    def _scan(self, cache: StatCache, use_trees: bool) -> str:
+        """One sorted walk against ``cache``; the next cache is written unless every file
+        and directory hit (it only ever saves work: a read-only store still works)."""
         limit = inline_limit()
         scan_ns = time.time_ns()
-        stats = ScanStats()
-        files: dict[str, tuple[str, int]] = {}
-        entries: dict[str, tuple[StatKey, str]] = {}
-        all_plain = True  # every file mode 100644 (modes are not in the cache key)
-        lookup = cache.lookup
-        # Blobs go into one pack when there are many (object_writer); chunks are sealed
-        # first (the inner block closes first), so no stored manifest names a chunk that is
-        # not durable.
-        with self.object_writer(), self.chunks.writer() as writer:
-            for f in scan(self.path):
-                st = f.st
-                # Plain tuples, not StatKey: this loop runs once per file of the dataset.
-                key = (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
-                # A cached id needs no existence check: gc keeps every id the cache names.
-                oid = lookup(f.relpath, key)
-                if oid is None:
-                    oid, st = self._confirm_or_hash(cache, f, key, limit, writer)
-                    key = (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
-                    stats.hashed += 1
-                    stats.bytes_hashed += st.st_size
-                mode = MODE_EXEC if f.st.st_mode & 0o100 else MODE_FILE
-                all_plain = all_plain and mode == MODE_FILE
-                files[f.relpath] = (oid, mode)
-                entries[f.relpath] = (key, oid)
-        stats.files = len(files)
-        faults.point(FAULT_SNAPSHOT_CHUNKS)
-        unchanged = (
-            stats.hashed == 0
-            and cache.tree is not None
-            and entries.keys() == cache.entries.keys()
-            and all_plain
-            and self.repo.odb.exists(cache.tree)
-        )
-        if unchanged:
-            tree = cache.tree  # nothing changed since the cache was written: reuse its tree
-        else:
-            tree = build_tree(self.repo, files)
-            cache.replace(entries, scan_ns, tree)
-            with contextlib.suppress(OSError):
-                cache.save()  # only ever saves work: a read-only store still works
-        self.last_scan = stats
+        out = cache.writer(scan_ns)
+        try:
+            # Blobs and trees go into one pack when there are many (object_writer); chunks
+            # are sealed first (the inner block closes first), so no stored manifest names
+            # a chunk that is not durable, and the cache names only sealed objects.
+            with self.object_writer(), self.chunks.writer() as writer:
+
+                def hasher(rel: str, path: str, st: os.stat_result, candidate: str | None):
+                    f = ScannedFile(rel, path, st)
+                    return self._confirm_or_hash(f, candidate, limit, writer)
+
+                scan = TreeScan(
+                    self.path,
+                    cache,
+                    cache.scan_ns - RACY_NS,
+                    hasher,
+                    write_tree=lambda data: self.write_object("tree", data),
+                    tree_exists=self.has_object,
+                    out=out,
+                    use_trees=use_trees,
+                )
+                tree, _ = scan.run()
+            faults.point(FAULT_SNAPSHOT_CHUNKS)
+            if scan.changed:
+                with contextlib.suppress(OSError):
+                    out.commit()
+        finally:
+            out.close()
+        self.last_scan = scan.stats
         return tree
 
-    def _confirm_or_hash(self, cache, f, key, limit: int, writer) -> tuple[str, os.stat_result]:
+    def _confirm_or_hash(
+        self, f: ScannedFile, candidate: str | None, limit: int, writer
+    ) -> tuple[str, os.stat_result]:
         """A file the cache misses: confirmed by one blake3 pass when the cache holds its
-        exact stat (racy only), else hashed and stored in full. A racy inline-sized file
-        is simply hashed (reading its blob to confirm it would cost more), and not written
-        again when it hashes to its cached id (the cache keeps that id from gc)."""
-        candidate = cache.same_stat(f.relpath, key)
-        if candidate is not None and key[0] > limit:
+        exact stat (``candidate``: racy only), else hashed and stored in full. A racy
+        inline-sized file is simply hashed (reading its blob to confirm it would cost
+        more), and not written again when it hashes to its cached id (the cache keeps
+        that id from gc)."""
+        if candidate is not None and f.st.st_size > limit:
+            key = (f.st.st_size, f.st.st_mtime_ns, f.st.st_ctime_ns, f.st.st_ino)
             st = confirm_entry(self.repo, f.abspath, candidate, key)
             if st is not None:
                 return candidate, st

@@ -59,50 +59,77 @@ class ScannedFile(NamedTuple):
 
 
 def scan(dataset_dir: Path) -> Iterator[ScannedFile]:
-    """Every recordable regular file under ``dataset_dir`` (runtime paths skipped).
+    """Every recordable regular file under ``dataset_dir`` (runtime paths skipped), in
+    git's order (full paths in byte order).
 
     Raises :class:`InputError` for a symlink, device, fifo or socket, or a name usr cannot
     record, naming the path: silently skipping it would let a state look recorded when it
     is not.
     """
-    stack = [("", str(dataset_dir))]
+    stack = [iter(list_dir("", str(dataset_dir)))]
+    prefixes = [""]
     while stack:
-        prefix, directory = stack.pop()
-        with os.scandir(directory) as it:
-            entries = list(it)
-        for entry in entries:
-            name = entry.name
-            # The same rules as usr.layout.is_runtime_path / check_relpath, applied to one
-            # name at a time (its parents were checked already): pathlib per file costs
-            # more than the stat itself on a 100,000-file dataset.
-            rel = f"{prefix}{name}"
-            if name in RUNTIME_NAMES or name.startswith(RUNTIME_PREFIXES):
-                if not prefix or name.startswith(TEMP_PREFIXES):
-                    continue
-                raise InputError(
-                    f"bad path {rel!r}: {name!r} is a name usr keeps for its own state",
-                    "rename it; a dataset's store and locks live only at its top",
-                )
-            st = entry.stat(follow_symlinks=False)
-            if "\\" in name:
-                raise InputError(f"bad path {rel!r}: cannot record a name with a backslash")
-            if len(rel) > MAX_RELPATH // 4:
-                check_relpath(rel)  # the length rule (the rest was checked part by part)
-            if not _utf8(name):
-                raise InputError(
-                    f"bad path {rel!r}: the name is not UTF-8",
-                    "rename it: usr records names as UTF-8 text, the same on every machine",
-                )
-            if statmod.S_ISDIR(st.st_mode):
-                stack.append((rel + "/", entry.path))
-            elif statmod.S_ISREG(st.st_mode):
-                yield ScannedFile(rel, entry.path, st)
-            else:
-                kind = "symlink" if statmod.S_ISLNK(st.st_mode) else "special file"
-                raise InputError(
-                    f"refusing to record {rel!r}: it is a {kind}",
-                    "usr records regular files only; replace it with a copy of the data",
-                )
+        for key, _name, st, path in stack[-1]:
+            if st is None:  # a directory: its files before the parent's next ones
+                prefixes.append(prefixes[-1] + key)
+                stack.append(iter(list_dir(prefixes[-1], path)))
+                break
+            yield ScannedFile(prefixes[-1] + key, path, st)
+        else:
+            stack.pop()
+            prefixes.pop()
+
+
+def list_dir(prefix: str, directory: str) -> list[tuple[str, str, os.stat_result | None, str]]:
+    """The recordable children of ``directory`` (relative path ``prefix``, "" or ending in
+    "/") as ``(sort key, name, stat or None for a directory, path)``, sorted in git's tree
+    order: by name, a directory compared as ``name/``.
+
+    Runtime names are skipped at the top and refused below it. Raises :class:`InputError`
+    for a symlink, device, fifo or socket, or a name usr cannot record, naming the path.
+    """
+    with os.scandir(directory) as it:
+        entries = list(it)
+    out: list[tuple[str, str, os.stat_result | None, str]] = []
+    for entry in entries:
+        name = entry.name
+        # The same rules as usr.layout.is_runtime_path / check_relpath, applied to one
+        # name at a time (its parents were checked already): pathlib per file costs
+        # more than the stat itself on a 100,000-file dataset.
+        rel = f"{prefix}{name}"
+        if name in RUNTIME_NAMES or name.startswith(RUNTIME_PREFIXES):
+            if not prefix or name.startswith(TEMP_PREFIXES):
+                continue
+            raise InputError(
+                f"bad path {rel!r}: {name!r} is a name usr keeps for its own state",
+                "rename it; a dataset's store and locks live only at its top",
+            )
+        st = entry.stat(follow_symlinks=False)
+        if "\\" in name:
+            raise InputError(f"bad path {rel!r}: cannot record a name with a backslash")
+        if len(rel) > MAX_RELPATH // 4:
+            check_relpath(rel)  # the length rule (the rest was checked part by part)
+        if not _utf8(name):
+            raise InputError(
+                f"bad path {rel!r}: the name is not UTF-8",
+                "rename it: usr records names as UTF-8 text, the same on every machine",
+            )
+        if statmod.S_ISDIR(st.st_mode):
+            out.append((name + "/", name, None, entry.path))
+        elif statmod.S_ISREG(st.st_mode):
+            out.append((name, name, st, entry.path))
+        else:
+            kind = "symlink" if statmod.S_ISLNK(st.st_mode) else "special file"
+            raise InputError(
+                f"refusing to record {rel!r}: it is a {kind}",
+                "usr records regular files only; replace it with a copy of the data",
+            )
+    out.sort(key=_first)
+    return out
+
+
+def _first(item: tuple) -> str:
+    return item[0]
 
 
 def _utf8(name: str) -> bool:
@@ -113,46 +140,6 @@ def _utf8(name: str) -> bool:
     except UnicodeEncodeError:
         return False
     return True
-
-
-def all_cached(dataset_dir: Path, entries: dict, trust_before_ns: int) -> int | None:
-    """The number of files under ``dataset_dir`` if every one is a plain (mode 100644)
-    regular file whose stat matches its ``entries`` row (the stat cache's) with an mtime
-    before ``trust_before_ns``, and no cached file is gone; else None, at the first file
-    that does not.
-
-    The no-op fast path of :meth:`Store.working_tree`: no per-file objects, no dicts built.
-    It skips what :func:`scan` skips and judges nothing else: anything odd (a symlink, a
-    new name) is only a miss, so the full scan that follows reports it.
-    """
-    get = entries.get
-    count = 0
-    stack = [("", str(dataset_dir))]
-    while stack:
-        prefix, directory = stack.pop()
-        with os.scandir(directory) as it:
-            for entry in it:
-                name = entry.name
-                if name in RUNTIME_NAMES or name.startswith(RUNTIME_PREFIXES):
-                    if not prefix or name.startswith(TEMP_PREFIXES):
-                        continue
-                    return None  # refused by the full scan, which names it
-                st = entry.stat(follow_symlinks=False)
-                mode = st.st_mode
-                if statmod.S_ISDIR(mode):
-                    stack.append((f"{prefix}{name}/", entry.path))
-                    continue
-                hit = get(f"{prefix}{name}")
-                if (
-                    hit is None
-                    or not statmod.S_ISREG(mode)
-                    or mode & 0o100
-                    or st.st_mtime_ns >= trust_before_ns
-                    or hit[0] != (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
-                ):
-                    return None
-                count += 1
-    return count if count == len(entries) else None
 
 
 def _same_content_stat(a: os.stat_result, b: os.stat_result) -> bool:

@@ -1,0 +1,214 @@
+"""The binary stat cache (``.usr/index``, docs/format.md §6) and its cache-tree: the file
+round-trips, a damaged or old-format cache is an empty one, and a scan that reuses cached
+trees gives exactly the tree a full rebuild gives, on a tree with thousands of directories
+and the deepest nesting the layout allows."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from usr.layout import MAX_RELPATH
+from usr.store import Store, index
+from usr.store.worktree import walk_tree
+
+PAST = 1_600_000_000 * 10**9  # well before any scan: the stat cache trusts these mtimes
+DEEP = "a/" * ((MAX_RELPATH - 1) // 2) + "f"  # the longest path: 511 directories deep
+
+
+def _age(path: Path) -> None:
+    os.utime(path, ns=(PAST, PAST))
+
+
+def _write(ds: Path, rel: str, data: bytes) -> Path:
+    p = ds / rel
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_bytes(data)
+    _age(p)
+    return p
+
+
+def _wide_and_deep(tmp_path: Path) -> tuple[Store, Path]:
+    """2,000 directories two levels down, one file each, plus the deepest path, all aged."""
+    ds = tmp_path / "ds"
+    for i in range(2000):
+        _write(ds, f"_aux/g{i % 40:02d}/d{i:04d}/f.txt", b"%d" % i)
+    _write(ds, DEEP, b"deep")
+    _write(ds, "meta.md", b"top")
+    store = Store.open(ds)
+    store.record("import")
+    return store, ds
+
+
+def _full_rebuild(store: Store) -> str:
+    """The working tree with no stat cache at all (every file read, every tree built)."""
+    (store.gitdir / "index").unlink(missing_ok=True)
+    return store.working_tree()
+
+
+@pytest.mark.parametrize("count", [0, 1, 17_000, 40_000])
+def test_the_cache_round_trips_in_git_order(tmp_path: Path, count: int) -> None:
+    """Saved and loaded back (across the writer's 1 MiB flushes): the same entries, in
+    full-path byte order (a directory's files after ``name.txt`` and before ``name0``)."""
+    cache = index.StatCache(tmp_path / "index", inline_limit=4096)
+    names = [f'd{i % 7}/f "{i}".txt' for i in range(count)]
+    if count:
+        names += ["d1.txt", "d10", "é/x", "d1/sub/deeper/z"]
+    for i, rel in enumerate(names):
+        cache.update(rel, index.StatKey(i, 2 * i, 3 * i, 4 * i), f"{i:040x}")
+    cache.scan_ns = 123
+    cache.save()
+    again = index.StatCache(cache.path, inline_limit=4096)
+    assert dict(again.entries) == dict(cache.entries)
+    assert again.scan_ns == 123 and len(again.files) == len(names)
+    order = [again.files[i] for i in range(len(again.files))]
+    assert order == sorted(rel.encode() for rel in names)
+    assert again.entry_ids() == {f"{i:040x}" for i in range(len(names))}
+    assert index.StatCache(cache.path, inline_limit=8192).entries == {}  # other limit
+
+
+def test_a_damaged_cache_is_empty_and_costs_only_work(tmp_path: Path) -> None:
+    store, ds = _wide_and_deep(tmp_path)
+    tree = store.tree_of(store.head())
+    path = store.gitdir / "index"
+    good = path.read_bytes()
+    assert len(store.stat_cache().files) == 2002
+    for damaged in (good[: len(good) // 2], good[:-1], b"", bytes(len(good))):
+        path.write_bytes(damaged)
+        assert len(store.stat_cache().files) == 0 and store.stat_cache().tree is None
+    flipped = bytearray(good)
+    flipped[len(good) // 3] ^= 0x01
+    path.write_bytes(bytes(flipped))
+    assert len(store.stat_cache().files) == 0  # the blake3 trailer catches one bit
+    assert store.working_tree() == tree
+    assert store.last_scan.hashed == 2002  # all read again, nothing trusted
+    assert store.stat_cache().tree == tree  # and the cache written afresh
+
+
+def test_the_old_json_cache_is_ignored_and_removed(tmp_path: Path) -> None:
+    """A version-1 cache naming a wrong id for a file with the right stat is not read."""
+    ds = tmp_path / "ds"
+    p = _write(ds, "a.txt", b"the bytes")
+    store = Store.open(ds)
+    st = os.stat(p)
+    row = [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, "ab" * 20]
+    doc = {"version": 1, "inline_limit": 262144, "scan_ns": 2 * 10**18, "tree": "cd" * 20}
+    (store.gitdir / "index.json").write_text(json.dumps({**doc, "entries": {"a.txt": row}}))
+    tree = store.working_tree()
+    assert store.last_scan.hashed == 1
+    assert [(rel, oid) for rel, oid, _ in walk_tree(store.repo, tree)] == [
+        ("a.txt", str(store.repo.create_blob(b"the bytes")))
+    ]
+    assert not (store.gitdir / "index.json").exists()
+
+
+def test_touching_one_deep_file_rebuilds_only_its_path(tmp_path: Path) -> None:
+    store, ds = _wide_and_deep(tmp_path)
+    head_tree = store.tree_of(store.head())
+    assert store.stat_cache().unchanged_tree(ds) == (head_tree, 2002)
+    for rel in (DEEP, "_aux/g17/d1217/f.txt"):
+        _write(ds, rel, b"changed")
+        tree = store.working_tree()
+        assert store.last_scan.hashed == 1 and store.last_scan.files == 2002
+        assert tree != head_tree
+        assert [c.path for c in store.diff(head_tree, tree)] == [rel]
+        assert store.stat_cache().unchanged_tree(ds) == (tree, 2002)
+        assert _full_rebuild(store) == tree
+        head_tree = tree
+
+
+@pytest.mark.parametrize("change", ["add", "remove", "exec", "edit", "empty-dir", "swap"])
+def test_a_change_in_a_cached_directory_is_seen(tmp_path: Path, change: str) -> None:
+    store, ds = _wide_and_deep(tmp_path)
+    head_tree = store.tree_of(store.head())
+    target = ds / "_aux/g05/d0005/f.txt"
+    expect = {"_aux/g05/d0005/f.txt"}
+    if change == "add":
+        _write(ds, "_aux/g05/d0005/new.txt", b"new")
+        expect = {"_aux/g05/d0005/new.txt"}
+    elif change == "remove":
+        target.unlink()
+    elif change == "exec":
+        target.chmod(0o755)
+        expect = set()  # a mode is not a content change: the tree differs, see below
+    elif change == "edit":
+        target.write_bytes(b"X")  # same size; the mtime is put back, the ctime is not
+        _age(target)
+    elif change == "empty-dir":
+        (ds / "_aux/g05/d9999/e").mkdir(parents=True)  # records nothing
+        expect = set()
+    else:  # a file becomes a directory of the same name
+        target.unlink()
+        _write(ds, "_aux/g05/d0005/f.txt/inner", b"in")
+        expect = {"_aux/g05/d0005/f.txt", "_aux/g05/d0005/f.txt/inner"}
+    tree = store.working_tree()
+    assert {c.path for c in store.diff(head_tree, tree)} == expect
+    assert (tree == head_tree) == (change == "empty-dir")
+    if change == "exec":
+        modes = {rel: mode for rel, _, mode in walk_tree(store.repo, tree)}
+        assert modes["_aux/g05/d0005/f.txt"] == 0o100755
+    assert store.working_tree() == tree  # and the cache it wrote gives the same again
+    assert _full_rebuild(store) == tree
+
+
+def test_a_cached_tree_missing_from_the_store_is_rebuilt(tmp_path: Path) -> None:
+    """A cached tree id that is not in the store (a foreign or hand-edited cache) is not
+    trusted when a changed parent would name it: the trees are built again."""
+    store, ds = _wide_and_deep(tmp_path)
+    cache = store.stat_cache()
+    out = cache.writer(cache.scan_ns)
+    try:
+        out.copy(0, len(cache.files))
+        for i in range(len(cache.dirs)):
+            path = cache.dirs[i]
+            count, _, oid = cache.dirs.rows[i].tolist()
+            fake = b"\x01" * 20 if path == b"_aux/g06/" else bytes(oid)
+            out.set_tree(out.open_tree(path), count, fake)
+        out.commit()
+    finally:
+        out.close()
+    _write(ds, "_aux/g07/d0007/f.txt", b"changed")
+    tree = store.working_tree()
+    assert store.last_scan.hashed == 1
+    i = store.stat_cache().dirs.find(b"_aux/g06/")
+    assert store.has_object(bytes(store.stat_cache().dirs.rows["oid"][i]).hex())
+    assert _full_rebuild(store) == tree
+
+
+def test_a_racy_file_never_reuses_its_cached_tree(tmp_path: Path) -> None:
+    """A cache whose rows and trees name other content for files with exactly the
+    working stat: trusted when the scan that wrote it started well after the mtimes (the
+    rule, seen from the inside), re-read when the mtimes fall in the racy window."""
+    ds = tmp_path / "ds"
+    p = _write(ds, "d/a.txt", b"real")
+    store = Store.open(ds)
+    fake_blob = str(store.repo.create_blob(b"fake"))
+    fake = store.repo.TreeBuilder()
+    fake.insert("a.txt", store.repo.create_blob(b"fake"), 0o100644)
+    fake_d = fake.write()
+    root = store.repo.TreeBuilder()
+    root.insert("d", fake_d, 0o040000)
+    fake_root = str(root.write())
+
+    def plant(scan_ns: int) -> None:
+        st = os.stat(p)
+        out = store.stat_cache().writer(scan_ns)
+        try:
+            key = (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_mode)
+            out.add(b"d/a.txt", key, bytes.fromhex(fake_blob))
+            out.set_tree(out.open_tree(b""), 1, bytes.fromhex(fake_root))
+            out.set_tree(out.open_tree(b"d/"), 1, fake_d.raw)
+            out.commit()
+        finally:
+            out.close()
+
+    plant(PAST + index.RACY_NS)  # the mtime is not older than scan_ns - RACY_NS
+    real = store.working_tree()
+    assert real != fake_root and store.last_scan.hashed == 1
+    plant(PAST + index.RACY_NS + 1)  # just past the window: the cache is believed
+    assert store.working_tree() == fake_root and store.last_scan.hashed == 0
+    (store.gitdir / "index").unlink()
+    assert store.working_tree() == real
