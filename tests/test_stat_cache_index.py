@@ -64,7 +64,7 @@ def test_the_cache_round_trips_in_git_order(tmp_path: Path, count: int) -> None:
     again = index.StatCache(cache.path, inline_limit=4096)
     assert dict(again.entries) == dict(cache.entries)
     assert again.scan_ns == 123 and len(again.files) == len(names)
-    order = [again.files[i] for i in range(len(again.files))]
+    order = [path for path, _ in again.files.items()]
     assert order == sorted(rel.encode() for rel in names)
     assert again.entry_ids() == {f"{i:040x}" for i in range(len(names))}
     assert index.StatCache(cache.path, inline_limit=8192).entries == {}  # other limit
@@ -161,11 +161,9 @@ def test_a_cached_tree_missing_from_the_store_is_rebuilt(tmp_path: Path) -> None
     cache = store.stat_cache()
     out = cache.writer(cache.scan_ns)
     try:
-        out.copy(0, len(cache.files))
-        for i in range(len(cache.dirs)):
-            path = cache.dirs[i]
-            count, _, oid = cache.dirs.rows[i].tolist()
-            fake = b"\x01" * 20 if path == b"_aux/g06/" else bytes(oid)
+        out.copy(0, len(cache.files), 0, len(cache.files.names))
+        for path, (count, _, oid) in cache.dirs.items():
+            fake = b"\x01" * 20 if path == b"_aux/g06/" else oid
             out.set_tree(out.open_tree(path), count, fake)
         out.commit()
     finally:
@@ -173,8 +171,9 @@ def test_a_cached_tree_missing_from_the_store_is_rebuilt(tmp_path: Path) -> None
     _write(ds, "_aux/g07/d0007/f.txt", b"changed")
     tree = store.working_tree()
     assert store.last_scan.hashed == 1
-    i = store.stat_cache().dirs.find(b"_aux/g06/")
-    assert store.has_object(bytes(store.stat_cache().dirs.rows["oid"][i]).hex())
+    dirs = store.stat_cache().dirs
+    found = dirs.find(b"_aux/g06/")
+    assert found is not None and store.has_object(dirs.at(found[0])[2].hex())
     assert _full_rebuild(store) == tree
 
 

@@ -7,9 +7,10 @@ cache-tree, a directory whose files all hit (none added or gone) keeps its cache
 so only the directories on a changed path are built again.
 
 The file is binary and sorted by path in git's order (docs/format.md §6). In memory it is
-the file's bytes with numpy views over its tables (about 100 bytes per file), never a dict
-of Python objects: :mod:`usr.store.treescan` compares it with the working files as two
-sorted streams and writes the next cache with :class:`CacheWriter` as it goes.
+the file's bytes (about 90 bytes per file), never a dict of Python objects, and it is
+read in order: :mod:`usr.store.treescan` compares it with the working files as two sorted
+streams and writes the next cache with :class:`CacheWriter` as it goes. (No numpy: its
+import alone costs more than reading the cache of 100,000 files.)
 
 Racy timestamps: a file modified within the same timestamp tick as it was hashed could
 change without its stat changing. So the cache remembers when the scan that produced it
@@ -25,7 +26,6 @@ removed by the first save.
 
 from __future__ import annotations
 
-import bisect
 import contextlib
 import os
 import struct
@@ -35,7 +35,6 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import blake3
-import numpy as np
 
 from usr.atomic import TMP_PREFIX, fsync_dir
 from usr.errors import InputError
@@ -46,20 +45,10 @@ RACY_NS = 2_000_000_000
 MAGIC = b"USRINDEX"
 #: One entry: size, mtime_ns, ctime_ns, inode, st_mode, path length, entry id (raw).
 ROW = struct.Struct("<QqqQII20s")
-ROW_DTYPE = np.dtype(
-    [
-        ("size", "<u8"),
-        ("mtime", "<i8"),
-        ("ctime", "<i8"),
-        ("ino", "<u8"),
-        ("mode", "<u4"),
-        ("plen", "<u4"),
-        ("oid", "V20"),
-    ]
-)
+#: The stat fields of a row as a scan compares them: size, mtime, ctime, inode, st_mode.
+ROW_KEY = struct.Struct("<QqqQI24x")
 #: One directory of the cache-tree: files under it (recursively), path length, tree id.
 TREE_ROW = struct.Struct("<QI20s")
-TREE_DTYPE = np.dtype([("count", "<u8"), ("plen", "<u4"), ("oid", "V20")])
 #: version, inline_limit, scan_ns, entries, entry path bytes, directories, dir path bytes.
 FOOTER = struct.Struct("<IQqQQQQ")
 DIGEST = 32  # blake3 of everything before it
@@ -81,31 +70,49 @@ class StatKey(NamedTuple):
 
 
 class _Table:
-    """Sorted rows with NUL-terminated paths: a numpy view over the file's bytes plus the
-    offset of each row's path (``offsets[i]`` .. ``offsets[i + 1] - 1``)."""
+    """Sorted fixed-size rows (``row``) and their paths, each ended by a NUL, over the
+    file's bytes. Read in order (a cursor's row index and path offset move together);
+    :meth:`find` is for the odd single path."""
 
-    def __init__(self, rows: np.ndarray, names: bytes | memoryview, raw: memoryview) -> None:
-        self.rows = rows
-        self.names = bytes(names)  # one copy of the path section: slices of it are compared
+    def __init__(self, row: struct.Struct, raw: memoryview, names: bytes) -> None:
+        self.row = row
         self.raw = raw  # the row section's bytes, copied into the next cache as they are
-        ends = np.cumsum(rows["plen"].astype(np.int64) + 1)
-        self.offsets = np.concatenate((np.zeros(1, np.int64), ends))
-        if len(rows) and int(self.offsets[-1]) != len(self.names):
-            raise ValueError("path lengths do not add up")
+        self.names = names
+        self.count = len(raw) // row.size
+        if names.count(b"\0") != self.count:
+            raise ValueError("rows and paths do not match")
 
     def __len__(self) -> int:
-        return len(self.rows)
+        return self.count
 
-    def __getitem__(self, i: int) -> bytes:  # the path of row i (a sequence, for bisect)
-        return self.names[int(self.offsets[i]) : int(self.offsets[i + 1]) - 1]
+    def at(self, i: int) -> tuple:
+        return self.row.unpack_from(self.raw, i * self.row.size)
 
-    def find(self, path: bytes) -> int | None:
-        i = bisect.bisect_left(self, path)
-        return i if i < len(self.rows) and self[i] == path else None
+    def path_at(self, p: int) -> tuple[bytes, int]:
+        """The path starting at offset ``p`` of the paths, and where the next one starts."""
+        end = self.names.index(b"\0", p)
+        return self.names[p:end], end + 1
+
+    def items(self) -> Iterator[tuple[bytes, tuple]]:
+        """``(path, row fields)`` of every row, in order."""
+        p = 0
+        for fields in self.row.iter_unpack(self.raw):
+            path, p = self.path_at(p)
+            yield path, fields
+
+    def find(self, path: bytes) -> tuple[int, int] | None:
+        """``(row, path offset)`` of ``path``, or None (one search of the paths' bytes)."""
+        names = self.names
+        if names.startswith(path + b"\0"):
+            return 0, 0
+        pos = names.find(b"\0" + path + b"\0")
+        if pos < 0:
+            return None
+        return names.count(b"\0", 0, pos + 1), pos + 1
 
 
-def _empty_table(dtype: np.dtype) -> _Table:
-    return _Table(np.zeros(0, dtype), b"", memoryview(b""))
+def _empty_table(row: struct.Struct) -> _Table:
+    return _Table(row, memoryview(b""), b"")
 
 
 class StatCache:
@@ -115,8 +122,8 @@ class StatCache:
         self.path = path
         self.inline_limit = inline_limit
         self.scan_ns = 0
-        self.files = _empty_table(ROW_DTYPE)
-        self.dirs = _empty_table(TREE_DTYPE)
+        self.files = _empty_table(ROW)
+        self.dirs = _empty_table(TREE_ROW)
         #: Entries set by :meth:`update` since the load, and the directories they make
         #: stale (every ancestor of an updated path): merged in by :meth:`save`.
         self._updates: dict[str, tuple[StatKey, str]] = {}
@@ -143,8 +150,8 @@ class StatCache:
         for size in sizes:
             parts.append(body[at : at + size])
             at += size
-        files = _Table(np.frombuffer(parts[0], ROW_DTYPE), parts[1], parts[0])
-        dirs = _Table(np.frombuffer(parts[2], TREE_DTYPE), parts[3], parts[2])
+        files = _Table(ROW, parts[0], bytes(parts[1]))
+        dirs = _Table(TREE_ROW, parts[2], bytes(parts[3]))
         self.files, self.dirs, self.scan_ns = files, dirs, scan_ns
 
     # -- reading --------------------------------------------------------------------------
@@ -157,20 +164,20 @@ class StatCache:
     @property
     def tree(self) -> str | None:
         """The root tree the cached entries make, if the cache-tree holds it."""
-        i = self.dirs.find(b"")
-        if i is None or b"" in self._stale:
+        found = self.dirs.find(b"")
+        if found is None or b"" in self._stale:
             return None
-        return bytes(self.dirs.rows["oid"][i]).hex()
+        return self.dirs.at(found[0])[2].hex()
 
     def _row(self, relpath: str) -> tuple[StatKey, str] | None:
         hit = self._updates.get(relpath)
         if hit is not None:
             return hit
-        i = self.files.find(relpath.encode("utf-8", "surrogateescape"))
-        if i is None:
+        found = self.files.find(relpath.encode("utf-8", "surrogateescape"))
+        if found is None:
             return None
-        size, mtime, ctime, ino, _mode, _plen, oid = self.files.rows[i].tolist()
-        return StatKey(size, mtime, ctime, ino), bytes(oid).hex()
+        size, mtime, ctime, ino, _mode, _plen, oid = self.files.at(found[0])
+        return StatKey(size, mtime, ctime, ino), oid.hex()
 
     def lookup(self, relpath: str, key: tuple[int, int, int, int]) -> str | None:
         """The cached entry id for ``relpath`` if its stat (a :class:`StatKey` or the same
@@ -204,12 +211,12 @@ class StatCache:
 
     def entry_ids(self) -> set[str]:
         """Every entry id the cache names (gc keeps them, as git keeps index blobs)."""
-        ids = {bytes(oid).hex() for oid in self.files.rows["oid"].tolist()}
+        ids = {fields[6].hex() for fields in ROW.iter_unpack(self.files.raw)}
         return ids | {oid for _, oid in self._updates.values()}
 
     def tree_ids(self) -> set[str]:
         """Every tree id the cache-tree names (gc keeps them: a scan reuses them unread)."""
-        return {bytes(oid).hex() for oid in self.dirs.rows["oid"].tolist()}
+        return {fields[2].hex() for fields in TREE_ROW.iter_unpack(self.dirs.raw)}
 
     # -- writing --------------------------------------------------------------------------
 
@@ -231,20 +238,25 @@ class StatCache:
         fsync, rename); the rows between updated paths are copied as bytes."""
         out = self.writer(self.scan_ns)
         try:
-            files, at = self.files, 0
+            rows = self.files.items()
+            at = p = 0  # the next old row not yet written, and its path offset
+            ahead = next(rows, None)
             for rel in sorted(self._updates):
                 path = rel.encode("utf-8", "surrogateescape")
-                i = bisect.bisect_left(files, path, lo=at)
-                out.copy(at, i)
-                at = i + 1 if i < len(files) and files[i] == path else i
+                start, pstart = at, p
+                while ahead is not None and ahead[0] < path:
+                    at, p = at + 1, p + len(ahead[0]) + 1
+                    ahead = next(rows, None)
+                out.copy(start, at, pstart, p)
+                if ahead is not None and ahead[0] == path:  # replaced
+                    at, p = at + 1, p + len(path) + 1
+                    ahead = next(rows, None)
                 key, oid = self._updates[rel]
                 out.add(path, (*key, 0), bytes.fromhex(oid))  # mode unknown: a miss, not a hit
-            out.copy(at, len(files))
-            for i in range(len(self.dirs)):
-                path = self.dirs[i]
+            out.copy(at, len(self.files), p, len(self.files.names))
+            for path, (count, _plen, oid) in self.dirs.items():
                 if path not in self._stale:
-                    count, _plen, oid = self.dirs.rows[i].tolist()
-                    out.set_tree(out.open_tree(path), count, bytes(oid))
+                    out.set_tree(out.open_tree(path), count, oid)
             out.commit()
         finally:
             out.close()
@@ -264,9 +276,8 @@ class _Entries(Mapping):
         return hit
 
     def __iter__(self) -> Iterator[str]:
-        files = self.cache.files
-        for i in range(len(files)):
-            rel = files[i].decode("utf-8", "surrogateescape")
+        for path, _ in self.cache.files.items():
+            rel = path.decode("utf-8", "surrogateescape")
             if rel not in self.cache._updates:
                 yield rel
         yield from self.cache._updates
@@ -278,10 +289,8 @@ class _Entries(Mapping):
         if self.cache._updates:
             yield from (self[rel] for rel in self)
             return
-        rows = self.cache.files.rows
-        keys = rows[["size", "mtime", "ctime", "ino"]].tolist()
-        for key, oid in zip(keys, rows["oid"].tolist(), strict=True):
-            yield key, bytes(oid).hex()
+        for size, mtime, ctime, ino, _mode, _plen, oid in ROW.iter_unpack(self.cache.files.raw):
+            yield (size, mtime, ctime, ino), oid.hex()
 
 
 class CacheWriter:
@@ -300,7 +309,8 @@ class CacheWriter:
         self.count = 0
         self.path_bytes = 0
         self._hash = blake3.blake3()
-        self._pending: list[int] = [0, 0]  # old rows to copy, not yet written
+        #: Old rows to copy, not yet written: rows start:stop, path bytes start:stop.
+        self._pending: list[int] | None = None
         self._rows = bytearray()
         self._names = bytearray()
         self._dir_rows = bytearray()
@@ -326,35 +336,34 @@ class CacheWriter:
         """Write the pending old rows, then the buffered new ones."""
         if self._fh is None:
             self._open()
-        start, stop = self._pending
-        if stop > start:
-            old = self.old
-            self._write(old.raw[start * ROW.size : stop * ROW.size])
-            self._side.write(old.names[int(old.offsets[start]) : int(old.offsets[stop])])
-            self._pending = [0, 0]
+        if self._pending is not None:
+            start, stop, pstart, pstop = self._pending
+            self._write(self.old.raw[start * ROW.size : stop * ROW.size])
+            self._side.write(memoryview(self.old.names)[pstart:pstop])
+            self._pending = None
         self._write(self._rows)
         self._side.write(self._names)
         self._rows.clear()
         self._names.clear()
 
-    def copy(self, start: int, stop: int) -> None:
-        """Keep rows ``start:stop`` of the old cache as they are (bytes, not objects)."""
+    def copy(self, start: int, stop: int, pstart: int, pstop: int) -> None:
+        """Keep rows ``start:stop`` of the old cache (their paths at bytes
+        ``pstart:pstop``) as they are: bytes, not objects."""
         if stop <= start:
             return
-        old = self.old
         self.count += stop - start
-        self.path_bytes += int(old.offsets[stop]) - int(old.offsets[start])
+        self.path_bytes += pstop - pstart
         pending = self._pending
-        if pending[1] == start and not self._rows:
-            pending[1] = stop
+        if pending is not None and pending[1] == start and not self._rows:
+            pending[1], pending[3] = stop, pstop
             return
-        if self._rows or pending[1] > pending[0]:
+        if self._rows or pending is not None:
             self._flush()
-        self._pending = [start, stop]
+        self._pending = [start, stop, pstart, pstop]
 
     def add(self, path: bytes, key: tuple[int, int, int, int, int], oid: bytes) -> None:
         """One row: ``path`` (UTF-8), ``key`` = size, mtime_ns, ctime_ns, inode, st_mode."""
-        if self._pending[1] > self._pending[0]:
+        if self._pending is not None:
             self._flush()
         self._rows += ROW.pack(*key, len(path), oid)
         self._names += path + b"\0"

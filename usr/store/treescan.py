@@ -19,7 +19,9 @@ files, path length) are :func:`usr.store.worktree.list_dir`'s, the same as ``sca
 from __future__ import annotations
 
 import os
+import struct
 from collections.abc import Callable
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +33,12 @@ from usr.store.worktree import MODE_EXEC, MODE_FILE, list_dir
 #: matches but is racy (see :meth:`usr.store.index.StatCache.same_stat`).
 Hasher = Callable[[str, str, os.stat_result, "str | None"], tuple[str, os.stat_result]]
 
-_KEY = ["size", "mtime", "ctime", "ino", "mode"]
+#: A cache row (docs/format.md §6) as the walk reads it: the stat fields it compares, and
+#: the entry id. The row layout is :data:`usr.store.index.ROW`'s.
+_ROW_KEY = struct.Struct("<QqqQI24x")
+_ROW_OID = struct.Struct("<40x20s")
+_ROW_SIZE = 60
+_mtime = itemgetter(1)
 _GIT_MODE = {MODE_FILE: b"100644", MODE_EXEC: b"100755"}
 _TREE_MODE = b"40000"
 
@@ -49,11 +56,24 @@ class _Dir:
     """One directory being walked: its sorted children, the entries of its tree so far and
     whether everything in it has hit the cache."""
 
-    __slots__ = ("prefix", "children", "i", "parts", "clean", "cached", "files", "start", "slot")
+    __slots__ = (
+        "prefix",
+        "children",
+        "subdirs",
+        "i",
+        "parts",
+        "clean",
+        "cached",
+        "files",
+        "start",
+        "slot",
+    )
 
     def __init__(self, prefix: str, children: list, cached: Any, start: int, slot: int) -> None:
         self.prefix = prefix
         self.children = children
+        #: Where the subdirectories are among the children, last first (popped in turn).
+        self.subdirs = [i for i, child in enumerate(children) if child[2] is None][::-1]
         self.i = 0
         #: ("run", names, first row, count) for files that hit, copied from the cache rows;
         #: ("one", name, raw id, git mode bytes) for anything else, in tree order.
@@ -87,13 +107,13 @@ class TreeScan:
     ) -> None:
         self.root = str(root)
         self.files, self.dirs = cache.files, cache.dirs
-        self.rows = cache.files.rows
+        self.names, self.raw = cache.files.names, cache.files.raw
         self.trust = trust_before
         self.hasher, self.write_tree, self.tree_exists = hasher, write_tree, tree_exists
         self.out = out
         self.use_trees = use_trees
-        self.c = 0  # cursor in the cache's rows
-        self.t = 0  # cursor in the cache-tree's directories
+        self.c = self.p = 0  # cursor in the cache's rows, and where its path starts
+        self.t = self.tp = 0  # the same in the cache-tree's directories
         self.stats = ScanStats()
         self.changed = False  # anything not a plain hit: the cache must be written again
 
@@ -106,12 +126,11 @@ class TreeScan:
             if d.i < len(d.children):
                 key, name, st, path = d.children[d.i]
                 if st is not None:
-                    j = d.i + 1
-                    while j < len(d.children) and d.children[j][2] is not None:
-                        j += 1
+                    j = d.subdirs[-1] if d.subdirs else len(d.children)
                     self._files(d, d.children[d.i : j])
                     d.i = j
                 else:
+                    d.subdirs.pop()
                     d.i += 1
                     self._skip_gone(d, f"{d.prefix}{key}".encode(), below=True)
                     stack.append(self._enter(f"{d.prefix}{key}", path))
@@ -137,11 +156,14 @@ class TreeScan:
         key = prefix.encode()
         cached = None
         dirs = self.dirs
-        while self.t < len(dirs) and dirs[self.t] < key:
-            self.t += 1
-        if self.use_trees and self.t < len(dirs) and dirs[self.t] == key:
-            count, _plen, oid = dirs.rows[self.t].tolist()
-            cached = (count, bytes(oid))
+        while self.t < len(dirs):
+            path, after = dirs.path_at(self.tp)
+            if path > key:
+                break
+            if path == key and self.use_trees:
+                count, _plen, oid = dirs.at(self.t)
+                cached = (count, oid)
+            self.t, self.tp = self.t + 1, after
         slot = self.out.open_tree(key) if self.out is not None else -1
         return _Dir(prefix, children, cached, self.c, slot)
 
@@ -150,10 +172,10 @@ class TreeScan:
         or, leaving a directory, those still under it (``bound`` is its prefix)."""
         files = self.files
         while self.c < len(files):
-            path = files[self.c]
+            path, after = files.path_at(self.p)
             if (path >= bound) if below else not path.startswith(bound):
                 return
-            self.c += 1
+            self.c, self.p = self.c + 1, after
             self._dirty(d)
 
     def _dirty(self, d: _Dir) -> None:
@@ -164,25 +186,34 @@ class TreeScan:
 
     def _files(self, d: _Dir, run: list) -> None:
         """A run of files between two subdirectories: one comparison when all hit."""
-        c, k, rows = self.c, len(run), self.rows
+        c, k = self.c, len(run)
         names = [x[1] for x in run]
-        if c + k <= len(rows):
+        if c + k <= len(self.files):
             prefix = d.prefix
             expect = (prefix + ("\0" + prefix).join(names) + "\0").encode()
-            offsets = self.files.offsets
-            if self.files.names[int(offsets[c]) : int(offsets[c + k])] == expect:
-                sts = [x[2] for x in run]
-                keys = [(s.st_size, s.st_mtime_ns, s.st_ctime_ns, s.st_ino, s.st_mode) for s in sts]
-                block = rows[c : c + k]
-                if keys == block[_KEY].tolist() and int(block["mtime"].max()) < self.trust:
-                    d.parts.append(("run", names, c, k))
-                    if self.out is not None:
-                        self.out.copy(c, c + k)
-                    self.c += k
-                    d.files += k
+            if self.names.startswith(expect, self.p):
+                keys = [
+                    (s.st_size, s.st_mtime_ns, s.st_ctime_ns, s.st_ino, s.st_mode)
+                    for _, _, s, _ in run
+                ]
+                block = self.raw[c * _ROW_SIZE : (c + k) * _ROW_SIZE]
+                if (
+                    keys == list(_ROW_KEY.iter_unpack(block))
+                    and max(map(_mtime, keys)) < self.trust
+                ):
+                    self._hit(d, names, k, len(expect))
                     return
         for _key, name, st, path in run:
             self._file(d, name, st, path)
+
+    def _hit(self, d: _Dir, names: list[str], k: int, path_bytes: int) -> None:
+        """``k`` files at the cursor hit: their rows go to the next cache as they are."""
+        c, p = self.c, self.p
+        d.parts.append(("run", names, c, k))
+        if self.out is not None:
+            self.out.copy(c, c + k, p, p + path_bytes)
+        self.c, self.p = c + k, p + path_bytes
+        d.files += k
 
     def _file(self, d: _Dir, name: str, st: os.stat_result, path: str) -> None:
         """One file, looked up at the cursor: a hit, or hashed (with a candidate id when
@@ -192,17 +223,15 @@ class TreeScan:
         self._skip_gone(d, relb, below=True)
         key = (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_mode)
         candidate = None
-        d.files += 1
-        if self.c < len(self.files) and self.files[self.c] == relb:
-            row = self.rows[self.c].tolist()
-            self.c += 1
-            if tuple(row[:5]) == key and row[1] < self.trust:
-                d.parts.append(("run", [name], self.c - 1, 1))
-                if self.out is not None:
-                    self.out.copy(self.c - 1, self.c)
+        if self.c < len(self.files) and self.names.startswith(relb + b"\0", self.p):
+            row = self.files.at(self.c)
+            if row[:5] == key and row[1] < self.trust:
+                self._hit(d, [name], 1, len(relb) + 1)
                 return
-            if tuple(row[:4]) == key[:4]:
-                candidate = bytes(row[6]).hex()
+            if row[:4] == key[:4]:
+                candidate = row[6].hex()
+            self.c, self.p = self.c + 1, self.p + len(relb) + 1
+        d.files += 1
         self._dirty(d)
         assert self.hasher is not None
         oid, after = self.hasher(rel, path, st, candidate)
@@ -237,16 +266,15 @@ class TreeScan:
     def _tree_bytes(self, d: _Dir) -> bytes:
         """Git's tree object body for the directory's entries (already in tree order)."""
         out = []
-        rows = self.rows
         for part in d.parts:
             if part[0] == "run":
                 _, names, c, k = part
-                block = rows[c : c + k]
-                for name, oid, mode in zip(
-                    names, block["oid"].tolist(), block["mode"].tolist(), strict=True
-                ):
-                    git = b"100755" if mode & 0o100 else b"100644"
-                    out.append(b"%s %s\0%s" % (git, name.encode(), bytes(oid)))
+                block = self.raw[c * _ROW_SIZE : (c + k) * _ROW_SIZE]
+                keys = _ROW_KEY.iter_unpack(block)
+                oids = _ROW_OID.iter_unpack(block)
+                for name, key, (oid,) in zip(names, keys, oids, strict=True):
+                    git = b"100755" if key[4] & 0o100 else b"100644"
+                    out.append(b"%s %s\0%s" % (git, name.encode(), oid))
             else:
                 _, name, oid, git = part
                 if git is None:  # a subtree reused as cached: it must still be stored

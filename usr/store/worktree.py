@@ -11,6 +11,7 @@ every byte it writes against the ids it was asked for.
 from __future__ import annotations
 
 import contextlib
+import operator
 import os
 import stat as statmod
 from collections.abc import Callable, Iterable, Iterator
@@ -31,6 +32,9 @@ from usr.layout import (
 )
 from usr.store.chunks import WRITEBACK_BYTES, ChunkStore, PackWriter, chunk_id, start_writeback
 from usr.store.objects import CHUNK_AVG, CHUNK_MAX, CHUNK_MIN, MAGIC, Manifest, git_object_id
+
+#: Children sort by their first field, the name with "/" after a directory's (git's order).
+_first = operator.itemgetter(0)
 
 MODE_FILE = 0o100644
 MODE_EXEC = 0o100755
@@ -90,6 +94,37 @@ def list_dir(prefix: str, directory: str) -> list[tuple[str, str, os.stat_result
     """
     with os.scandir(directory) as it:
         entries = list(it)
+    names = [entry.name for entry in entries]
+    joined = "\0" + "\0".join(names)
+    # Every rule below, checked for the whole directory at once (the runtime names all
+    # start with ".usr"): a directory that fails any goes through the rules one entry at
+    # a time, which name the entry.
+    if (
+        "\0.usr" not in joined
+        and "\\" not in joined
+        and len(prefix) + max(map(len, names), default=0) <= MAX_RELPATH // 4
+        and _utf8(joined)
+    ):
+        out = []
+        for entry, name in zip(entries, names, strict=True):
+            st = entry.stat(follow_symlinks=False)
+            kind = st.st_mode & 0o170000
+            if kind == statmod.S_IFREG:
+                out.append((name, name, st, entry.path))
+            elif kind == statmod.S_IFDIR:
+                out.append((name + "/", name, None, entry.path))
+            else:
+                break  # refused below, by name
+        else:
+            out.sort(key=_first)
+            return out
+    return _list_checked(prefix, entries)
+
+
+def _list_checked(
+    prefix: str, entries: list[os.DirEntry]
+) -> list[tuple[str, str, os.stat_result | None, str]]:
+    """:func:`list_dir` one entry at a time, raising for the first one that breaks a rule."""
     out: list[tuple[str, str, os.stat_result | None, str]] = []
     for entry in entries:
         name = entry.name
@@ -126,10 +161,6 @@ def list_dir(prefix: str, directory: str) -> list[tuple[str, str, os.stat_result
             )
     out.sort(key=_first)
     return out
-
-
-def _first(item: tuple) -> str:
-    return item[0]
 
 
 def _utf8(name: str) -> bool:
