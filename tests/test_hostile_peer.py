@@ -121,7 +121,7 @@ def snapshot(top: Path) -> dict[str, str]:
             out[rel] = "link:" + str(path.readlink())
         elif path.is_dir():
             out[rel] = "dir"
-        elif path.name.endswith(".lock") or rel.endswith((".usr/index", ".usr/index.json")):
+        elif path.name.endswith(".lock") or rel.endswith((".usr/stat-cache", ".usr/index.json")):
             continue  # lock files are created empty and kept; the stat cache is a cache
         else:
             out[rel] = hashlib.sha256(path.read_bytes()).hexdigest()

@@ -1,4 +1,4 @@
-"""The binary stat cache (``.usr/index``, docs/format.md §6) and its cache-tree: the file
+"""The binary stat cache (``.usr/stat-cache``, docs/format.md §6) and its cache-tree: the file
 round-trips, a damaged or old-format cache is an empty one, and a scan that reuses cached
 trees gives exactly the tree a full rebuild gives, on a tree with thousands of directories
 and the deepest nesting the layout allows."""
@@ -45,7 +45,7 @@ def _wide_and_deep(tmp_path: Path) -> tuple[Store, Path]:
 
 def _full_rebuild(store: Store) -> str:
     """The working tree with no stat cache at all (every file read, every tree built)."""
-    (store.gitdir / "index").unlink(missing_ok=True)
+    (store.gitdir / "stat-cache").unlink(missing_ok=True)
     return store.working_tree()
 
 
@@ -73,7 +73,7 @@ def test_the_cache_round_trips_in_git_order(tmp_path: Path, count: int) -> None:
 def test_a_damaged_cache_is_empty_and_costs_only_work(tmp_path: Path) -> None:
     store, ds = _wide_and_deep(tmp_path)
     tree = store.tree_of(store.head())
-    path = store.gitdir / "index"
+    path = store.gitdir / "stat-cache"
     good = path.read_bytes()
     assert len(store.stat_cache().files) == 2002
     for damaged in (good[: len(good) // 2], good[:-1], b"", bytes(len(good))):
@@ -209,5 +209,5 @@ def test_a_racy_file_never_reuses_its_cached_tree(tmp_path: Path) -> None:
     assert real != fake_root and store.last_scan.hashed == 1
     plant(PAST + index.RACY_NS + 1)  # just past the window: the cache is believed
     assert store.working_tree() == fake_root and store.last_scan.hashed == 0
-    (store.gitdir / "index").unlink()
+    (store.gitdir / "stat-cache").unlink()
     assert store.working_tree() == real

@@ -1,4 +1,4 @@
-"""The stat cache (``.usr/index``): path -> (size, mtime_ns, ctime_ns, inode, mode) -> entry
+"""The stat cache (``.usr/stat-cache``): path -> (size, mtime_ns, ctime_ns, inode, mode) -> entry
 id, plus the cache-tree: each directory's tree id and file count.
 
 Like git's index, it lets recording an unchanged dataset skip reading file contents: a file

@@ -211,7 +211,7 @@ class Store:
     # -- the working state ----------------------------------------------------------------
 
     def stat_cache(self) -> StatCache:
-        return StatCache(self.gitdir / "index", inline_limit())
+        return StatCache(self.gitdir / "stat-cache", inline_limit())
 
     def working_tree(self) -> str:
         """Tree id of the working files now. Writes blobs, manifests, chunks and trees
