@@ -21,7 +21,7 @@ from __future__ import annotations
 import os
 import struct
 from collections.abc import Callable
-from operator import itemgetter
+from operator import attrgetter, countOf, itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,10 @@ _ROW_KEY = struct.Struct("<QqqQI24x")
 _ROW_OID = struct.Struct("<40x20s")
 _ROW_SIZE = 60
 _mtime = itemgetter(1)
+_name = itemgetter(1)
+_stat = itemgetter(2)
+#: The stat fields a row holds, in its order (C-level: this runs once per file).
+_stat_key = attrgetter("st_size", "st_mtime_ns", "st_ctime_ns", "st_ino", "st_mode")
 _GIT_MODE = {MODE_FILE: b"100644", MODE_EXEC: b"100755"}
 _TREE_MODE = b"40000"
 
@@ -58,6 +62,7 @@ class _Dir:
 
     __slots__ = (
         "prefix",
+        "path",
         "children",
         "subdirs",
         "i",
@@ -69,11 +74,16 @@ class _Dir:
         "slot",
     )
 
-    def __init__(self, prefix: str, children: list, cached: Any, start: int, slot: int) -> None:
+    def __init__(
+        self, prefix: str, path: str, children: list, cached: Any, start: int, slot: int
+    ) -> None:
         self.prefix = prefix
+        self.path = path  # the directory's absolute path
         self.children = children
         #: Where the subdirectories are among the children, last first (popped in turn).
-        self.subdirs = [i for i, child in enumerate(children) if child[2] is None][::-1]
+        self.subdirs = []
+        if countOf(map(_stat, children), None):
+            self.subdirs = [i for i, child in enumerate(children) if child[2] is None][::-1]
         self.i = 0
         #: ("run", names, first row, count) for files that hit, copied from the cache rows;
         #: ("one", name, raw id, git mode bytes) for anything else, in tree order.
@@ -124,7 +134,7 @@ class TreeScan:
         while True:
             d = stack[-1]
             if d.i < len(d.children):
-                key, name, st, path = d.children[d.i]
+                key, name, st = d.children[d.i]
                 if st is not None:
                     j = d.subdirs[-1] if d.subdirs else len(d.children)
                     self._files(d, d.children[d.i : j])
@@ -133,7 +143,7 @@ class TreeScan:
                     d.subdirs.pop()
                     d.i += 1
                     self._skip_gone(d, f"{d.prefix}{key}".encode(), below=True)
-                    stack.append(self._enter(f"{d.prefix}{key}", path))
+                    stack.append(self._enter(f"{d.prefix}{key}", f"{d.path}/{name}"))
                 continue
             stack.pop()
             oid, files = self._leave(d)
@@ -157,15 +167,15 @@ class TreeScan:
         cached = None
         dirs = self.dirs
         while self.t < len(dirs):
-            path, after = dirs.path_at(self.tp)
-            if path > key:
+            at, after = dirs.path_at(self.tp)
+            if at > key:
                 break
-            if path == key and self.use_trees:
+            if at == key and self.use_trees:
                 count, _plen, oid = dirs.at(self.t)
                 cached = (count, oid)
             self.t, self.tp = self.t + 1, after
         slot = self.out.open_tree(key) if self.out is not None else -1
-        return _Dir(prefix, children, cached, self.c, slot)
+        return _Dir(prefix, path, children, cached, self.c, slot)
 
     def _skip_gone(self, d: _Dir, bound: bytes, below: bool) -> None:
         """Pass the cache rows of files that are gone: those before ``bound`` (``below``)
@@ -187,15 +197,12 @@ class TreeScan:
     def _files(self, d: _Dir, run: list) -> None:
         """A run of files between two subdirectories: one comparison when all hit."""
         c, k = self.c, len(run)
-        names = [x[1] for x in run]
+        names = list(map(_name, run))
         if c + k <= len(self.files):
             prefix = d.prefix
             expect = (prefix + ("\0" + prefix).join(names) + "\0").encode()
             if self.names.startswith(expect, self.p):
-                keys = [
-                    (s.st_size, s.st_mtime_ns, s.st_ctime_ns, s.st_ino, s.st_mode)
-                    for _, _, s, _ in run
-                ]
+                keys = list(map(_stat_key, map(_stat, run)))
                 block = self.raw[c * _ROW_SIZE : (c + k) * _ROW_SIZE]
                 if (
                     keys == list(_ROW_KEY.iter_unpack(block))
@@ -203,8 +210,8 @@ class TreeScan:
                 ):
                     self._hit(d, names, k, len(expect))
                     return
-        for _key, name, st, path in run:
-            self._file(d, name, st, path)
+        for _key, name, st in run:
+            self._file(d, name, st)
 
     def _hit(self, d: _Dir, names: list[str], k: int, path_bytes: int) -> None:
         """``k`` files at the cursor hit: their rows go to the next cache as they are."""
@@ -215,7 +222,7 @@ class TreeScan:
         self.c, self.p = c + k, p + path_bytes
         d.files += k
 
-    def _file(self, d: _Dir, name: str, st: os.stat_result, path: str) -> None:
+    def _file(self, d: _Dir, name: str, st: os.stat_result) -> None:
         """One file, looked up at the cursor: a hit, or hashed (with a candidate id when
         only the racy rule kept it from hitting)."""
         rel = f"{d.prefix}{name}"
@@ -234,7 +241,7 @@ class TreeScan:
         d.files += 1
         self._dirty(d)
         assert self.hasher is not None
-        oid, after = self.hasher(rel, path, st, candidate)
+        oid, after = self.hasher(rel, f"{d.path}/{name}", st, candidate)
         self.stats.hashed += 1
         self.stats.bytes_hashed += after.st_size
         raw = bytes.fromhex(oid)

@@ -71,61 +71,70 @@ def scan(dataset_dir: Path) -> Iterator[ScannedFile]:
     is not.
     """
     stack = [iter(list_dir("", str(dataset_dir)))]
-    prefixes = [""]
+    dirs = [("", str(dataset_dir))]
     while stack:
-        for key, _name, st, path in stack[-1]:
+        prefix, directory = dirs[-1]
+        for key, name, st in stack[-1]:
             if st is None:  # a directory: its files before the parent's next ones
-                prefixes.append(prefixes[-1] + key)
-                stack.append(iter(list_dir(prefixes[-1], path)))
+                dirs.append((prefix + key, f"{directory}/{name}"))
+                stack.append(iter(list_dir(*dirs[-1])))
                 break
-            yield ScannedFile(prefixes[-1] + key, path, st)
+            yield ScannedFile(prefix + key, f"{directory}/{name}", st)
         else:
             stack.pop()
-            prefixes.pop()
+            dirs.pop()
 
 
-def list_dir(prefix: str, directory: str) -> list[tuple[str, str, os.stat_result | None, str]]:
+#: One child of a directory: sort key (the name, with "/" after a directory's), name, and
+#: its lstat (None for a directory).
+Child = tuple[str, str, "os.stat_result | None"]
+
+
+def list_dir(prefix: str, directory: str) -> list[Child]:
     """The recordable children of ``directory`` (relative path ``prefix``, "" or ending in
-    "/") as ``(sort key, name, stat or None for a directory, path)``, sorted in git's tree
-    order: by name, a directory compared as ``name/``.
+    "/"), sorted in git's tree order: by name, a directory compared as ``name/``.
 
     Runtime names are skipped at the top and refused below it. Raises :class:`InputError`
     for a symlink, device, fifo or socket, or a name usr cannot record, naming the path.
+    The children are stat'ed relative to the directory's descriptor (``fstatat``): a
+    full-path ``lstat`` walks every component again, 30% of a no-op scan at 1M files.
     """
-    with os.scandir(directory) as it:
-        entries = list(it)
-    names = [entry.name for entry in entries]
-    joined = "\0" + "\0".join(names)
-    # Every rule below, checked for the whole directory at once (the runtime names all
-    # start with ".usr"): a directory that fails any goes through the rules one entry at
-    # a time, which name the entry.
-    if (
-        "\0.usr" not in joined
-        and "\\" not in joined
-        and len(prefix) + max(map(len, names), default=0) <= MAX_RELPATH // 4
-        and _utf8(joined)
-    ):
-        out = []
-        for entry, name in zip(entries, names, strict=True):
-            st = entry.stat(follow_symlinks=False)
-            kind = st.st_mode & 0o170000
-            if kind == statmod.S_IFREG:
-                out.append((name, name, st, entry.path))
-            elif kind == statmod.S_IFDIR:
-                out.append((name + "/", name, None, entry.path))
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        with os.scandir(fd) as it:
+            entries = list(it)
+        names = [entry.name for entry in entries]
+        joined = "\0" + "\0".join(names)
+        # Every rule below, checked for the whole directory at once (the runtime names
+        # all start with ".usr"): a directory that fails any goes through the rules one
+        # entry at a time, which name the entry.
+        if (
+            "\0.usr" not in joined
+            and "\\" not in joined
+            and len(prefix) + max(map(len, names), default=0) <= MAX_RELPATH // 4
+            and _utf8(joined)
+        ):
+            sts = [entry.stat(follow_symlinks=False) for entry in entries]
+            kinds = {st.st_mode & 0o170000 for st in sts}
+            if kinds <= {statmod.S_IFREG}:  # files only: the usual leaf directory
+                out = list(zip(names, names, sts, strict=True))
+            elif kinds <= {statmod.S_IFREG, statmod.S_IFDIR}:
+                out = [
+                    (name, name, st) if statmod.S_ISREG(st.st_mode) else (name + "/", name, None)
+                    for name, st in zip(names, sts, strict=True)
+                ]
             else:
-                break  # refused below, by name
-        else:
+                return _list_checked(prefix, entries)  # refused, by name
             out.sort(key=_first)
             return out
-    return _list_checked(prefix, entries)
+        return _list_checked(prefix, entries)
+    finally:
+        os.close(fd)
 
 
-def _list_checked(
-    prefix: str, entries: list[os.DirEntry]
-) -> list[tuple[str, str, os.stat_result | None, str]]:
+def _list_checked(prefix: str, entries: list[os.DirEntry]) -> list[Child]:
     """:func:`list_dir` one entry at a time, raising for the first one that breaks a rule."""
-    out: list[tuple[str, str, os.stat_result | None, str]] = []
+    out: list[Child] = []
     for entry in entries:
         name = entry.name
         # The same rules as usr.layout.is_runtime_path / check_relpath, applied to one
@@ -150,9 +159,9 @@ def _list_checked(
                 "rename it: usr records names as UTF-8 text, the same on every machine",
             )
         if statmod.S_ISDIR(st.st_mode):
-            out.append((name + "/", name, None, entry.path))
+            out.append((name + "/", name, None))
         elif statmod.S_ISREG(st.st_mode):
-            out.append((name, name, st, entry.path))
+            out.append((name, name, st))
         else:
             kind = "symlink" if statmod.S_ISLNK(st.st_mode) else "special file"
             raise InputError(
