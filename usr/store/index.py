@@ -128,30 +128,41 @@ class StatCache:
         #: stale (every ancestor of an updated path): merged in by :meth:`save`.
         self._updates: dict[str, tuple[StatKey, str]] = {}
         self._stale: set[bytes] = set()
-        with contextlib.suppress(OSError, ValueError, TypeError, struct.error):
-            self._load(path.read_bytes())
+        with (
+            contextlib.suppress(OSError, ValueError, TypeError, struct.error),
+            open(path, "rb") as fh,
+        ):
+            self._load(fh)
 
-    def _load(self, data: bytes) -> None:
-        if len(data) < len(MAGIC) + FOOTER.size + DIGEST or not data.startswith(MAGIC):
+    def _load(self, fh: Any) -> None:
+        """Read the sections one by one (footer first), hashing as they come: the rows
+        and paths are held once, not also as one copy of the whole file."""
+        total = os.fstat(fh.fileno()).st_size
+        if total < len(MAGIC) + FOOTER.size + DIGEST:
             return
-        body = memoryview(data)[:-DIGEST]
-        if blake3.blake3(body).digest() != data[-DIGEST:]:
-            return  # corrupt or torn: empty
-        version, limit, scan_ns, n, nbytes, t, tbytes = FOOTER.unpack_from(
-            body, len(body) - FOOTER.size
-        )
+        fh.seek(total - FOOTER.size - DIGEST)
+        footer = fh.read(FOOTER.size)
+        digest = fh.read(DIGEST)
+        version, limit, scan_ns, n, nbytes, t, tbytes = FOOTER.unpack(footer)
         if version != VERSION or limit != self.inline_limit:
             return  # a different inline limit gives different entry ids: start over
-        at = len(MAGIC)
-        sizes = (n * ROW.size, nbytes, t * TREE_ROW.size, tbytes)
-        if at + sum(sizes) + FOOTER.size != len(body):
+        sizes = (len(MAGIC), n * ROW.size, nbytes, t * TREE_ROW.size, tbytes)
+        if sum(sizes) + FOOTER.size + DIGEST != total:
             return
+        fh.seek(0)
+        hasher = blake3.blake3()
         parts = []
         for size in sizes:
-            parts.append(body[at : at + size])
-            at += size
-        files = _Table(ROW, parts[0], bytes(parts[1]))
-        dirs = _Table(TREE_ROW, parts[2], bytes(parts[3]))
+            part = fh.read(size)
+            if len(part) != size:
+                return
+            hasher.update(part)
+            parts.append(part)
+        hasher.update(footer)
+        if parts[0] != MAGIC or hasher.digest() != digest:
+            return  # corrupt or torn: empty
+        files = _Table(ROW, memoryview(parts[1]), parts[2])
+        dirs = _Table(TREE_ROW, memoryview(parts[3]), parts[4])
         self.files, self.dirs, self.scan_ns = files, dirs, scan_ns
 
     # -- reading --------------------------------------------------------------------------
