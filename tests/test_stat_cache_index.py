@@ -211,3 +211,20 @@ def test_a_racy_file_never_reuses_its_cached_tree(tmp_path: Path) -> None:
     assert store.working_tree() == fake_root and store.last_scan.hashed == 0
     (store.gitdir / "stat-cache").unlink()
     assert store.working_tree() == real
+
+
+def test_a_checkout_drops_the_cached_trees_above_what_it_wrote(tmp_path: Path) -> None:
+    """Checkout updates single rows: every directory above an updated path loses its
+    cached tree, the others keep theirs, and the next scan gives the checked-out tree."""
+    store, ds = _wide_and_deep(tmp_path)
+    first = store.head()
+    _write(ds, "_aux/g03/d0003/f.txt", b"second")
+    second = store.record("second").commit
+    store.checkout(first)
+    cache = store.stat_cache()
+    assert cache.tree is None
+    assert cache.dirs.find(b"_aux/g03/") is None and cache.dirs.find(b"_aux/") is None
+    assert cache.dirs.find(b"_aux/g04/") is not None  # untouched: still cached
+    assert store.working_tree() == store.tree_of(first)
+    assert store.stat_cache().tree == store.tree_of(first)
+    assert _full_rebuild(store) == store.tree_of(first) != store.tree_of(second)
