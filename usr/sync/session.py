@@ -408,6 +408,7 @@ class Session:
             "have", "have", ds=ds, oids=list(plan.sizes), cids=plan.cids(), create=create
         )
         send_oids = [p.check_oid(o, self.name) for o in p.require(r, "oids", list, self.name)]
+        send_oids = plan.trees_first(send_oids)
         send_cids = {p.check_cid(c, self.name) for c in p.require(r, "cids", list, self.name)}
         if not plan.offers(send_oids, send_cids):
             # Only what this push offered may leave: not other states in the local store.
