@@ -93,6 +93,7 @@ KILLS = [
     Kill("pull", "client", "gitpack.before-idx"),
     Kill("pull", "client", "packstream.manifests-held:3"),  # contents (1, 2: trees, events)
     Kill("pull", "client", "pull.fetched"),
+    Kill("pull", "client", "checkout.streamed-file:3"),  # files staged as blobs land
     Kill("pull", "client", "checkout.staged"),
     Kill("pull", "client", "checkout.mid-promote"),
     Kill("pull", "client", "checkout.before-ref"),
@@ -118,6 +119,7 @@ KILLS = [
     Kill("push", "client", "push.mid-stream:8", kind="local"),
     Kill("pull", "server", "packstream.sent-chunk:8", kind="local"),
     Kill("pull", "client", "checkout.journal-written", kind="local"),
+    Kill("pull", "client", "checkout.streamed-file:2", kind="local"),
 ]
 
 SELECTED = sweep(KILLS, PER_RUN)

@@ -57,11 +57,16 @@ def _source(tmp_path: Path) -> tuple[Store, str, str]:
     return store, first, second
 
 
-def _stream(src: Store, new: str, old: str | None, trees_first: bool = True) -> bytes:
+def _stream(
+    src: Store, new: str, old: str | None, trees_first: bool = True, only: str | None = None
+) -> bytes:
     """The frames a push of ``new`` over ``old`` sends: chunks, then the objects (commits
-    and trees first, as the client orders them, unless ``trees_first`` is false), end."""
+    and trees first, as the client orders them, unless ``trees_first`` is false), end.
+    ``only``: just the "blobs", or just the "trees" and commits."""
     oids = src.missing_objects([new], [old] if old else [])
     plan = packstream.plan_push(src, oids, None)
+    if only is not None:
+        oids = [o for o in oids if (o in plan.blobs) == (only == "blobs")]
     out = io.BytesIO()
     fio = p.FrameIO(p.FileChannel(io.BytesIO(), out), peer="test")
     packstream.send_chunks(src, fio, plan.cids())
@@ -71,8 +76,8 @@ def _stream(src: Store, new: str, old: str | None, trees_first: bool = True) -> 
     return out.getvalue()
 
 
-def _receive(dst: Store, stream: bytes) -> StreamStager:
-    stager = StreamStager(dst)
+def _receive(dst: Store, stream: bytes, tree: str | None = None) -> StreamStager:
+    stager = StreamStager(dst, tree)
     fio = p.FrameIO(p.FileChannel(io.BytesIO(stream), io.BytesIO()), peer="test")
     packstream.receive(dst, fio, "test", stage=stager)
     return stager
@@ -92,7 +97,7 @@ def _push(src: Store, dst: Store, new: str, old: str | None) -> tuple[dict, dict
     """Receive and check out one push; the staged files and their inodes when written."""
     staged = _receive(dst, _stream(src, new, old)).result()
     assert staged is not None and staged.tree == str(src.repo[new].tree_id)
-    inodes = {rel: key.inode for rel, (_, key) in staged.files.items()}
+    inodes = {rel: key.inode for rel, key in staged.files.items()}
     packstream.update_and_checkout(dst, new, old, validate=False, staged=staged)
     return staged.files, inodes
 
@@ -161,3 +166,47 @@ def test_blobs_before_trees_stream_nothing_and_the_checkout_stages(tmp_path: Pat
     packstream.update_and_checkout(dst, first, None, validate=False, staged=None)
     assert _files(dst.path) == {"meta.md": b"v1\n", "a/old.txt": b"old\n", "a/keep.txt": b"keep\n"}
     assert dst.head() == first and dst.verify_working() == []
+
+
+def test_a_fetch_whose_trees_came_first_stages_its_blobs(tmp_path: Path) -> None:
+    """A pull's fetch: the trees are here before the contents are asked for, so the stager
+    is given the target tree and stages blobs in whatever order they come."""
+    src, first, second = _source(tmp_path)
+    dst = Store.open(tmp_path / "dst")
+    _push(src, dst, first, None)
+    tree = str(src.repo[second].tree_id)
+    _receive(dst, _stream(src, second, first, only="trees"))
+    stager = _receive(dst, _stream(src, second, first, trees_first=False, only="blobs"), tree)
+    staged = stager.result()
+    assert staged is not None and set(staged.files) >= {"meta.md", "x/one.txt", "y/two.txt"}
+    inodes = {rel: key.inode for rel, key in staged.files.items()}
+    packstream.update_and_checkout(dst, second, first, validate=False, staged=staged)
+    assert {rel: (dst.path / rel).stat().st_ino for rel in inodes} == inodes
+    assert _files(dst.path) == _files(src.path) and dst.verify_working() == []
+
+
+def test_a_target_tree_that_is_not_here_stages_nothing(tmp_path: Path) -> None:
+    src, first, _ = _source(tmp_path)
+    dst = Store.open(tmp_path / "dst")
+    tree = str(src.repo[first].tree_id)
+    stager = _receive(dst, _stream(src, first, None, trees_first=False), tree)
+    assert stager.result() is None  # blobs came before the trees: nothing to walk yet
+    packstream.update_and_checkout(dst, first, None, validate=False, staged=None)
+    assert dst.verify_working() == []
+
+
+def test_a_refused_transfer_discards_what_it_staged(tmp_path: Path) -> None:
+    """The stream or the update refused: the staging dir goes (under the dataset lock),
+    unless a checkout journal exists, which recovery may still need."""
+    src, first, _ = _source(tmp_path)
+    dst = Store.open(tmp_path / "dst")
+    stager = _receive(dst, _stream(src, first, None))
+    assert list(dst.path.glob(".usr-staging-*"))
+    stager.discard()
+    assert not list(dst.path.glob(".usr-staging-*"))
+    stager = _receive(dst, _stream(src, first, None))
+    journal = dst.gitdir / "CHECKOUT"
+    journal.write_text("{}")
+    stager.discard()
+    assert list(dst.path.glob(".usr-staging-*"))
+    journal.unlink()

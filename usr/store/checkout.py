@@ -108,7 +108,7 @@ def _stage(store, target_tree: str, changes, staged: Staged | None = None) -> tu
         if parent not in made:
             make_dirs(top, parent, made, clear=False)
         dest = f"{top}/{rel}"
-        if claims and staged_as_written(dest, change.new_id, claims.get(rel)):
+        if claims and staged_as_written(dest, claims.get(rel)):
             took = True
         elif fresh or not _staged_intact(dest, change.new_id, modes[rel], limit):
             base = (f"{root}/{rel}", change.old_id) if change.status == "M" else None
@@ -143,19 +143,20 @@ def _op_json(op: Op) -> dict[str, str]:
 @dataclass
 class Staged:
     """Files of the checkout of ``tree`` that this process wrote into its staging dir from
-    verified bytes (:mod:`usr.store.streamstage`): path -> (entry id, stat once written)."""
+    verified bytes (:mod:`usr.store.streamstage`): path -> its stat once written (the
+    content is the entry ``tree`` names at that path)."""
 
     tree: str
-    files: dict[str, tuple[str, StatKey]] = field(default_factory=dict)
+    files: dict[str, StatKey] = field(default_factory=dict)
 
 
-def staged_as_written(dest: str, oid: str, claim: tuple[str, StatKey] | None) -> bool:
-    """True if ``dest`` is still the file this process staged for ``oid`` (same inode,
-    size, mtime and ctime: any write, chmod or replacement since changes one of them)."""
-    if claim is None or claim[0] != oid:
+def staged_as_written(dest: str, claim: StatKey | None) -> bool:
+    """True if ``dest`` is still the file this process staged (same inode, size, mtime
+    and ctime: any write, chmod or replacement since changes one of them)."""
+    if claim is None:
         return False
     try:
-        return StatKey.of(os.lstat(dest)) == claim[1]
+        return StatKey.of(os.lstat(dest)) == claim
     except OSError:
         return False
 

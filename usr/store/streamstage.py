@@ -22,10 +22,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 from typing import Any
 
 from usr import faults
-from usr.store.checkout import Staged, make_dirs, staging_dir
+from usr.errors import UsrError
+from usr.store.checkout import Staged, journal_path, make_dirs, staging_dir
 from usr.store.index import StatKey
 from usr.store.objects import is_manifest_bytes
 from usr.store.worktree import MODE_EXEC, MODE_TREE
@@ -41,18 +43,21 @@ class StreamStager:
     """Fed each verified object of a receive (``tree``, ``commit``, ``blob``); stages the
     files of the last commit's tree as their blobs land. :meth:`result` says which."""
 
-    def __init__(self, store: Any) -> None:
+    def __init__(self, store: Any, tree: str | None = None) -> None:
+        """``tree``: the target, when known before the stream (a pull has fetched it);
+        else the tree of the last commit before the first blob (a push)."""
         self.store = store
+        self.fixed = tree is not None
         #: Raw bytes of the trees in the stream (already verified and parsed), until the
         #: first blob: the target tree is walked through them.
         self.trees: dict[str, bytes] = {}
-        self.tree: str | None = None
+        self.tree = tree
         #: blob id -> [(path, mode)] in the target tree; None until the first blob.
         self.paths: dict[str, list[tuple[str, int]]] | None = None
         self.top = ""
         self.made = {""}
         self.off = False
-        self.files: dict[str, tuple[str, StatKey]] = {}
+        self.files: dict[str, StatKey] = {}
 
     def on_tree(self, oid: str, data: bytes) -> None:
         if self.paths is None:
@@ -61,7 +66,7 @@ class StreamStager:
     def on_commit(self, tree: str) -> None:
         """A commit of the stream: the last one before the blobs is the state pushed (a
         push sends its commits oldest first)."""
-        if self.paths is None:
+        if self.paths is None and not self.fixed:
             self.tree = tree
 
     def on_blob(self, oid: str, data: bytes) -> None:
@@ -77,7 +82,7 @@ class StreamStager:
             return
         try:
             for rel, mode in targets:
-                self._write(rel, mode, oid, data)
+                self._write(rel, mode, data)
                 faults.point(FAULT_STREAMED)
         except OSError:
             self.off = True  # the checkout stages what is not claimed
@@ -89,6 +94,19 @@ class StreamStager:
             return None
         return Staged(self.tree, self.files)
 
+    def discard(self) -> None:
+        """Remove the staging dir when no checkout will take it (the stream or the update
+        was refused): a refused transfer leaves nothing in the working directory. Under
+        the dataset lock, as a checkout removes a staging dir it does not need, and not
+        while a checkout journal exists (recovery may still need it); if the lock is busy
+        it is left, a cache that the next checkout removes or re-verifies."""
+        self.trees, self.paths = {}, {}
+        if not self.top:
+            return
+        with contextlib.suppress(UsrError, OSError), self.store.lock("discard staging", 0):
+            if not journal_path(self.store).exists():
+                shutil.rmtree(self.top, ignore_errors=True)
+
     def _plan(self) -> None:
         """At the first blob: map every blob of the target tree to its paths, and make
         the staging dir. Without a commit before the blobs (an older client sends blobs
@@ -97,8 +115,13 @@ class StreamStager:
         if self.tree is None:
             self.off = True
             return
-        self._walk(self.tree, "")
-        self.trees = {}
+        try:
+            self._walk(self.tree, "")
+        except (KeyError, ValueError, UnicodeDecodeError):
+            self.off = True  # a tree neither streamed nor stored: the checkout will say so
+            return
+        finally:
+            self.trees = {}
         staging = staging_dir(self.store, self.tree)
         try:
             staging.mkdir(exist_ok=True)
@@ -130,7 +153,7 @@ class StreamStager:
             i = nul + 21
         return out
 
-    def _write(self, rel: str, mode: int, oid: str, data: bytes) -> None:
+    def _write(self, rel: str, mode: int, data: bytes) -> None:
         """Create the staged file (exclusively, not through a symlink) with its exact mode
         and bytes; one left there by an earlier process is kept for the checkout to
         re-verify."""
@@ -148,7 +171,7 @@ class StreamStager:
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view) :]
-            self.files[rel] = (oid, StatKey.of(os.fstat(fd)))
+            self.files[rel] = StatKey.of(os.fstat(fd))
         except BaseException:
             with contextlib.suppress(OSError):
                 os.unlink(dest)

@@ -59,7 +59,7 @@ class Server:
         #: Set when a pushed pack was refused: no ref update may follow it in this session.
         self.pack_failed = False
         self._stores: dict[Path, Any] = {}
-        #: Files a pushed stream staged, by dataset dir, for the ``update`` that follows.
+        #: What a pushed stream staged, by dataset dir, for the ``update`` that follows.
         self._staged: dict[Path, Any] = {}
 
     # -- helpers -------------------------------------------------------------------------
@@ -246,10 +246,14 @@ class Server:
         self.pack_failed = True
         self._staged.pop(store.path, None)
         stager = StreamStager(store)
-        with self._transfer_lock(store, "usr serve: receiving a push"):
-            stats = packstream.receive(store, self.fio, self.peer, stage=stager)
+        try:
+            with self._transfer_lock(store, "usr serve: receiving a push"):
+                stats = packstream.receive(store, self.fio, self.peer, stage=stager)
+        except BaseException:
+            stager.discard()
+            raise
         self.pack_failed = False
-        self._staged[store.path] = stager.result()
+        self._staged[store.path] = stager
         faults.point(FAULT_RECEIVED)
         self.fio.send_message("received", objects=stats.objects, chunks=stats.chunks)
 
@@ -263,8 +267,12 @@ class Server:
         if old is not None:
             old = p.check_oid(old, self.peer)
         validate = msg.get("validate", True) is not False
-        staged = self._staged.pop(store.path, None)
-        head = packstream.update_and_checkout(store, new, old, validate, staged)
+        stager = self._staged.pop(store.path, None) or StreamStager(store)
+        try:
+            head = packstream.update_and_checkout(store, new, old, validate, stager.result())
+        except BaseException:
+            stager.discard()  # refused: the files it staged will not be promoted
+            raise
         faults.point(FAULT_UPDATED)
         self.fio.send_message("updated", head=head)
 
