@@ -27,8 +27,7 @@ from typing import Any
 
 from usr import faults
 from usr.errors import UsrError
-from usr.store.checkout import Staged, journal_path, make_dirs, staging_dir
-from usr.store.index import StatKey
+from usr.store.checkout import Staged, journal_path, make_dirs, staging_dir, stat_claim
 from usr.store.objects import is_manifest_bytes
 from usr.store.worktree import MODE_EXEC, MODE_TREE
 
@@ -57,7 +56,7 @@ class StreamStager:
         self.top = ""
         self.made = {""}
         self.off = False
-        self.files: dict[str, StatKey] = {}
+        self.files: set[bytes] = set()
 
     def on_tree(self, oid: str, data: bytes) -> None:
         if self.paths is None:
@@ -171,7 +170,7 @@ class StreamStager:
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view) :]
-            self.files[rel] = StatKey.of(os.fstat(fd))
+            self.files.add(stat_claim(rel, os.fstat(fd)))
         except BaseException:
             with contextlib.suppress(OSError):
                 os.unlink(dest)
