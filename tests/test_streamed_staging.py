@@ -218,3 +218,25 @@ def test_a_refused_transfer_discards_what_it_staged(tmp_path: Path) -> None:
     stager.discard()
     assert list(dst.path.glob(".usr-staging-*"))
     journal.unlink()
+
+
+def test_a_push_whose_update_never_comes_leaves_nothing_staged(tmp_path: Path) -> None:
+    """The serve loop, in process: ``pack`` streams in (files staged), then the client
+    goes away before ``update``; the session's end discards the staging."""
+    from usr.sync.server import Server
+
+    src, first, _ = _source(tmp_path)
+    out = io.BytesIO()
+    fio = p.FrameIO(p.FileChannel(io.BytesIO(), out), peer="test")
+    fio.send_message("hello", usr_version="test", protocol=p.PROTOCOL_VERSION)
+    fio.send_message("pack", ds="densegen/streamed", create=True)
+    fio.flush()
+    wire = out.getvalue() + _stream(src, first, None)
+    root = tmp_path / "root"
+    root.mkdir()
+    server_fio = p.FrameIO(p.FileChannel(io.BytesIO(wire), io.BytesIO()), peer="client")
+    assert Server(root, server_fio).run() == 0
+    dataset = root / "densegen" / "streamed"
+    assert Store.open(dataset, create=False).has_object(first)
+    assert not list(dataset.glob(".usr-staging-*"))
+    assert _files(dataset) == {}

@@ -9,7 +9,8 @@ The steps, all under the dataset lock:
    manifest). A kill can leave a staged file half-written, so leftovers of an earlier,
    crashed checkout of the same tree are reused only when they still hash to their id
    (anything else there is removed and written again); staging dirs of other trees are
-   removed.
+   removed. Files the same process staged itself while their blobs arrived
+   (:mod:`usr.store.streamstage`) are taken after one ``lstat`` shows them unchanged.
 3. Write the journal ``.usr/CHECKOUT`` (atomic): target commit, staging dir, and the list
    of paths to promote and to delete. From here on the checkout is committed to.
 4. Promote: delete removed paths, rename staged files into place (rename is atomic per

@@ -93,7 +93,15 @@ class Server:
 
     # -- loop ----------------------------------------------------------------------------
     def run(self) -> int:
-        """Answer messages until the client closes; a protocol error ends the session."""
+        """Answer messages until the client closes; a protocol error ends the session.
+        A pushed stream whose ``update`` never came leaves nothing staged behind."""
+        try:
+            return self._loop()
+        finally:
+            for stager in self._staged.values():
+                stager.discard()
+
+    def _loop(self) -> int:
         self.fio.channel.write(p.MAGIC)
         self.fio.flush()
         while True:
