@@ -77,6 +77,7 @@ KILLS = [
     Kill("push", "server", "gitpack.before-rename"),
     Kill("push", "server", "gitpack.before-idx"),
     Kill("push", "server", "serve.received"),
+    Kill("push", "server", "checkout.streamed-file:3"),  # files staged as blobs land
     Kill("push", "server", "checkout.mid-stage"),
     Kill("push", "server", "checkout.journal-written"),
     Kill("push", "server", "checkout.mid-promote"),
@@ -92,6 +93,7 @@ KILLS = [
     Kill("pull", "client", "gitpack.before-idx"),
     Kill("pull", "client", "packstream.manifests-held:3"),  # contents (1, 2: trees, events)
     Kill("pull", "client", "pull.fetched"),
+    Kill("pull", "client", "checkout.streamed-file:3"),  # files staged as blobs land
     Kill("pull", "client", "checkout.staged"),
     Kill("pull", "client", "checkout.mid-promote"),
     Kill("pull", "client", "checkout.before-ref"),
@@ -106,15 +108,18 @@ KILLS = [
     # bootstrap: the receiving side starts empty
     Kill("push", "server", "serve.have", bootstrap=True),
     Kill("push", "server", "packstream.received-chunk:20", bootstrap=True),
+    Kill("push", "server", "checkout.streamed-file", bootstrap=True),
     Kill("push", "server", "checkout.mid-promote", bootstrap=True),
     Kill("pull", "client", "pull.negotiated", bootstrap=True),
     Kill("pull", "client", "packstream.received-chunk:20", bootstrap=True),
     Kill("pull", "client", "checkout.mid-promote", bootstrap=True),
     # a local remote: pipes to a subprocess instead of an SSH channel
     Kill("push", "server", "serve.received", kind="local"),
+    Kill("push", "server", "checkout.streamed-file:2", kind="local"),
     Kill("push", "client", "push.mid-stream:8", kind="local"),
     Kill("pull", "server", "packstream.sent-chunk:8", kind="local"),
     Kill("pull", "client", "checkout.journal-written", kind="local"),
+    Kill("pull", "client", "checkout.streamed-file:2", kind="local"),
 ]
 
 SELECTED = sweep(KILLS, PER_RUN)
@@ -206,7 +211,11 @@ def test_killed_transfer_leaves_valid_copies_and_rerun_completes(
     for name, directory in sides.items():
         _check_after_kill(directory, before[name], target, commits[name])
     staged = {name: _staged_inodes(d) for name, d in sides.items()}
-    if case.point.split(":")[0] in ("checkout.mid-stage", "checkout.staged"):
+    if case.point.split(":")[0] in (
+        "checkout.mid-stage",
+        "checkout.staged",
+        "checkout.streamed-file",
+    ):
         assert staged["remote" if case.command == "push" else "local"], "nothing was staged"
 
     again = pair.run(*args)

@@ -36,12 +36,16 @@ def env(request, tmp_path) -> Env:
 
 
 def fingerprint(env: Env, heads: bool = True) -> dict[str, str]:
-    """Every working file under both roots (not the stores) and both branch heads."""
+    """Every working file under both roots (not the stores, nor staging: a transfer killed
+    after its files were staged as they arrived leaves them there, never promoted) and
+    both branch heads."""
     out: dict[str, str] = {}
     for side, root in (("laptop", env.local_root), ("cluster", env.remote_root)):
         for path in sorted(root.rglob("*")):
             rel = path.relative_to(root).as_posix()
             if ".usr" in rel.split("/") or rel.startswith(".usr-cache") or not path.is_file():
+                continue
+            if any(part.startswith(".usr-staging-") for part in rel.split("/")):
                 continue
             if rel.endswith(".lock") or "/.usr." in f"/{rel}":
                 continue

@@ -9,7 +9,8 @@ The steps, all under the dataset lock:
    manifest). A kill can leave a staged file half-written, so leftovers of an earlier,
    crashed checkout of the same tree are reused only when they still hash to their id
    (anything else there is removed and written again); staging dirs of other trees are
-   removed.
+   removed. Files the same process staged itself while their blobs arrived
+   (:mod:`usr.store.streamstage`) are taken after one ``lstat`` shows them unchanged.
 3. Write the journal ``.usr/CHECKOUT`` (atomic): target commit, staging dir, and the list
    of paths to promote and to delete. From here on the checkout is committed to.
 4. Promote: delete removed paths, rename staged files into place (rename is atomic per
@@ -27,10 +28,12 @@ Every function takes the store as an argument: this module sits below
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
 import stat as statmod
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from usr import faults
@@ -40,7 +43,7 @@ from usr.layout import check_relpath
 from usr.store.index import StatKey
 from usr.store.objects import inline_limit
 from usr.store.refs import MAIN
-from usr.store.worktree import hash_file, walk_tree, write_entry
+from usr.store.worktree import MODE_EXEC, hash_file, walk_tree, write_entry
 
 STAGING_PREFIX = ".usr-staging-"
 #: Above this many files to write, staging flushes the filesystem once instead of
@@ -60,7 +63,9 @@ def journal_path(store) -> Path:
     return store.gitdir / JOURNAL
 
 
-def _staging_dir(store, tree: str) -> Path:
+def staging_dir(store, tree: str) -> Path:
+    """Where the checkout of ``tree`` stages its files (and a push streams them:
+    :mod:`usr.store.streamstage`)."""
     return store.path / f"{STAGING_PREFIX}{tree[:16]}"
 
 
@@ -70,9 +75,14 @@ def _clean_other_staging(store, keep: Path | None) -> None:
             shutil.rmtree(entry.path, ignore_errors=True)
 
 
-def _stage(store, target_tree: str, changes) -> tuple[Path, list[Op]]:
-    """Write every added/modified file of the target into the staging dir, verified."""
-    staging = _staging_dir(store, target_tree)
+def _stage(store, target_tree: str, changes, staged: Staged | None = None) -> tuple[Path, list[Op]]:
+    """Write every added/modified file of the target into the staging dir, verified.
+
+    ``staged``: files this process wrote there itself from verified bytes while a push
+    streamed in (:mod:`usr.store.streamstage`); each is taken after one ``lstat`` shows it
+    is still the file written, without reading it again. Everything else found there is
+    re-verified by hash (:func:`_staged_intact`)."""
+    staging = staging_dir(store, target_tree)
     _clean_other_staging(store, staging)
     try:
         staging.mkdir()
@@ -89,6 +99,8 @@ def _stage(store, target_tree: str, changes) -> tuple[Path, list[Op]]:
     # once before the journal is written: the journal still only ever names durable files,
     # and a crash before it leaves staged files that are re-verified by hash before reuse.
     batched = sum(1 for c in changes if c.status != "D") > BATCH_FSYNC_FILES
+    claims = staged.files if staged is not None and staged.tree == target_tree else set()
+    took = False  # streamed files were taken: they are flushed with the filesystem below
     for change in changes:
         rel = check_relpath(change.path)
         if change.status == "D":
@@ -96,9 +108,11 @@ def _stage(store, target_tree: str, changes) -> tuple[Path, list[Op]]:
             continue
         parent = rel.rpartition("/")[0]
         if parent not in made:
-            _make_dirs(top, parent, made, clear=False)
+            make_dirs(top, parent, made, clear=False)
         dest = f"{top}/{rel}"
-        if fresh or not _staged_intact(dest, change.new_id, limit):
+        if claims and staged_as_written(dest, rel, claims):
+            took = True
+        elif fresh or not _staged_intact(dest, change.new_id, modes[rel], limit):
             base = (f"{root}/{rel}", change.old_id) if change.status == "M" else None
             write_entry(
                 store.repo,
@@ -112,7 +126,7 @@ def _stage(store, target_tree: str, changes) -> tuple[Path, list[Op]]:
             )
         ops.append(("put", rel, change.new_id))
         faults.point(FAULT_MID_STAGE)
-    if batched:
+    if batched or took:
         syncfs(staging)
     return staging, ops
 
@@ -128,15 +142,43 @@ def _op_json(op: Op) -> dict[str, str]:
     return {"op": kind, "path": path} if oid is None else {"op": kind, "path": path, "id": oid}
 
 
-def _staged_intact(dest: str, oid: str, limit: int) -> bool:
+@dataclass
+class Staged:
+    """Files of the checkout of ``tree`` that this process wrote into its staging dir from
+    verified bytes (:mod:`usr.store.streamstage`), each as :func:`stat_claim` of its path
+    and its stat once written (16 bytes a file: a transfer of 100,000 files holds them
+    through its checkout)."""
+
+    tree: str
+    files: set[bytes] = field(default_factory=set)
+
+
+def stat_claim(rel: str, st: os.stat_result) -> bytes:
+    """A 128-bit digest of a staged file's path, size, mtime, ctime and inode: any write,
+    chmod or replacement since it was staged changes one of them."""
+    key = f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ctime_ns}\0{st.st_ino}"
+    return hashlib.blake2b(key.encode("utf-8", "surrogateescape"), digest_size=16).digest()
+
+
+def staged_as_written(dest: str, rel: str, claims: set[bytes]) -> bool:
+    """True if ``dest`` (staged for ``rel``) is still the file this process staged."""
+    try:
+        return stat_claim(rel, os.lstat(dest)) in claims
+    except OSError:
+        return False
+
+
+def _staged_intact(dest: str, oid: str, mode: int, limit: int) -> bool:
     """True if a file left at ``dest`` by a crashed checkout of the same tree hashes to
-    ``oid``. Anything else there (half-written by a kill, changed, a symlink) is removed,
-    so the file is written afresh and nothing staged is ever trusted unverified."""
+    ``oid`` and has the permissions of ``mode``. Anything else there (half-written by a
+    kill, changed, chmodded, a symlink) is removed, so the file is written afresh and
+    nothing staged is ever trusted unverified."""
     try:
         st = os.lstat(dest)
     except FileNotFoundError:
         return False
-    if statmod.S_ISREG(st.st_mode):
+    perm = 0o755 if mode == MODE_EXEC else 0o644
+    if statmod.S_ISREG(st.st_mode) and statmod.S_IMODE(st.st_mode) == perm:
         with contextlib.suppress(OSError, InputError):
             if hash_file(dest, limit, None, None)[0] == oid:
                 return True
@@ -144,7 +186,7 @@ def _staged_intact(dest: str, oid: str, limit: int) -> bool:
     return False
 
 
-def _make_dirs(top: str, rel_dir: str, made: set[str], clear: bool) -> None:
+def make_dirs(top: str, rel_dir: str, made: set[str], clear: bool) -> None:
     """Make directory ``top/rel_dir`` and its missing parents, adding each to ``made`` so
     later files under it skip every check. With ``clear``, a file (or anything not a
     directory) where one of them must go is moved out of the way; without, it is left for
@@ -200,7 +242,7 @@ def _put(root: str, staging: str, rel: str, ready: set[str]) -> bool:
     if parent not in ready:
         if not os.path.lexists(src):
             return False
-        _make_dirs(root, parent, ready, clear=True)
+        make_dirs(root, parent, ready, clear=True)
     try:
         os.replace(src, dest)
     except FileNotFoundError:
@@ -255,8 +297,15 @@ def recover(store) -> bool:
     return True
 
 
-def checkout(store, commit: str, force: bool = False, expect_head: object = ...) -> str:
-    """See :meth:`usr.store.repository.Store.checkout`."""
+def checkout(
+    store,
+    commit: str,
+    force: bool = False,
+    expect_head: object = ...,
+    staged: Staged | None = None,
+) -> str:
+    """See :meth:`usr.store.repository.Store.checkout`; ``staged`` names files a push
+    streamed into the staging dir (see :func:`_stage`)."""
     target = store.resolve(commit)
     with store.lock(f"checkout {target[:12]}"):
         recover(store)
@@ -288,7 +337,7 @@ def checkout(store, commit: str, force: bool = False, expect_head: object = ...)
             if store.refs.get(saved) is None:
                 store.update_ref(saved, head, None)  # no recorded state is ever lost
         changes = store.diff(work, target_tree, sizes=False)
-        staging, ops = _stage(store, target_tree, changes)
+        staging, ops = _stage(store, target_tree, changes, staged)
         # The journal names every path again: let the comparison go before it is encoded
         # (100,000 files: ~44 MiB of FileChange objects at the pull's peak).
         del changes

@@ -31,6 +31,7 @@ from usr.errors import (
 )
 from usr.layout import check_relpath
 from usr.locks import events_lock
+from usr.store.checkout import checkout
 from usr.store.chunks import chunk_id
 from usr.store.objects import Manifest, git_object_id, inline_limit, is_manifest_bytes
 from usr.sync import peercheck
@@ -232,6 +233,15 @@ class PushPlan:
     sizes: dict[str, int] = field(default_factory=dict)
     chunks_of: dict[str, list[str]] = field(default_factory=dict)
     chunk_sizes: dict[str, int] = field(default_factory=dict)
+    #: Ids of the blobs among the objects (the rest are commits and trees).
+    blobs: set[str] = field(default_factory=set)
+
+    def trees_first(self, oids: Iterable[str]) -> list[str]:
+        """``oids`` with commits and trees first, then blobs, each in the given order: the
+        receiver knows the pushed tree before any file content, to stage the files as
+        they land (:mod:`usr.store.streamstage`)."""
+        oids = list(oids)
+        return [o for o in oids if o not in self.blobs] + [o for o in oids if o in self.blobs]
 
     def cids(self) -> list[str]:
         """Every chunk the manifests name, once each, in manifest order."""
@@ -270,6 +280,7 @@ def plan_push(
         size = known.get(oid)
         if size is not None and size <= limit:
             plan.sizes[oid] = size
+            plan.blobs.add(oid)
             continue
         try:
             obj_type, plan.sizes[oid] = odb.read_header(oid)
@@ -277,6 +288,7 @@ def plan_push(
             raise NotFoundError(f"object {oid} is not in the store") from None
         if int(obj_type) != p.OBJECT_TYPES["blob"]:
             continue
+        plan.blobs.add(oid)
         _, data = read_for_send(store, oid)
         entries = manifest_entries(data, f"blob {oid}")
         if entries:
@@ -326,6 +338,7 @@ def receive(
     meter: Any = None,
     asked: set[str] | None = None,
     chunk_lengths: dict[str, int] | None = None,
+    stage: Any = None,
 ) -> Received:
     """Write ``O``/``K`` frames into ``store`` as they arrive, until the ``end`` message.
 
@@ -339,6 +352,9 @@ def receive(
     are verified and kept in ``Received.held`` instead of written; see :func:`write_held`.
     A fetch also passes the object ids it ``asked`` for and the ``chunk_lengths`` its
     manifests claim: anything else, or a chunk of another length, is refused.
+
+    ``stage`` (a push's :class:`usr.store.streamstage.StreamStager`) is shown each object
+    once it is verified and written, to stage the working files while the stream lasts.
     """
     got = Received()
     failure: UsrError | None = None
@@ -362,6 +378,8 @@ def receive(
                     if asked is not None and oid not in asked:
                         raise VerifyError(f"{peer} sent object {oid}, which was not asked for")
                     _land_object(store, objects, packer, type_name, oid, data, got, hold_manifests)
+                    if stage is not None:
+                        _show(stage, type_name, oid, data)
                     faults.point(FAULT_RECEIVED_OBJECT)
                 else:
                     cid, data = p.decode_chunk(payload, peer)
@@ -389,6 +407,16 @@ def receive(
     if failure is not None:
         raise failure
     return got
+
+
+def _show(stage: Any, type_name: str, oid: str, data: bytes) -> None:
+    """Hand a verified, written object to the streamed staging."""
+    if type_name == "blob":
+        stage.on_blob(oid, data)
+    elif type_name == "tree":
+        stage.on_tree(oid, data)
+    else:
+        stage.on_commit(peercheck.commit_links(data, f"commit {oid}")[0])
 
 
 def _check_chunk(cid: str, length: int, expected: dict[str, int] | None, peer: str) -> None:
@@ -468,13 +496,16 @@ def write_held(store: Any, held: dict[str, bytes]) -> int:
     return n
 
 
-def update_and_checkout(store: Any, new: str, old: str | None, validate: bool = True) -> str:
+def update_and_checkout(
+    store: Any, new: str, old: str | None, validate: bool = True, staged: Any = None
+) -> str:
     """The one locked step of a push: HEAD must still be ``old`` and ``new`` must contain
     it (fast-forward only); then ``new`` is checked out (staged, verified, promoted) and
     ``refs/heads/main`` moves with it. Unrecorded changes in the working directory refuse
     it (ConflictError), so nothing written there since the record is ever overwritten.
     Before any of it the state passes the gate (:mod:`usr.sync.gate`) unless the client
-    named ``--no-validate``."""
+    named ``--no-validate``. ``staged``: the files the receive streamed into the staging
+    dir (:class:`usr.store.checkout.Staged`), which the checkout takes without rereading."""
     if not store.has_object(new):
         raise VerifyError(f"commit {new} did not arrive; refusing to move the ref")
     for path, oid, _mode in store.ls_tree(new):
@@ -491,7 +522,7 @@ def update_and_checkout(store: Any, new: str, old: str | None, validate: bool = 
     with store.lock(what), events_lock(store.path, what=what):
         hint = "someone else pushed or recorded; rerun to see the new state"
         require_fast_forward(store, store.head(), old, new, hint)
-        store.checkout(new, expect_head=old)
+        checkout(store, new, expect_head=old, staged=staged)  # Store.checkout, plus staged
     return store.head()
 
 

@@ -17,6 +17,8 @@ from usr.errors import NotFoundError
 from usr.layout import mark_root
 from usr.locks import events_lock
 from usr.store import FileChange
+from usr.store.checkout import Staged, checkout
+from usr.store.streamstage import StreamStager
 from usr.sync import merging
 from usr.sync.audit import AuditRun, Comparison
 from usr.sync.auditfile import observed_transfer
@@ -70,14 +72,25 @@ def carry_out(run: AuditRun, target: Target, remote: str, options: SyncOptions) 
             st.sizes = None
             require_primary(store, st.remote_head, f"remote {remote}")
             confirm(options, "pull", data)
-            stats = session.fetch(target.dataset, store, [st.remote_head], haves(st.local_head))
-            observed_transfer(data, stats)
-            check_events_chain(store, commits(store, st.remote_head, st.local_head))
-            data["gate"] = gate_state(store, st.remote_head, st.local_head, "pull", options)
+            stager = StreamStager(store, store.tree_of(st.remote_head))
+            try:
+                stats = session.fetch(
+                    target.dataset, store, [st.remote_head], haves(st.local_head), stage=stager
+                )
+                observed_transfer(data, stats)
+                check_events_chain(store, commits(store, st.remote_head, st.local_head))
+                data["gate"] = gate_state(store, st.remote_head, st.local_head, "pull", options)
+            except BaseException:
+                stager.discard()  # refused: nothing of it stays in the working directory
+                raise
             faults.point(FAULT_PULL_FETCHED)
         finally:
             run.bytes_sent, run.bytes_received = bytes_moved(session)
-    _check_out(store, target, remote, st, options, data)
+    try:
+        _check_out(store, target, remote, st, options, data, stager.result())
+    except BaseException:
+        stager.discard()
+        raise
     _post_pull(run, target, remote, st, options, data)
     return "TRANSFERRED"
 
@@ -126,8 +139,10 @@ def _check_out(
     st: SyncState,
     options: SyncOptions,
     data: dict[str, Any],
+    staged: Staged | None = None,
 ) -> None:
-    """Check the fetched head out here and re-verify what it wrote.
+    """Check the fetched head out here and re-verify what it wrote (taking the files the
+    fetch ``staged`` as their blobs landed without reading them again).
 
     Under the dataset lock AND the events lock (same order as every writer), so a line
     appended to .events.log meanwhile is either in the recorded state already or waits for
@@ -139,7 +154,7 @@ def _check_out(
         store.lock(f"pull {remote}", timeout=options.lock_timeout),
         events_lock(target.path, timeout=options.lock_timeout),
     ):
-        store.checkout(st.remote_head, expect_head=st.local_head)
+        checkout(store, st.remote_head, expect_head=st.local_head, staged=staged)
         faults.point(FAULT_PULL_CHECKED_OUT)
         verify_working(store, target.path, st.remote_head, options, entries=moved)
     if not st.local_exists:

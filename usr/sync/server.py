@@ -29,6 +29,7 @@ from usr.errors import (
 from usr.layout import check_dataset_dir, dataset_path, refuse_symlinks, validate_dataset_id
 from usr.locks import hold
 from usr.store.objects import INLINE_LIMIT_ENV
+from usr.store.streamstage import StreamStager
 from usr.sync import files, packstream
 from usr.sync import protocol as p
 
@@ -58,6 +59,8 @@ class Server:
         #: Set when a pushed pack was refused: no ref update may follow it in this session.
         self.pack_failed = False
         self._stores: dict[Path, Any] = {}
+        #: What a pushed stream staged, by dataset dir, for the ``update`` that follows.
+        self._staged: dict[Path, Any] = {}
 
     # -- helpers -------------------------------------------------------------------------
     def _dir(self, msg: dict[str, Any]) -> tuple[str, Path]:
@@ -90,7 +93,15 @@ class Server:
 
     # -- loop ----------------------------------------------------------------------------
     def run(self) -> int:
-        """Answer messages until the client closes; a protocol error ends the session."""
+        """Answer messages until the client closes; a protocol error ends the session.
+        A pushed stream whose ``update`` never came leaves nothing staged behind."""
+        try:
+            return self._loop()
+        finally:
+            for stager in self._staged.values():
+                stager.discard()
+
+    def _loop(self) -> int:
         self.fio.channel.write(p.MAGIC)
         self.fio.flush()
         while True:
@@ -237,12 +248,20 @@ class Server:
         self.fio.send_message("have", oids=missing_oids, cids=missing_cids)
 
     def op_pack(self, msg: dict[str, Any]) -> None:
-        """Receive a pushed stream of objects and chunks, verifying each as it lands."""
+        """Receive a pushed stream of objects and chunks, verifying each as it lands, and
+        stage the working files of the pushed state as their blobs land (for ``update``)."""
         store = self._store(msg, create=bool(msg.get("create")))
         self.pack_failed = True
-        with self._transfer_lock(store, "usr serve: receiving a push"):
-            stats = packstream.receive(store, self.fio, self.peer)
+        self._staged.pop(store.path, None)
+        stager = StreamStager(store)
+        try:
+            with self._transfer_lock(store, "usr serve: receiving a push"):
+                stats = packstream.receive(store, self.fio, self.peer, stage=stager)
+        except BaseException:
+            stager.discard()
+            raise
         self.pack_failed = False
+        self._staged[store.path] = stager
         faults.point(FAULT_RECEIVED)
         self.fio.send_message("received", objects=stats.objects, chunks=stats.chunks)
 
@@ -256,7 +275,12 @@ class Server:
         if old is not None:
             old = p.check_oid(old, self.peer)
         validate = msg.get("validate", True) is not False
-        head = packstream.update_and_checkout(store, new, old, validate=validate)
+        stager = self._staged.pop(store.path, None) or StreamStager(store)
+        try:
+            head = packstream.update_and_checkout(store, new, old, validate, stager.result())
+        except BaseException:
+            stager.discard()  # refused: the files it staged will not be promoted
+            raise
         faults.point(FAULT_UPDATED)
         self.fio.send_message("updated", head=head)
 

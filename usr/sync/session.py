@@ -278,6 +278,7 @@ class Session:
         wants: list[str],
         haves: list[str] | None = None,
         blobs: bool = True,
+        stage: Any = None,
     ) -> TransferStats:
         """Bring commits (or trees) ``wants`` and everything below them into ``store``.
 
@@ -285,7 +286,8 @@ class Session:
         blake3). Objects are verified and written as they arrive; manifests are written
         only after their chunks, so a cut fetch resumes where it stopped. ``haves`` are
         local commits the server may assume the client has (default: every local ref).
-        Refs and working files are not touched.
+        Refs and working files are not touched; ``stage`` (a
+        :class:`usr.store.streamstage.StreamStager`) may stage files for the checkout.
         """
         start = time.monotonic()
         ds = validate_dataset_id(ds)
@@ -301,13 +303,15 @@ class Session:
         oids = [p.check_oid(o, self.name) for o in p.require(listing, "oids", list, self.name)]
         sizes = peercheck.check_sizes(listing.get("sizes"), self.name)
         stats = TransferStats(sizes=sizes)
-        self._get(ds, store, [o for o in oids if not packstream.has_object(store, o)], stats)
+        self._get(ds, store, [o for o in oids if not packstream.has_object(store, o)], stats, stage)
         stats.wire_bytes_in = self.fio.bytes_in - in0
         stats.wire_bytes_out = self.fio.bytes_out - out0
         stats.seconds = time.monotonic() - start
         return stats
 
-    def _get(self, ds: str, store: Any, need: list[str], stats: TransferStats) -> None:
+    def _get(
+        self, ds: str, store: Any, need: list[str], stats: TransferStats, stage: Any = None
+    ) -> None:
         """Fetch the objects ``need``, then the chunks their manifests name that are missing
         here, then write the held-back manifests (two round trips, whatever the count)."""
         if not need:
@@ -324,6 +328,7 @@ class Session:
                 meter=meter,
                 asked=set(need),
                 chunk_lengths={},  # no chunk was asked for yet
+                stage=stage,
             )
         stats.objects += got.objects
         stats.payload_bytes += got.bytes
@@ -408,6 +413,7 @@ class Session:
             "have", "have", ds=ds, oids=list(plan.sizes), cids=plan.cids(), create=create
         )
         send_oids = [p.check_oid(o, self.name) for o in p.require(r, "oids", list, self.name)]
+        send_oids = plan.trees_first(send_oids)
         send_cids = {p.check_cid(c, self.name) for c in p.require(r, "cids", list, self.name)}
         if not plan.offers(send_oids, send_cids):
             # Only what this push offered may leave: not other states in the local store.

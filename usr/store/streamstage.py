@@ -1,0 +1,179 @@
+"""Streamed staging: the working files of a pushed state written while its blobs arrive.
+
+A push sends its commits and trees before its blobs (docs/protocol.md, "Push"), so the
+receiver knows the target tree before any file content. As each verified inline blob
+lands, :class:`StreamStager` writes it at every path of the target tree that names it, into
+the staging dir the checkout of that tree uses (:func:`usr.store.checkout.staging_dir`),
+each directory made once, and remembers the stat of each file it wrote. The checkout of
+the same process then takes those files (:class:`usr.store.checkout.Staged`) after one
+``lstat`` each, without reading or hashing them again: each byte is handled once on its
+way from the wire to the working copy, where it was written to the store, read back,
+hashed and written again. Anything else in the staging dir (left by an earlier, killed
+process, or changed since it was written) is re-verified by hash as before, so nothing
+unverified is ever promoted.
+
+No lock is held (a push streams without the dataset lock): the staging dir is only work
+the checkout may take. A write that fails (the dir removed by a checkout of another tree,
+a full disk) turns streaming off for the rest of the receive, and the checkout stages
+those files itself. Large files (manifests) are left to the checkout.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+from typing import Any
+
+from usr import faults
+from usr.errors import UsrError
+from usr.store.checkout import Staged, journal_path, make_dirs, staging_dir, stat_claim
+from usr.store.objects import is_manifest_bytes
+from usr.store.worktree import MODE_EXEC, MODE_TREE
+
+FAULT_STREAMED = faults.register(
+    "checkout.streamed-file", "receiver: a verified blob written to the staging dir mid-stream"
+)
+
+_OPEN_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+class StreamStager:
+    """Fed each verified object of a receive (``tree``, ``commit``, ``blob``); stages the
+    files of the last commit's tree as their blobs land. :meth:`result` says which."""
+
+    def __init__(self, store: Any, tree: str | None = None) -> None:
+        """``tree``: the target, when known before the stream (a pull has fetched it);
+        else the tree of the last commit before the first blob (a push)."""
+        self.store = store
+        self.fixed = tree is not None
+        #: Raw bytes of the trees in the stream (already verified and parsed), until the
+        #: first blob: the target tree is walked through them.
+        self.trees: dict[str, bytes] = {}
+        self.tree = tree
+        #: blob id -> [(path, mode)] in the target tree; None until the first blob.
+        self.paths: dict[str, list[tuple[str, int]]] | None = None
+        self.top = ""
+        self.made = {""}
+        self.off = False
+        self.files: set[bytes] = set()
+
+    def on_tree(self, oid: str, data: bytes) -> None:
+        if self.paths is None:
+            self.trees[oid] = data
+
+    def on_commit(self, tree: str) -> None:
+        """A commit of the stream: the last one before the blobs is the state pushed (a
+        push sends its commits oldest first)."""
+        if self.paths is None and not self.fixed:
+            self.tree = tree
+
+    def on_blob(self, oid: str, data: bytes) -> None:
+        """Stage a verified blob at each path of the target tree that names it."""
+        if self.off:
+            return
+        if self.paths is None:
+            self._plan()
+            if self.off:
+                return
+        targets = self.paths.pop(oid, None)  # type: ignore[union-attr]
+        if not targets or is_manifest_bytes(data):
+            return
+        try:
+            for rel, mode in targets:
+                self._write(rel, mode, data)
+                faults.point(FAULT_STREAMED)
+        except OSError:
+            self.off = True  # the checkout stages what is not claimed
+
+    def result(self) -> Staged | None:
+        """The files staged, for the checkout of the same process (None: none)."""
+        self.trees, self.paths = {}, {}
+        if self.tree is None or not self.files:
+            return None
+        return Staged(self.tree, self.files)
+
+    def discard(self) -> None:
+        """Remove the staging dir when no checkout will take it (the stream or the update
+        was refused): a refused transfer leaves nothing in the working directory. Under
+        the dataset lock, as a checkout removes a staging dir it does not need, and not
+        while a checkout journal exists (recovery may still need it); if the lock is busy
+        it is left, a cache that the next checkout removes or re-verifies."""
+        self.trees, self.paths = {}, {}
+        if not self.top:
+            return
+        with contextlib.suppress(UsrError, OSError), self.store.lock("discard staging", 0):
+            if not journal_path(self.store).exists():
+                shutil.rmtree(self.top, ignore_errors=True)
+
+    def _plan(self) -> None:
+        """At the first blob: map every blob of the target tree to its paths, and make
+        the staging dir. Without a commit before the blobs (an older client sends blobs
+        first) nothing is streamed."""
+        self.paths = {}
+        if self.tree is None:
+            self.off = True
+            return
+        try:
+            self._walk(self.tree, "")
+        except (KeyError, ValueError, UnicodeDecodeError):
+            self.off = True  # a tree neither streamed nor stored: the checkout will say so
+            return
+        finally:
+            self.trees = {}
+        staging = staging_dir(self.store, self.tree)
+        try:
+            staging.mkdir(exist_ok=True)
+        except OSError:
+            self.off = True
+        self.top = str(staging)
+
+    def _walk(self, tree: str, prefix: str) -> None:
+        for mode, name, oid in self._entries(tree):
+            if mode == MODE_TREE:
+                self._walk(oid, f"{prefix}{name}/")
+            else:
+                self.paths.setdefault(oid, []).append((f"{prefix}{name}", mode))  # type: ignore[union-attr]
+
+    def _entries(self, tree: str) -> list[tuple[int, str, str]]:
+        """``(mode, name, id)`` of a tree of the stream (its bytes were parsed and refused
+        if unsafe on arrival) or of the store."""
+        data = self.trees.get(tree)
+        if data is None:
+            return [(e.filemode, e.name, str(e.id)) for e in self.store.repo[tree]]
+        out = []
+        i = 0
+        while i < len(data):
+            sp = data.index(b" ", i)
+            nul = data.index(b"\x00", sp)
+            out.append(
+                (int(data[i:sp], 8), data[sp + 1 : nul].decode(), data[nul + 1 : nul + 21].hex())
+            )
+            i = nul + 21
+        return out
+
+    def _write(self, rel: str, mode: int, data: bytes) -> None:
+        """Create the staged file (exclusively, not through a symlink) with its exact mode
+        and bytes; one left there by an earlier process is kept for the checkout to
+        re-verify."""
+        parent = rel.rpartition("/")[0]
+        if parent not in self.made:
+            make_dirs(self.top, parent, self.made, clear=False)
+        dest = f"{self.top}/{rel}"
+        perm = 0o755 if mode == MODE_EXEC else 0o644
+        try:
+            fd = os.open(dest, _OPEN_FLAGS, perm)
+        except FileExistsError:
+            return
+        try:
+            os.fchmod(fd, perm)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            self.files.add(stat_claim(rel, os.fstat(fd)))
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(dest)
+            raise
+        finally:
+            os.close(fd)
