@@ -190,6 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         bench = scenarios.Bench(workdir, sizes, loop)
         bench.results = doc["results"]
+        bench.checkpoint = lambda: _save(doc, opts.out)
         scenarios.warm_up(bench)
         doc["warm_memory"] = measure.warm_memory(sizes.warm_memory_bytes)
         for scenario, fn in scenarios.SCENARIOS:

@@ -133,6 +133,9 @@ class Bench:
         self.per_row: float | None = None
         #: Baseline programs this machine lacks (their figures are None).
         self.missing: set[str] = set()
+        #: Writes the results so far (run.py sets it): a long scenario calls it between
+        #: steps, so a run cut short keeps what it measured.
+        self.checkpoint: Callable[[], None] = lambda: None
 
     # -- baselines ----------------------------------------------------------------------
     def _ssh(self, host: str, command: str) -> str:
@@ -662,6 +665,7 @@ def scale(b: Bench) -> None:
         b.results["scale"] = []
     for n in b.sizes.scale_files:
         b.results["scale"].append(_scale_one(b, n))
+        b.checkpoint()
 
 
 def _scale_one(b: Bench, n: int) -> dict[str, Any]:
@@ -677,11 +681,11 @@ def _scale_one(b: Bench, n: int) -> dict[str, Any]:
     # git's copy: the same files (store excluded), in a fresh repository made untimed.
     gitrepo = b.workdir / f"git-scale-{n}"
     gitrepo.mkdir()
-    run(
-        f"tar -C {shlex.quote(str(ds.path))} --exclude=./.usr -cf - . | "
-        f"tar -C {shlex.quote(str(gitrepo))} -xf -"
-    ).check("tar copy for git")
-    b.git(gitrepo, "init -q")
+    if not b.git(gitrepo, "init -q").missing:
+        run(
+            f"tar -C {shlex.quote(str(ds.path))} --exclude=./.usr -cf - . | "
+            f"tar -C {shlex.quote(str(gitrepo))} -xf -"
+        ).check("tar copy for git")
     # Files written within the stat cache's racy window (2 s) of a snapshot are re-hashed
     # by every status until the next snapshot: measure the steady state (status_scaling).
     time.sleep(b.sizes.racy_wait_seconds)
@@ -691,8 +695,12 @@ def _scale_one(b: Bench, n: int) -> dict[str, Any]:
     status, status_all = _repeat(reps, lambda: b.usr("status", name).check("usr status"))
     git_status, git_status_all = _repeat(reps, lambda: b.git(gitrepo, "status"))
     _remove(gitrepo)
+    # The stat cache, whatever its file is called (index.json today; index, index.*, or a
+    # directory of them after a rewrite).
     index = sorted(ds.path.joinpath(".usr").glob("index*"))
-    index_bytes = sum(p.stat().st_size for p in index if p.is_file())
+    index_bytes = sum(
+        datagen.dir_bytes(p) if p.is_dir() else p.stat().st_size for p in index if p.exists()
+    )
 
     push = b.sync("push", name)
     push_noop, push_noop_all = _repeat(reps, lambda: b.sync("push", name))
