@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     mode.add_argument(
         "--scale",
         action="store_true",
-        help="issue 23's table only: many 1 KiB files vs git and rsync (long: ~1 h at 1M)",
+        help="issue 23's table only: many 1 KiB files vs git and rsync (over an hour at 1M)",
     )
     parser.add_argument(
         "--scale-files",
