@@ -115,7 +115,7 @@ def targets(doc: dict[str, Any]) -> list[dict[str, Any]]:
             _row(
                 f"no-op re-{action}: round trips after handshake / bytes on the wire",
                 "<= 2 / <= 64 KiB",
-                f"{rt} / {_kib(wire)}",
+                "-" if rt is None else f"{rt} / {_kib(wire)}",
                 _kib(_get(doc, key, "baseline_wire_bytes")) + " (rsync -a)",
                 f"{_s(_get(doc, key, 'usr', 'seconds'))} vs "
                 f"{_s(_get(doc, key, 'baseline_seconds'))}",
@@ -243,7 +243,208 @@ def targets(doc: dict[str, Any]) -> list[dict[str, Any]]:
     at_issue_sizes = doc.get("mode") == "full"
     for row in rows:
         row["at_issue_sizes"] = at_issue_sizes
+    return rows + _scale_rows(doc)
+
+
+#: The scale scenario's figures: (key under ``usr``, label in the tables).
+SCALE_COMMANDS = (
+    ("snapshot", "snapshot"),
+    ("status_noop", "status, no-op"),
+    ("status_touched", "status, 10 changed"),
+    ("push", "push"),
+    ("push_noop", "push, no-op"),
+    ("pull", "pull"),
+)
+SCALE_RSS_LIMIT_MIB = 512
+
+
+def _scale_rows(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    """Issue 23's targets for each file count of the scale scenario; they are the issue's
+    targets at 1,000,000 files (``at_issue_sizes``), orientation below that."""
+    rows = []
+    for r in _get(doc, "scale") or []:
+        n = f"{r['files']:,} files"
+        u = r["usr"]
+
+        def usr_s(key: str, r: dict[str, Any] = r) -> str:
+            side = r["usr"][key]
+            return f"{side['seconds']:g} s"
+
+        for figure, target, usr, baseline, ratio, limit in (
+            (
+                "snapshot vs `git add -A && git commit`",
+                "<= 1x",
+                usr_s("snapshot"),
+                _s(r["git_add_commit_seconds"]) + " (git add+commit)",
+                r["snapshot_vs_git_commit"],
+                1.0,
+            ),
+            (
+                "no-op status vs `git status`",
+                "<= 1x",
+                usr_s("status_noop"),
+                _s(r["git_status_seconds"]) + " (git status)",
+                r["status_vs_git_status"],
+                1.0,
+            ),
+            (
+                "status with 10 files changed vs no-op status",
+                "<= 1.2x",
+                usr_s("status_touched"),
+                usr_s("status_noop") + " (no-op status)",
+                r["status_touched_vs_noop"],
+                1.2,
+            ),
+            (
+                "push vs `rsync -a`",
+                "<= 1x",
+                usr_s("push"),
+                _s(r["rsync_seconds"]) + " (rsync -a)",
+                r["push_vs_rsync"],
+                1.0,
+            ),
+            (
+                "pull into a fresh root vs `rsync -a`",
+                "<= 1x",
+                usr_s("pull"),
+                _s(r["rsync_seconds"]) + " (rsync -a)",
+                r["pull_vs_rsync"],
+                1.0,
+            ),
+            (
+                "no-op push vs `rsync -an`",
+                "<= 2x",
+                usr_s("push_noop"),
+                _s(r["rsync_noop_seconds"]) + " (rsync -an)",
+                r["noop_push_vs_rsync_noop"],
+                2.0,
+            ),
+        ):
+            rows.append(_row(f"{n}: {figure}", target, usr, baseline, ratio, _le(ratio, limit)))
+        worst = max(
+            (
+                (max(u[k]["client_rss_mib"], u[k]["server_rss_mib"]), label)
+                for k, label in SCALE_COMMANDS
+            ),
+        )
+        rows.append(
+            _row(
+                f"{n}: peak RSS of every usr command, client and server",
+                f"< {SCALE_RSS_LIMIT_MIB} MiB",
+                f"{worst[0]:g} MiB ({worst[1]})",
+                "-",
+                "-",
+                worst[0] < SCALE_RSS_LIMIT_MIB,
+            )
+        )
+        rows.append(
+            _row(
+                f"{n}: stat cache ({', '.join(r['index_files']) or 'none'}) bytes per file",
+                "a small fixed cost per file",
+                f"{r['index_bytes_per_file']:g} B",
+                "-",
+                "-",
+                None,
+            )
+        )
+        for row in rows[-8:]:
+            row["at_issue_sizes"] = r["files"] >= 1_000_000
     return rows
+
+
+def scale_markdown(doc: dict[str, Any]) -> list[str]:
+    """The scale scenario as issue 23's table (one row per file count), peak RSS per
+    command and side, and how time and memory grow from one file count to the next."""
+    scale = _get(doc, "scale") or []
+    if not scale:
+        return []
+    lines = [
+        "",
+        "Scale (issue 23): N files of 1 KiB in 1,000 directories; push and pull over the "
+        "loopback sshd; rsync and git on the same files. No-op figures are medians of "
+        f"{doc['sizes'].get('repeats', '?')}.",
+        "",
+        "| files | " + " | ".join(label for _, label in SCALE_COMMANDS) + " | peak RSS "
+        "(client / server) | rsync -a | rsync -an | git add+commit | git status | "
+        "stat cache / file |",
+        "| --- " * (len(SCALE_COMMANDS) + 7) + "|",
+    ]
+    for r in scale:
+        u = r["usr"]
+        client = max(u[k]["client_rss_mib"] for k, _ in SCALE_COMMANDS)
+        server = max(u[k]["server_rss_mib"] for k, _ in SCALE_COMMANDS)
+        cells = [f"{r['files']:,}"]
+        cells += [f"{u[k]['seconds']:g} s" for k, _ in SCALE_COMMANDS]
+        cells.append(f"{client:g} / {server:g} MiB")
+        cells += [
+            _s(r[k])
+            for k in (
+                "rsync_seconds",
+                "rsync_noop_seconds",
+                "git_add_commit_seconds",
+                "git_status_seconds",
+            )
+        ]
+        cells.append(f"{r['index_bytes_per_file']:g} B")
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "Peak RSS of each usr command (client / server, MiB):",
+        "",
+        "| files | " + " | ".join(label for _, label in SCALE_COMMANDS) + " |",
+        "| --- " * (len(SCALE_COMMANDS) + 1) + "|",
+    ]
+    for r in scale:
+        u = r["usr"]
+        cells = [f"{r['files']:,}"]
+        for k, _ in SCALE_COMMANDS:
+            server = u[k]["server_rss_mib"]
+            cells.append(f"{u[k]['client_rss_mib']:g}" + (f" / {server:g}" if server else ""))
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += _scale_growth(scale)
+    return lines
+
+
+def _scale_growth(scale: list[dict[str, Any]]) -> list[str]:
+    """Time factor and memory per added file from each file count to the next."""
+    if len(scale) < 2:
+        return []
+    baselines = (
+        ("rsync_seconds", "rsync -a"),
+        ("git_add_commit_seconds", "git add+commit"),
+        ("git_status_seconds", "git status"),
+    )
+    lines = [
+        "",
+        "Growth from one file count to the next: time (x factor, against the factor in "
+        "files) and peak RSS per added file (bytes, the larger side):",
+        "",
+        "| files | "
+        + " | ".join(label for _, label in SCALE_COMMANDS + baselines)
+        + " | RSS / added file: "
+        + " | ".join(label for _, label in SCALE_COMMANDS)
+        + " |",
+        "| --- " * (1 + 2 * len(SCALE_COMMANDS) + len(baselines)) + "|",
+    ]
+    for lo, hi in zip(scale, scale[1:], strict=False):
+        added = hi["files"] - lo["files"]
+        cells = [f"{lo['files']:,} -> {hi['files']:,} (x{hi['files'] / lo['files']:g})"]
+        for k, _ in SCALE_COMMANDS:
+            cells.append(_factor(hi["usr"][k]["seconds"], lo["usr"][k]["seconds"]))
+        for k, _ in baselines:
+            cells.append(_factor(hi[k], lo[k]))
+        for k, _ in SCALE_COMMANDS:
+            a, b = hi["usr"][k], lo["usr"][k]
+            grew = max(a["client_rss_mib"], a["server_rss_mib"]) - max(
+                b["client_rss_mib"], b["server_rss_mib"]
+            )
+            cells.append(f"{grew * 2**20 / added:,.0f} B" if added else "-")
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def _factor(hi: Any, lo: Any) -> str:
+    return "-" if hi is None or not lo else f"x{hi / lo:.1f}"
 
 
 def _object_store_rows(doc: dict[str, Any]) -> list[dict[str, Any]]:
@@ -348,6 +549,7 @@ def markdown(doc: dict[str, Any]) -> str:
             f"({fl['python_import_asyncssh_cpu_seconds']:g} s CPU); `usr --version` "
             f"{fl['usr_version_seconds']:g} s.",
         ]
+    lines += scale_markdown(doc)
     loads = [v for d in doc.get("load", {}).values() for k, v in d.items() if "loadavg" in k]
     if loads:
         lines += ["", f"1-minute load average during the run: {min(loads):g} to {max(loads):g}."]

@@ -5,6 +5,8 @@ One command::
     uv run python benchmarks/run.py --quick           # < 3 minutes, smaller sizes
     uv run python benchmarks/run.py                   # the issue's sizes (1 GiB, 4 GiB, 100k)
     uv run python benchmarks/run.py --smoke           # seconds: does every scenario run?
+    uv run python benchmarks/run.py --scale           # issue 23: 10k, 100k, 1M files vs git
+    uv run python benchmarks/run.py --scale --scale-files 10000,100000   # chosen counts
 
 It generates realistic data with usr's own writers (records.parquet of 100-200 bp DNA in
 the core schema, overlay parts, many small auxiliary files), starts a loopback sshd on
@@ -118,6 +120,16 @@ def main(argv: list[str] | None = None) -> int:
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--quick", action="store_true", help="smaller sizes, under 3 minutes")
     mode.add_argument("--smoke", action="store_true", help="tiny sizes: checks it runs")
+    mode.add_argument(
+        "--scale",
+        action="store_true",
+        help="issue 23's table only: many 1 KiB files vs git and rsync (over an hour at 1M)",
+    )
+    parser.add_argument(
+        "--scale-files",
+        metavar="N,N,...",
+        help="file counts of the scale scenario (same as --size scale_files=N,N,...)",
+    )
     parser.add_argument("--out", type=Path, help="JSON results (default: print only)")
     parser.add_argument("--markdown", type=Path, help="also write the Markdown table here")
     parser.add_argument("--workdir", type=Path, help="where data goes (default: a tmp dir)")
@@ -133,15 +145,24 @@ def main(argv: list[str] | None = None) -> int:
         help="override one size of the mode (e.g. history_bytes=268435456); recorded",
     )
     opts = parser.parse_args(argv)
-    name = "smoke" if opts.smoke else "quick" if opts.quick else "full"
+    name = "smoke" if opts.smoke else "quick" if opts.quick else "scale" if opts.scale else "full"
     sizes = dataclasses.replace(scenarios.MODES[name])
+    if opts.scale_files:
+        opts.size.append(f"scale_files={opts.scale_files}")
     for item in opts.size:
         field, _, value = item.partition("=")
-        if not hasattr(sizes, field) or field == "status_files":
+        if not hasattr(sizes, field):
             parser.error(f"--size {item}: unknown field")
-        setattr(sizes, field, int(value))
+        try:
+            if isinstance(getattr(sizes, field), tuple):  # a list of sizes: N,N,...
+                setattr(sizes, field, tuple(int(v) for v in value.split(",") if v))
+            else:
+                setattr(sizes, field, type(getattr(sizes, field))(value))
+        except ValueError:
+            parser.error(f"--size {item}: not a number (or a comma-separated list of them)")
+    only = opts.only or (list(scenarios.SCALE_SCENARIOS) if name == "scale" else [])
     command = "uv run python benchmarks/run.py" + {"full": "", "quick": " --quick"}.get(
-        name, " --smoke"
+        name, f" --{name}"
     )
     command += "".join(f" --size {item}" for item in opts.size)
     command += "".join(f" --only {only}" for only in opts.only)
@@ -154,7 +175,8 @@ def main(argv: list[str] | None = None) -> int:
         "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": machine(),
         "source": source(),
-        "sizes": sizes.__dict__ | {"status_files": list(sizes.status_files)},
+        "sizes": sizes.__dict__
+        | {"status_files": list(sizes.status_files), "scale_files": list(sizes.scale_files)},
         "results": {},
         "errors": {},
         # Other work on the machine inflates wall times: recorded per scenario.
@@ -168,10 +190,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         bench = scenarios.Bench(workdir, sizes, loop)
         bench.results = doc["results"]
+        bench.checkpoint = lambda: _save(doc, opts.out)
         scenarios.warm_up(bench)
         doc["warm_memory"] = measure.warm_memory(sizes.warm_memory_bytes)
         for scenario, fn in scenarios.SCENARIOS:
-            if opts.only and scenario not in opts.only:
+            if only and scenario not in only:
                 continue
             t0 = time.perf_counter()
             load0 = os.getloadavg()[0]

@@ -8,6 +8,7 @@ and ``rsync -an`` (the no-op diff). Each figure is reported absolute and as a ra
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -24,13 +25,17 @@ from typing import Any
 import datagen
 import objstore
 from loopback import Loopback
-from measure import REPO, Run, UsrRunner, run
+from measure import REPO, Run, UsrRunner, clean_env, run
 
 from usr.dataset import Dataset
 from usr.store import Store
 
 MIB = 1 << 20
+SMOKE_SCALE_FILES = 500
 RSYNC_EXCLUDES = ["--exclude=/.usr", "--exclude=.usr.lock", "--exclude=.events.lock"]
+#: git without anyone's configuration, and without the automatic gc or maintenance a commit
+#: of a million loose objects would start in the background while the next figure runs.
+GIT = "git -c user.name=bench -c user.email=bench@127.0.0.1 -c gc.auto=0 -c maintenance.auto=false"
 
 
 @dataclass
@@ -50,6 +55,11 @@ class Sizes:
     warm_memory_bytes: int = 0
     #: Records of the record-diff scenario (then 1% appended).
     record_diff_rows: int = 3_000_000
+    #: File counts of the scale scenario (``--scale``; empty: the scenario does nothing).
+    scale_files: tuple[int, ...] = ()
+    #: Wait past the stat cache's racy window (2 s) before a measured snapshot/status;
+    #: smoke runs skip it (their statuses then re-hash every file: no figure is read).
+    racy_wait_seconds: float = 2.5
 
 
 MODES = {
@@ -83,9 +93,26 @@ MODES = {
     ),
     # Seconds: only checks that every scenario runs (used by the test suite).
     "smoke": Sizes(
-        1 * MIB, 20, 100, 2000, 8 * MIB, 1 * MIB, 3, (50, 100, 200), 1, record_diff_rows=40_000
+        1 * MIB,
+        20,
+        100,
+        2000,
+        8 * MIB,
+        1 * MIB,
+        3,
+        (50, 100, 200),
+        1,
+        record_diff_rows=40_000,
+        # Not 10k: creating files is slow here (~0.15-0.4 ms each, see
+        # docs/performance.md), and the scale scenario creates each file five times.
+        scale_files=(SMOKE_SCALE_FILES,),
+        racy_wait_seconds=0.0,
     ),
 }
+#: ``run.py --scale``: the scale scenario of issue 23 at its sizes (and the floors).
+MODES["scale"] = dataclasses.replace(
+    MODES["quick"], repeats=3, scale_files=(10_000, 100_000, 1_000_000)
+)
 
 
 class Bench:
@@ -106,6 +133,9 @@ class Bench:
         self.per_row: float | None = None
         #: Baseline programs this machine lacks (their figures are None).
         self.missing: set[str] = set()
+        #: Writes the results so far (run.py sets it): a long scenario calls it between
+        #: steps, so a run cut short keeps what it measured.
+        self.checkpoint: Callable[[], None] = lambda: None
 
     # -- baselines ----------------------------------------------------------------------
     def _ssh(self, host: str, command: str) -> str:
@@ -152,6 +182,16 @@ class Bench:
         proxy = self.loop.proxy if host == "bench-wire" else None
         result = run(argv, proxy=proxy).check("rsync")
         return result
+
+    def git(self, repo: Path, *commands: str) -> Run:
+        """``git C1 && git C2 ...`` in ``repo`` as one measured shell line, or a missing
+        baseline as for rsync when git is absent (or named in ``$USR_BENCH_WITHOUT``)."""
+        if "git" in os.environ.get("USR_BENCH_WITHOUT", "").split(",") or not shutil.which("git"):
+            self.missing.add("git")
+            return Run.absent()
+        env = clean_env() | {"GIT_CONFIG_GLOBAL": "/dev/null", "GIT_CONFIG_NOSYSTEM": "1"}
+        line = " && ".join(f"{GIT} {command}" for command in commands)
+        return run(f"cd {shlex.quote(str(repo))} && {line}", env=env).check("git")
 
     # -- usr ----------------------------------------------------------------------------
     def sync(self, action: str, ds: str, remote: str = "bench", root: Path | None = None) -> Run:
@@ -614,6 +654,109 @@ def record_diff(b: Bench) -> None:
     }
 
 
+def scale(b: Bench) -> None:
+    """Issue 23's table: for each N of ``scale_files``, N files of 1 KiB in 1,000
+    directories: usr snapshot, status (no-op, 10 files changed), push, no-op push and pull
+    over the loopback sshd, peak RSS of each command on each side, against ``rsync -a`` /
+    ``rsync -an`` (same files, same sshd) and ``git add -A && git commit`` / ``git status``
+    (a fresh repository over a copy of the same files); and the stat cache's bytes per file.
+    Each N's data is removed before the next (1M files take ~4 GiB per copy)."""
+    if b.sizes.scale_files:
+        b.results["scale"] = []
+    for n in b.sizes.scale_files:
+        b.results["scale"].append(_scale_one(b, n))
+        b.checkpoint()
+
+
+def _scale_one(b: Bench, n: int) -> dict[str, Any]:
+    name = f"bench/scale_{n}"
+    reps = b.sizes.repeats
+    load0 = os.getloadavg()[0]
+    ds = Dataset.init(b.local, name, source="benchmark")
+    many = ds.path / "_artifacts" / "many"
+    start = time.perf_counter()
+    total = datagen.write_many_files(many, n, seed=23)
+    gen_s = time.perf_counter() - start
+    directories = sum(1 for _ in many.iterdir())
+    # git's copy: the same files (store excluded), in a fresh repository made untimed.
+    gitrepo = b.workdir / f"git-scale-{n}"
+    gitrepo.mkdir()
+    if not b.git(gitrepo, "init -q").missing:
+        run(
+            f"tar -C {shlex.quote(str(ds.path))} --exclude=./.usr -cf - . | "
+            f"tar -C {shlex.quote(str(gitrepo))} -xf -"
+        ).check("tar copy for git")
+    # Files written within the stat cache's racy window (2 s) of a snapshot are re-hashed
+    # by every status until the next snapshot: measure the steady state (status_scaling).
+    time.sleep(b.sizes.racy_wait_seconds)
+    snap = b.usr("snapshot", name, "-m", "scale").check("usr snapshot")
+    commit = b.git(gitrepo, "add -A", "commit -q -m scale")
+    time.sleep(b.sizes.racy_wait_seconds)  # git's racy window is its index's mtime: past it
+    status, status_all = _repeat(reps, lambda: b.usr("status", name).check("usr status"))
+    git_status, git_status_all = _repeat(reps, lambda: b.git(gitrepo, "status"))
+    _remove(gitrepo)
+    # The stat cache, whatever its file is called (index.json today; index, index.*, or a
+    # directory of them after a rewrite).
+    index = sorted(ds.path.joinpath(".usr").glob("index*"))
+    index_bytes = sum(
+        datagen.dir_bytes(p) if p.is_dir() else p.stat().st_size for p in index if p.exists()
+    )
+
+    push = b.sync("push", name)
+    push_noop, push_noop_all = _repeat(reps, lambda: b.sync("push", name))
+    pulled = b.workdir / "scale-pulled"
+    pulled.mkdir()
+    pull = b.sync("pull", name, root=pulled)
+    _remove(pulled)
+    dest = f"scale_{n}"
+    rs = b.rsync(ds.path, dest)
+    rs_noop, rs_noop_all = _repeat(reps, lambda: b.rsync(ds.path, dest, dry=True))
+    _remove(b.baseline / dest)
+
+    datagen.rewrite_files(many, 10, seed=24)
+    touched, touched_all = _repeat(reps, lambda: b.usr("status", name).check("usr status"))
+    _remove(ds.path, b.remote / name)
+
+    usr = {
+        "snapshot": _usr_side(snap),
+        "status_noop": _usr_side(status) | {"seconds_all": status_all},
+        "status_touched": _usr_side(touched) | {"seconds_all": touched_all},
+        "push": _usr_side(push),
+        "push_noop": _usr_side(push_noop) | {"seconds_all": push_noop_all},
+        "pull": _usr_side(pull),
+    }
+    peak = max(max(side["client_rss_mib"], side["server_rss_mib"]) for side in usr.values())
+    return {
+        "files": n,
+        "file_bytes": 1024,
+        "directories": directories,
+        "content_bytes": total,
+        "generate_seconds": round(gen_s, 1),
+        "usr": usr,
+        "usr_peak_rss_mib": peak,
+        # What each status saw (a no-op must be clean; 10 rewritten files must show).
+        "status_noop_clean": ": clean (" in status.stdout,
+        "status_touched_saw_changes": "unrecorded changes" in touched.stdout,
+        "index_files": [p.name for p in index],
+        "index_bytes": index_bytes,
+        "index_bytes_per_file": round(index_bytes / n, 1),
+        "rsync_seconds": _secs(rs),
+        "rsync_noop_seconds": _secs(rs_noop),
+        "rsync_noop_seconds_all": rs_noop_all,
+        "git_add_commit_seconds": _secs(commit),
+        "git_status_seconds": _secs(git_status),
+        "git_status_seconds_all": git_status_all,
+        "snapshot_vs_git_commit": _ratio(snap.seconds, _secs(commit)),
+        "status_vs_git_status": _ratio(status.seconds, _secs(git_status)),
+        "status_touched_vs_noop": _ratio(touched.seconds, status.seconds),
+        "push_vs_rsync": _ratio(push.seconds, _secs(rs)),
+        "pull_vs_rsync": _ratio(pull.seconds, _secs(rs)),
+        "noop_push_vs_rsync_noop": _ratio(push_noop.seconds, _secs(rs_noop)),
+        "loadavg_1min_before": round(load0, 2),
+        "loadavg_1min_after": round(os.getloadavg()[0], 2),
+    }
+
+
 SCENARIOS: list[tuple[str, Callable[[Bench], None]]] = [
     ("floors", floors),
     ("primary_dataset", primary_dataset),
@@ -625,4 +768,7 @@ SCENARIOS: list[tuple[str, Callable[[Bench], None]]] = [
     ("status_scaling", status_scaling),
     ("record_diff", record_diff),
     ("object_store", objstore.object_store),
+    ("scale", scale),
 ]
+#: What ``run.py --scale`` runs (unless ``--only`` says otherwise).
+SCALE_SCENARIOS = ("floors", "scale")
