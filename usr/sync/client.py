@@ -16,15 +16,13 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import shlex
 import subprocess
 import sys
 import threading
-from pathlib import Path
 from typing import Any
 
-from usr import faults
 from usr.errors import AuthError, TransportError, UsrError
+from usr.sync import prestart
 from usr.sync import protocol as p
 from usr.sync.session import (
     FAULT_PUSH_MID_STREAM,
@@ -90,18 +88,8 @@ def spawn_local(
     (file mode's second root) is passed as ``--repo-root``. ``idle_timeout`` bounds how
     long a read waits for the server's next byte (the profile's, like over SSH).
     """
-    if remote_usr and remote_usr != "usr":
-        argv = shlex.split(remote_usr)
-    else:
-        argv = [sys.executable, "-m", "usr"]
-    argv += ["plumbing", "serve", "--root", str(Path(base_dir).expanduser())]
-    if repo_root:
-        argv += ["--repo-root", str(Path(repo_root).expanduser())]
-    # A crash or pause point names one process: the client's does not reach the server
-    # (tests stop the server through remote_usr, "env USR_FAULT_POINT=... usr", as over SSH).
-    env = {k: v for k, v in os.environ.items() if k not in (faults.ENV, faults.PAUSE_ENV)}
-    package_parent = str(Path(__file__).resolve().parents[2])
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_parent, env.get("PYTHONPATH")]))
+    argv = prestart.local_argv(base_dir, remote_usr, repo_root)
+    env = prestart.child_env(local=True)
     hint = "check remote_usr in the profile"
     return spawn(argv, env, name, lock_timeout, idle_timeout, hint)
 
@@ -112,9 +100,9 @@ def spawn_openssh(profile: Any, name: str, lock_timeout: float | None = None) ->
     ControlMaster sockets, with host keys checked strictly (:func:`usr.sshcommand.openssh_argv`)."""
     from usr.sshcommand import openssh_argv
 
-    env = {k: v for k, v in os.environ.items() if k not in (faults.ENV, faults.PAUSE_ENV)}
+    argv, env = openssh_argv(profile), prestart.child_env(local=False)
     hint = 'install the OpenSSH client (ssh), or drop transport = "openssh" from the profile'
-    return spawn(openssh_argv(profile), env, name, lock_timeout, profile.idle_timeout, hint)
+    return spawn(argv, env, name, lock_timeout, profile.idle_timeout, hint)
 
 
 def spawn(
@@ -125,16 +113,10 @@ def spawn(
     idle_timeout: float | None,
     hint: str,
 ) -> RemoteSession:
-    """A session over a child process's stdin and stdout (its stderr kept for errors)."""
+    """A session over a child process's stdin and stdout (its stderr kept for errors): the
+    one :mod:`usr.sync.prestart` started early for this command line, else a new one."""
     try:
-        proc = subprocess.Popen(
-            argv,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=env,
-            bufsize=0,  # stdout unbuffered: the idle timeout polls its fd
-        )
+        proc = prestart.take(argv, env) or prestart.popen(argv, env)
     except OSError as exc:
         raise TransportError(f"cannot start {argv[0]}: {exc.strerror}", hint) from None
     tail = StderrTail()
