@@ -695,12 +695,10 @@ def _scale_one(b: Bench, n: int) -> dict[str, Any]:
     status, status_all = _repeat(reps, lambda: b.usr("status", name).check("usr status"))
     git_status, git_status_all = _repeat(reps, lambda: b.git(gitrepo, "status"))
     _remove(gitrepo)
-    # The stat cache, whatever its file is called (index.json today; index, index.*, or a
-    # directory of them after a rewrite).
-    index = sorted(ds.path.joinpath(".usr").glob("index*"))
-    index_bytes = sum(
-        datagen.dir_bytes(p) if p.is_dir() else p.stat().st_size for p in index if p.exists()
-    )
+    # The stat cache: .usr/stat-cache (binary, docs/format.md §6); index.json before it.
+    store_dir = ds.path / ".usr"
+    index = [p for p in (store_dir / "stat-cache", store_dir / "index.json") if p.exists()]
+    index_bytes = sum(p.stat().st_size for p in index)
 
     push = b.sync("push", name)
     push_noop, push_noop_all = _repeat(reps, lambda: b.sync("push", name))
