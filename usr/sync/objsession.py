@@ -161,9 +161,12 @@ class ObjectStoreSession:
         wants: list[str],
         haves: list[str] | None = None,
         blobs: bool = True,
+        stage: Any = None,
     ) -> TransferStats:
         """Bring ``wants`` (commits or trees) and what is below them into ``store``; only
-        what it lacks moves, all verified before it is written. Refs are not touched."""
+        what it lacks moves, all verified before it is written. Refs are not touched.
+        ``stage`` is accepted as :meth:`usr.sync.session.Session.fetch` takes it and left
+        unused: from a bucket nothing is staged while it lands (the checkout writes)."""
         start = time.monotonic()
         ds = validate_dataset_id(ds)
         wants = [p.check_oid(w, "caller") for w in wants]
