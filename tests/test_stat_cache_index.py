@@ -63,6 +63,9 @@ def test_the_cache_round_trips_in_git_order(tmp_path: Path, count: int) -> None:
     cache.save()
     again = index.StatCache(cache.path, inline_limit=4096)
     assert dict(again.entries) == dict(cache.entries)
+    # Past the first few finds the paths are bisected: misses before, between and after.
+    for missing in ("", "a", "d1/f", "d1.txt0", "zzz", "é/y"):
+        assert again.entries.get(missing) is None
     assert again.scan_ns == 123 and len(again.files) == len(names)
     order = [path for path, _ in again.files.items()]
     assert order == sorted(rel.encode() for rel in names)

@@ -26,10 +26,13 @@ removed by the first save.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import os
+import re
 import struct
 import tempfile
+from array import array
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -81,6 +84,10 @@ class _Table:
         self.count = len(raw) // row.size
         if names.count(b"\0") != self.count:
             raise ValueError("rows and paths do not match")
+        self.finds = 0
+        #: Where each path starts (and, at ``count``, where the paths end): listed by the
+        #: first :meth:`find` past the scanned few.
+        self.starts: array | None = None
 
     def __len__(self) -> int:
         return self.count
@@ -101,14 +108,32 @@ class _Table:
             yield path, fields
 
     def find(self, path: bytes) -> tuple[int, int] | None:
-        """``(row, path offset)`` of ``path``, or None (one search of the paths' bytes)."""
-        names = self.names
-        if names.startswith(path + b"\0"):
-            return 0, 0
-        pos = names.find(b"\0" + path + b"\0")
-        if pos < 0:
-            return None
-        return names.count(b"\0", 0, pos + 1), pos + 1
+        """``(row, path offset)`` of ``path``, or None. The first few are one search of the
+        paths' bytes each; after that the paths' offsets are listed once (8 bytes a row)
+        and each find is a binary search: a caller asking about every path stays linear."""
+        self.finds += 1
+        if self.finds <= _SCANNED_FINDS:
+            names = self.names
+            if names.startswith(path + b"\0"):
+                return 0, 0
+            pos = names.find(b"\0" + path + b"\0")
+            if pos < 0:
+                return None
+            return names.count(b"\0", 0, pos + 1), pos + 1
+        if self.starts is None:
+            self.starts = array("Q", [0])
+            self.starts.extend(m.end() for m in re.finditer(b"\0", self.names))
+        starts, names = self.starts, self.names
+        i = bisect.bisect_left(
+            range(self.count), path, key=lambda r: names[starts[r] : starts[r + 1] - 1]
+        )
+        if i < self.count and names[starts[i] : starts[i + 1] - 1] == path:
+            return i, starts[i]
+        return None
+
+
+#: Finds answered by a search of the paths' bytes before they are indexed for bisection.
+_SCANNED_FINDS = 8
 
 
 def _empty_table(row: struct.Struct) -> _Table:
