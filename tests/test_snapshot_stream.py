@@ -104,3 +104,32 @@ if __name__ == "__main__":
     with tempfile.TemporaryDirectory() as tmp:
         for name, text in scenario(_runner(env), Path(tmp) / "ds").items():
             (GOLDEN / name).write_text(text)
+
+
+def test_streamed_diff_equals_the_listed_one_and_sizes_new_files_unread(tmp_path: Path) -> None:
+    """Store.iter_diff gives Store.diff's changes in its order, sizes included: a new file
+    sized from its stat-cache row (inline, chunked, starting with the manifest magic)
+    has the size reading its entry gives."""
+    from usr.store import Store
+    from usr.store.objects import MAGIC
+
+    ds = tmp_path / "ds"
+    _put(ds, "d/x", b"x")
+    _put(ds, "d.txt", b"dot")
+    _put(ds, "a b/c", b"space")
+    store = Store.open(ds, create=True)
+    first = store.record("one").commit
+    _put(ds, "d/y", b"y" * 1000)
+    _put(ds, "d-e/z", MAGIC + b"not a manifest")
+    _put(ds, "big", bytes(range(256)) * 1300)
+    (ds / "d.txt").unlink()
+    _put(ds, "d.txt/inside", b"now a directory")
+    (ds / "a b/c").unlink()
+    _put(ds, "a b/c", b"changed")
+    second = store.record("two").commit
+    streamed = list(store.iter_diff(first, second))
+    assert streamed == store.diff(first, second)
+    assert [c.path for c in streamed] == sorted(c.path for c in streamed)
+    assert {c.path: c.new_size for c in streamed}["big"] == 256 * 1300
+    for a, b in ((None, second), (second, first)):
+        assert list(store.iter_diff(a, b)) == store.diff(a, b)
