@@ -7,13 +7,15 @@ by the store's one tree comparison, so these agree with ``diff-tree`` and the sy
 from __future__ import annotations
 
 import time
-from collections import Counter
+from collections.abc import Iterable, Iterator
 
 import click
 
 from porcelain.options import (
+    Later,
     complete_dataset,
     emit,
+    emit_stream,
     format_option,
     max_ids_option,
     output_level,
@@ -94,14 +96,12 @@ def _when(entry: LogEntry) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", stamp) + f" {sign}{hh:02d}{mm:02d}"
 
 
-def section_summary(changes: list[FileChange]) -> dict[str, dict]:
+def section_summary(changes: Iterable[FileChange]) -> dict[str, dict]:
     """Per section: changed flag and counts by status (every section listed)."""
-    out = {}
-    for section in SECTIONS:
-        mine = [c for c in changes if c.section == section]
-        counts = Counter(_STATUS_WORD[c.status] for c in mine)
-        out[section] = {"changed": bool(mine), "files": len(mine), **counts}
-    return out
+    report = ChangeReport()
+    for c in changes:
+        report.add(c)
+    return report.sections()
 
 
 def row_delta(store: Store, changes: list[FileChange]) -> dict | None:
@@ -120,20 +120,91 @@ def row_delta(store: Store, changes: list[FileChange]) -> dict | None:
 FILES_SHOWN = 20
 
 
-def _changes_text(changes: list[FileChange], indent: str = "  ") -> list[str]:
-    verbose = output_level().verbose
-    lines = []
-    for section in SECTIONS:
-        mine = [c for c in changes if c.section == section]
-        if not mine:
-            continue
-        lines.append(f"{indent}{section}:")
-        if len(mine) > FILES_SHOWN and not verbose:
-            lines += _collapsed(mine, indent + "  ")
-            continue
-        for c in mine:
-            lines.append(f"{indent}  {_status_word(c)} {c.path}  ({_sizes(c)})")
-    return lines
+def _changes_text(changes: Iterable[FileChange], indent: str = "  ") -> list[str]:
+    report = ChangeReport()
+    for c in changes:
+        report.add(c)
+    return report.text(indent)
+
+
+class _Section:
+    """One section's changes as a report needs them, whatever their number: the counts,
+    the first lines (every line with ``-v``) and the first directories' groups."""
+
+    def __init__(self, verbose: bool) -> None:
+        self.verbose = verbose
+        self.files = 0
+        self.counts: dict[str, int] = {}
+        self.lines: list[str] = []  # "<status> <path>  (<sizes>)", indent added later
+        #: (directory, status) -> [files, bytes, the first change]: the first FILES_SHOWN
+        #: groups in path order; the others are only counted.
+        self.groups: dict[tuple[str, str], list] = {}
+        self.more: set[tuple[str, str]] = set()
+
+    def add(self, c: FileChange) -> None:
+        self.files += 1
+        word = _STATUS_WORD[c.status]
+        self.counts[word] = self.counts.get(word, 0) + 1
+        if self.verbose or len(self.lines) <= FILES_SHOWN:
+            self.lines.append(f"{_status_word(c)} {c.path}  ({_sizes(c)})")
+        parent = c.path.rsplit("/", 1)[0] + "/" if "/" in c.path else c.path
+        key = (parent, c.status)
+        group = self.groups.get(key)
+        if group is None and len(self.groups) >= FILES_SHOWN:
+            self.more.add(key)
+            return
+        if group is None:
+            group = self.groups[key] = [0, 0, c]
+        group[0] += 1
+        group[1] += (c.old_size if c.status == "D" else c.new_size) or 0
+
+    def text(self, indent: str) -> list[str]:
+        if self.files <= FILES_SHOWN or self.verbose:
+            return [f"{indent}{line}" for line in self.lines]
+        lines = []
+        for (where, _), (files, size, first) in self.groups.items():
+            what = f"{files} files, {_size(size)}" if files > 1 else _sizes(first)
+            lines.append(f"{indent}{_status_word(first)} {where}  ({what})")
+        if self.more:
+            lines.append(f"{indent}... and {len(self.more)} more directories (-v lists every file)")
+        return lines
+
+
+class ChangeReport:
+    """What status, snapshot, log and show print of a comparison, gathered one change at a
+    time (a million changes are never a list): the section summary and the text, which
+    collapses a section of more than FILES_SHOWN files to one line per directory."""
+
+    def __init__(self) -> None:
+        verbose = output_level().verbose
+        self.total = 0
+        self._sections = {section: _Section(verbose) for section in SECTIONS}
+
+    def add(self, c: FileChange) -> None:
+        self.total += 1
+        section = self._sections.get(c.section)
+        if section is not None:
+            section.add(c)
+
+    def feed(self, changes: Iterable[FileChange]) -> Iterator[dict]:
+        """Each change's JSON object, counting it as it goes by."""
+        for c in changes:
+            self.add(c)
+            yield c.as_dict()
+
+    def sections(self) -> dict[str, dict]:
+        return {
+            name: {"changed": bool(s.files), "files": s.files, **s.counts}
+            for name, s in self._sections.items()
+        }
+
+    def text(self, indent: str = "  ") -> list[str]:
+        lines = []
+        for name, s in self._sections.items():
+            if s.files:
+                lines.append(f"{indent}{name}:")
+                lines += s.text(indent + "  ")
+        return lines
 
 
 def _status_word(c: FileChange) -> str:
@@ -147,25 +218,6 @@ def _sizes(c: FileChange) -> str:
     if c.status == "D":
         return _size(c.old_size)
     return f"{_size(c.old_size)} -> {_size(c.new_size)}"
-
-
-def _collapsed(changes: list[FileChange], indent: str) -> list[str]:
-    """Many changed files as one line per directory and kind: ``added _artifacts/b/ (3000
-    files, 2.9 MiB)``, the first ``FILES_SHOWN`` of them and a count of the rest."""
-    groups: dict[tuple[str, str], list[FileChange]] = {}
-    for c in changes:
-        parent = c.path.rsplit("/", 1)[0] + "/" if "/" in c.path else c.path
-        groups.setdefault((parent, c.status), []).append(c)
-    lines = []
-    for (where, status), members in list(groups.items())[:FILES_SHOWN]:
-        size = sum((c.old_size if status == "D" else c.new_size) or 0 for c in members)
-        what = f"{len(members)} files, {_size(size)}" if len(members) > 1 else _sizes(members[0])
-        lines.append(f"{indent}{_status_word(members[0])} {where}  ({what})")
-    if len(groups) > FILES_SHOWN:
-        lines.append(
-            f"{indent}... and {len(groups) - FILES_SHOWN} more directories (-v lists every file)"
-        )
-    return lines
 
 
 def _stat_text(store: Store, changes: list[FileChange]) -> list[str]:
@@ -202,23 +254,30 @@ def snapshot_cmd(settings, dataset: str, message: str | None, fmt: str) -> None:
     store = open_store(settings, dataset)
     before = store.head()
     recorded = store.record("snapshot", message=message)
-    changes = store.diff(before, recorded.commit) if recorded.created else []
+    # Streamed, not listed: 1,000,000 added files are never a list of changes or dicts.
+    changes = store.iter_diff(before, recorded.commit) if recorded.created else iter(())
+    report = ChangeReport()
     data = {
         "dataset": dataset,
         "created": recorded.created,
         "commit": recorded.commit,
         "parent": before,
-        "changes": [c.as_dict() for c in changes],
-        "sections": section_summary(changes),
+        "changes": report.feed(changes),
+        "sections": Later(report.sections),
     }
+    if fmt == "json":
+        emit_stream(data)
+        return
+    for _ in data["changes"]:
+        pass
     if recorded.created:
-        text = [f"recorded {recorded.commit[:12]} snapshot of {dataset}: {len(changes)} files"]
-        text += _changes_text(changes)
+        text = [f"recorded {recorded.commit[:12]} snapshot of {dataset}: {report.total} files"]
+        text += report.text()
     elif recorded.commit is None:
         text = [f"nothing to record: {dataset} has no files"]
     else:
         text = [f"nothing to record: {dataset} matches {recorded.commit[:12]}"]
-    emit(fmt, data, "\n".join(text))
+    emit(fmt, None, "\n".join(text))
 
 
 @click.command("status")
@@ -247,26 +306,32 @@ def status_cmd(
             target, remote, engine.SyncOptions(remotes_config=remotes_config)
         )
     head = store.head()
-    changes = store.status()
+    changes = store.iter_diff(head, store.working_tree())  # streamed, as snapshot's
+    report = ChangeReport()
     data = {
         "dataset": dataset,
         "head": head,
-        "clean": not changes,
-        "changes": [c.as_dict() for c in changes],
-        "sections": section_summary(changes),
+        "clean": Later(lambda: report.total == 0),
+        "changes": report.feed(changes),
+        "sections": Later(report.sections),
+        "remotes": apart,
     }
+    if fmt == "json":
+        emit_stream(data)
+        return
+    for _ in data["changes"]:
+        pass
     where = f"HEAD {head[:12]}" if head else "no recorded state yet"
-    if not changes:
+    if not report.total:
         text = [f"{dataset}: clean ({where})"]
     else:
-        text = [f"{dataset}: {len(changes)} unrecorded changes against {where}"]
-        text += _changes_text(changes)
-        clean = [s for s, info in data["sections"].items() if not info["changed"]]
+        text = [f"{dataset}: {report.total} unrecorded changes against {where}"]
+        text += report.text()
+        clean = [s for s, info in report.sections().items() if not info["changed"]]
         text.append(f"  unchanged: {', '.join(clean) or '-'}")
         text.append(f"(run 'usr snapshot {dataset}' to record them)")
-    data["remotes"] = apart
     text += engine.status_text(apart)
-    emit(fmt, data, "\n".join(text))
+    emit(fmt, None, "\n".join(text))
 
 
 def subject(entry: LogEntry) -> str:

@@ -10,9 +10,10 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import click
 
@@ -214,6 +215,62 @@ def emit(fmt: str, data: Any, text: str | None = None, page: bool = False) -> No
             click.echo_via_pager(text, color=color() is not False)
         else:
             click.echo(text, color=color())
+
+
+class Later:
+    """A value of a streamed document made when :func:`emit_stream` reaches it, so after
+    the keys sorted before it (a streamed list's summary, say) are written."""
+
+    def __init__(self, make: Callable[[], Any]) -> None:
+        self.make = make
+
+
+_SCALARS = (str, int, float, bool, type(None))
+
+
+def emit_stream(data: dict[str, Any], out: TextIO | None = None) -> None:
+    """``--format json`` of ``data`` whose values may be iterators (written as lists, item
+    by item) and :class:`Later`: the bytes :func:`emit` prints for the same document with
+    the lists built, without building them or the whole string (as
+    :func:`usr.sync.engine.dump_audit` does for audit files)."""
+    out = out or sys.stdout
+    _dump(envelope(data), 0, out)
+    out.write("\n")
+    out.flush()
+
+
+def _dump(value: Any, level: int, out: TextIO) -> None:
+    if isinstance(value, Later):
+        value = value.make()
+    pad = "  " * (level + 1)
+    if isinstance(value, dict) and any(_streamed(v) for v in value.values()):
+        sep = "{"
+        for key in sorted(value):
+            out.write(f"{sep}\n{pad}{json.dumps(key)}: ")
+            _dump(value[key], level + 1, out)
+            sep = ","
+        out.write("\n" + "  " * level + "}")
+    elif isinstance(value, Iterator):
+        sep = "["
+        fields = json.JSONEncoder(sort_keys=True, separators=(",\n" + pad + "  ", ": "))
+        for item in value:
+            out.write(f"{sep}\n{pad}")
+            if isinstance(item, dict) and item and all(type(v) in _SCALARS for v in item.values()):
+                # The C encoder with the indented layout's separators (one flat dict).
+                out.write(f"{{\n{pad}  {fields.encode(item)[1:-1]}\n{pad}}}")
+            else:
+                _dump(item, level + 1, out)
+            sep = ","
+        out.write("[]" if sep == "[" else "\n" + "  " * level + "]")
+    else:
+        text = json.dumps(value, indent=2, sort_keys=True, default=str)
+        out.write(text.replace("\n", "\n" + "  " * level))
+
+
+def _streamed(value: Any) -> bool:
+    return isinstance(value, Later | Iterator) or (
+        isinstance(value, dict) and any(_streamed(v) for v in value.values())
+    )
 
 
 def color() -> bool | None:

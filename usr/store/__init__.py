@@ -23,6 +23,9 @@ CONTRACT (other layers code against exactly this; the store issue implements it)
 ``store.diff(a, b, sizes=True) -> list[FileChange]``
     Exact per-file comparison of two trees or commits (either may be None = empty);
     ``sizes=False`` leaves the sizes None and reads no blob.
+``store.iter_diff(a, b) -> Iterator[FileChange]``
+    The same changes with sizes, one at a time in the same order (a new file's size
+    comes from its stat-cache row, unread): what snapshot and status print from.
 ``store.merge_base(a, b)``, ``store.is_ancestor(a, b)``, ``store.log(commit)``.
 ``store.lock(what)``
     The dataset lock, reentrant in this process. Use it instead of

@@ -37,28 +37,36 @@ def _files_under(repo: pygit2.Repository, prefix: str, tree_id: str) -> Iterator
 def _walk(
     repo: pygit2.Repository, prefix: str, a: str | None, b: str | None
 ) -> Iterator[tuple[str, str | None, str | None]]:
-    """``(path, old_id, new_id)`` for every differing file under two trees."""
+    """``(path, old_id, new_id)`` for every differing file under two trees, in path order:
+    a directory sorts as its name and "/", as its paths do (``d.txt`` before ``d/x``), and
+    a file that became a directory (or back) as its own name, before both."""
     old, new = _children(repo, a), _children(repo, b)
-    for name in sorted(set(old) | set(new)):
-        rel = f"{prefix}{name}"
-        check_relpath(rel)
+    items = []  # (sort key, name, the directory side?)
+    for name in set(old) | set(new):
+        check_relpath(f"{prefix}{name}")
         o, n = old.get(name), new.get(name)
         if o == n:
+            continue
+        sides = [s for s in (o, n) if s is not None]
+        if any(s[1] != MODE_TREE for s in sides):
+            items.append((name, name, False))
+        if any(s[1] == MODE_TREE for s in sides):
+            items.append((name + "/", name, True))
+    for _, name, is_tree in sorted(items):
+        rel = f"{prefix}{name}"
+        o, n = old.get(name), new.get(name)
+        if is_tree:
+            o_tree = o[0] if o is not None and o[1] == MODE_TREE else None
+            n_tree = n[0] if n is not None and n[1] == MODE_TREE else None
+            yield from _walk(repo, rel + "/", o_tree, n_tree)
             continue
         for side in (o, n):
             if side is not None and side[1] != MODE_TREE and side[1] not in FILE_MODES:
                 raise InputError(f"tree entry {rel!r} has mode {side[1]:o}; refused")
-        o_tree = o is not None and o[1] == MODE_TREE
-        n_tree = n is not None and n[1] == MODE_TREE
-        if o_tree or n_tree:
-            yield from _walk(repo, rel + "/", o[0] if o_tree else None, n[0] if n_tree else None)
-        o_file = o if o is not None and o[1] in FILE_MODES else None
-        n_file = n if n is not None and n[1] in FILE_MODES else None
-        if o_file is None and n_file is None:
-            continue
-        if o_file is not None and n_file is not None and o_file[0] == n_file[0]:
-            continue  # only the mode changed: same bytes, not a content change
-        yield rel, o_file[0] if o_file else None, n_file[0] if n_file else None
+        o_file = o[0] if o is not None and o[1] in FILE_MODES else None
+        n_file = n[0] if n is not None and n[1] in FILE_MODES else None
+        if o_file != n_file:  # a mode-only change is the same bytes: not a content change
+            yield rel, o_file, n_file
 
 
 def _no_size(_oid: str) -> None:
@@ -74,20 +82,29 @@ def diff_trees(
     """Every file that differs between trees ``a`` and ``b`` (either may be None), sorted
     by path, with section, ids and whole-file sizes (manifest sizes for chunked files);
     with ``size_of`` None, no sizes (None), and no blob is read."""
+    return list(iter_diff(repo, a, b, size_of))
+
+
+def iter_diff(
+    repo: pygit2.Repository,
+    a: str | None,
+    b: str | None,
+    size_of: Callable[[str], int | None] | None,
+    new_size_of: Callable[[str, str], int | None] | None = None,
+) -> Iterator[FileChange]:
+    """:func:`diff_trees` one change at a time, in the same (path) order, holding only
+    the trees on the current path. ``new_size_of(path, new_id)``, when given, sizes the
+    new side instead of ``size_of`` (a stat-cache row knows a new file's size unread)."""
     size = size_of or _no_size
-    changes = []
+    new_size = new_size_of or (lambda _path, oid: size(oid))
     for rel, old, new in _walk(repo, "", a, b):
         status = "A" if old is None else "D" if new is None else "M"
-        changes.append(
-            FileChange(
-                path=rel,
-                status=status,
-                section=section_of(rel),
-                old_id=old,
-                new_id=new,
-                old_size=size(old) if old else None,
-                new_size=size(new) if new else None,
-            )
+        yield FileChange(
+            path=rel,
+            status=status,
+            section=section_of(rel),
+            old_id=old,
+            new_id=new,
+            old_size=size(old) if old else None,
+            new_size=new_size(rel, new) if new else None,
         )
-    changes.sort(key=lambda c: c.path)
-    return changes

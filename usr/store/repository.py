@@ -26,7 +26,7 @@ from usr.layout import STORE_DIR
 from usr.locks import dataset_lock
 from usr.store import checkout, fsck, gc, revisions, revlist
 from usr.store.chunks import ChunkStore
-from usr.store.diff_tree import diff_trees
+from usr.store.diff_tree import diff_trees, iter_diff
 from usr.store.gitpack import ObjectWriter, write_loose
 from usr.store.index import RACY_NS, StatCache
 from usr.store.model import FileChange, LogEntry, Recorded, ScanStats
@@ -401,6 +401,13 @@ class Store:
         which reads each blob once as it writes it) should not pay for."""
         size_of = self.entry_size if sizes else None
         return diff_trees(self.repo, self.tree_of(a), self.tree_of(b), size_of)
+
+    def iter_diff(self, a: str | None, b: str | None) -> Iterator[FileChange]:
+        """:meth:`diff` with sizes, one change at a time in the same order. A new side whose
+        path and id the stat cache holds is sized from its row, unread (after a
+        ``record`` or ``working_tree`` the cache describes the new tree)."""
+        sizes = self.stat_cache().sizes_in_order(self.entry_size)
+        return iter_diff(self.repo, self.tree_of(a), self.tree_of(b), self.entry_size, sizes)
 
     def log(self, commit: str | None = None, limit: int | None = None) -> list[LogEntry]:
         """Recorded states reachable from ``commit`` (default HEAD), newest first."""
