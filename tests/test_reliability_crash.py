@@ -44,7 +44,7 @@ from tests.reliability_helpers import (
 from usr.errors import TransportError
 
 #: Cases per CI run (the full set runs with USR_FULL_SWEEP=1).
-PER_RUN = 10
+PER_RUN = 8
 
 
 @dataclass(frozen=True)
