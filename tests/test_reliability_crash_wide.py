@@ -17,7 +17,6 @@ them all (docs/reliability.md, "Crash safety").
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -40,9 +39,9 @@ from usr.errors import InputError
 from usr.layout import MAX_RELPATH, check_relpath
 
 #: Cases per CI run (the full set runs with USR_FULL_SWEEP=1): each costs about 8 s of CPU
-#: on this tree, so 6 keep the window near 50 s; its own salt, so the window does not move
+#: on this tree, so 5 keep the window near 50 s; its own salt, so the window does not move
 #: in step with the crash sweep's.
-PER_RUN = 6
+PER_RUN = 5
 SALT = 23
 
 WIDE = 2000  # sidecar directories
@@ -156,8 +155,6 @@ def test_killed_wide_transfer_leaves_valid_copies_and_rerun_completes(
     kill_then_rerun(pair, case)
     assert (pair.local_dir / DEEP).read_text() == "the deepest file, batch 7\n"
     assert (pair.remote_dir / _sidecar(1990)).read_text() == '{"sidecar": 1990, "batch": 7}\n'
-    # Passed: free the disk now (two copies of 2,500 directories per case add up).
-    subprocess.run(["rm", "-rf", "--", str(pair.tmp)], check=True)
 
 
 def test_the_deep_path_is_the_deepest_the_layout_allows() -> None:
