@@ -14,15 +14,20 @@ import os
 import random
 import select
 import shutil
+import signal
+import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pygit2
+import pytest
 import tomli_w
 
 from tests.conftest import Result, run_usr
 from usr.dataset import Dataset
+from usr.errors import TransportError
 from usr.store import Store, gitpack
 
 DS = "densegen/my_dataset"
@@ -170,25 +175,46 @@ def make_pair(kind: str, tmp: Path, sshd: object | None = None) -> Pair:
 
 
 def prepare_pair(
-    kind: str, template: Path, tmp: Path, command: str, sshd: object | None = None, **change
+    kind: str,
+    template: Path,
+    tmp: Path,
+    command: str,
+    sshd: object | None = None,
+    changed: bool = False,
+    **change,
 ) -> Pair:
     """A copy of the synced ``template`` pair where the sending side (laptop for a push,
-    cluster for a pull) has new work (:func:`change_dataset`) to transfer."""
+    cluster for a pull) has new work (:func:`change_dataset`) to transfer; ``changed``: the
+    template's sending side holds it already (a template prepared once per command)."""
     pair = make_pair(kind, tmp, sshd)
     copy_tree(template / "laptop", pair.local_root)
     copy_tree(template / "cluster", pair.remote_root)
-    change_dataset(pair.local_root if command == "push" else pair.remote_root, 7, **change)
+    if not changed:
+        change_dataset(pair.local_root if command == "push" else pair.remote_root, 7, **change)
     return pair
 
 
-def build_template(base: Path) -> Path:
-    """Laptop and cluster copies of one dataset, synced (the cluster built it, the laptop
-    pulled it in-process over a local remote); tests copy it instead of rebuilding."""
+def prepare_case(
+    case: Kill, template: Path, tmp: Path, request: pytest.FixtureRequest, changed: bool = False
+) -> Pair:
+    """:func:`prepare_pair` for ``case`` (the sshd fixture fetched only for an ssh case),
+    the receiving copy removed for a bootstrap."""
+    sshd = request.getfixturevalue("sshd") if case.kind == "ssh" else None
+    pair = prepare_pair(case.kind, template, tmp, case.command, sshd, changed)
+    if case.bootstrap:  # the receiving side has nothing yet
+        shutil.rmtree(pair.remote_dir if case.command == "push" else pair.local_dir)
+    return pair
+
+
+def build_template(base: Path, build: Callable[[Path], Path] | None = None) -> Path:
+    """Laptop and cluster copies of one dataset, synced (the cluster built it with
+    ``build``, by default :func:`build_dataset`; the laptop pulled it in-process over a
+    local remote); tests copy it instead of rebuilding."""
     from usr.sync import engine
 
     (base / "laptop").mkdir()
     (base / "cluster").mkdir()
-    build_dataset(base / "cluster")
+    (build or build_dataset)(base / "cluster")
     config = base / "template-remotes.toml"
     table = {"type": "local", "base_dir": str(base / "cluster")}
     config.write_text(tomli_w.dumps({"remotes": {REMOTE: table}}))
@@ -242,7 +268,10 @@ def change_dataset(root: Path, seed: int, aux_growth: int = 1_000_000) -> None:
 
 
 def copy_tree(src: Path, dst: Path) -> None:
-    shutil.copytree(src, dst, symlinks=True)
+    """``src`` copied to ``dst`` (which must not exist) by ``cp -a``: modes, times and
+    symlinks kept, and fast on trees of thousands of directories."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["cp", "-a", "--", str(src), str(dst)], check=True)
 
 
 def sweep(cases: list, per_run: int, salt: int = 0) -> list:
@@ -256,3 +285,112 @@ def sweep(cases: list, per_run: int, salt: int = 0) -> list:
     random.Random(20261130 + salt).shuffle(order)
     start = (seed * per_run) % len(order)
     return [order[(start + i) % len(order)] for i in range(per_run)]
+
+
+@dataclass(frozen=True)
+class Kill:
+    """One crash case: ``usr COMMAND DS bu-scc -y`` with ``point`` armed in one process."""
+
+    command: str  # push | pull
+    side: str  # client | server: the process that dies
+    point: str  # USR_FAULT_POINT value, name[:N]
+    kind: str = "ssh"  # ssh | local
+    bootstrap: bool = False  # the receiving side has no copy yet
+
+    @property
+    def id(self) -> str:
+        boot = "-bootstrap" if self.bootstrap else ""
+        return f"{self.kind}-{self.command}{boot}-{self.side}-{self.point}"
+
+    @property
+    def args(self) -> tuple[str, ...]:
+        return (self.command, DS, REMOTE, "-y")
+
+
+#: Points where a killed checkout has left files staged for the receiver.
+STAGING_POINTS = ("checkout.mid-stage", "checkout.staged", "checkout.streamed-file")
+
+
+def check_after_kill(
+    directory: Path, before: dict[str, bytes], target: dict[str, bytes], commits: set[str]
+) -> None:
+    """Sound store, a recorded (or untouched) working state, no recorded state lost."""
+    store = open_store(directory)
+    files = files_of(directory)
+    assert files in (before, target), f"{directory.name}: files are neither before nor after"
+    if store is None:
+        assert files == before == {} and not commits
+        return
+    assert store.fsck() == []
+    if store.head() is not None:
+        assert store.verify_working() == [] or files == before, "files differ from HEAD"
+    else:
+        assert files == before == {}
+    assert commits <= reachable(store), "a recorded state was lost"
+
+
+def staged_inodes(directory: Path) -> dict[str, int]:
+    """Files a killed checkout left staged, by dataset path: a rerun that reuses them
+    renames these very files into place."""
+    out = {}
+    for staging in leftovers(directory, ".usr-staging-"):
+        for f in staging.rglob("*"):
+            if f.is_file():
+                out[f.relative_to(staging).as_posix()] = f.stat().st_ino
+    return out
+
+
+def check_completed(pair: Pair, target: dict[str, bytes], commits: dict[str, set[str]]) -> None:
+    """Both heads equal, both copies exactly ``target``, stores sound and tidy."""
+    local, remote = open_store(pair.local_dir), open_store(pair.remote_dir)
+    assert local is not None and remote is not None
+    assert local.head() == remote.head() is not None
+    assert local.head(f"refs/remotes/{REMOTE}/main") == local.head()
+    assert files_of(pair.local_dir) == files_of(pair.remote_dir) == target
+    for name, store in (("local", local), ("remote", remote)):
+        assert store.fsck() == [], name
+        assert store.verify_working() == [], name
+        assert commits[name] <= reachable(store), f"{name}: a recorded state was lost"
+        assert not leftovers(store.path, ".usr-staging-"), f"{name}: staging left behind"
+        assert not (store.gitdir / "CHECKOUT").exists(), f"{name}: checkout journal left"
+        store.gc(prune_age=0)
+        assert not leftovers(store.path, ".usr-tmp-"), f"{name}: temp files survive gc"
+        assert store.fsck() == [], name
+
+
+def kill(pair: Pair, args: tuple[str, ...], side: str, point: str) -> None:
+    """Run the command with ``point`` armed in the ``side`` process; it must die there
+    (a killed server is reported by the client in one ``usr: error:`` line, exit 6)."""
+    if side == "client":
+        killed = pair.run(*args, client_fault=point)
+        assert killed.returncode == -signal.SIGKILL, (killed.returncode, killed.stderr)
+    else:
+        killed = pair.run(*args, server_fault=point)
+        lines = killed.stderr.strip().splitlines()
+        assert killed.returncode == TransportError.exit_code, killed.stderr
+        assert len(lines) == 1 and lines[0].startswith("usr: error: "), killed.stderr
+
+
+def kill_then_rerun(pair: Pair, case: Kill) -> None:
+    """The crash promise for one case on a prepared ``pair``: the command killed at the
+    case's point leaves both copies valid (:func:`check_after_kill`), what a killed
+    checkout staged is there, and the rerun completes (:func:`check_completed`) reusing
+    the staged files (same inode)."""
+    sides = {"local": pair.local_dir, "remote": pair.remote_dir}
+    before = {name: files_of(d) for name, d in sides.items()}
+    commits = {name: reachable(open_store(d)) for name, d in sides.items()}
+    target = before["local" if case.command == "push" else "remote"]
+
+    kill(pair, case.args, case.side, case.point)
+    for name, directory in sides.items():
+        check_after_kill(directory, before[name], target, commits[name])
+    staged = {name: staged_inodes(d) for name, d in sides.items()}
+    if case.point.split(":")[0] in STAGING_POINTS:
+        assert staged["remote" if case.command == "push" else "local"], "nothing was staged"
+
+    again = pair.run(*case.args)
+    assert again.returncode == 0, again.stderr
+    check_completed(pair, target, commits)
+    for name, directory in sides.items():  # what a killed checkout staged was reused
+        for rel, inode in staged[name].items():
+            assert (directory / rel).stat().st_ino == inode, f"{name}: {rel} staged again"

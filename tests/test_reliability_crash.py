@@ -20,9 +20,7 @@ runs them all (docs/reliability.md, "Crash safety").
 
 from __future__ import annotations
 
-import shutil
 import signal
-from dataclasses import dataclass
 from pathlib import Path
 
 import pygit2
@@ -31,12 +29,17 @@ import pytest
 from tests.reliability_helpers import (
     DS,
     REMOTE,
-    Pair,
+    Kill,
     build_template,
     change_dataset,
+    check_after_kill,
+    check_completed,
     files_of,
+    kill,
+    kill_then_rerun,
     leftovers,
     open_store,
+    prepare_case,
     prepare_pair,
     reachable,
     sweep,
@@ -45,20 +48,6 @@ from usr.errors import TransportError
 
 #: Cases per CI run (the full set runs with USR_FULL_SWEEP=1).
 PER_RUN = 8
-
-
-@dataclass(frozen=True)
-class Kill:
-    command: str  # push | pull
-    side: str  # client | server: the process that dies
-    point: str  # USR_FAULT_POINT value, name[:N]
-    kind: str = "ssh"  # ssh | local
-    bootstrap: bool = False  # the receiving side has no copy yet
-
-    @property
-    def id(self) -> str:
-        boot = "-bootstrap" if self.bootstrap else ""
-        return f"{self.kind}-{self.command}{boot}-{self.side}-{self.point}"
 
 
 KILLS = [
@@ -130,100 +119,11 @@ def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_template(tmp_path_factory.mktemp("crash-template"))
 
 
-def _prepare(case: Kill, template: Path, tmp_path: Path, request) -> Pair:
-    sshd = request.getfixturevalue("sshd") if case.kind == "ssh" else None
-    pair = prepare_pair(case.kind, template, tmp_path, case.command, sshd)
-    if case.bootstrap:  # the receiving side has nothing yet
-        shutil.rmtree(pair.remote_dir if case.command == "push" else pair.local_dir)
-    return pair
-
-
-def _check_after_kill(
-    directory: Path, before: dict[str, bytes], target: dict[str, bytes], commits: set[str]
-) -> None:
-    """Sound store, a recorded (or untouched) working state, no recorded state lost."""
-    store = open_store(directory)
-    files = files_of(directory)
-    assert files in (before, target), f"{directory.name}: files are neither before nor after"
-    if store is None:
-        assert files == before == {} and not commits
-        return
-    assert store.fsck() == []
-    if store.head() is not None:
-        assert store.verify_working() == [] or files == before, "files differ from HEAD"
-    else:
-        assert files == before == {}
-    assert commits <= reachable(store), "a recorded state was lost"
-
-
-def _staged_inodes(directory: Path) -> dict[str, int]:
-    """Files a killed checkout left staged, by dataset path: a rerun that reuses them
-    renames these very files into place."""
-    out = {}
-    for staging in leftovers(directory, ".usr-staging-"):
-        for f in staging.rglob("*"):
-            if f.is_file():
-                out[f.relative_to(staging).as_posix()] = f.stat().st_ino
-    return out
-
-
-def _check_completed(pair: Pair, target: dict[str, bytes], commits: dict[str, set[str]]) -> None:
-    local, remote = open_store(pair.local_dir), open_store(pair.remote_dir)
-    assert local is not None and remote is not None
-    assert local.head() == remote.head() is not None
-    assert local.head(f"refs/remotes/{REMOTE}/main") == local.head()
-    assert files_of(pair.local_dir) == files_of(pair.remote_dir) == target
-    for name, store in (("local", local), ("remote", remote)):
-        assert store.fsck() == [], name
-        assert store.verify_working() == [], name
-        assert commits[name] <= reachable(store), f"{name}: a recorded state was lost"
-        assert not leftovers(store.path, ".usr-staging-"), f"{name}: staging left behind"
-        assert not (store.gitdir / "CHECKOUT").exists(), f"{name}: checkout journal left"
-        store.gc(prune_age=0)
-        assert not leftovers(store.path, ".usr-tmp-"), f"{name}: temp files survive gc"
-        assert store.fsck() == [], name
-
-
-def _kill(pair: Pair, args: tuple[str, ...], side: str, point: str) -> None:
-    """Run the command with ``point`` armed in the ``side`` process; it must die there."""
-    if side == "client":
-        killed = pair.run(*args, client_fault=point)
-        assert killed.returncode == -signal.SIGKILL, (killed.returncode, killed.stderr)
-    else:
-        killed = pair.run(*args, server_fault=point)
-        lines = killed.stderr.strip().splitlines()
-        assert killed.returncode == TransportError.exit_code, killed.stderr
-        assert len(lines) == 1 and lines[0].startswith("usr: error: "), killed.stderr
-
-
 @pytest.mark.parametrize("case", SELECTED, ids=[c.id for c in SELECTED])
 def test_killed_transfer_leaves_valid_copies_and_rerun_completes(
-    case: Kill, template: Path, tmp_path: Path, request
+    case: Kill, template: Path, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
-    pair = _prepare(case, template, tmp_path, request)
-    sides = {"local": pair.local_dir, "remote": pair.remote_dir}
-    before = {name: files_of(d) for name, d in sides.items()}
-    commits = {name: reachable(open_store(d)) for name, d in sides.items()}
-    target = before["local" if case.command == "push" else "remote"]
-    args = (case.command, DS, REMOTE, "-y")
-
-    _kill(pair, args, case.side, case.point)
-    for name, directory in sides.items():
-        _check_after_kill(directory, before[name], target, commits[name])
-    staged = {name: _staged_inodes(d) for name, d in sides.items()}
-    if case.point.split(":")[0] in (
-        "checkout.mid-stage",
-        "checkout.staged",
-        "checkout.streamed-file",
-    ):
-        assert staged["remote" if case.command == "push" else "local"], "nothing was staged"
-
-    again = pair.run(*args)
-    assert again.returncode == 0, again.stderr
-    _check_completed(pair, target, commits)
-    for name, directory in sides.items():  # what a killed checkout staged was reused
-        for rel, inode in staged[name].items():
-            assert (directory / rel).stat().st_ino == inode, f"{name}: {rel} staged again"
+    kill_then_rerun(prepare_case(case, template, tmp_path, request), case)
 
 
 def test_sweep_covers_every_sync_point_and_enough_kill_points(
@@ -353,9 +253,9 @@ def test_rerun_killed_again_still_completes(
     args = (command, DS, REMOTE, "-y")
     side, points = CHAINS[command]
     for point in points:
-        _kill(pair, args, side, point)
+        kill(pair, args, side, point)
         for name, directory in sides.items():
-            _check_after_kill(directory, before[name], target, commits[name])
+            check_after_kill(directory, before[name], target, commits[name])
     again = pair.run(*args)
     assert again.returncode == 0, again.stderr
-    _check_completed(pair, target, commits)
+    check_completed(pair, target, commits)

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import run_usr
+from usr.dataset import Dataset
 from usr.layout import MAX_RELPATH
 from usr.store import Store, index
 from usr.store.worktree import walk_tree
@@ -231,3 +233,34 @@ def test_a_checkout_drops_the_cached_trees_above_what_it_wrote(tmp_path: Path) -
     assert store.working_tree() == store.tree_of(first)
     assert store.stat_cache().tree == store.tree_of(first)
     assert _full_rebuild(store) == store.tree_of(first) != store.tree_of(second)
+
+
+def test_status_on_the_wide_and_deep_tree_names_each_touched_file_and_nothing_else(
+    tmp_path: Path,
+) -> None:
+    """``usr status`` (the CLI, the stat cache it saves between runs) on a dataset of 2,000
+    directories and the deepest path: a no-op reports nothing, then one file edited in
+    place (same size, mtime put back: only the ctime tells) in the deepest directory and
+    then among the 2,000 is reported alone, and putting its bytes back is clean again."""
+    root = tmp_path / "root"
+    ds = Dataset.init(root, "wide", source="test")
+    for i in range(2000):
+        _write(ds.path, f"_aux/g{i % 40:02d}/d{i:04d}/f.txt", b"%04d" % i)
+    _write(ds.path, DEEP, b"deep")
+    ds.record_state("import")
+
+    def status() -> list[tuple[str, str]]:
+        out = run_usr("--root", str(root), "status", "wide", "--format", "json")
+        assert out.returncode == 0, out.stderr
+        data = json.loads(out.stdout)["data"]
+        assert data["clean"] == (not data["changes"])
+        return [(c["status"], c["path"]) for c in data["changes"]]
+
+    assert status() == []
+    assert status() == []  # and again, from the cache the first one saved
+    for rel, edited in ((DEEP, b"DEEP"), ("_aux/g17/d1217/f.txt", b"XXXX")):
+        original = (ds.path / rel).read_bytes()
+        _write(ds.path, rel, edited)
+        assert status() == [("M", rel)]
+        _write(ds.path, rel, original)
+        assert status() == []
