@@ -151,7 +151,8 @@ def test_top_down_set_covers_the_exact_difference(tmp_path: Path, seed: int) -> 
 def test_equal_subtrees_are_never_read(tmp_path: Path) -> None:
     repo = pygit2.init_repository(str(tmp_path / "r.git"), bare=True)
     sig = pygit2.Signature("t", "t@example.invalid", 1_700_000_000, 0)
-    files = {f"d{d:02d}/s{s}/f{f}.txt": f"{d} {s} {f}".encode() for d in range(30) for s in range(4) for f in range(5)}  # fmt: skip
+    files = {f"d{d:02d}/s{s}/f{f}.txt": f"{d} {s} {f}".encode()
+             for d in range(30) for s in range(4) for f in range(5)}  # fmt: skip
     first = str(repo.create_commit(None, sig, sig, "a", _write_tree(repo, files), []))
     files["d07/s2/new.txt"] = b"new"
     second = str(repo.create_commit(None, sig, sig, "b", _write_tree(repo, files), [first]))
@@ -284,6 +285,30 @@ def _check_one_new_file(first: dict, second: dict, remote: Path) -> None:
 
 def test_one_new_file_push_over_a_local_remote(bootstrapped: Path, tmp_path: Path) -> None:
     _check_one_new_file(*_one_new_file_push(bootstrapped, tmp_path, {"type": "local"}))
+
+
+def test_one_new_file_push_reads_a_handful_of_trees(
+    bootstrapped: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The client's negotiation of a push, in process: the trees it reads are those on the
+    new file's path (here and in the remote's head), not the ~160 of the state."""
+    from usr.sync import engine, options
+
+    first, _second, remote = _one_new_file_push(bootstrapped, tmp_path, {"type": "local"})
+    (tmp_path / "laptop" / DS / "_aux/d03/s2/other.txt").write_bytes(b"another\n")
+    reads: list[str] = []
+    entries = revlist._TopDown.entries
+
+    def counted(self: revlist._TopDown, tree_id: str) -> revlist.Entries | None:
+        reads.append(tree_id)
+        return entries(self, tree_id)
+
+    monkeypatch.setattr(revlist._TopDown, "entries", counted)
+    opts = options.SyncOptions(remotes_config=str(tmp_path / "remotes.toml"))
+    engine.push(engine.resolve_target(tmp_path / "laptop", DS, opts), "far", opts)
+    assert (remote / "_aux/d03/s2/other.txt").read_bytes() == b"another\n"
+    # root, _aux, _aux/d03, _aux/d03/s2 in both commits (plus the ledger's few, if any)
+    assert 8 <= len(reads) <= 16, len(reads)
 
 
 def test_one_new_file_push_over_ssh(bootstrapped: Path, tmp_path: Path, sshd) -> None:
