@@ -10,9 +10,9 @@ push to a fresh remote dir, a pull into a fresh laptop root, one new file record
 pushed, and pulled. ``rsync -a`` of the same directory (whole, then after one new file) is
 the baseline. Every step is a process of its own, measured for wall and CPU seconds
 (itself and its children) and peak RSS: the client's from ``VmHWM`` sampled every 10 ms
-in ``/proc`` (high-water, so a late sample still holds the peak), the server's from
-``/usr/bin/time -f %M`` wrapped around ``usr plumbing serve`` (the profile's
-``remote_usr``), and the larger of the two from ``wait4``. One JSON line per step.
+in ``/proc`` (high-water, so a late sample still holds the peak; likewise its largest
+descendant's), the server's from ``/usr/bin/time -f %M`` wrapped around ``usr plumbing
+serve`` (the profile's ``remote_usr``). One JSON line per step.
 """
 
 from __future__ import annotations
@@ -53,18 +53,33 @@ def _hwm_kb(pid: int) -> int:
     return 0
 
 
+def _descendants(pid: int) -> list[int]:
+    out: list[int] = []
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children") as fh:
+                out += [int(c) for c in fh.read().split()]
+    except OSError:
+        pass
+    return out + [d for c in out for d in _descendants(c)]
+
+
 def run(argv: list[str], env: dict[str, str], server_rss: Path | None = None) -> dict[str, Any]:
-    """Run one step; wall and CPU seconds, client/server/overall peak RSS in MiB."""
+    """Run one step: wall and CPU seconds (with children), peak RSS in MiB of the process
+    itself (``client_rss_mb``), of the server (``/usr/bin/time`` when wrapped) and of its
+    largest descendant (``child_rss_mb``: the server, or rsync's receiver). ``ru_maxrss``
+    of ``wait4`` is not used: Linux keeps it across exec, so it starts at this script's."""
     if server_rss is not None:
         server_rss.unlink(missing_ok=True)
     start = time.perf_counter()
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    peak = [0]
+    peaks: dict[int, int] = {}
     done = threading.Event()
 
     def sample() -> None:
         while not done.is_set():
-            peak[0] = max(peak[0], _hwm_kb(proc.pid))
+            for pid in [proc.pid, *_descendants(proc.pid)]:
+                peaks[pid] = max(peaks.get(pid, 0), _hwm_kb(pid))
             time.sleep(0.01)
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -80,12 +95,13 @@ def run(argv: list[str], env: dict[str, str], server_rss: Path | None = None) ->
     server = None
     if server_rss is not None and server_rss.exists():
         server = round(int(server_rss.read_text().split()[-1]) / 1024, 1)
+    children = [kb for pid, kb in peaks.items() if pid != proc.pid]
     return {
         "wall_s": round(wall, 3),
         "cpu_s": round(usage.ru_utime + usage.ru_stime, 3),
-        "client_rss_mb": round(peak[0] / 1024, 1) if peak[0] else None,
+        "client_rss_mb": round(peaks.get(proc.pid, 0) / 1024, 1),
         "server_rss_mb": server,
-        "max_rss_mb": round(usage.ru_maxrss / 1024, 1),
+        "child_rss_mb": round(max(children) / 1024, 1) if children else None,
     }
 
 
