@@ -314,3 +314,38 @@ def test_one_new_file_push_reads_a_handful_of_trees(
 def test_one_new_file_push_over_ssh(bootstrapped: Path, tmp_path: Path, sshd) -> None:
     table = sshd.profile(tmp_path / "remote")
     _check_one_new_file(*_one_new_file_push(bootstrapped, tmp_path, table))
+
+
+def test_a_pushed_state_is_checked_and_checked_out_along_its_changes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The receiving side of a one-file push: the completeness check lists the new file's
+    path only (``tree_changes`` against the stored head) and the checkout looks its mode
+    up by path, never walking the whole target tree."""
+    from usr.store import checkout as checkout_mod
+    from usr.sync import packstream
+
+    a = tmp_path / "a"
+    for d in range(30):
+        (a / f"d{d:02d}").mkdir(parents=True)
+        for f in range(10):
+            (a / f"d{d:02d}/f{f}.txt").write_bytes(f"{d}/{f}".encode())
+    src, dst = Store.open(a), Store.open(tmp_path / "b")
+    first = src.record("all").commit
+    _send(src, dst, first)
+    (a / "d05/new.txt").write_bytes(b"new")
+    second = src.record("one").commit
+    for oid in src.missing_objects([second], [first]):
+        dst.write_object(*src.read_object(oid), expect=oid)
+    reads: list[str] = []
+    listed = revlist.tree_changes(dst.repo, str(dst.repo[second].tree_id),
+                                  [str(dst.repo[first].tree_id)], on_read=reads.append)  # fmt: skip
+    assert [kind for _, kind in listed] == ["blob", "tree", "tree"] and len(reads) == 4
+
+    def no_walk(*args: object) -> None:
+        raise AssertionError("the whole target tree was walked")
+
+    monkeypatch.setattr(checkout_mod, "walk_tree", no_walk)
+    assert packstream.update_and_checkout(dst, second, first, validate=False) == second
+    assert (tmp_path / "b/d05/new.txt").read_bytes() == b"new"
+    assert dst.verify_working(second) == [] and dst.fsck() == []

@@ -61,6 +61,20 @@ def missing_typed(
     return walk.out
 
 
+def tree_changes(
+    repo: pygit2.Repository,
+    tree: str,
+    bases: list[str],
+    on_read: Callable[[str], None] | None = None,
+) -> list[tuple[str, str]]:
+    """``(id, type)`` of ``tree`` and what is below it that is not at the same path in the
+    trees ``bases``, children first: what one tree adds over others, found by the same
+    top-down comparison (equal subtrees unread). Empty when ``tree`` is one of ``bases``."""
+    walk = _TopDown(repo, on_read)
+    walk.tree(tree, bases)
+    return walk.out
+
+
 def _commit(repo: pygit2.Repository, oid: str) -> pygit2.Commit | None:
     obj = repo.get(oid)
     return obj if isinstance(obj, pygit2.Commit) else None

@@ -488,9 +488,7 @@ def update_and_checkout(
     dir (:class:`usr.store.checkout.Staged`), which the checkout takes without rereading."""
     if not store.has_object(new):
         raise VerifyError(f"commit {new} did not arrive; refusing to move the ref")
-    for path, oid, _mode in store.ls_tree(new):
-        if not store.has_object(oid):
-            raise VerifyError(f"commit {new} is incomplete: {path} ({oid}) did not arrive")
+    _require_complete(store, new)
     if validate:
         from usr.sync.gate import check_state
 
@@ -504,6 +502,21 @@ def update_and_checkout(
         require_fast_forward(store, store.head(), old, new, hint)
         checkout(store, new, expect_head=old, staged=staged)  # Store.checkout, plus staged
     return store.head()
+
+
+def _require_complete(store: Any, new: str) -> None:
+    """Every file of ``new``'s tree is stored: checked for the blobs that are not at the
+    same path in the stored head (complete, as it was checked out), found top-down, so a
+    one-file push checks one file, not every file of the state."""
+    head = store.head()
+    bases = [str(store.repo[head].tree_id)] if head and store.has_object(head) else []
+    try:
+        listed = revlist.tree_changes(store.repo, str(store.repo[new].tree_id), bases)
+    except NotFoundError as exc:
+        raise VerifyError(f"commit {new} is incomplete: {exc} (did not arrive)") from None
+    for oid, kind in listed:
+        if kind == "blob" and not store.has_object(oid):
+            raise VerifyError(f"commit {new} is incomplete: file {oid} did not arrive")
 
 
 def log_entries(store: Any, head: str | None, limit: int | None) -> list[dict]:
