@@ -64,7 +64,9 @@ def _descendants(pid: int) -> list[int]:
     return out + [d for c in out for d in _descendants(c)]
 
 
-def run(argv: list[str], env: dict[str, str], server_rss: Path | None = None) -> dict[str, Any]:
+def run(
+    argv: list[str], env: dict[str, str], server_rss: Path | None = None, cwd: Path | None = None
+) -> dict[str, Any]:
     """Run one step: wall and CPU seconds (with children), peak RSS in MiB of the process
     itself (``client_rss_mb``), of the server (``/usr/bin/time`` when wrapped) and of its
     largest descendant (``child_rss_mb``: the server, or rsync's receiver). ``ru_maxrss``
@@ -72,7 +74,9 @@ def run(argv: list[str], env: dict[str, str], server_rss: Path | None = None) ->
     if server_rss is not None:
         server_rss.unlink(missing_ok=True)
     start = time.perf_counter()
-    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=cwd
+    )
     peaks: dict[int, int] = {}
     done = threading.Event()
 
@@ -132,7 +136,9 @@ class Tree:
         if remote:
             self.audit.unlink(missing_ok=True)
             argv += ["--audit-json-out", str(self.audit)]
-        got = run(argv, env, self.server_rss if remote else None)
+        # cwd: ``-m usr`` puts the working directory first on sys.path, so run from the
+        # tree, or its usr would be whatever checkout this script was started in.
+        got = run(argv, env, self.server_rss if remote else None, cwd=self.path)
         if remote and self.audit.exists():
             got["bytes_moved"] = json.loads(self.audit.read_text())["data"]["bytes_moved"]["total"]
         return got
@@ -158,21 +164,78 @@ def bench_rsync(laptop: Path, tmp: Path, emit: Any) -> None:
     emit("rsync", "one_file_push", run(["rsync", "-a", f"{laptop / DS}/", f"{dest}/"], env))
 
 
+def _commit(tree: Path) -> str:
+    r = subprocess.run(["git", "-C", str(tree), "rev-parse", "--short", "HEAD"],
+                       capture_output=True, text=True, check=False)  # fmt: skip
+    return r.stdout.strip() or "archive"
+
+
+#: Run in each tree's Python: ``revlist.missing_objects`` of one new file over the have,
+#: timed, with the peak of Python's allocations during it and the process's VmHWM after.
+_NEGOTIATE = """
+import json, resource, sys, time, tracemalloc
+import pygit2
+from usr.store import revlist
+repo = pygit2.Repository(sys.argv[1])
+tracemalloc.start()
+t0 = time.perf_counter()
+ids = revlist.missing_objects(repo, [sys.argv[2]], [sys.argv[3]])
+took = time.perf_counter() - t0
+peak = tracemalloc.get_traced_memory()[1]
+print(json.dumps({"wall_s": round(took, 4), "objects": len(ids),
+                  "py_peak_mb": round(peak / 2**20, 2),
+                  "rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}))
+"""
+
+
+def bench_negotiation(
+    trees: list[tuple[str, Path]], files: int, dirs: int, tmp: Path, emit: Any
+) -> None:
+    """The negotiation alone, in a bare repository of ``files`` blobs in ``dirs`` trees
+    built with pygit2: the objects of one new file over the previous commit."""
+    import pygit2
+
+    repo = pygit2.init_repository(str(tmp / "negotiate.git"), bare=True)
+    rng = random.Random(3)
+    root = repo.TreeBuilder()
+    subs = []
+    for d in range(dirs):
+        tb = repo.TreeBuilder()
+        for i in range(d, files, dirs):
+            tb.insert(
+                f"f{i:07d}.bin", repo.create_blob(rng.randbytes(64)), pygit2.GIT_FILEMODE_BLOB
+            )
+        subs.append(tb)
+        root.insert(f"d{d:04d}", tb.write(), pygit2.GIT_FILEMODE_TREE)
+    sig = pygit2.Signature("b", "b@example.invalid", 1_700_000_000, 0)
+    first = repo.create_commit(None, sig, sig, "all", root.write(), [])
+    subs[7].insert("new.bin", repo.create_blob(b"new"), pygit2.GIT_FILEMODE_BLOB)
+    root.insert("d0007", subs[7].write(), pygit2.GIT_FILEMODE_TREE)
+    second = repo.create_commit(None, sig, sig, "one", root.write(), [first])
+    for name, tree in trees:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("USR_")}
+        env["PYTHONPATH"] = str(tree)
+        python = str(tree / ".venv" / "bin" / "python")
+        argv = [python, "-c", _NEGOTIATE, repo.path, str(second), str(first)]
+        r = subprocess.run(argv, env=env, capture_output=True, text=True, check=True, cwd=tree)
+        emit(name, "negotiate_one_file", json.loads(r.stdout))
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--files", type=int, default=20000)
     ap.add_argument("--dirs", type=int, default=1000)
-    ap.add_argument("--tree", action="append", required=True, help="NAME=DIR")
+    ap.add_argument("--tree", action="append", required=True, help="NAME=DIR[@COMMIT]")
     ap.add_argument("--out", type=Path, required=True, help="JSONL file appended to")
     ap.add_argument("--tmp", type=Path, default=None, help="scratch parent dir")
+    ap.add_argument("--negotiation-only", action="store_true",
+                    help="time revlist alone in a bare repository (no CLI, no rsync)")  # fmt: skip
     args = ap.parse_args()
-    trees = [(k, Path(v).resolve()) for k, v in (t.split("=", 1) for t in args.tree)]
+    # NAME=DIR[@COMMIT]: the commit names an archived copy (no .git) in the results.
+    specs = [(k, *v.partition("@")[::2]) for k, v in (t.split("=", 1) for t in args.tree)]
+    trees = [(k, Path(v).resolve()) for k, v, _ in specs]
     tmp = Path(tempfile.mkdtemp(prefix="usr-scale-ab-", dir=args.tmp))
-    commits = {
-        k: subprocess.run(["git", "-C", str(v), "rev-parse", "--short", "HEAD"],
-                          capture_output=True, text=True).stdout.strip() or "archive"
-        for k, v in trees
-    }  # fmt: skip
+    commits = {k: c or _commit(Path(v)) for k, v, c in specs}
 
     def emit(name: str, step: str, got: dict[str, Any]) -> None:
         line = {"bench": "scale_ab", "tree": name, "commit": commits.get(name), "step": step,
@@ -182,6 +245,9 @@ def main() -> int:
             fh.write(json.dumps(line) + "\n")
 
     try:
+        if args.negotiation_only:
+            bench_negotiation(trees, args.files, args.dirs, tmp, emit)
+            return 0
         laptop = tmp / "laptop"
         first = Tree(*trees[0], tmp)
         first.usr(laptop, "init", DS, "--source", "benchmark", remote=False)
