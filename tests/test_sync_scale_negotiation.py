@@ -291,8 +291,9 @@ def test_one_new_file_push_reads_a_handful_of_trees(
     bootstrapped: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The client's negotiation of a push, in process: the trees it reads are those on the
-    new file's path (here and in the remote's head), not the ~160 of the state."""
-    from usr.sync import engine, options
+    new file's path (here and in the remote's head), not the ~160 of the state; and no
+    size is loaded for every file (the stat cache is not seeded for one new file)."""
+    from usr.sync import engine, options, trees
 
     first, _second, remote = _one_new_file_push(bootstrapped, tmp_path, {"type": "local"})
     (tmp_path / "laptop" / DS / "_aux/d03/s2/other.txt").write_bytes(b"another\n")
@@ -304,6 +305,11 @@ def test_one_new_file_push_reads_a_handful_of_trees(
         return entries(self, tree_id)
 
     monkeypatch.setattr(revlist._TopDown, "entries", counted)
+
+    def no_seed(self: object) -> None:
+        raise AssertionError("a one-file push loaded every file's size")
+
+    monkeypatch.setattr(trees.Sizes, "_seed", no_seed)
     opts = options.SyncOptions(remotes_config=str(tmp_path / "remotes.toml"))
     engine.push(engine.resolve_target(tmp_path / "laptop", DS, opts), "far", opts)
     assert (remote / "_aux/d03/s2/other.txt").read_bytes() == b"another\n"
