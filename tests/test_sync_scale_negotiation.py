@@ -355,3 +355,29 @@ def test_a_pushed_state_is_checked_and_checked_out_along_its_changes(
     assert packstream.update_and_checkout(dst, second, first, validate=False) == second
     assert (tmp_path / "b/d05/new.txt").read_bytes() == b"new"
     assert dst.verify_working(second) == [] and dst.fsck() == []
+
+
+def test_streamed_staging_maps_only_the_paths_that_differ(tmp_path: Path) -> None:
+    """The receiver's staging of a one-file push or pull maps the paths where the target
+    differs from its own head (``base``), not every file of the target."""
+    from usr.store.streamstage import StreamStager
+
+    a = tmp_path / "a"
+    for d in range(20):
+        (a / f"d{d:02d}").mkdir(parents=True)
+        for f in range(10):
+            (a / f"d{d:02d}/f{f}.txt").write_bytes(f"{d}/{f}".encode())
+    store = Store.open(a)
+    first = store.record("all").commit
+    (a / "d03/new.txt").write_bytes(b"new")
+    second = store.record("one").commit
+    base, target = store.tree_of(first), store.tree_of(second)
+    stager = StreamStager(store, target, base)
+    unchanged = str(store.repo[target]["d05/f1.txt"].id)
+    new = str(store.repo[target]["d03/new.txt"].id)
+    stager.on_blob(unchanged, b"5/1")  # equal at its path: not mapped, not staged
+    assert list(stager.paths or {}) == [new]  # the only file mapped of the 201
+    stager.on_blob(new, b"new")
+    got = stager.result()
+    assert got is not None and len(got.files) == 1
+    stager.discard()

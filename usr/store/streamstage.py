@@ -45,7 +45,8 @@ class StreamStager:
     def __init__(self, store: Any, tree: str | None = None, base: str | None = None) -> None:
         """``tree``: the target, when known before the stream (a pull has fetched it);
         else the tree of the last commit before the first blob (a push). ``base``: the
-        receiver's own tree (a pull's local head), whose equal subtrees are not walked."""
+        receiver's own tree (its head's: a pull's local one, a push's stored one), whose
+        equal subtrees are not walked."""
         self.store = store
         self.base = base
         self.fixed = tree is not None
@@ -110,11 +111,10 @@ class StreamStager:
 
     def _plan(self) -> None:
         """At the first blob: map the blobs of the target tree to their paths, and make the
-        staging dir. Only what can still arrive is walked: for a push, the trees of the
-        stream (a subtree not in it was stored before; a blob landing under one is staged
-        by the checkout instead); for a pull, what differs from ``base`` at the same
-        path. One new file among a million maps one file, not every file. Without a
-        commit before the blobs (an older client sends blobs first) nothing is streamed."""
+        staging dir. Only what can still arrive is walked: the paths where the target
+        differs from ``base`` (a blob equal at the same path is stored already), so one
+        new file among a million maps one file, not every file. Without a commit before
+        the blobs (an older client sends blobs first) nothing is streamed."""
         self.paths = {}
         if self.tree is None:
             self.off = True
@@ -135,8 +135,8 @@ class StreamStager:
 
     def _walk(self, tree: str, prefix: str, base: str | None) -> None:
         """Map the files of ``tree`` that differ from ``base`` (the tree at this path in
-        the receiver's state) to their paths; for a push, only below streamed trees."""
-        if tree == base or (not self.fixed and tree not in self.trees):
+        the receiver's state) to their paths."""
+        if tree == base:
             return
         theirs = {name: oid for _, name, oid in self._entries(base)} if base else {}
         for mode, name, oid in self._entries(tree):
