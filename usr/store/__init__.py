@@ -34,7 +34,9 @@ CONTRACT (other layers code against exactly this; the store issue implements it)
     record would wait on yourself).
 ``store.missing_objects(wants, haves) -> list[str]``
     Git ids reachable from ``wants`` (commits) and not from ``haves``, in an order a
-    receiver can write (blobs/trees before the trees/commits that name them).
+    receiver can write (blobs/trees before the trees/commits that name them). Found
+    top-down (``usr.store.revlist``): subtrees equal at the same path are skipped unread,
+    so an object the other side has only at another path may be listed (never fewer).
 ``store.read_object(oid) -> (type_name, bytes)`` / ``store.write_object(type_name, data,
 expect=None) -> oid`` (raises VerifyError if ``expect`` differs).
 ``store.chunks`` : ChunkStore with ``has(cid)``, ``get(cid) -> bytes`` (verified),

@@ -43,7 +43,7 @@ from usr.layout import check_relpath
 from usr.store.index import StatKey
 from usr.store.objects import inline_limit
 from usr.store.refs import MAIN
-from usr.store.worktree import MODE_EXEC, hash_file, walk_tree, write_entry
+from usr.store.worktree import FILE_MODES, MODE_EXEC, hash_file, walk_tree, write_entry
 
 STAGING_PREFIX = ".usr-staging-"
 #: Above this many files to write, staging flushes the filesystem once instead of
@@ -89,7 +89,7 @@ def _stage(store, target_tree: str, changes, staged: Staged | None = None) -> tu
         fresh = True  # nothing was staged for this tree before: no leftover to look for
     except FileExistsError:
         fresh = False
-    modes = {rel: mode for rel, _, mode in walk_tree(store.repo, target_tree)}
+    modes = _modes(store.repo, target_tree, changes)
     ops: list[Op] = []
     limit = inline_limit()
     top, root = str(staging), str(store.path)
@@ -129,6 +129,27 @@ def _stage(store, target_tree: str, changes, staged: Staged | None = None) -> tu
     if batched or took:
         syncfs(staging)
     return staging, ops
+
+
+#: Up to this many files to write, their modes are looked up path by path in the target
+#: tree; past it the tree is walked once (a bootstrap), where lookups would cost more.
+MODE_LOOKUPS = 1024
+
+
+def _modes(repo, target_tree: str, changes) -> dict[str, int]:
+    """File modes of the files ``changes`` writes, from the target tree: a one-file change
+    reads the trees on that file's path, not every tree of the state."""
+    paths = [c.path for c in changes if c.status != "D"]
+    if len(paths) > MODE_LOOKUPS:
+        return {rel: mode for rel, _, mode in walk_tree(repo, target_tree)}
+    tree = repo[target_tree]
+    modes = {}
+    for rel in paths:
+        mode = tree[check_relpath(rel)].filemode
+        if mode not in FILE_MODES:
+            raise InputError(f"tree entry {rel!r} has mode {mode:o}; refused")
+        modes[rel] = mode
+    return modes
 
 
 #: A journal operation in memory: ``("delete", path, None)`` or ``("put", path, entry id)``

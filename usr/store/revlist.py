@@ -1,12 +1,19 @@
-"""``rev-list --objects wants ^haves``: the git objects a receiver lacks, in writing order.
+"""``rev-list --objects wants ^haves``, top-down: the git objects a receiver lacks, in
+writing order, found by comparing trees path by path instead of listing everything.
 
 Both ends of a transfer ask this (the push for what to offer, the server for what a fetch
-wants), through ``Store.missing_objects``. Imports only pygit2 and the errors.
+wants), through ``Store.missing_objects`` or :func:`missing_typed`. For each new commit
+its tree is compared with the trees at the same path in its parents and in the tips the
+other side has ("bases"); a subtree whose id equals a base's at that path is skipped
+without being read, so one new file among a million costs a handful of tree reads. An
+object the other side has at *another* path is still listed (never fewer than it lacks).
+docs/protocol.md, "How the missing objects are found", states the rules. Imports only
+pygit2 and the errors.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import pygit2
 
@@ -14,69 +21,124 @@ from usr.errors import NotFoundError
 
 _TREE_MODE = 0o040000
 
+#: ``name -> (id, filemode)`` of one tree's entries.
+Entries = dict[str, tuple[str, int]]
+
 
 def missing_objects(
-    repo: pygit2.Repository, wants: Iterable[str], haves: Iterable[str]
+    repo: pygit2.Repository,
+    wants: Iterable[str],
+    haves: Iterable[str],
+    on_read: Callable[[str], None] | None = None,
 ) -> list[str]:
-    """Git ids reachable from the commits ``wants`` but not from ``haves``, ordered so
+    """Git ids reachable from the commits ``wants`` and not on the other side, ordered so
     a receiver can write them as they come (blobs and subtrees before the trees that
     name them, trees before their commit, parents before children).
 
-    ``haves`` the local store lacks are ignored; objects of the trees of known haves
-    are excluded, which may send a few objects a receiver already has (never fewer).
+    ``haves`` are commits the other side has (with everything below them); those the
+    local store lacks are ignored. ``on_read`` is called with the id of every tree read.
     """
-    known = [h for h in haves if h and repo.get(h) is not None]
-    wants = list(wants)
+    return [oid for oid, _kind in missing_typed(repo, wants, haves, on_read)]
+
+
+def missing_typed(
+    repo: pygit2.Repository,
+    wants: Iterable[str],
+    haves: Iterable[str],
+    on_read: Callable[[str], None] | None = None,
+) -> list[tuple[str, str]]:
+    """:func:`missing_objects` with each id's type name (``commit``, ``tree``, ``blob``),
+    known from the walk without reading any blob."""
+    known = [h for h in dict.fromkeys(haves) if h and _commit(repo, h) is not None]
+    commits = _new_commits(repo, list(wants), known)
+    walk = _TopDown(repo, on_read)
+    have_trees = [str(_commit(repo, h).tree_id) for h in known]  # type: ignore[union-attr]
+    for c in commits:
+        commit = repo[c]
+        bases = [str(repo[p].tree_id) for p in commit.parent_ids] + have_trees
+        walk.tree(str(commit.tree_id), bases)
+        walk.out.append((c, "commit"))
+    return walk.out
+
+
+def tree_changes(
+    repo: pygit2.Repository,
+    tree: str,
+    bases: list[str],
+    on_read: Callable[[str], None] | None = None,
+) -> list[tuple[str, str]]:
+    """``(id, type)`` of ``tree`` and what is below it that is not at the same path in the
+    trees ``bases``, children first: what one tree adds over others, found by the same
+    top-down comparison (equal subtrees unread). Empty when ``tree`` is one of ``bases``."""
+    walk = _TopDown(repo, on_read)
+    walk.tree(tree, bases)
+    return walk.out
+
+
+def _commit(repo: pygit2.Repository, oid: str) -> pygit2.Commit | None:
+    obj = repo.get(oid)
+    return obj if isinstance(obj, pygit2.Commit) else None
+
+
+def _new_commits(repo: pygit2.Repository, wants: list[str], known: list[str]) -> list[str]:
+    """Commits reachable from ``wants`` and not from ``known``, parents first."""
     for w in wants:
-        obj = repo.get(w)
-        if obj is None or obj.type != pygit2.enums.ObjectType.COMMIT:
+        if _commit(repo, w) is None:
             raise NotFoundError(f"commit {w} is not in the store")
-    walker = None
-    for w in wants:
-        if walker is None:
-            walker = repo.walk(
-                pygit2.Oid(hex=w),
-                pygit2.enums.SortMode.TOPOLOGICAL | pygit2.enums.SortMode.REVERSE,
-            )
-        else:
-            walker.push(pygit2.Oid(hex=w))
-    if walker is None:
+    if not wants:
         return []
+    walker = repo.walk(
+        pygit2.Oid(hex=wants[0]),
+        pygit2.enums.SortMode.TOPOLOGICAL | pygit2.enums.SortMode.REVERSE,
+    )
+    for w in wants[1:]:
+        walker.push(pygit2.Oid(hex=w))
     for h in known:
         walker.hide(pygit2.Oid(hex=h))
-    commits = [str(c.id) for c in walker]
-    seen: set[str] = set()
-    for h in known:
-        _mark_tree(repo, str(repo[h].tree_id), seen)
-    out: list[str] = []
-    for c in commits:
-        _emit_tree(repo, str(repo[c].tree_id), seen, out)
-        out.append(c)
-    return out
+    return [str(c.id) for c in walker]
 
 
-def _mark_tree(repo: pygit2.Repository, tree_id: str, seen: set[str]) -> None:
-    """Mark a have's tree and everything below it as present at the receiver."""
-    if tree_id in seen:
-        return
-    seen.add(tree_id)
-    for e in repo[tree_id]:
-        if e.filemode == _TREE_MODE:
-            _mark_tree(repo, str(e.id), seen)
-        else:
-            seen.add(str(e.id))
+class _TopDown:
+    """The emitting walk: ``out`` collects ``(id, type)`` children first; ``emitted``
+    holds what ``out`` has, so an object is listed once whatever the paths naming it."""
 
+    def __init__(self, repo: pygit2.Repository, on_read: Callable[[str], None] | None) -> None:
+        self.repo = repo
+        self.on_read = on_read
+        self.emitted: set[str] = set()
+        self.out: list[tuple[str, str]] = []
 
-def _emit_tree(repo: pygit2.Repository, tree_id: str, seen: set[str], out: list[str]) -> None:
-    """Append the unseen objects below ``tree_id``, then the tree itself (children first)."""
-    if tree_id in seen:
-        return
-    seen.add(tree_id)
-    for e in repo[tree_id]:
-        oid = str(e.id)
-        if e.filemode == _TREE_MODE:
-            _emit_tree(repo, oid, seen, out)
-        elif oid not in seen:
-            seen.add(oid)
-            out.append(oid)
-    out.append(tree_id)
+    def entries(self, tree_id: str) -> Entries | None:
+        """A tree's entries, or None when this store lacks it (a base that cannot be
+        read only means less is skipped)."""
+        tree = self.repo.get(tree_id)
+        if not isinstance(tree, pygit2.Tree):
+            return None
+        if self.on_read is not None:
+            self.on_read(tree_id)
+        return {e.name: (str(e.id), e.filemode) for e in tree}
+
+    def tree(self, tree_id: str, bases: list[str]) -> None:
+        """List what is below ``tree_id`` and not at the same path in any of ``bases``
+        (the trees at this path on the other side or in the parents), then the tree.
+
+        A tree already listed is not walked again: all below it was listed or is at its
+        path in a base then. Equal to a base: the other side has it, or it was listed
+        with an earlier (parent) commit."""
+        if tree_id in self.emitted or tree_id in bases:
+            return
+        mine = self.entries(tree_id)
+        if mine is None:
+            raise NotFoundError(f"tree {tree_id} is not in the store")
+        theirs = [e for e in map(self.entries, dict.fromkeys(bases)) if e is not None]
+        for name, (oid, mode) in mine.items():
+            same_path = [t[name] for t in theirs if name in t]
+            if any(other == oid for other, _ in same_path):
+                continue
+            if mode == _TREE_MODE:
+                self.tree(oid, [other for other, m in same_path if m == _TREE_MODE])
+            elif oid not in self.emitted:
+                self.emitted.add(oid)
+                self.out.append((oid, "blob"))
+        self.emitted.add(tree_id)
+        self.out.append((tree_id, "tree"))

@@ -42,10 +42,13 @@ class StreamStager:
     """Fed each verified object of a receive (``tree``, ``commit``, ``blob``); stages the
     files of the last commit's tree as their blobs land. :meth:`result` says which."""
 
-    def __init__(self, store: Any, tree: str | None = None) -> None:
+    def __init__(self, store: Any, tree: str | None = None, base: str | None = None) -> None:
         """``tree``: the target, when known before the stream (a pull has fetched it);
-        else the tree of the last commit before the first blob (a push)."""
+        else the tree of the last commit before the first blob (a push). ``base``: the
+        receiver's own tree (its head's: a pull's local one, a push's stored one), whose
+        equal subtrees are not walked."""
         self.store = store
+        self.base = base
         self.fixed = tree is not None
         #: Raw bytes of the trees in the stream (already verified and parsed), until the
         #: first blob: the target tree is walked through them.
@@ -107,15 +110,17 @@ class StreamStager:
                 shutil.rmtree(self.top, ignore_errors=True)
 
     def _plan(self) -> None:
-        """At the first blob: map every blob of the target tree to its paths, and make
-        the staging dir. Without a commit before the blobs (an older client sends blobs
-        first) nothing is streamed."""
+        """At the first blob: map the blobs of the target tree to their paths, and make the
+        staging dir. Only what can still arrive is walked: the paths where the target
+        differs from ``base`` (a blob equal at the same path is stored already), so one
+        new file among a million maps one file, not every file. Without a commit before
+        the blobs (an older client sends blobs first) nothing is streamed."""
         self.paths = {}
         if self.tree is None:
             self.off = True
             return
         try:
-            self._walk(self.tree, "")
+            self._walk(self.tree, "", self.base)
         except (KeyError, ValueError, UnicodeDecodeError):
             self.off = True  # a tree neither streamed nor stored: the checkout will say so
             return
@@ -128,11 +133,16 @@ class StreamStager:
             self.off = True
         self.top = str(staging)
 
-    def _walk(self, tree: str, prefix: str) -> None:
+    def _walk(self, tree: str, prefix: str, base: str | None) -> None:
+        """Map the files of ``tree`` that differ from ``base`` (the tree at this path in
+        the receiver's state) to their paths."""
+        if tree == base:
+            return
+        theirs = {name: oid for _, name, oid in self._entries(base)} if base else {}
         for mode, name, oid in self._entries(tree):
             if mode == MODE_TREE:
-                self._walk(oid, f"{prefix}{name}/")
-            else:
+                self._walk(oid, f"{prefix}{name}/", theirs.get(name))
+            elif theirs.get(name) != oid:  # the same blob at the same path: not fetched
                 self.paths.setdefault(oid, []).append((f"{prefix}{name}", mode))  # type: ignore[union-attr]
 
     def _entries(self, tree: str) -> list[tuple[int, str, str]]:

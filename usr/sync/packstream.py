@@ -31,6 +31,7 @@ from usr.errors import (
 )
 from usr.layout import check_relpath
 from usr.locks import events_lock
+from usr.store import revlist
 from usr.store.checkout import checkout
 from usr.store.chunks import chunk_id
 from usr.store.objects import Manifest, git_object_id, inline_limit, is_manifest_bytes
@@ -75,8 +76,9 @@ class Received:
     bytes: int = 0
     manifest_chunks: list[str] = field(default_factory=list)
     held: dict[str, bytes] = field(default_factory=dict)
-    #: Types of the objects in the stream and the links their commits and trees make
-    #: (checked once the stream ends).
+    #: Types of the commits, trees and held manifests in the stream (not of every blob:
+    #: only these can be named by a link) and the links the commits and trees make
+    #: (checked once the stream ends; a child not typed here is looked up in the store).
     types: dict[str, str] = field(default_factory=dict)
     links: list[tuple[str, str, str]] = field(default_factory=list)
 
@@ -115,70 +117,46 @@ def parse_tree(data: bytes, where: str = "tree") -> list[tuple[str, str, str]]:
     return out
 
 
-def _commit_links(data: bytes) -> list[str]:
-    """Tree and parent ids named in a commit's header."""
-    links = []
-    for line in data.split(b"\n\n", 1)[0].split(b"\n"):
-        if line.startswith((b"tree ", b"parent ")):
-            links.append(line.split(b" ", 1)[1].decode("ascii", "replace"))
-    return links
-
-
-def _walk(
-    store: Any,
-    oid: str,
-    kind: str,
-    member: set[str] | None,
-    types: dict[str, str],
-    order: list[str],
-) -> None:
-    """Post-order walk (children first) from ``oid``, typing what it meets; descends only
-    into ``member`` ids (None: everything), since a requester that has an object has all
-    below it."""
-    if oid in types or (member is not None and oid not in member):
+def _walk(store: Any, oid: str, types: dict[str, str], order: list[str]) -> None:
+    """Post-order walk (children first) of a tree want, typing what it meets (listed
+    whole: the requester skips what it has)."""
+    if oid in types:
         return
-    types[oid] = kind
-    if kind != "blob":
-        _, data = store.read_object(oid)
-        if kind == "commit":
-            links = _commit_links(data)
-            _walk(store, links[0], "tree", member, types, order)
-            for parent in links[1:]:
-                _walk(store, parent, "commit", member, types, order)
-        else:
-            for child_kind, name, child in parse_tree(data, f"tree {oid}"):
-                del name
-                _walk(store, child, child_kind, member, types, order)
+    types[oid] = "tree"
+    _, data = store.read_object(oid)
+    for child_kind, _name, child in parse_tree(data, f"tree {oid}"):
+        if child_kind == "tree":
+            _walk(store, child, types, order)
+        elif child not in types:
+            types[child] = "blob"
+            order.append(child)
     order.append(oid)
 
 
 def list_objects(store: Any, wants: list[str], haves: list[str], blobs: bool = True) -> dict:
     """The ``objects`` reply: ids the requester lacks (in writable order) with their types.
 
-    ``wants`` are commits (negotiated against ``haves``) or trees (a working tree for a
-    diff: listed whole; the requester skips what it has). Types come from walking commits
-    and trees, never from reading blobs. With ``blobs`` false only commits and trees are
-    listed, plus the size of every blob they name (``sizes``): enough to compare trees
-    without moving file contents.
+    ``wants`` are commits (negotiated against ``haves`` top-down, see
+    :func:`usr.store.revlist.missing_typed`: equal subtrees are skipped unread) or trees
+    (a working tree for a diff: listed whole; the requester skips what it has). Types come
+    from the walk over commits and trees, never from reading blobs. With ``blobs`` false
+    only commits and trees are listed, plus the size of every blob they name (``sizes``):
+    enough to compare trees without moving file contents.
     """
     types: dict[str, str] = {}
     order: list[str] = []
-    commit_wants = []
+    commit_wants, tree_wants = [], []
     for oid in wants:
         kind, _ = store.read_object(oid)
-        if kind == "commit":
-            commit_wants.append(oid)
-        elif kind == "tree":
-            _walk(store, oid, "tree", None, types, order)
-        else:
+        if kind not in ("commit", "tree"):
             raise InputError(f"cannot fetch {oid}: a {kind}, not a commit or tree")
+        (commit_wants if kind == "commit" else tree_wants).append(oid)
     if commit_wants:
-        missing = list(store.missing_objects(commit_wants, haves))
-        member = set(missing)
-        for oid in commit_wants:
-            _walk(store, oid, "commit", member, types, order)
-        seen = set(order)
-        order = [o for o in missing if o in seen] + [o for o in order if o not in member]
+        for oid, kind in revlist.missing_typed(store.repo, commit_wants, haves):
+            types[oid] = kind
+            order.append(oid)
+    for oid in tree_wants:
+        _walk(store, oid, types, order)
     sizes: dict[str, int] = {}
     if not blobs:
         size_of = _BlobSizes(store)
@@ -458,7 +436,8 @@ def _land_object(
     if git_object_id(type_name, data) != oid:
         raise VerifyError(f"object {oid}: bytes hash to a different id; refused")
     where = f"{type_name} {oid}"
-    got.types[oid] = type_name
+    if type_name != "blob":
+        got.types[oid] = type_name
     if type_name == "tree":
         for kind, _name, child in parse_tree(data, where):
             if kind == "tree":
@@ -473,6 +452,7 @@ def _land_object(
             got.manifest_chunks.extend(cids)
             if hold_manifests:
                 got.held[oid] = data
+                got.types[oid] = type_name  # not in the store: typed here for the links
                 return
             packer.close()  # the chunks before this manifest are durable before it is
             _check_manifest_chunks(store, entries, where)
@@ -508,9 +488,7 @@ def update_and_checkout(
     dir (:class:`usr.store.checkout.Staged`), which the checkout takes without rereading."""
     if not store.has_object(new):
         raise VerifyError(f"commit {new} did not arrive; refusing to move the ref")
-    for path, oid, _mode in store.ls_tree(new):
-        if not store.has_object(oid):
-            raise VerifyError(f"commit {new} is incomplete: {path} ({oid}) did not arrive")
+    _require_complete(store, new)
     if validate:
         from usr.sync.gate import check_state
 
@@ -524,6 +502,21 @@ def update_and_checkout(
         require_fast_forward(store, store.head(), old, new, hint)
         checkout(store, new, expect_head=old, staged=staged)  # Store.checkout, plus staged
     return store.head()
+
+
+def _require_complete(store: Any, new: str) -> None:
+    """Every file of ``new``'s tree is stored: checked for the blobs that are not at the
+    same path in the stored head (complete, as it was checked out), found top-down, so a
+    one-file push checks one file, not every file of the state."""
+    head = store.head()
+    bases = [str(store.repo[head].tree_id)] if head and store.has_object(head) else []
+    try:
+        listed = revlist.tree_changes(store.repo, str(store.repo[new].tree_id), bases)
+    except NotFoundError as exc:
+        raise VerifyError(f"commit {new} is incomplete: {exc} (did not arrive)") from None
+    for oid, kind in listed:
+        if kind == "blob" and not store.has_object(oid):
+            raise VerifyError(f"commit {new} is incomplete: file {oid} did not arrive")
 
 
 def log_entries(store: Any, head: str | None, limit: int | None) -> list[dict]:

@@ -73,7 +73,8 @@ def carry_out(run: AuditRun, target: Target, remote: str, options: SyncOptions) 
             st.sizes = None
             require_primary(store, st.remote_head, f"remote {remote}")
             confirm(options, "pull", data)
-            stager = StreamStager(store, store.tree_of(st.remote_head))
+            base = store.tree_of(st.local_head) if st.local_head else None
+            stager = StreamStager(store, store.tree_of(st.remote_head), base)
             try:
                 stats = session.fetch(
                     target.dataset, store, [st.remote_head], haves(st.local_head), stage=stager

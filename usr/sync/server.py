@@ -267,7 +267,8 @@ class Server:
         store = self._store(msg, create=bool(msg.get("create")))
         self.pack_failed = True
         self._staged.pop(store.path, None)
-        stager = StreamStager(store)
+        head = store.head()
+        stager = StreamStager(store, base=store.tree_of(head) if head else None)
         try:
             with self._transfer_lock(store, "usr serve: receiving a push"):
                 stats = packstream.receive(store, self.fio, self.peer, stage=stager)

@@ -9,6 +9,7 @@ store only; may import :mod:`usr.layout` and :mod:`usr.store`, nothing else of t
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
@@ -30,6 +31,7 @@ class Sizes:
         self.store = store
         self.known: dict[str, int] = {}
         self._seeded = False
+        self.misses = 0
 
     def add(self, stats: Any) -> None:
         self.known.update(getattr(stats, "sizes", {}) or {})
@@ -42,11 +44,15 @@ class Sizes:
             for key, oid in self.store.stat_cache().entries.values():
                 self.known.setdefault(oid, key[0])
 
-    def seeded(self) -> dict[str, int]:
-        """Every size known, the stat cache's included (for sizing a push's blobs)."""
-        if not self._seeded:
-            self._seed()
-        return self.known
+    #: Sizes asked for and not known before the stat cache is loaded whole: a few are read
+    #: from the store (~40 us each), so a one-file push or its comparison never holds a
+    #: size for every file of the state.
+    SEED_AFTER = 256
+
+    def seeded(self) -> Mapping[str, int]:
+        """The sizes for a push's blobs: what is known, and the stat cache's once more than
+        :attr:`SEED_AFTER` were missed (a bootstrap push), not before."""
+        return _SeedAfter(self)
 
     def few(self, oid: str) -> int | None:
         """The size of one of a few entries: from the store unless known, without loading
@@ -55,19 +61,47 @@ class Sizes:
             self.known[oid] = self.store.entry_size(oid)
         return self.known.get(oid)
 
-    def __call__(self, oid: str) -> int | None:
-        if oid in self.known:
-            return self.known[oid]
-        if not self._seeded:
+    def missed(self, oid: str) -> bool:
+        """Count a size asked for that is not known; seed from the stat cache past
+        :attr:`SEED_AFTER` of them. True if it is known now."""
+        self.misses += 1
+        if not self._seeded and self.misses > self.SEED_AFTER:
             self._seed()
-            if oid in self.known:
-                return self.known[oid]
+        return oid in self.known
+
+    def __call__(self, oid: str) -> int | None:
+        if oid in self.known or self.missed(oid):
+            return self.known[oid]
         if self.store.has_object(oid):
             # Remembered: sizing reads the object, and both sides' listings ask for the
             # same unchanged files.
             self.known[oid] = self.store.entry_size(oid)
             return self.known[oid]
         return None
+
+
+class _SeedAfter(Mapping[str, int]):
+    """:class:`Sizes` as the mapping a push plan reads with ``get``: a miss counts toward
+    loading the stat cache (:meth:`Sizes.missed`) instead of loading it at once."""
+
+    def __init__(self, sizes: Sizes) -> None:
+        self.sizes = sizes
+
+    def get(self, oid: str, default: Any = None) -> Any:
+        known = self.sizes.known
+        return known[oid] if oid in known or self.sizes.missed(oid) else default
+
+    def __getitem__(self, oid: str) -> int:
+        got = self.get(oid)
+        if got is None:
+            raise KeyError(oid)
+        return got
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.sizes.known)
+
+    def __len__(self) -> int:
+        return len(self.sizes.known)
 
 
 def tree_diff(store: Any, a: str | None, b: str | None, sizes: Sizes | None = None):
