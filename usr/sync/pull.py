@@ -72,7 +72,9 @@ def carry_out(run: AuditRun, target: Target, remote: str, options: SyncOptions) 
             st.sizes = None
             require_primary(store, st.remote_head, f"remote {remote}")
             confirm(options, "pull", data)
-            stager = StreamStager(store, store.tree_of(st.remote_head))
+            # Chunked files too, as their chunks land, when both sides agreed to it.
+            chunked = bool(getattr(session, "manifest_first", False))
+            stager = StreamStager(store, store.tree_of(st.remote_head), chunked=chunked)
             try:
                 stats = session.fetch(
                     target.dataset, store, [st.remote_head], haves(st.local_head), stage=stager
