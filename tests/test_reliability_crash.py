@@ -78,6 +78,7 @@ KILLS = [
     Kill("push", "server", "gitpack.before-idx"),
     Kill("push", "server", "serve.received"),
     Kill("push", "server", "checkout.streamed-file:3"),  # files staged as blobs land
+    Kill("push", "server", "checkout.streamed-chunk:3"),  # chunked files as chunks land
     Kill("push", "server", "checkout.mid-stage"),
     Kill("push", "server", "checkout.journal-written"),
     Kill("push", "server", "checkout.mid-promote"),
@@ -94,6 +95,7 @@ KILLS = [
     Kill("pull", "client", "packstream.manifests-held:3"),  # contents (1, 2: trees, events)
     Kill("pull", "client", "pull.fetched"),
     Kill("pull", "client", "checkout.streamed-file:3"),  # files staged as blobs land
+    Kill("pull", "client", "checkout.streamed-chunk:3"),  # chunked files as chunks land
     Kill("pull", "client", "checkout.staged"),
     Kill("pull", "client", "checkout.mid-promote"),
     Kill("pull", "client", "checkout.before-ref"),
@@ -120,6 +122,7 @@ KILLS = [
     Kill("pull", "server", "packstream.sent-chunk:8", kind="local"),
     Kill("pull", "client", "checkout.journal-written", kind="local"),
     Kill("pull", "client", "checkout.streamed-file:2", kind="local"),
+    Kill("push", "server", "checkout.streamed-chunk:2", kind="local"),
 ]
 
 SELECTED = sweep(KILLS, PER_RUN)
@@ -215,6 +218,7 @@ def test_killed_transfer_leaves_valid_copies_and_rerun_completes(
         "checkout.mid-stage",
         "checkout.staged",
         "checkout.streamed-file",
+        "checkout.streamed-chunk",
     ):
         assert staged["remote" if case.command == "push" else "local"], "nothing was staged"
 
