@@ -41,10 +41,14 @@ from usr.dataset import Dataset  # noqa: E402
 DS = "bench/big"
 
 
-def usr(tree: Path, root: Path, cfg: Path, *args: str, env: dict[str, str] | None = None) -> float:
-    """Run ``usr`` from ``tree``; returns its wall seconds."""
+def usr(
+    tree: Path, root: Path, cfg: Path, *args: str, env: dict[str, str] | None = None
+) -> tuple[float, float]:
+    """Run ``usr`` from ``tree``; returns its wall seconds and the CPU seconds of it and
+    its children (a ``local`` remote's server is one; an ssh server is not)."""
     full = dict(os.environ, USR_REMOTES_PATH=str(cfg), **(env or {}))
     python = str(tree / ".venv" / "bin" / "python")
+    before = os.times()
     start = time.perf_counter()
     r = subprocess.run(
         [python, "-m", "usr", "--root", str(root), *args],
@@ -55,9 +59,13 @@ def usr(tree: Path, root: Path, cfg: Path, *args: str, env: dict[str, str] | Non
         check=False,
     )
     wall = time.perf_counter() - start
+    after = os.times()
     if r.returncode != 0:
         raise SystemExit(f"usr {' '.join(args)} from {tree}: {r.stderr.strip()}")
-    return wall
+    cpu = (after.children_user + after.children_system) - (
+        before.children_user + before.children_system
+    )
+    return wall, cpu
 
 
 def build(tmp: Path, size: int, tree: Path) -> tuple[Path, Path]:
@@ -97,9 +105,14 @@ def one_round(a: Path, b: Path, tree: Path, cfg: Path, remote: Path, env: dict) 
     """Bootstrap push of A, then the 1% append push of B, to an empty ``remote``."""
     for laptop in (a, b):
         shutil.rmtree(laptop / DS / ".usr" / "refs" / "remotes", ignore_errors=True)
-    boot = usr(tree, a, cfg, "push", DS, "r", "-y", env=env)
-    append = usr(tree, b, cfg, "push", DS, "r", "-y", env=env)
-    return {"bootstrap": boot, "append": append}
+    boot, boot_cpu = usr(tree, a, cfg, "push", DS, "r", "-y", env=env)
+    append, append_cpu = usr(tree, b, cfg, "push", DS, "r", "-y", env=env)
+    return {
+        "bootstrap": boot,
+        "append": append,
+        "bootstrap_cpu": boot_cpu,
+        "append_cpu": append_cpu,
+    }
 
 
 def rsync_round(a: Path, b: Path, loop: Any, remote: Path) -> dict:
@@ -111,6 +124,11 @@ def rsync_round(a: Path, b: Path, loop: Any, remote: Path) -> dict:
         subprocess.run(argv, check=True, capture_output=True)
         out[label] = time.perf_counter() - start
     return out
+
+
+def load() -> float:
+    """The 1-minute load average (other work on the machine skews wall times)."""
+    return os.getloadavg()[0]
 
 
 def main() -> int:
@@ -138,10 +156,12 @@ def main() -> int:
         for _ in range(args.rounds):
             for (name, kind), cfg in cfgs.items():
                 got = one_round(a, b, trees[name], cfg, remote, envs[name])
+                got["load"] = load()
                 times.setdefault(f"{name}/{kind}", []).append(got)
                 shutil.rmtree(remote / DS.split("/")[0])
                 print(f"{name}/{kind}: {got}", flush=True)
             got = rsync_round(a, b, loop, remote)
+            got["load"] = load()
             times.setdefault("rsync/ssh", []).append(got)
             shutil.rmtree(remote / "rsync")
             print(f"rsync/ssh: {got}", flush=True)
