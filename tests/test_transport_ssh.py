@@ -41,7 +41,12 @@ def test_push_and_fetch_over_ssh(sshd, tmp_path, monkeypatch):
     head = store.head()
     with open_session("bu-scc", cfg) as remote:
         assert remote.server["protocol"] == 1
-        assert remote.heads("densegen/ds") == {"exists": False, "head": None, "refs": {}}
+        assert remote.heads("densegen/ds") == {
+            "exists": False,
+            "head": None,
+            "refs": {},
+            "tree": None,
+        }
         stats = remote.push("densegen/ds", store, head, None, validate=False)
         assert stats.objects > 0
         assert remote.heads("densegen/ds")["head"] == head

@@ -300,13 +300,17 @@ class Store:
         actor: Actor | str | None = None,
         message: str | None = None,
         check: Callable[[str], None] | None = None,
+        scanned: tuple[str, str | None] | None = None,
     ) -> Recorded:
         """Under the dataset lock, commit the working state on ``refs/heads/main`` if it
         differs from HEAD (or there is no HEAD). The ONE way states are recorded.
         ``check`` is called with the working tree before anything is committed (the sync's
-        gate); raising refuses the record, which then changes nothing."""
+        gate); raising refuses the record, which then changes nothing. ``scanned``: a
+        ``(tree, head)`` walk made under this lock moments ago (a sync walks both sides at
+        once), taken instead of walking again if HEAD has not moved since."""
         with self.lock(f"record {action}"):
-            tree = self.working_tree()
+            fresh = scanned is not None and scanned[1] == self.head()
+            tree = scanned[0] if fresh and scanned else self.working_tree()
             if check is not None:
                 check(tree)
             head = self.head()

@@ -91,17 +91,25 @@ class ObjectStoreSession:
             raise NotFoundError(f"dataset {ds!r} has no recorded state on {self.name}")
         return ref, self._index(ds, ref)
 
-    def heads(self, ds: str) -> dict[str, Any]:
-        """``{"exists", "head", "refs"}``: the dataset exists once its ref does."""
+    def heads(self, ds: str, scan: str | None = None) -> dict[str, Any]:
+        """``{"exists", "head", "refs", "tree"}``: the dataset exists once its ref does;
+        a bucket has no working files to ``scan`` (``tree`` is None)."""
+        del scan
         ref = self._ref(validate_dataset_id(ds), fresh=True)
         head = None if ref is None else p.check_oid(ref.head, self.name)
-        return {"exists": head is not None, "head": head, "refs": {"refs/heads/main": head}}
+        refs = {"refs/heads/main": head}
+        return {"exists": head is not None, "head": head, "refs": refs, "tree": None}
 
     def record(
-        self, ds: str, action: str, actor: str | None = None, gate: bool = False
+        self,
+        ds: str,
+        action: str,
+        actor: str | None = None,
+        gate: bool = False,
+        scanned: bool = False,
     ) -> dict[str, Any]:
         """Nothing to record (no working files): the head as it is."""
-        del action, actor, gate
+        del action, actor, gate, scanned
         ref = self._ref(validate_dataset_id(ds))
         return {"commit": None if ref is None else ref.head, "created": False}
 

@@ -207,9 +207,8 @@ def preview(
             st.local_listing = (st.local_tree, summarize(store, st.local_tree, st.sizes))
 
     with beside(local_side) as wait_local, open_remote(remote, options) as session:
-        wait_local()
         try:
-            _read_remote_side(session, store, target, st)
+            _read_remote_side(session, store, target, st, wait_local)
             set_tracking(store, remote, st.remote_head)
             if options.rows:
                 fetch_record_blobs(session, store, target.dataset, st.remote_tree)
@@ -237,13 +236,17 @@ def preview(
     return st
 
 
-def _read_remote_side(session: Any, store: Any, target: Target, st: SyncState) -> None:
-    """The remote's head and working tree (unrecorded), with its trees fetched."""
-    heads = session.heads(target.dataset)
+def _read_remote_side(
+    session: Any, store: Any, target: Target, st: SyncState, wait_local: Callable[[], None]
+) -> None:
+    """The remote's head and working tree (unrecorded; walked there while this side walks
+    its own), then, once the local side is read, the remote trees fetched."""
+    heads = session.heads(target.dataset, scan="look")
     st.remote_head = heads["head"]
     st.remote_exists = st.remote_head is not None
     if st.remote_exists:
-        st.remote_tree = session.working_tree(target.dataset)
+        st.remote_tree = heads["tree"] or session.working_tree(target.dataset)
+    wait_local()
     fetch_remote_trees(session, store, target, st)
     if st.remote_exists:
         st.remote_dirty = st.remote_tree != store.tree_of(st.remote_head)

@@ -9,7 +9,7 @@ planner and the sync's lower modules, :mod:`usr.hooks`, :mod:`usr.locks`.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from usr import faults, hooks
@@ -26,7 +26,7 @@ from usr.sync.gate import gate_state
 from usr.sync.history import MAIN_REF, commits, haves, set_tracking, short
 from usr.sync.options import SyncOptions, confirm
 from usr.sync.plan import SyncState, compare, fetch_remote_trees
-from usr.sync.remote import bytes_moved, here, open_remote
+from usr.sync.remote import beside, bytes_moved, here, open_remote
 from usr.sync.rules import (
     bootstrap_id_check,
     check_events_chain,
@@ -34,7 +34,7 @@ from usr.sync.rules import (
     refuse,
     require_primary,
 )
-from usr.sync.target import Target, local_exists, open_store
+from usr.sync.target import Target, local_exists, open_store, scan_working
 from usr.sync.trees import Sizes
 from usr.sync.verify import verify_working
 
@@ -53,9 +53,10 @@ def carry_out(run: AuditRun, target: Target, remote: str, options: SyncOptions) 
     """The pull itself once planned to run (not a dry run): returns the transfer state."""
     st = SyncState()
     st.local_exists = local_exists(target.path)
-    with open_remote(remote, options) as session:
+    scan = _LocalScan(target, remote, st, options)
+    with beside(scan.run) as wait_local, open_remote(remote, options) as session:
         try:
-            store = _record_both(run, session, target, remote, st, options)
+            store = _record_both(run, session, target, remote, st, options, scan, wait_local)
             fetch_remote_trees(session, store, target, st)
             set_tracking(store, remote, st.remote_head)
             faults.point(FAULT_PULL_NEGOTIATED)
@@ -103,12 +104,41 @@ def _decide(cmp: Comparison, options: SyncOptions) -> None:
     check_partial(cmp, options)
 
 
+class _LocalScan:
+    """The walk of the local working files, made on a thread while the session opens and
+    the remote walks its own; recorded only once the remote has recorded (a refused pull
+    leaves the local history as it was). No walk for a bootstrap or a copy without
+    history (it may adopt the remote's)."""
+
+    def __init__(self, target: Target, remote: str, st: SyncState, options: SyncOptions):
+        self.target, self.remote, self.st, self.options = target, remote, st, options
+        self.scanned: tuple[str, str | None] | None = None
+        self.store: Any = None
+
+    def run(self) -> None:
+        if not self.st.local_exists:
+            return
+        self.store = store = open_store(self.target.path, create=True)
+        if store.head() is not None:
+            why = f"scan before pull {self.remote}"
+            self.scanned = scan_working(store, why, timeout=self.options.lock_timeout)
+
+
 def _record_both(
-    run: AuditRun, session: Any, target: Target, remote: str, st: SyncState, options: SyncOptions
+    run: AuditRun,
+    session: Any,
+    target: Target,
+    remote: str,
+    st: SyncState,
+    options: SyncOptions,
+    scan: _LocalScan,
+    wait_local: Callable[[], None],
 ) -> Any:
-    """Record the remote's working state, then the local one (adopting the remote history
-    for an unrecorded identical copy); returns the local store."""
-    if session.heads(target.dataset)["head"] is None:
+    """Record the remote's working state, then the local one from the walk ``scan`` made
+    meanwhile (adopting the remote history for an unrecorded identical copy); returns the
+    local store."""
+    heads = session.heads(target.dataset, scan="record")
+    if heads["head"] is None:
         raise NotFoundError(
             f"dataset {target.dataset!r} has no recorded state on remote {remote}",
             "push it first, record it there (usr snapshot), or check the id and the "
@@ -119,16 +149,19 @@ def _record_both(
         f"record before pull to {here()}",
         options.actor,
         gate=not options.no_validate,
+        scanned=heads["tree"] is not None,
     )["commit"]
     st.remote_exists = True
+    wait_local()
     if not st.local_exists:
         bootstrap_id_check(target, options)
-    store = open_store(target.path, create=True)
+    store = scan.store or open_store(target.path, create=True)
     if st.local_exists and store.head() is None:
         _adopt_if_identical(run, session, store, target, st, options)
     if st.local_exists:
         with store.lock(f"record before pull {remote}", timeout=options.lock_timeout):
-            store.record(f"record before pull {remote}", actor=options.actor)
+            action = f"record before pull {remote}"
+            store.record(action, actor=options.actor, scanned=scan.scanned)
     st.local_head = store.head()
     st.local_tree = store.tree_of(st.local_head)
     return store

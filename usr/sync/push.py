@@ -19,7 +19,7 @@ from usr.sync.gate import check_state
 from usr.sync.history import commits, set_tracking, tracking_ref
 from usr.sync.options import SyncOptions, confirm
 from usr.sync.plan import SyncState, compare, fetch_remote_trees
-from usr.sync.remote import bytes_moved, here, open_remote
+from usr.sync.remote import beside, bytes_moved, here, open_remote
 from usr.sync.rules import (
     bootstrap_id_check,
     check_events_chain,
@@ -37,12 +37,22 @@ FAULT_PUSH_UPDATED = faults.register(
 def carry_out(run: AuditRun, target: Target, remote: str, options: SyncOptions) -> str:
     """The push itself once planned to run (not a dry run): returns the transfer state."""
     st = SyncState()
-    store = _record_local(target, remote, st, options)
-    with open_remote(remote, options) as session:
+    require_local(target)
+    stores: list[Any] = []
+    # Both sides walk their files at once: this one on a thread while the session opens
+    # and the remote walks its own (heads with scan), each recorded from its own walk.
+    local = beside(lambda: stores.append(_record_local(target, remote, st, options)))
+    with local as wait_local, open_remote(remote, options) as session:
         try:
-            if session.heads(target.dataset)["head"] is not None:
+            heads = session.heads(target.dataset, scan="record")
+            wait_local()
+            store = stores[0]
+            if heads["head"] is not None:
                 st.remote_head = session.record(
-                    target.dataset, f"record before push from {here()}", options.actor
+                    target.dataset,
+                    f"record before push from {here()}",
+                    options.actor,
+                    scanned=heads["tree"] is not None,
                 )["commit"]
                 st.remote_exists = True
                 fetch_remote_trees(session, store, target, st)
@@ -74,12 +84,7 @@ def carry_out(run: AuditRun, target: Target, remote: str, options: SyncOptions) 
 
 
 def _record_local(target: Target, remote: str, st: SyncState, options: SyncOptions) -> Any:
-    """Record the local working state (a push needs a dataset here); returns its store."""
-    if not local_exists(target.path):
-        raise NotFoundError(
-            f"dataset {target.dataset!r} does not exist locally at {target.path}",
-            "pull it first, or check the id and --root",
-        )
+    """Record the local working state; returns its store."""
     st.local_exists = True
     store = open_store(target.path, create=True)
     gate = _WorkingGate(store, remote, options)
@@ -89,6 +94,15 @@ def _record_local(target: Target, remote: str, st: SyncState, options: SyncOptio
     st.local_head = store.head()
     st.local_tree = store.tree_of(st.local_head)
     return store
+
+
+def require_local(target: Target) -> None:
+    """A push needs the dataset here."""
+    if not local_exists(target.path):
+        raise NotFoundError(
+            f"dataset {target.dataset!r} does not exist locally at {target.path}",
+            "pull it first, or check the id and --root",
+        )
 
 
 class _WorkingGate:

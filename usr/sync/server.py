@@ -32,6 +32,7 @@ from usr.store.objects import INLINE_LIMIT_ENV
 from usr.store.streamstage import StreamStager
 from usr.sync import files, packstream
 from usr.sync import protocol as p
+from usr.sync.target import scan_working
 
 FAULT_WANT = faults.register(
     "serve.want", "server: a fetch's object listing computed; reply not sent"
@@ -61,6 +62,9 @@ class Server:
         self._stores: dict[Path, Any] = {}
         #: What a pushed stream staged, by dataset dir, for the ``update`` that follows.
         self._staged: dict[Path, Any] = {}
+        #: This server's own walk of a dataset's working files (``heads`` with ``scan``),
+        #: by dataset dir, for the ``record`` with ``scanned`` that follows; used once.
+        self._scans: dict[Path, tuple[str, str | None]] = {}
 
     # -- helpers -------------------------------------------------------------------------
     def _dir(self, msg: dict[str, Any]) -> tuple[str, Path]:
@@ -185,10 +189,17 @@ class Server:
             self.fio.send_message("heads", exists=path.is_dir(), head=None, refs={})
             return
         store = self._store(msg)
+        fields: dict[str, Any] = {}
+        if msg.get("scan") == "record":
+            # Walk now, while the client walks its own side: its record then reuses this.
+            self._scans[path] = scan_working(store, "scan before a sync")
+            fields["tree"] = self._scans[path][0]
+        elif msg.get("scan") == "look":
+            fields["tree"] = store.working_tree()  # a diff: no lock, nothing kept
         refs = {}
         for name in ("refs/heads/main",):
             refs[name] = store.head(name)
-        self.fio.send_message("heads", exists=True, head=store.head(), refs=refs)
+        self.fio.send_message("heads", exists=True, head=store.head(), refs=refs, **fields)
 
     def op_record(self, msg: dict[str, Any]) -> None:
         store = self._store(msg)
@@ -202,7 +213,10 @@ class Server:
             def check(tree: str) -> None:
                 check_state(store, tree, store.head(), "the pull of the working files")
 
-        rec = store.record(action, actor=actor if isinstance(actor, str) else None, check=check)
+        _, path = self._dir(msg)
+        scanned = self._scans.pop(path, None) if msg.get("scanned") is True else None
+        who = actor if isinstance(actor, str) else None
+        rec = store.record(action, actor=who, check=check, scanned=scanned)
         self.fio.send_message("recorded", commit=rec.commit, created=rec.created)
 
     def op_working_tree(self, msg: dict[str, Any]) -> None:

@@ -187,28 +187,43 @@ class Session:
         self.handshake_seconds = time.monotonic() - start
         return reply
 
-    def heads(self, ds: str) -> dict[str, Any]:
-        """``{"exists": bool, "head": commit | None, "refs": {name: commit}}`` of ``ds``.
+    def heads(self, ds: str, scan: str | None = None) -> dict[str, Any]:
+        """``{"exists": bool, "head": commit | None, "refs": {name: commit}, "tree": id |
+        None}`` of ``ds``.
 
         ``exists`` says the dataset directory is there; ``head`` is None until it has a
-        recorded state."""
-        r = self._request("heads", "heads", ds=validate_dataset_id(ds))
+        recorded state. ``scan``: the remote also walks its working files and replies their
+        ``tree`` (None when it has no store): ``"record"`` walks under its dataset lock and
+        keeps the walk for the ``record(..., scanned=True)`` that follows, ``"look"`` (a
+        diff) takes no lock and keeps nothing."""
+        fields: dict[str, Any] = {} if scan is None else {"scan": scan}
+        r = self._request("heads", "heads", ds=validate_dataset_id(ds), **fields)
         refs = r.get("refs") or {}
         if not isinstance(refs, dict):
             raise TransportError(f"bad heads reply from {self.name}")
+        tree = r.get("tree")
         return {
             "exists": bool(r.get("exists")),
             "head": _oid_or_none(r.get("head"), self.name),
             "refs": {str(k): _oid_or_none(v, self.name) for k, v in refs.items()},
+            "tree": None if tree is None else p.check_oid(tree, self.name),
         }
 
     def record(
-        self, ds: str, action: str, actor: str | None = None, gate: bool = False
+        self,
+        ds: str,
+        action: str,
+        actor: str | None = None,
+        gate: bool = False,
+        scanned: bool = False,
     ) -> dict[str, Any]:
         """Have the remote record its working state under its dataset lock (the one
         ``Store.record``) -> ``{"commit": head after, "created": bool}``. ``gate``: the
-        remote first checks the working files it would record (:mod:`usr.sync.gate`)."""
+        remote first checks the working files it would record (:mod:`usr.sync.gate`).
+        ``scanned``: take the walk of ``heads(ds, scan="record")`` if its HEAD is unmoved."""
         fields: dict[str, Any] = {"gate": True} if gate else {}
+        if scanned:
+            fields["scanned"] = True
         r = self._request(
             "record", "recorded", ds=validate_dataset_id(ds), action=action, actor=actor, **fields
         )

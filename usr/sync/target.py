@@ -113,3 +113,12 @@ def local_exists(directory: Path) -> bool:
     if not directory.is_dir():
         return False
     return any(not is_runtime_path(p.name) for p in directory.iterdir())
+
+
+def scan_working(store: Any, why: str, timeout: float | None = None) -> tuple[str, str | None]:
+    """``(working tree, HEAD)`` walked under the dataset lock: what
+    ``Store.record(scanned=...)`` takes instead of walking again. A sync walks both sides'
+    files at once this way (each on its own machine, or this side on a thread while the
+    session opens), then records each one from its own walk."""
+    with store.lock(why, timeout=timeout):
+        return store.working_tree(), store.head()
