@@ -158,7 +158,7 @@ class StreamStager:
         except OSError:
             self.off = True
         self.top = str(staging)
-        if self.chunked:
+        if self.chunked and not self.off:
             head = self.store.head()
             base = self.store.tree_of(head) if head else None
             self.chunks = ChunkStager(self.store, self.top, self.files, base)
