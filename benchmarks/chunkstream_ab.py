@@ -11,6 +11,10 @@ server run from the same tree), A is pushed to a fresh remote dir (bootstrap) an
 over it (the 1% append); the wall time of each ``usr push`` is taken. ``rsync -a`` over
 the same sshd does the same two copies of the dataset directory (store excluded). Remote
 dirs are removed after each round (big files only: no small-file delete penalty).
+
+``--pull``: instead, state A is pushed once, and each round every tree pulls it into an
+empty laptop root (a bootstrap pull) over both transports. Two names for the same tree
+with ``--env NAME:USR_MANIFEST_FIRST=0`` compare the capability on and off.
 """
 
 from __future__ import annotations
@@ -115,6 +119,14 @@ def one_round(a: Path, b: Path, tree: Path, cfg: Path, remote: Path, env: dict) 
     }
 
 
+def pull_round(tree: Path, cfg: Path, root: Path, env: dict) -> dict:
+    """A bootstrap pull of the remote's state into the empty ``root``."""
+    root.mkdir()
+    wall, cpu = usr(tree, root, cfg, "pull", DS, "r", "-y", env=env)
+    shutil.rmtree(root)
+    return {"pull": wall, "pull_cpu": cpu}
+
+
 def rsync_round(a: Path, b: Path, loop: Any, remote: Path) -> dict:
     out = {}
     for label, src in (("bootstrap", a), ("append", b)):
@@ -138,6 +150,7 @@ def main() -> int:
     ap.add_argument("--tree", action="append", required=True, help="NAME=DIR")
     ap.add_argument("--env", action="append", default=[], help="NAME:VAR=VALUE for a tree")
     ap.add_argument("--out", type=Path)
+    ap.add_argument("--pull", action="store_true", help="bootstrap pulls instead of pushes")
     args = ap.parse_args()
     trees = {k: Path(v).resolve() for k, v in (t.split("=", 1) for t in args.tree)}
     envs: dict[str, dict[str, str]] = {k: {} for k in trees}
@@ -153,7 +166,10 @@ def main() -> int:
     try:
         a, b = build(tmp, args.size_mib << 20, next(iter(trees.values())))
         cfgs = configs(tmp, loop, trees, remote)
-        for _ in range(args.rounds):
+        if args.pull:
+            first = next(iter(cfgs))
+            usr(trees[first[0]], a, cfgs[first], "push", DS, "r", "-y")
+        for _ in range(args.rounds if not args.pull else 0):
             for (name, kind), cfg in cfgs.items():
                 got = one_round(a, b, trees[name], cfg, remote, envs[name])
                 got["load"] = load()
@@ -165,6 +181,12 @@ def main() -> int:
             times.setdefault("rsync/ssh", []).append(got)
             shutil.rmtree(remote / "rsync")
             print(f"rsync/ssh: {got}", flush=True)
+        for _ in range(args.rounds if args.pull else 0):
+            for (name, kind), cfg in cfgs.items():
+                got = pull_round(trees[name], cfg, tmp / "laptop-pull", envs[name])
+                got["load"] = load()
+                times.setdefault(f"{name}/{kind}", []).append(got)
+                print(f"{name}/{kind}: {got}", flush=True)
         size = (a / DS / "records.parquet").stat().st_size
         size_b = (b / DS / "records.parquet").stat().st_size
     finally:
