@@ -1,6 +1,8 @@
 """The server's side of a push, timed alone: receive + checkout of N small files.
 
     uv run python benchmarks/stream_receive.py --files 20000 [--profile]
+    uv run python benchmarks/stream_receive.py --files 0 --big-mib 1024 \
+        --mode trees-first --mode manifests-first
 
 Builds a dataset of N small files (plus records.parquet-sized chunked file with
 ``--big-mib``), records the frames its push sends, then feeds them to the real receive loop
@@ -10,6 +12,9 @@ the checkout reads every blob back and writes it) and as this one does (commits 
 first, each small file staged as its blob lands: the checkout renames). Wall-clock and
 CPU seconds per phase, median of ``--rounds`` (alternated); ``--profile`` prints the top
 of a cProfile of one streamed round. No network and no ssh: this is the receiver's own work only.
+A third mode, ``manifests-first``, streams as a client with the ``manifest_first``
+capability does (each manifest before its chunks; the chunked file is staged as its chunks
+land, and the checkout renames it); ``--mode`` picks the modes (default: all three).
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from usr.sync import protocol as p  # noqa: E402
 
 
 def build(root: Path, files: int, big_mib: int) -> Store:
+    root.mkdir(parents=True, exist_ok=True)
     for i in range(files):
         d = root / f"_aux/d{i % 100:02d}"
         if i < 100:
@@ -47,20 +53,31 @@ def build(root: Path, files: int, big_mib: int) -> Store:
     return store
 
 
-def stream(src: Store, trees_first: bool) -> bytes:
+MODES = ("blobs-first", "trees-first", "manifests-first")
+
+
+def stream(src: Store, mode: str) -> bytes:
     new = src.head()
     oids = src.missing_objects([new], [])
     plan = packstream.plan_push(src, oids, None)
     out = io.BytesIO()
     fio = p.FrameIO(p.FileChannel(io.BytesIO(), out), peer="bench")
-    packstream.send_chunks(src, fio, plan.cids())
-    packstream.send_objects(src, fio, plan.trees_first(oids) if trees_first else oids)
+    if mode == "manifests-first":
+        sent: set[str] = set()
+        for oid in plan.trees_first(oids):
+            packstream.send_objects(src, fio, [oid])
+            fresh = [c for c in plan.chunks_of.get(oid, []) if c not in sent]
+            packstream.send_chunks(src, fio, fresh)
+            sent.update(fresh)
+    else:
+        packstream.send_chunks(src, fio, plan.cids())
+        packstream.send_objects(src, fio, plan.trees_first(oids) if mode == "trees-first" else oids)
     fio.send_message("end")
     fio.flush()
     return out.getvalue()
 
 
-def one(src: Store, data: bytes, work: Path, staged: bool) -> tuple[float, ...]:
+def one(src: Store, data: bytes, work: Path, mode: str) -> tuple[float, ...]:
     """(receive, checkout) wall seconds, then (receive, checkout) CPU seconds (user +
     system of this process), into a fresh store. Nothing is deleted between rounds: ext4
     makes each file created within minutes of a mass delete in its inode group search
@@ -68,10 +85,11 @@ def one(src: Store, data: bytes, work: Path, staged: bool) -> tuple[float, ...]:
     of the CPU of a round that followed the deletion of the last round's 20,000 files)."""
     work.mkdir()
     dst = Store.open(work)
-    stager = StreamStager(dst) if staged else None
+    first = mode == "manifests-first"
+    stager = StreamStager(dst, chunked=first) if mode != "blobs-first" else None
     fio = p.FrameIO(p.FileChannel(io.BytesIO(data), io.BytesIO()), peer="bench")
     t0, c0 = time.perf_counter(), _cpu()
-    packstream.receive(dst, fio, "bench", stage=stager)
+    packstream.receive(dst, fio, "bench", stage=stager, manifests_first=first)
     t1, c1 = time.perf_counter(), _cpu()
     result = stager.result() if stager else None
     packstream.update_and_checkout(dst, src.head(), None, validate=False, staged=result)
@@ -90,17 +108,19 @@ def main() -> int:
     ap.add_argument("--big-mib", type=int, default=0)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--mode", action="append", choices=MODES)
     args = ap.parse_args()
+    modes = args.mode or list(MODES)
     with tempfile.TemporaryDirectory(prefix="usr-recv-bench-") as tmp:
         base = Path(tmp)
         src = build(base / "src", args.files, args.big_mib)
-        data = {mode: stream(src, mode) for mode in (False, True)}
-        runs: dict[bool, list[tuple[float, ...]]] = {False: [], True: []}
+        data = {mode: stream(src, mode) for mode in modes}
+        runs: dict[str, list[tuple[float, ...]]] = {mode: [] for mode in modes}
         for i in range(args.rounds):
-            for staged in (False, True):  # alternated: the disk's load drifts
-                runs[staged].append(one(src, data[staged], base / f"dst{i}-{staged:d}", staged))
-        for staged, got in runs.items():
-            what = "streamed staging (trees first)" if staged else "no staging (blobs first)"
+            for mode in modes:  # alternated: the disk's load drifts
+                runs[mode].append(one(src, data[mode], base / f"dst{i}-{mode}", mode))
+        for mode, got in runs.items():
+            what = mode
             med = [statistics.median(r[i] for r in got) for i in range(4)]
             print(
                 f"{what:32s} median of {len(got)}: receive {med[0]:5.2f} s + checkout "
@@ -110,7 +130,7 @@ def main() -> int:
         if args.profile:
             prof = cProfile.Profile()
             prof.enable()
-            one(src, data[True], base / "dst-profiled", True)
+            one(src, data[modes[-1]], base / "dst-profiled", modes[-1])
             prof.disable()
             pstats.Stats(prof).sort_stats("cumulative").print_stats(18)
     return 0

@@ -308,7 +308,12 @@ class Kill:
 
 
 #: Points where a killed checkout has left files staged for the receiver.
-STAGING_POINTS = ("checkout.mid-stage", "checkout.staged", "checkout.streamed-file")
+STAGING_POINTS = (
+    "checkout.mid-stage",
+    "checkout.staged",
+    "checkout.streamed-file",
+    "checkout.streamed-chunk",
+)
 
 
 def check_after_kill(

@@ -67,6 +67,7 @@ KILLS = [
     Kill("push", "server", "gitpack.before-idx"),
     Kill("push", "server", "serve.received"),
     Kill("push", "server", "checkout.streamed-file:3"),  # files staged as blobs land
+    Kill("push", "server", "checkout.streamed-chunk:3"),  # chunked files as chunks land
     Kill("push", "server", "checkout.mid-stage"),
     Kill("push", "server", "checkout.journal-written"),
     Kill("push", "server", "checkout.mid-promote"),
@@ -83,6 +84,7 @@ KILLS = [
     Kill("pull", "client", "packstream.manifests-held:3"),  # contents (1, 2: trees, events)
     Kill("pull", "client", "pull.fetched"),
     Kill("pull", "client", "checkout.streamed-file:3"),  # files staged as blobs land
+    Kill("pull", "client", "checkout.streamed-chunk:3"),  # chunked files as chunks land
     Kill("pull", "client", "checkout.staged"),
     Kill("pull", "client", "checkout.mid-promote"),
     Kill("pull", "client", "checkout.before-ref"),
@@ -109,6 +111,7 @@ KILLS = [
     Kill("pull", "server", "packstream.sent-chunk:8", kind="local"),
     Kill("pull", "client", "checkout.journal-written", kind="local"),
     Kill("pull", "client", "checkout.streamed-file:2", kind="local"),
+    Kill("push", "server", "checkout.streamed-chunk:2", kind="local"),
 ]
 
 SELECTED = sweep(KILLS, PER_RUN)

@@ -15,7 +15,9 @@ unverified is ever promoted.
 No lock is held (a push streams without the dataset lock): the staging dir is only work
 the checkout may take. A write that fails (the dir removed by a checkout of another tree,
 a full disk) turns streaming off for the rest of the receive, and the checkout stages
-those files itself. Large files (manifests) are left to the checkout.
+those files itself. Large files (manifests) are left to the checkout, unless the stream
+sends each manifest before its chunks (``chunked``: the "manifest_first" capability): then
+:class:`usr.store.chunkstage.ChunkStager` writes them as their chunks land.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from typing import Any
 from usr import faults
 from usr.errors import UsrError
 from usr.store.checkout import Staged, journal_path, make_dirs, staging_dir, stat_claim
+from usr.store.chunkstage import ChunkStager
 from usr.store.objects import is_manifest_bytes
 from usr.store.worktree import MODE_EXEC, MODE_TREE
 
@@ -42,13 +45,22 @@ class StreamStager:
     """Fed each verified object of a receive (``tree``, ``commit``, ``blob``); stages the
     files of the last commit's tree as their blobs land. :meth:`result` says which."""
 
-    def __init__(self, store: Any, tree: str | None = None, base: str | None = None) -> None:
+    def __init__(
+        self,
+        store: Any,
+        tree: str | None = None,
+        base: str | None = None,
+        chunked: bool = False,
+    ) -> None:
         """``tree``: the target, when known before the stream (a pull has fetched it);
         else the tree of the last commit before the first blob (a push). ``base``: the
         receiver's own tree (its head's: a pull's local one, a push's stored one), whose
-        equal subtrees are not walked."""
+        equal subtrees are not walked. ``chunked``: the stream sends each manifest before
+        its chunks, so chunked files are staged too."""
         self.store = store
         self.base = base
+        self.chunked = chunked
+        self.chunks: ChunkStager | None = None
         self.fixed = tree is not None
         #: Raw bytes of the trees in the stream (already verified and parsed), until the
         #: first blob: the target tree is walked through them.
@@ -80,7 +92,10 @@ class StreamStager:
             if self.off:
                 return
         targets = self.paths.pop(oid, None)  # type: ignore[union-attr]
-        if not targets or is_manifest_bytes(data):
+        if not targets:
+            return
+        if is_manifest_bytes(data):
+            self._on_manifest(data, targets)
             return
         try:
             for rel, mode in targets:
@@ -89,8 +104,28 @@ class StreamStager:
         except OSError:
             self.off = True  # the checkout stages what is not claimed
 
+    def on_chunk(self, cid: str, data: bytes) -> None:
+        """A verified chunk of the stream: written into the chunked files awaiting it."""
+        if self.chunks is not None:
+            self.chunks.on_chunk(cid, data)
+
+    def _on_manifest(self, data: bytes, targets: list[tuple[str, int]]) -> None:
+        if self.chunks is None:
+            return
+        try:
+            for rel, _mode in targets:
+                parent = rel.rpartition("/")[0]
+                if parent not in self.made:
+                    make_dirs(self.top, parent, self.made, clear=False)
+        except OSError:
+            return  # the checkout writes them
+        self.chunks.on_manifest(data, targets)
+
     def result(self) -> Staged | None:
-        """The files staged, for the checkout of the same process (None: none)."""
+        """The files staged, for the checkout of the same process (None: none). Chunked
+        files still awaiting chunks are completed from the store (sealed by now) first."""
+        if self.chunks is not None:
+            self.chunks.finish()
         self.trees, self.paths = {}, {}
         if self.tree is None or not self.files:
             return None
@@ -103,6 +138,8 @@ class StreamStager:
         while a checkout journal exists (recovery may still need it); if the lock is busy
         it is left, a cache that the next checkout removes or re-verifies."""
         self.trees, self.paths = {}, {}
+        if self.chunks is not None:
+            self.chunks.abort()
         if not self.top:
             return
         with contextlib.suppress(UsrError, OSError), self.store.lock("discard staging", 0):
@@ -132,6 +169,10 @@ class StreamStager:
         except OSError:
             self.off = True
         self.top = str(staging)
+        if self.chunked and not self.off:
+            head = self.store.head()
+            base = self.store.tree_of(head) if head else None
+            self.chunks = ChunkStager(self.store, self.top, self.files, base)
 
     def _walk(self, tree: str, prefix: str, base: str | None) -> None:
         """Map the files of ``tree`` that differ from ``base`` (the tree at this path in

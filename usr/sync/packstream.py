@@ -317,6 +317,7 @@ def receive(
     asked: set[str] | None = None,
     chunk_lengths: dict[str, int] | None = None,
     stage: Any = None,
+    manifests_first: bool = False,
 ) -> Received:
     """Write ``O``/``K`` frames into ``store`` as they arrive, until the ``end`` message.
 
@@ -331,16 +332,21 @@ def receive(
     A fetch also passes the object ids it ``asked`` for and the ``chunk_lengths`` its
     manifests claim: anything else, or a chunk of another length, is refused.
 
-    ``stage`` (a push's :class:`usr.store.streamstage.StreamStager`) is shown each object
-    once it is verified and written, to stage the working files while the stream lasts.
+    ``stage`` (a :class:`usr.store.streamstage.StreamStager`) is shown each object and
+    chunk once it is verified and written, to stage the working files while the stream
+    lasts.
+
+    ``manifests_first`` (a push that sends each manifest before its chunks): manifests are
+    held like a fetch's, and written when the stream ends, once the chunks are sealed and
+    each has the length its manifest claims.
     """
     got = Received()
+    hold = hold_manifests or manifests_first
     failure: UsrError | None = None
-    unsealed = 0
-    seal_at = SEAL_BYTES
     # Chunks are sealed before objects (the inner block closes first): a manifest in a
     # sealed object pack never names a chunk that is not durable.
     with store.object_writer() as objects, store.chunks.writer() as packer:
+        sealing = _Sealing(packer)
         while True:
             kind, payload = fio.read_frame()
             if kind == p.JSON:
@@ -355,28 +361,20 @@ def receive(
                     type_name, oid, data = p.decode_object(payload, peer)
                     if asked is not None and oid not in asked:
                         raise VerifyError(f"{peer} sent object {oid}, which was not asked for")
-                    _land_object(store, objects, packer, type_name, oid, data, got, hold_manifests)
+                    _land_object(store, objects, packer, type_name, oid, data, got, hold)
                     if stage is not None:
                         _show(stage, type_name, oid, data)
                     faults.point(FAULT_RECEIVED_OBJECT)
                 else:
-                    cid, data = p.decode_chunk(payload, peer)
-                    if chunk_id(data) != cid:
-                        raise VerifyError(f"chunk {cid} from {peer}: bytes hash differently")
-                    _check_chunk(cid, len(data), chunk_lengths, peer)
-                    if packer.add(cid, data):
-                        got.chunks += 1
-                        got.bytes += len(data)
-                        unsealed += len(data)
-                        if unsealed >= seal_at:
-                            seal_at = min(2 * seal_at, SEAL_MAX_BYTES)
-                            packer.close()
-                            unsealed = 0
+                    _land_chunk(payload, peer, chunk_lengths, stage, sealing, got)
                     faults.point(FAULT_RECEIVED_CHUNK)
             except TransportError:
                 raise
             except UsrError as exc:
                 failure = exc
+        if manifests_first and failure is None:
+            packer.close()  # the chunks are durable before any manifest naming them
+            failure = _land_held(store, objects, got)
     if failure is None:
         try:
             peercheck.check_links(store, got.types, got.links)
@@ -385,6 +383,60 @@ def receive(
     if failure is not None:
         raise failure
     return got
+
+
+@dataclass
+class _Sealing:
+    """Seals received chunks into a pack after SEAL_BYTES, then twice as many each time
+    up to SEAL_MAX_BYTES."""
+
+    packer: Any
+    unsealed: int = 0
+    at: int = SEAL_BYTES
+
+    def added(self, n: int) -> None:
+        self.unsealed += n
+        if self.unsealed >= self.at:
+            self.at = min(2 * self.at, SEAL_MAX_BYTES)
+            self.packer.close()
+            self.unsealed = 0
+
+
+def _land_chunk(
+    payload: bytes,
+    peer: str,
+    lengths: dict[str, int] | None,
+    stage: Any,
+    sealing: _Sealing,
+    got: Received,
+) -> None:
+    """Verify one ``K`` frame, show it to the staging, and add it to the open pack."""
+    cid, data = p.decode_chunk(payload, peer)
+    if chunk_id(data) != cid:
+        raise VerifyError(f"chunk {cid} from {peer}: bytes hash differently")
+    _check_chunk(cid, len(data), lengths, peer)
+    if stage is not None:
+        stage.on_chunk(cid, data)
+    if sealing.packer.add(cid, data):
+        got.chunks += 1
+        got.bytes += len(data)
+        sealing.added(len(data))
+
+
+def _land_held(store: Any, objects: Any, got: Received) -> UsrError | None:
+    """Write the manifests a manifests-first push held back, each after checking its
+    chunks; the first that fails is returned (nothing more is written)."""
+    for oid, data in got.held.items():
+        where = f"blob {oid}"
+        try:
+            _check_manifest_chunks(store, manifest_entries(data, where), where)
+        except UsrError as exc:
+            return exc
+        if objects.add("blob", oid, data):
+            got.objects += 1
+            got.bytes += len(data)
+    got.held = {}
+    return None
 
 
 def _show(stage: Any, type_name: str, oid: str, data: bytes) -> None:

@@ -21,6 +21,7 @@ the receiver can verify each one against its id the moment it lands.
 from __future__ import annotations
 
 import json
+import os
 import select
 import struct
 from typing import Any, BinaryIO, Protocol
@@ -42,6 +43,20 @@ from usr.sync.peercheck import peer_text
 PROTOCOL_VERSION = 1
 MAGIC = b"USRP\x00\x01\r\n"
 HEADER = struct.Struct(">cI")
+#: Capability offered in ``hello`` (and answered by a server that has it): a pushed stream
+#: sends each chunked file's manifest before its chunks, so the receiver can write the
+#: working file while the chunks arrive (docs/protocol.md, "Manifests first").
+MANIFEST_FIRST = "manifest_first"
+#: ``USR_MANIFEST_FIRST=0`` turns it off on this side (A/B runs, a peer to be treated as old).
+MANIFEST_FIRST_ENV = "USR_MANIFEST_FIRST"
+
+
+def manifest_first_enabled() -> bool:
+    """True unless ``$USR_MANIFEST_FIRST`` is ``0`` (or ``false``/``no``/``off``)."""
+    raw = os.environ.get(MANIFEST_FIRST_ENV, "").strip().lower()
+    return raw not in ("0", "false", "no", "off")
+
+
 #: Largest frame either side accepts (a manifest of a multi-GiB file fits with room).
 MAX_FRAME = 64 * 1024 * 1024
 

@@ -74,7 +74,10 @@ def carry_out(run: AuditRun, target: Target, remote: str, options: SyncOptions) 
             require_primary(store, st.remote_head, f"remote {remote}")
             confirm(options, "pull", data)
             base = store.tree_of(st.local_head) if st.local_head else None
-            stager = StreamStager(store, store.tree_of(st.remote_head), base)
+            # Chunked files too, as their chunks land, when both sides agreed to it.
+            chunked = bool(getattr(session, "manifest_first", False))
+            tree = store.tree_of(st.remote_head)
+            stager = StreamStager(store, tree, base, chunked=chunked)
             try:
                 stats = session.fetch(
                     target.dataset, store, [st.remote_head], haves(st.local_head), stage=stager

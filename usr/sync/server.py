@@ -169,12 +169,18 @@ class Server:
             # entries (a phantom change on every record); ssh forwards no environment, so
             # the client's $USR_INLINE_LIMIT travels here.
             os.environ[INLINE_LIMIT_ENV] = str(limit)
+        # Capabilities: answered only when the client offered them (an older client is
+        # sent the hello it knows) and this side has them on.
+        caps = {}
+        if msg.get(p.MANIFEST_FIRST) is True and p.manifest_first_enabled():
+            caps[p.MANIFEST_FIRST] = True
         self.fio.send_message(
             "hello",
             usr_version=__version__,
             protocol=p.PROTOCOL_VERSION,
             root=str(self.root),
             root_exists=self.root.is_dir(),
+            **caps,
         )
 
     def op_heads(self, msg: dict[str, Any]) -> None:
@@ -268,10 +274,17 @@ class Server:
         self.pack_failed = True
         self._staged.pop(store.path, None)
         head = store.head()
-        stager = StreamStager(store, base=store.tree_of(head) if head else None)
+        # The client sends each manifest before its chunks (it says so here, and only
+        # after this side offered it in hello): manifests are held until their chunks are
+        # sealed, and chunked files are staged as the chunks land.
+        first = msg.get(p.MANIFEST_FIRST) is True
+        base = store.tree_of(head) if head else None
+        stager = StreamStager(store, base=base, chunked=first and p.manifest_first_enabled())
         try:
             with self._transfer_lock(store, "usr serve: receiving a push"):
-                stats = packstream.receive(store, self.fio, self.peer, stage=stager)
+                stats = packstream.receive(
+                    store, self.fio, self.peer, stage=stager, manifests_first=first
+                )
         except BaseException:
             stager.discard()
             raise

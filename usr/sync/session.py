@@ -94,6 +94,8 @@ class Session:
         self._stderr = stderr or StderrTail()
         self.lock_timeout = lock_timeout
         self.server: dict[str, Any] = {}
+        #: Both sides offered "manifest_first" in hello (docs/protocol.md, "Manifests first").
+        self.manifest_first = False
         self.handshake_seconds = 0.0
         self._closed = False
 
@@ -163,6 +165,8 @@ class Session:
         start = time.monotonic()
         with self._exchange():
             self.fio.read_magic()
+        offer = p.manifest_first_enabled()
+        caps: dict[str, Any] = {p.MANIFEST_FIRST: True} if offer else {}
         reply = self._request(
             "hello",
             "hello",
@@ -170,6 +174,7 @@ class Session:
             protocol=p.PROTOCOL_VERSION,
             lock_timeout=self.lock_timeout,
             inline_limit=inline_limit(),
+            **caps,
         )
         if reply.get("protocol") != p.PROTOCOL_VERSION:
             raise TransportError(
@@ -178,6 +183,7 @@ class Session:
                 "install the same usr version on both machines",
             )
         self.server = reply
+        self.manifest_first = offer and reply.get(p.MANIFEST_FIRST) is True
         self.handshake_seconds = time.monotonic() - start
         return reply
 
@@ -369,6 +375,7 @@ class Session:
                     meter=meter,
                     asked=set(),
                     chunk_lengths={c: lengths.get(c, -1) for c in cids},
+                    stage=stage,
                 )
             stats.chunks += more.chunks
             stats.payload_bytes += more.bytes
@@ -438,24 +445,10 @@ class Session:
         stats = TransferStats()
         total = plan.total(send_oids, send_cids)
         with self._exchange(), self._meter("push", self.fio.bytes_out, total) as meter:
-            self.fio.send_message("pack", ds=ds, create=create)
+            first = {p.MANIFEST_FIRST: True} if self.manifest_first else {}
+            self.fio.send_message("pack", ds=ds, create=create, **first)
             for oid in send_oids:
-                kind, data = packstream.read_for_send(store, oid)
-                chunks = plan.chunks_of.get(oid)
-                if chunks is None and kind == "blob" and is_manifest_bytes(data):
-                    # Taken for a plain blob by its size: offer every chunk it names (the
-                    # receiver keeps what it lacks), so the manifest still lands after them.
-                    chunks = packstream.manifest_chunks(data, f"blob {oid}")
-                    send_cids.update(chunks)
-                for cid in chunks or ():
-                    if cid in send_cids:
-                        self._send_chunk(store, cid, stats, meter)
-                        send_cids.discard(cid)
-                        faults.point(FAULT_PUSH_MID_STREAM)
-                self.fio.send_object(kind, oid, data)
-                stats.objects += 1
-                stats.payload_bytes += len(data)
-                meter.update(self.fio.bytes_out)
+                self._send_blob(store, oid, plan, send_cids, stats, meter)
             for cid in sorted(send_cids):  # chunks of manifests the remote already has
                 self._send_chunk(store, cid, stats, meter)
             self.fio.send_message("end")
@@ -470,6 +463,44 @@ class Session:
         stats.wire_bytes_out = self.fio.bytes_out - out0
         stats.seconds = time.monotonic() - start
         return stats
+
+    def _send_blob(
+        self,
+        store: Any,
+        oid: str,
+        plan: packstream.PushPlan,
+        send_cids: set[str],
+        stats: TransferStats,
+        meter: Any,
+    ) -> None:
+        """Queue one object of a push with the chunks of its manifest that the remote
+        lacks: after them (the receiver writes a manifest once its chunks are stored), or,
+        with manifests first, before them (the receiver holds it until they are sealed and
+        writes the working file as they land)."""
+        kind, data = packstream.read_for_send(store, oid)
+        chunks = plan.chunks_of.get(oid)
+        if chunks is None and kind == "blob" and is_manifest_bytes(data):
+            # Taken for a plain blob by its size: offer every chunk it names (the
+            # receiver keeps what it lacks), so the file is still complete.
+            chunks = packstream.manifest_chunks(data, f"blob {oid}")
+            send_cids.update(chunks)
+        if self.manifest_first:
+            self._send_object(kind, oid, data, stats, meter)
+        for cid in chunks or ():
+            if cid in send_cids:
+                self._send_chunk(store, cid, stats, meter)
+                send_cids.discard(cid)
+                faults.point(FAULT_PUSH_MID_STREAM)
+        if not self.manifest_first:
+            self._send_object(kind, oid, data, stats, meter)
+
+    def _send_object(
+        self, kind: str, oid: str, data: bytes, stats: TransferStats, meter: Any
+    ) -> None:
+        self.fio.send_object(kind, oid, data)
+        stats.objects += 1
+        stats.payload_bytes += len(data)
+        meter.update(self.fio.bytes_out)
 
     def _send_chunk(self, store: Any, cid: str, stats: TransferStats, meter: Any) -> None:
         data = store.chunks.get(cid)
