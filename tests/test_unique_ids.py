@@ -10,6 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from usr import unique_ids
 from usr.unique_ids import first_duplicate
 
 
@@ -51,3 +52,22 @@ def test_other_ids_are_hashed(per_pass: int) -> None:
 def test_a_missing_id_and_an_empty_table() -> None:
     assert first_duplicate(_file(["a", None])) == "null"
     assert first_duplicate(_file([])) is None
+
+
+@pytest.mark.parametrize("read_rows", [1, 250, 2_000, 10_000_000])
+def test_row_groups_read_together_or_apart_find_the_same(monkeypatch, read_rows: int) -> None:
+    """Row groups are read in batches of about ``READ_ROWS`` rows: a duplicate in the first
+    and the last row group is found however they are batched (a batch boundary inside,
+    at, or beyond the table)."""
+    monkeypatch.setattr(unique_ids, "READ_ROWS", read_rows)
+    ids = _sha(3000)
+    assert first_duplicate(_file(ids, row_group_size=200)) is None
+    assert first_duplicate(_file([*ids, ids[5]], row_group_size=200)) == ids[5]
+
+
+def test_a_core_id_key_is_its_first_sixteen_hex_digits() -> None:
+    """The key is the number the first 16 digits spell (the first digit most significant),
+    so keys of core ids sort and partition as those digits do."""
+    ids = _sha(500) + ["f" * 40, "0" * 40, "8000000000000000" + "a" * 24]
+    keys = unique_ids._keys(pa.array(ids))
+    assert [int(k) for k in keys] == [int(i[:16], 16) for i in ids]
