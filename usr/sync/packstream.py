@@ -82,6 +82,13 @@ class Received:
     types: dict[str, str] = field(default_factory=dict)
     links: list[tuple[str, str, str]] = field(default_factory=list)
 
+    def add(self, more: Received) -> None:
+        """Fold in the receive of a later batch: counts, needed chunks, held manifests."""
+        self.objects += more.objects
+        self.bytes += more.bytes
+        self.manifest_chunks.extend(more.manifest_chunks)
+        self.held.update(more.held)
+
 
 def has_object(store: Any, oid: str) -> bool:
     return bool(store.has_object(oid))
@@ -211,23 +218,23 @@ class PushPlan:
     sizes: dict[str, int] = field(default_factory=dict)
     chunks_of: dict[str, list[str]] = field(default_factory=dict)
     chunk_sizes: dict[str, int] = field(default_factory=dict)
-    #: Ids of the blobs among the objects (the rest are commits and trees).
-    blobs: set[str] = field(default_factory=set)
+    #: Ids of the commits and trees among the objects (the rest are blobs): a few per
+    #: directory, where a set of the blobs held one entry per file.
+    others: set[str] = field(default_factory=set)
+
+    def is_blob(self, oid: str) -> bool:
+        return oid not in self.others
 
     def trees_first(self, oids: Iterable[str]) -> list[str]:
         """``oids`` with commits and trees first, then blobs, each in the given order: the
         receiver knows the pushed tree before any file content, to stage the files as
         they land (:mod:`usr.store.streamstage`)."""
         oids = list(oids)
-        return [o for o in oids if o not in self.blobs] + [o for o in oids if o in self.blobs]
+        return [o for o in oids if o in self.others] + [o for o in oids if o not in self.others]
 
     def cids(self) -> list[str]:
         """Every chunk the manifests name, once each, in manifest order."""
         return list(self.chunk_sizes)
-
-    def offers(self, oids: Iterable[str], cids: Iterable[str]) -> bool:
-        """True when a peer asked only for objects and chunks this push offered."""
-        return all(o in self.sizes for o in oids) and all(c in self.chunk_sizes for c in cids)
 
     def total(self, oids: Iterable[str], cids: Iterable[str]) -> int:
         """Payload bytes of these objects and chunks (the progress meter's total)."""
@@ -258,15 +265,14 @@ def plan_push(
         size = known.get(oid)
         if size is not None and size <= limit:
             plan.sizes[oid] = size
-            plan.blobs.add(oid)
             continue
         try:
             obj_type, plan.sizes[oid] = odb.read_header(oid)
         except KeyError:
             raise NotFoundError(f"object {oid} is not in the store") from None
         if int(obj_type) != p.OBJECT_TYPES["blob"]:
+            plan.others.add(oid)
             continue
-        plan.blobs.add(oid)
         _, data = read_for_send(store, oid)
         entries = manifest_entries(data, f"blob {oid}")
         if entries:
