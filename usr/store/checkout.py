@@ -33,17 +33,20 @@ import json
 import os
 import shutil
 import stat as statmod
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from itertools import chain
 from pathlib import Path
 
 from usr import faults
 from usr.atomic import syncfs, write_json
 from usr.errors import ConflictError, InputError
 from usr.layout import check_relpath
+from usr.store.diff_tree import iter_diff
 from usr.store.index import StatKey
 from usr.store.objects import inline_limit
 from usr.store.refs import MAIN
-from usr.store.worktree import FILE_MODES, MODE_EXEC, hash_file, walk_tree, write_entry
+from usr.store.worktree import FILE_MODES, MODE_EXEC, hash_file, write_entry
 
 STAGING_PREFIX = ".usr-staging-"
 #: Above this many files to write, staging flushes the filesystem once instead of
@@ -89,7 +92,7 @@ def _stage(store, target_tree: str, changes, staged: Staged | None = None) -> tu
         fresh = True  # nothing was staged for this tree before: no leftover to look for
     except FileExistsError:
         fresh = False
-    modes = _modes(store.repo, target_tree, changes)
+    modes = _Modes(store.repo, target_tree)
     ops: list[Op] = []
     limit = inline_limit()
     top, root = str(staging), str(store.path)
@@ -98,7 +101,7 @@ def _stage(store, target_tree: str, changes, staged: Staged | None = None) -> tu
     # 2,000 small files). Past a few files, stage without them and flush the filesystem
     # once before the journal is written: the journal still only ever names durable files,
     # and a crash before it leaves staged files that are re-verified by hash before reuse.
-    batched = sum(1 for c in changes if c.status != "D") > BATCH_FSYNC_FILES
+    batched, changes = _many_puts(changes)
     claims = staged.files if staged is not None and staged.tree == target_tree else set()
     took = False  # streamed files were taken: they are flushed with the filesystem below
     for change in changes:
@@ -112,13 +115,13 @@ def _stage(store, target_tree: str, changes, staged: Staged | None = None) -> tu
         dest = f"{top}/{rel}"
         if claims and staged_as_written(dest, rel, claims):
             took = True
-        elif fresh or not _staged_intact(dest, change.new_id, modes[rel], limit):
+        elif fresh or not _staged_intact(dest, change.new_id, modes(rel), limit):
             base = (f"{root}/{rel}", change.old_id) if change.status == "M" else None
             write_entry(
                 store.repo,
                 store.chunks,
                 change.new_id,
-                modes[rel],
+                modes(rel),
                 dest,
                 rel,
                 fsync=not batched,
@@ -131,25 +134,41 @@ def _stage(store, target_tree: str, changes, staged: Staged | None = None) -> tu
     return staging, ops
 
 
-#: Up to this many files to write, their modes are looked up path by path in the target
-#: tree; past it the tree is walked once (a bootstrap), where lookups would cost more.
-MODE_LOOKUPS = 1024
+def _many_puts(changes) -> tuple[bool, Iterator]:
+    """Whether ``changes`` (an iterable, e.g. a lazy diff) writes more than
+    BATCH_FSYNC_FILES files, and the same changes to go through: only those up to the
+    answer are held, not the whole comparison."""
+    it = iter(changes)
+    ahead, puts = [], 0
+    for change in it:
+        ahead.append(change)
+        puts += change.status != "D"
+        if puts > BATCH_FSYNC_FILES:
+            break
+    return puts > BATCH_FSYNC_FILES, chain(ahead, it)
 
 
-def _modes(repo, target_tree: str, changes) -> dict[str, int]:
-    """File modes of the files ``changes`` writes, from the target tree: a one-file change
-    reads the trees on that file's path, not every tree of the state."""
-    paths = [c.path for c in changes if c.status != "D"]
-    if len(paths) > MODE_LOOKUPS:
-        return {rel: mode for rel, _, mode in walk_tree(repo, target_tree)}
-    tree = repo[target_tree]
-    modes = {}
-    for rel in paths:
-        mode = tree[check_relpath(rel)].filemode
+class _Modes:
+    """File modes of the files a checkout writes, looked up in the target tree one
+    directory at a time (the changes come in path order, each directory's files together):
+    no map of every path of the state for a bootstrap, and a one-file change reads the
+    trees on that file's path only."""
+
+    def __init__(self, repo, target_tree: str) -> None:
+        self.repo = repo
+        self.root = repo[target_tree]
+        self.dir: str | None = ""
+        self.tree = self.root
+
+    def __call__(self, rel: str) -> int:
+        parent, _, name = rel.rpartition("/")
+        if parent != self.dir:
+            self.tree = self.repo[self.root[parent].id] if parent else self.root
+            self.dir = parent
+        mode = self.tree[name].filemode
         if mode not in FILE_MODES:
             raise InputError(f"tree entry {rel!r} has mode {mode:o}; refused")
-        modes[rel] = mode
-    return modes
+        return mode
 
 
 #: A journal operation in memory: ``("delete", path, None)`` or ``("put", path, entry id)``
@@ -357,11 +376,10 @@ def checkout(
             saved = f"refs/usr/saved/{head}"
             if store.refs.get(saved) is None:
                 store.update_ref(saved, head, None)  # no recorded state is ever lost
-        changes = store.diff(work, target_tree, sizes=False)
+        # One change at a time: the comparison is never held whole (100,000 files: ~44 MiB
+        # of FileChange objects); the operations keep each path and id.
+        changes = iter_diff(store.repo, store.tree_of(work), target_tree, None)
         staging, ops = _stage(store, target_tree, changes, staged)
-        # The journal names every path again: let the comparison go before it is encoded
-        # (100,000 files: ~44 MiB of FileChange objects at the pull's peak).
-        del changes
         faults.point(FAULT_STAGED)
         journal = {"commit": target, "staging": staging.name, "ops": ops}
         write_json(journal_path(store), journal, "ops", item=_op_json)

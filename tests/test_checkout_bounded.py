@@ -1,0 +1,80 @@
+"""A checkout holds a bounded number of per-file structures besides its journal: the
+comparison is walked one change at a time and file modes are looked up one directory at
+a time (issue "Scale: a million files per dataset in bounded memory").
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from usr.store import Store
+from usr.store import checkout as checkout_mod
+from usr.store.model import FileChange
+
+
+def _tree(base: Path, dirs: int, files: int) -> None:
+    for d in range(dirs):
+        (base / f"d{d:02d}" / "sub").mkdir(parents=True)
+        for f in range(files):
+            (base / f"d{d:02d}/f{f:03d}.txt").write_bytes(f"{d}/{f}".encode())
+        (base / f"d{d:02d}/sub/x.sh").write_bytes(b"#!/bin/sh\n")
+        (base / f"d{d:02d}/sub/x.sh").chmod(0o755)
+
+
+def test_a_bootstrap_checkout_holds_few_file_changes_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """2,020 files checked out into an empty store: at most a few FileChange objects are
+    alive at any moment (the whole comparison used to be a list), and every file lands
+    with its mode."""
+    src = Store.open(tmp_path / "a")
+    _tree(tmp_path / "a", 20, 100)
+    commit = src.record("all").commit
+    dst = Store.open(tmp_path / "b")
+    for oid in src.missing_objects([commit], []):
+        dst.write_object(*src.read_object(oid), expect=oid)
+    live: list[weakref.ref[FileChange]] = []
+    most = 0
+    lazy = checkout_mod.iter_diff
+
+    def watched(*args: Any) -> Iterator[FileChange]:
+        nonlocal most
+        for change in lazy(*args):
+            live.append(weakref.ref(change))
+            most = max(most, sum(1 for r in live if r() is not None))
+            yield change
+
+    monkeypatch.setattr(checkout_mod, "iter_diff", watched)
+    dst.checkout(commit)
+    assert len(live) >= 2_020
+    assert most <= checkout_mod.BATCH_FSYNC_FILES + 4, most
+    assert dst.verify_working(commit) == [] and dst.fsck() == []
+    assert (tmp_path / "b/d07/sub/x.sh").stat().st_mode & 0o111
+
+
+def test_many_puts_keeps_deletions_and_order() -> None:
+    changes = [FileChange(f"p{i}", "D" if i % 3 == 0 else "A", "aux", None, None, None, None)
+               for i in range(60)]  # fmt: skip
+    batched, again = checkout_mod._many_puts(iter(changes))
+    assert batched and list(again) == changes
+    batched, again = checkout_mod._many_puts(changes[:6])
+    assert not batched and list(again) == changes[:6]
+
+
+def test_modes_refuse_what_is_not_a_file(tmp_path: Path) -> None:
+    store = Store.open(tmp_path / "a")
+    _tree(tmp_path / "a", 2, 3)
+    tree = store.tree_of(store.record("all").commit)
+    modes = checkout_mod._Modes(store.repo, tree)
+    assert modes("d00/f000.txt") == 0o100644
+    assert modes("d01/sub/x.sh") == 0o100755
+    assert modes("d00/f001.txt") == 0o100644  # back to another directory
+    from usr.errors import InputError
+
+    with pytest.raises(InputError, match="refused"):
+        modes("d00/sub")
