@@ -97,3 +97,24 @@ def test_stat_cache_updates_are_packed_rows(tmp_path: Path) -> None:
         key,
         "ab" * 20,
     )
+
+
+def test_streamed_staging_maps_each_file_as_one_string(tmp_path: Path) -> None:
+    """The receiver's blob -> paths map of a bootstrap holds a raw id and one string per
+    file (a list only for a blob at several paths), and gives back paths and modes."""
+    from usr.store.streamstage import StreamStager, _targets
+
+    store = Store.open(tmp_path / "a")
+    _tree(tmp_path / "a", 3, 4)
+    (tmp_path / "a/d00/copy.txt").write_bytes(b"0/1")  # the same bytes as d00/f001.txt
+    tree = store.tree_of(store.record("all").commit)
+    stager = StreamStager(store, tree)
+    stager._plan()
+    paths = stager.paths or {}
+    assert all(isinstance(k, bytes) and len(k) == 20 for k in paths)
+    singles = [v for v in paths.values() if isinstance(v, str)]
+    assert len(singles) == len(paths) - 2  # d00's copy, and the 3 identical x.sh
+    found = {rel: mode for v in paths.values() for rel, mode in _targets(v)}
+    assert found["d02/sub/x.sh"] == 0o100755 and found["d00/copy.txt"] == 0o100644
+    assert len(found) == 3 * 4 + 3 + 1
+    stager.discard()

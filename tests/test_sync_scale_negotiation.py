@@ -381,7 +381,7 @@ def test_streamed_staging_maps_only_the_paths_that_differ(tmp_path: Path) -> Non
     unchanged = str(store.repo[target]["d05/f1.txt"].id)
     new = str(store.repo[target]["d03/new.txt"].id)
     stager.on_blob(unchanged, b"5/1")  # equal at its path: not mapped, not staged
-    assert list(stager.paths or {}) == [new]  # the only file mapped of the 201
+    assert list(stager.paths or {}) == [bytes.fromhex(new)]  # the only file mapped of the 201
     stager.on_blob(new, b"new")
     got = stager.result()
     assert got is not None and len(got.files) == 1
