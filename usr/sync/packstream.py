@@ -150,8 +150,8 @@ def list_objects(store: Any, wants: list[str], haves: list[str], blobs: bool = T
     only commits and trees are listed, plus the size of every blob they name (``sizes``):
     enough to compare trees without moving file contents.
     """
-    types: dict[str, str] = {}
     order: list[str] = []
+    kinds: list[str] = []  # beside ``order``: no map of every id for a bootstrap
     commit_wants, tree_wants = [], []
     for oid in wants:
         kind, _ = store.read_object(oid)
@@ -160,21 +160,35 @@ def list_objects(store: Any, wants: list[str], haves: list[str], blobs: bool = T
         (commit_wants if kind == "commit" else tree_wants).append(oid)
     if commit_wants:
         for oid, kind in revlist.missing_typed(store.repo, commit_wants, haves):
-            types[oid] = kind
             order.append(oid)
-    for oid in tree_wants:
-        _walk(store, oid, types, order)
+            kinds.append(kind)
+    if tree_wants:
+        types = dict(zip(order, kinds, strict=True))
+        walked: list[str] = []
+        for oid in tree_wants:
+            _walk(store, oid, types, walked)
+        order.extend(walked)
+        kinds.extend(types[o] for o in walked)
     sizes: dict[str, int] = {}
     if not blobs:
-        size_of = _BlobSizes(store)
-        for oid in order:
-            if types[oid] == "tree":
-                _, data = read_for_send(store, oid)
-                for kind, _name, child in parse_tree(data):
-                    if kind == "blob" and child not in sizes:
-                        sizes[child] = size_of(child)
-        order = [o for o in order if types[o] != "blob"]
-    return {"oids": order, "types": [types[o] for o in order], "sizes": sizes}
+        sizes = _tree_blob_sizes(
+            store, [o for o, k in zip(order, kinds, strict=True) if k == "tree"]
+        )
+        kept = [(o, k) for o, k in zip(order, kinds, strict=True) if k != "blob"]
+        order, kinds = [o for o, _ in kept], [k for _, k in kept]
+    return {"oids": order, "types": kinds, "sizes": sizes}
+
+
+def _tree_blob_sizes(store: Any, trees: list[str]) -> dict[str, int]:
+    """The whole-file size of every blob the ``trees`` name, by blob id."""
+    sizes: dict[str, int] = {}
+    size_of = _BlobSizes(store)
+    for oid in trees:
+        _, data = read_for_send(store, oid)
+        for kind, _name, child in parse_tree(data):
+            if kind == "blob" and child not in sizes:
+                sizes[child] = size_of(child)
+    return sizes
 
 
 class _BlobSizes:
