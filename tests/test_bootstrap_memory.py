@@ -145,3 +145,19 @@ def test_audit_file_entries_share_one_key_table() -> None:
     ]  # fmt: skip
     assert first["status"] == "added" and first["new_id"] == f"{1:040x}"
     assert json.loads(json.dumps(first)) == first
+
+
+def test_journal_operations_are_compact_and_round_trip() -> None:
+    """A checkout holds one bytes per operation until the promote; the journal on disk is
+    unchanged (docs/format.md §8), and recovery reads it back into the same bytes."""
+    put = checkout_mod._op("put", "d/caf\u00e9-\udcff.bin", "ab" * 20)
+    gone = checkout_mod._op("delete", "old/x.txt", None)
+    assert isinstance(put, bytes) and len(put) == 1 + 20 + len("d/café-x.bin") + 1
+    assert checkout_mod._op_fields(put) == ("put", "d/caf\u00e9-\udcff.bin", "ab" * 20)
+    assert checkout_mod._op_fields(gone) == ("delete", "old/x.txt", None)
+    assert checkout_mod._op_json(put) == {"op": "put", "path": "d/caf\u00e9-\udcff.bin",
+                                          "id": "ab" * 20}  # fmt: skip
+    assert checkout_mod._op_json(gone) == {"op": "delete", "path": "old/x.txt"}
+    again = [checkout_mod._op(j["op"], j["path"], j.get("id"))
+             for j in map(checkout_mod._op_json, [put, gone])]  # fmt: skip
+    assert again == [put, gone]
