@@ -446,6 +446,7 @@ class Session:
         in0, out0 = self.fio.bytes_in, self.fio.bytes_out
         haves = [old] if old and packstream.has_object(store, old) else []
         plan = packstream.plan_push(store, store.missing_objects([new], haves), file_sizes)
+        del file_sizes  # the caller's only reference (a size per file of a bootstrap)
         send_oids, send_cids = self._negotiate(ds, plan, create)
         send_oids = plan.trees_first(send_oids)
         faults.point(FAULT_PUSH_NEGOTIATED)
