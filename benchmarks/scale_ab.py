@@ -144,11 +144,14 @@ class Tree:
         return got
 
 
-def bench_tree(tree: Tree, laptop: Path, emit: Any) -> None:
-    """First push, pull into a fresh root, one new file pushed and pulled."""
+def bench_tree(tree: Tree, laptop: Path, emit: Any, bootstrap_only: bool = False) -> None:
+    """First push, pull into a fresh root, one new file pushed and pulled (with
+    ``bootstrap_only``, the first push and pull alone)."""
     shutil.rmtree(laptop / DS / ".usr" / "refs" / "remotes", ignore_errors=True)
     emit(tree.name, "first_push", tree.usr(laptop, "push", DS, "loc", "-y"))
     emit(tree.name, "first_pull", tree.usr(tree.pulled, "pull", DS, "loc", "-y"))
+    if bootstrap_only:
+        return
     new = laptop / DS / "_artifacts" / "scale" / "d0007" / f"new-{tree.name}.bin"
     new.write_bytes(os.urandom(1024))
     emit(tree.name, "snapshot_one", tree.usr(laptop, "snapshot", DS, "-m", "one", remote=False))
@@ -230,6 +233,8 @@ def main() -> int:
     ap.add_argument("--tmp", type=Path, default=None, help="scratch parent dir")
     ap.add_argument("--negotiation-only", action="store_true",
                     help="time revlist alone in a bare repository (no CLI, no rsync)")  # fmt: skip
+    ap.add_argument("--bootstrap-only", action="store_true",
+                    help="the first push and pull of each tree only (no rsync)")  # fmt: skip
     args = ap.parse_args()
     # NAME=DIR[@COMMIT]: the commit names an archived copy (no .git) in the results.
     specs = [(k, *v.partition("@")[::2]) for k, v in (t.split("=", 1) for t in args.tree)]
@@ -259,8 +264,9 @@ def main() -> int:
         )
         others = [first] + [Tree(k, v, tmp) for k, v in trees[1:]]
         for tree in others:
-            bench_tree(tree, laptop, emit)
-        bench_rsync(laptop, tmp, emit)
+            bench_tree(tree, laptop, emit, args.bootstrap_only)
+        if not args.bootstrap_only:
+            bench_rsync(laptop, tmp, emit)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return 0

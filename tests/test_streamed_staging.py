@@ -66,7 +66,7 @@ def _stream(
     oids = src.missing_objects([new], [old] if old else [])
     plan = packstream.plan_push(src, oids, None)
     if only is not None:
-        oids = [o for o in oids if (o in plan.blobs) == (only == "blobs")]
+        oids = [o for o in oids if plan.is_blob(o) == (only == "blobs")]
     out = io.BytesIO()
     fio = p.FrameIO(p.FileChannel(io.BytesIO(), out), peer="test")
     packstream.send_chunks(src, fio, plan.cids())

@@ -327,7 +327,7 @@ def test_a_pushed_state_is_checked_and_checked_out_along_its_changes(
 ) -> None:
     """The receiving side of a one-file push: the completeness check lists the new file's
     path only (``tree_changes`` against the stored head) and the checkout looks its mode
-    up by path, never walking the whole target tree."""
+    up in the file's directory, never walking the whole target tree."""
     from usr.store import checkout as checkout_mod
     from usr.sync import packstream
 
@@ -348,13 +348,18 @@ def test_a_pushed_state_is_checked_and_checked_out_along_its_changes(
                                   [str(dst.repo[first].tree_id)], on_read=reads.append)  # fmt: skip
     assert [kind for _, kind in listed] == ["blob", "tree", "tree"] and len(reads) == 4
 
-    def no_walk(*args: object) -> None:
-        raise AssertionError("the whole target tree was walked")
+    dirs: list[str | None] = []
+    modes_call = checkout_mod._Modes.__call__
 
-    monkeypatch.setattr(checkout_mod, "walk_tree", no_walk)
+    def counted(self: checkout_mod._Modes, rel: str) -> int:
+        dirs.append(self.dir)
+        return modes_call(self, rel)
+
+    monkeypatch.setattr(checkout_mod._Modes, "__call__", counted)
     assert packstream.update_and_checkout(dst, second, first, validate=False) == second
     assert (tmp_path / "b/d05/new.txt").read_bytes() == b"new"
     assert dst.verify_working(second) == [] and dst.fsck() == []
+    assert dirs == [""], dirs  # one file's mode, its directory (d05) read once
 
 
 def test_streamed_staging_maps_only_the_paths_that_differ(tmp_path: Path) -> None:
@@ -376,7 +381,7 @@ def test_streamed_staging_maps_only_the_paths_that_differ(tmp_path: Path) -> Non
     unchanged = str(store.repo[target]["d05/f1.txt"].id)
     new = str(store.repo[target]["d03/new.txt"].id)
     stager.on_blob(unchanged, b"5/1")  # equal at its path: not mapped, not staged
-    assert list(stager.paths or {}) == [new]  # the only file mapped of the 201
+    assert list(stager.paths or {}) == [bytes.fromhex(new)]  # the only file mapped of the 201
     stager.on_blob(new, b"new")
     got = stager.result()
     assert got is not None and len(got.files) == 1

@@ -33,17 +33,20 @@ import json
 import os
 import shutil
 import stat as statmod
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from itertools import chain
 from pathlib import Path
 
 from usr import faults
 from usr.atomic import syncfs, write_json
 from usr.errors import ConflictError, InputError
 from usr.layout import check_relpath
+from usr.store.diff_tree import iter_diff
 from usr.store.index import StatKey
 from usr.store.objects import inline_limit
 from usr.store.refs import MAIN
-from usr.store.worktree import FILE_MODES, MODE_EXEC, hash_file, walk_tree, write_entry
+from usr.store.worktree import FILE_MODES, MODE_EXEC, hash_file, write_entry
 
 STAGING_PREFIX = ".usr-staging-"
 #: Above this many files to write, staging flushes the filesystem once instead of
@@ -89,7 +92,7 @@ def _stage(store, target_tree: str, changes, staged: Staged | None = None) -> tu
         fresh = True  # nothing was staged for this tree before: no leftover to look for
     except FileExistsError:
         fresh = False
-    modes = _modes(store.repo, target_tree, changes)
+    modes = _Modes(store.repo, target_tree)
     ops: list[Op] = []
     limit = inline_limit()
     top, root = str(staging), str(store.path)
@@ -98,13 +101,13 @@ def _stage(store, target_tree: str, changes, staged: Staged | None = None) -> tu
     # 2,000 small files). Past a few files, stage without them and flush the filesystem
     # once before the journal is written: the journal still only ever names durable files,
     # and a crash before it leaves staged files that are re-verified by hash before reuse.
-    batched = sum(1 for c in changes if c.status != "D") > BATCH_FSYNC_FILES
+    batched, changes = _many_puts(changes)
     claims = staged.files if staged is not None and staged.tree == target_tree else set()
     took = False  # streamed files were taken: they are flushed with the filesystem below
     for change in changes:
         rel = check_relpath(change.path)
         if change.status == "D":
-            ops.append(("delete", rel, None))
+            ops.append(_op("delete", rel, None))
             continue
         parent = rel.rpartition("/")[0]
         if parent not in made:
@@ -112,54 +115,83 @@ def _stage(store, target_tree: str, changes, staged: Staged | None = None) -> tu
         dest = f"{top}/{rel}"
         if claims and staged_as_written(dest, rel, claims):
             took = True
-        elif fresh or not _staged_intact(dest, change.new_id, modes[rel], limit):
+        elif fresh or not _staged_intact(dest, change.new_id, modes(rel), limit):
             base = (f"{root}/{rel}", change.old_id) if change.status == "M" else None
             write_entry(
                 store.repo,
                 store.chunks,
                 change.new_id,
-                modes[rel],
+                modes(rel),
                 dest,
                 rel,
                 fsync=not batched,
                 base=base,
             )
-        ops.append(("put", rel, change.new_id))
+        ops.append(_op("put", rel, change.new_id))
         faults.point(FAULT_MID_STAGE)
     if batched or took:
         syncfs(staging)
     return staging, ops
 
 
-#: Up to this many files to write, their modes are looked up path by path in the target
-#: tree; past it the tree is walked once (a bootstrap), where lookups would cost more.
-MODE_LOOKUPS = 1024
+def _many_puts(changes) -> tuple[bool, Iterator]:
+    """Whether ``changes`` (an iterable, e.g. a lazy diff) writes more than
+    BATCH_FSYNC_FILES files, and the same changes to go through: only those up to the
+    answer are held, not the whole comparison."""
+    it = iter(changes)
+    ahead, puts = [], 0
+    for change in it:
+        ahead.append(change)
+        puts += change.status != "D"
+        if puts > BATCH_FSYNC_FILES:
+            break
+    return puts > BATCH_FSYNC_FILES, chain(ahead, it)
 
 
-def _modes(repo, target_tree: str, changes) -> dict[str, int]:
-    """File modes of the files ``changes`` writes, from the target tree: a one-file change
-    reads the trees on that file's path, not every tree of the state."""
-    paths = [c.path for c in changes if c.status != "D"]
-    if len(paths) > MODE_LOOKUPS:
-        return {rel: mode for rel, _, mode in walk_tree(repo, target_tree)}
-    tree = repo[target_tree]
-    modes = {}
-    for rel in paths:
-        mode = tree[check_relpath(rel)].filemode
+class _Modes:
+    """File modes of the files a checkout writes, looked up in the target tree one
+    directory at a time (the changes come in path order, each directory's files together):
+    no map of every path of the state for a bootstrap, and a one-file change reads the
+    trees on that file's path only."""
+
+    def __init__(self, repo, target_tree: str) -> None:
+        self.repo = repo
+        self.root = repo[target_tree]
+        self.dir: str | None = ""
+        self.tree = self.root
+
+    def __call__(self, rel: str) -> int:
+        parent, _, name = rel.rpartition("/")
+        if parent != self.dir:
+            self.tree = self.repo[self.root[parent].id] if parent else self.root
+            self.dir = parent
+        mode = self.tree[name].filemode
         if mode not in FILE_MODES:
             raise InputError(f"tree entry {rel!r} has mode {mode:o}; refused")
-        modes[rel] = mode
-    return modes
+        return mode
 
 
-#: A journal operation in memory: ``("delete", path, None)`` or ``("put", path, entry id)``
-#: (a tuple, not the journal's JSON object: 100,000 of them are held through a checkout).
-Op = tuple[str, str, str | None]
+#: A journal operation in memory, one bytes each (a checkout holds one per file it writes
+#: through the promote: ~90 bytes, where a tuple of the path and hex id took ~240): ``D``
+#: and the path, or ``P``, the raw 20-byte entry id and the path (UTF-8, surrogateescape).
+Op = bytes
+
+
+def _op(kind: str, path: str, oid: str | None) -> Op:
+    raw = path.encode("utf-8", "surrogateescape")
+    return b"D" + raw if kind == "delete" else b"P" + bytes.fromhex(str(oid)) + raw
+
+
+def _op_fields(op: Op) -> tuple[str, str, str | None]:
+    """``("delete", path, None)`` or ``("put", path, entry id)`` of an operation."""
+    if op[:1] == b"D":
+        return "delete", op[1:].decode("utf-8", "surrogateescape"), None
+    return "put", op[21:].decode("utf-8", "surrogateescape"), op[1:21].hex()
 
 
 def _op_json(op: Op) -> dict[str, str]:
     """An operation as the journal writes it (docs/format.md §8)."""
-    kind, path, oid = op
+    kind, path, oid = _op_fields(op)
     return {"op": kind, "path": path} if oid is None else {"op": kind, "path": path, "id": oid}
 
 
@@ -278,10 +310,10 @@ def _promote(store, journal: dict) -> None:
     """Apply a journal: idempotent, so recovery can run it again from any point."""
     root = str(store.path)
     staging = f"{root}/{journal['staging']}"
-    _delete(root, [path for kind, path, _ in journal["ops"] if kind == "delete"])
+    _delete(root, [path for kind, path, _ in map(_op_fields, journal["ops"]) if kind == "delete"])
     cache = store.stat_cache()
     ready = {""}  # the root exists; no later put of this run can remove what is added
-    for kind, rel, oid in journal["ops"]:
+    for kind, rel, oid in map(_op_fields, journal["ops"]):
         if kind != "put":
             continue
         if _put(root, staging, rel, ready):
@@ -313,7 +345,7 @@ def recover(store) -> bool:
     except ValueError:
         path.unlink()  # the journal is written atomically, so this cannot be half of one
         return False
-    journal["ops"] = [(op["op"], op["path"], op.get("id")) for op in journal["ops"]]
+    journal["ops"] = [_op(op["op"], op["path"], op.get("id")) for op in journal["ops"]]
     _promote(store, journal)
     return True
 
@@ -357,11 +389,10 @@ def checkout(
             saved = f"refs/usr/saved/{head}"
             if store.refs.get(saved) is None:
                 store.update_ref(saved, head, None)  # no recorded state is ever lost
-        changes = store.diff(work, target_tree, sizes=False)
+        # One change at a time: the comparison is never held whole (100,000 files: ~44 MiB
+        # of FileChange objects); the operations keep each path and id.
+        changes = iter_diff(store.repo, store.tree_of(work), target_tree, None)
         staging, ops = _stage(store, target_tree, changes, staged)
-        # The journal names every path again: let the comparison go before it is encoded
-        # (100,000 files: ~44 MiB of FileChange objects at the pull's peak).
-        del changes
         faults.point(FAULT_STAGED)
         journal = {"commit": target, "staging": staging.name, "ops": ops}
         write_json(journal_path(store), journal, "ops", item=_op_json)

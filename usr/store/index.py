@@ -50,6 +50,8 @@ MAGIC = b"USRINDEX"
 ROW = struct.Struct("<QqqQII20s")
 #: The stat fields of a row as a scan compares them: size, mtime, ctime, inode, st_mode.
 ROW_KEY = struct.Struct("<QqqQI24x")
+#: An entry remembered by :meth:`StatCache.update`: size, mtime_ns, ctime_ns, inode, raw id.
+_UPDATE = struct.Struct("<QqqQ20s")
 #: One directory of the cache-tree: files under it (recursively), path length, tree id.
 TREE_ROW = struct.Struct("<QI20s")
 #: version, inline_limit, scan_ns, entries, entry path bytes, directories, dir path bytes.
@@ -151,7 +153,10 @@ class StatCache:
         self.dirs = _empty_table(TREE_ROW)
         #: Entries set by :meth:`update` since the load, and the directories they make
         #: stale (every ancestor of an updated path): merged in by :meth:`save`.
-        self._updates: dict[str, tuple[StatKey, str]] = {}
+        #: relpath -> an :data:`_UPDATE` row (stat key and raw entry id): 52 bytes, where a
+        #: StatKey, its ints and a hex id took ~290 (a checkout of a million files holds
+        #: one per file until :meth:`save`).
+        self._updates: dict[str, bytes] = {}
         self._stale: set[bytes] = set()
         with (
             contextlib.suppress(OSError, ValueError, TypeError, struct.error),
@@ -208,7 +213,7 @@ class StatCache:
     def _row(self, relpath: str) -> tuple[StatKey, str] | None:
         hit = self._updates.get(relpath)
         if hit is not None:
-            return hit
+            return _update_fields(hit)
         found = self.files.find(relpath.encode("utf-8", "surrogateescape"))
         if found is None:
             return None
@@ -248,7 +253,7 @@ class StatCache:
     def entry_ids(self) -> set[str]:
         """Every entry id the cache names (gc keeps them, as git keeps index blobs)."""
         ids = {fields[6].hex() for fields in ROW.iter_unpack(self.files.raw)}
-        return ids | {oid for _, oid in self._updates.values()}
+        return ids | {_update_fields(row)[1] for row in self._updates.values()}
 
     def tree_ids(self) -> set[str]:
         """Every tree id the cache-tree names (gc keeps them: a scan reuses them unread)."""
@@ -282,7 +287,7 @@ class StatCache:
     def update(self, relpath: str, key: StatKey, entry_id: str) -> None:
         """Remember one entry (after checkout wrote a verified file); the directories above
         it lose their cached trees."""
-        self._updates[relpath] = (StatKey(*key), entry_id)
+        self._updates[relpath] = _UPDATE.pack(*key, bytes.fromhex(entry_id))
         parts = relpath.encode("utf-8", "surrogateescape").split(b"/")[:-1]
         self._stale.add(b"")
         for i in range(len(parts)):
@@ -310,8 +315,8 @@ class StatCache:
                 if ahead is not None and ahead[0] == path:  # replaced
                     at, p = at + 1, p + len(path) + 1
                     ahead = next(rows, None)
-                key, oid = self._updates[rel]
-                out.add(path, (*key, 0), bytes.fromhex(oid))  # mode unknown: a miss, not a hit
+                *key, oid = _UPDATE.unpack(self._updates[rel])
+                out.add(path, (*key, 0), oid)  # mode unknown: a miss, not a hit
             out.copy(at, len(self.files), p, len(self.files.names))
             for path, (count, _plen, oid) in self.dirs.items():
                 if path not in self._stale:
@@ -319,6 +324,12 @@ class StatCache:
             out.commit()
         finally:
             out.close()
+
+
+def _update_fields(row: bytes) -> tuple[StatKey, str]:
+    """``(stat key, entry id)`` of an :data:`_UPDATE` row."""
+    *key, oid = _UPDATE.unpack(row)
+    return StatKey(*key), oid.hex()
 
 
 class _Entries(Mapping):

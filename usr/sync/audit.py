@@ -172,20 +172,38 @@ def _file_entry(change: FileChange, action: str, loc: bool, rem: bool) -> dict[s
         old_id, new_id = change.old_id, change.new_id
         old_size, new_size = change.old_size, change.new_size
     changed_by = "both" if loc and rem else "local" if loc else "remote"
-    return {
-        "path": change.path,
-        "section": change.section,
-        "status": _STATUS_WORDS.get(status, status),
-        "old_id": old_id,
-        "new_id": new_id,
-        "old_size": old_size,
-        "new_size": new_size,
-        "local_id": change.old_id,
-        "remote_id": change.new_id,
-        "local_size": change.old_size,
-        "remote_size": change.new_size,
-        "changed_by": changed_by,
-    }
+    return vars(_FileEntry(change, _STATUS_WORDS.get(status, status), old_id, new_id,
+                           old_size, new_size, changed_by))  # fmt: skip
+
+
+class _FileEntry:
+    """Builds one ``files`` entry of the audit as an instance's attribute dict: every such
+    dict shares one key table (CPython's key-sharing dicts, PEP 412), ~220 bytes a file
+    where a dict literal of its 12 keys takes ~500. A bootstrap lists every file; the dict
+    is a plain ``dict`` to every reader and to JSON, with the keys in this order."""
+
+    def __init__(
+        self,
+        change: FileChange,
+        status: str,
+        old_id: str | None,
+        new_id: str | None,
+        old_size: int | None,
+        new_size: int | None,
+        changed_by: str,
+    ) -> None:
+        self.path = change.path
+        self.section = change.section
+        self.status = status
+        self.old_id = old_id
+        self.new_id = new_id
+        self.old_size = old_size
+        self.new_size = new_size
+        self.local_id = change.old_id
+        self.remote_id = change.new_id
+        self.local_size = change.old_size
+        self.remote_size = change.new_size
+        self.changed_by = changed_by
 
 
 def _count(files: Iterable[FileChange], section: str) -> int:

@@ -82,6 +82,13 @@ class Received:
     types: dict[str, str] = field(default_factory=dict)
     links: list[tuple[str, str, str]] = field(default_factory=list)
 
+    def add(self, more: Received) -> None:
+        """Fold in the receive of a later batch: counts, needed chunks, held manifests."""
+        self.objects += more.objects
+        self.bytes += more.bytes
+        self.manifest_chunks.extend(more.manifest_chunks)
+        self.held.update(more.held)
+
 
 def has_object(store: Any, oid: str) -> bool:
     return bool(store.has_object(oid))
@@ -143,8 +150,8 @@ def list_objects(store: Any, wants: list[str], haves: list[str], blobs: bool = T
     only commits and trees are listed, plus the size of every blob they name (``sizes``):
     enough to compare trees without moving file contents.
     """
-    types: dict[str, str] = {}
     order: list[str] = []
+    kinds: list[str] = []  # beside ``order``: no map of every id for a bootstrap
     commit_wants, tree_wants = [], []
     for oid in wants:
         kind, _ = store.read_object(oid)
@@ -153,21 +160,35 @@ def list_objects(store: Any, wants: list[str], haves: list[str], blobs: bool = T
         (commit_wants if kind == "commit" else tree_wants).append(oid)
     if commit_wants:
         for oid, kind in revlist.missing_typed(store.repo, commit_wants, haves):
-            types[oid] = kind
             order.append(oid)
-    for oid in tree_wants:
-        _walk(store, oid, types, order)
+            kinds.append(kind)
+    if tree_wants:
+        types = dict(zip(order, kinds, strict=True))
+        walked: list[str] = []
+        for oid in tree_wants:
+            _walk(store, oid, types, walked)
+        order.extend(walked)
+        kinds.extend(types[o] for o in walked)
     sizes: dict[str, int] = {}
     if not blobs:
-        size_of = _BlobSizes(store)
-        for oid in order:
-            if types[oid] == "tree":
-                _, data = read_for_send(store, oid)
-                for kind, _name, child in parse_tree(data):
-                    if kind == "blob" and child not in sizes:
-                        sizes[child] = size_of(child)
-        order = [o for o in order if types[o] != "blob"]
-    return {"oids": order, "types": [types[o] for o in order], "sizes": sizes}
+        sizes = _tree_blob_sizes(
+            store, [o for o, k in zip(order, kinds, strict=True) if k == "tree"]
+        )
+        kept = [(o, k) for o, k in zip(order, kinds, strict=True) if k != "blob"]
+        order, kinds = [o for o, _ in kept], [k for _, k in kept]
+    return {"oids": order, "types": kinds, "sizes": sizes}
+
+
+def _tree_blob_sizes(store: Any, trees: list[str]) -> dict[str, int]:
+    """The whole-file size of every blob the ``trees`` name, by blob id."""
+    sizes: dict[str, int] = {}
+    size_of = _BlobSizes(store)
+    for oid in trees:
+        _, data = read_for_send(store, oid)
+        for kind, _name, child in parse_tree(data):
+            if kind == "blob" and child not in sizes:
+                sizes[child] = size_of(child)
+    return sizes
 
 
 class _BlobSizes:
@@ -211,23 +232,23 @@ class PushPlan:
     sizes: dict[str, int] = field(default_factory=dict)
     chunks_of: dict[str, list[str]] = field(default_factory=dict)
     chunk_sizes: dict[str, int] = field(default_factory=dict)
-    #: Ids of the blobs among the objects (the rest are commits and trees).
-    blobs: set[str] = field(default_factory=set)
+    #: Ids of the commits and trees among the objects (the rest are blobs): a few per
+    #: directory, where a set of the blobs held one entry per file.
+    others: set[str] = field(default_factory=set)
+
+    def is_blob(self, oid: str) -> bool:
+        return oid not in self.others
 
     def trees_first(self, oids: Iterable[str]) -> list[str]:
         """``oids`` with commits and trees first, then blobs, each in the given order: the
         receiver knows the pushed tree before any file content, to stage the files as
         they land (:mod:`usr.store.streamstage`)."""
         oids = list(oids)
-        return [o for o in oids if o not in self.blobs] + [o for o in oids if o in self.blobs]
+        return [o for o in oids if o in self.others] + [o for o in oids if o not in self.others]
 
     def cids(self) -> list[str]:
         """Every chunk the manifests name, once each, in manifest order."""
         return list(self.chunk_sizes)
-
-    def offers(self, oids: Iterable[str], cids: Iterable[str]) -> bool:
-        """True when a peer asked only for objects and chunks this push offered."""
-        return all(o in self.sizes for o in oids) and all(c in self.chunk_sizes for c in cids)
 
     def total(self, oids: Iterable[str], cids: Iterable[str]) -> int:
         """Payload bytes of these objects and chunks (the progress meter's total)."""
@@ -258,15 +279,14 @@ def plan_push(
         size = known.get(oid)
         if size is not None and size <= limit:
             plan.sizes[oid] = size
-            plan.blobs.add(oid)
             continue
         try:
             obj_type, plan.sizes[oid] = odb.read_header(oid)
         except KeyError:
             raise NotFoundError(f"object {oid} is not in the store") from None
         if int(obj_type) != p.OBJECT_TYPES["blob"]:
+            plan.others.add(oid)
             continue
-        plan.blobs.add(oid)
         _, data = read_for_send(store, oid)
         entries = manifest_entries(data, f"blob {oid}")
         if entries:

@@ -24,6 +24,7 @@ import json
 import os
 import select
 import struct
+from collections.abc import Iterator
 from typing import Any, BinaryIO, Protocol
 
 from usr.errors import (
@@ -59,6 +60,28 @@ def manifest_first_enabled() -> bool:
 
 #: Largest frame either side accepts (a manifest of a multi-GiB file fits with room).
 MAX_FRAME = 64 * 1024 * 1024
+
+#: Most object ids, and most chunk ids, one ``have`` or ``get`` request may name (each list
+#: of its own): a push negotiates and a fetch asks in batches of at most this many, so
+#: neither side holds a JSON list of every id at once (200,000 files: ~19 MB of id strings
+#: and ~9 MB of JSON text on each side, per list), and a request of a million ids stays far
+#: below MAX_FRAME. A request naming more is refused.
+MAX_IDS = 65536
+
+#: Environment variable lowering the batch a client sends (tests: many batches from a few
+#: files); a server still accepts up to MAX_IDS.
+MAX_IDS_ENV = "USR_MAX_IDS"
+
+
+def batch_size() -> int:
+    """Ids per ``have``/``get`` request this side sends: MAX_IDS, or fewer by
+    ``$USR_MAX_IDS``."""
+    raw = os.environ.get(MAX_IDS_ENV, "").strip()
+    try:
+        return max(1, min(MAX_IDS, int(raw))) if raw else MAX_IDS
+    except ValueError:
+        return MAX_IDS
+
 
 #: Bytes asked of the channel per read. More than asyncssh's channel window (2 MiB) on
 #: purpose: asyncssh grants the peer a whole new window each time it resumes delivering
@@ -322,6 +345,33 @@ def require(msg: dict[str, Any], key: str, kind: type | tuple[type, ...], peer: 
     if not isinstance(value, kind):
         raise TransportError(f"bad message from {peer}: field {key!r} missing or wrong type")
     return value
+
+
+def id_list(msg: dict[str, Any], key: str, peer: str, check: Any, default: Any = None) -> list[str]:
+    """Field ``key`` of a ``have`` or ``get`` request: a list of at most MAX_IDS ids, each
+    passed through ``check`` (:func:`check_oid` or :func:`check_cid`)."""
+    value = msg.get(key, default)
+    if not isinstance(value, list):
+        raise TransportError(f"bad message from {peer}: field {key!r} missing or wrong type")
+    if len(value) > MAX_IDS:
+        raise TransportError(
+            f"bad message from {peer}: {len(value)} ids in {key!r}, more than {MAX_IDS}"
+        )
+    return [check(v, peer) for v in value]
+
+
+def batches(ids: Any, size: int | None = None) -> Iterator[list[Any]]:
+    """``ids`` (any iterable) in lists of at most ``size`` (default :func:`batch_size`),
+    in order."""
+    size = size or batch_size()
+    batch: list[Any] = []
+    for item in ids:
+        batch.append(item)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
 
 def check_oid(oid: Any, peer: str) -> str:

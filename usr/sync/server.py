@@ -241,10 +241,11 @@ class Server:
         self.fio.send_message("objects", **listing)
 
     def op_get(self, msg: dict[str, Any]) -> None:
-        """Stream the named objects, then the named chunks, then ``done``."""
+        """Stream the named objects, then the named chunks (at most MAX_IDS of each), then
+        ``done``."""
         store = self._store(msg)
-        oids = [p.check_oid(o, self.peer) for o in msg.get("oids", [])]
-        cids = [p.check_cid(c, self.peer) for c in msg.get("cids", [])]
+        oids = p.id_list(msg, "oids", self.peer, p.check_oid, [])
+        cids = p.id_list(msg, "cids", self.peer, p.check_cid, [])
         sent = packstream.send_objects(store, self.fio, oids)
         sent += packstream.send_chunks(store, self.fio, cids)
         self.fio.send_message("done", sent=sent)
@@ -256,12 +257,13 @@ class Server:
         return hold(store.path / ".usr.transfer.lock", what=what)
 
     def op_have(self, msg: dict[str, Any]) -> None:
-        """Push negotiation: which of the client's objects and chunks are missing here."""
+        """Push negotiation: which of the client's objects and chunks are missing here (one
+        batch of at most MAX_IDS of each; a push sends as many ``have`` as it needs)."""
         store = self._store(msg, create=bool(msg.get("create")))
         with self._transfer_lock(store, "usr serve: push negotiation"):
             pass
-        oids = [p.check_oid(o, self.peer) for o in p.require(msg, "oids", list, self.peer)]
-        cids = [p.check_cid(c, self.peer) for c in p.require(msg, "cids", list, self.peer)]
+        oids = p.id_list(msg, "oids", self.peer, p.check_oid)
+        cids = p.id_list(msg, "cids", self.peer, p.check_cid)
         missing_oids = [o for o in oids if not packstream.has_object(store, o)]
         missing_cids = list(store.chunks.missing(cids)) if cids else []
         faults.point(FAULT_HAVE)

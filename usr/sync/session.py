@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from itertools import zip_longest
 from pathlib import Path
 from typing import Any
 
@@ -322,9 +323,11 @@ class Session:
         in0, out0 = self.fio.bytes_in, self.fio.bytes_out
         listing = self._request("want", "objects", ds=ds, wants=wants, haves=haves, blobs=blobs)
         oids = [p.check_oid(o, self.name) for o in p.require(listing, "oids", list, self.name)]
-        sizes = peercheck.check_sizes(listing.get("sizes"), self.name)
-        stats = TransferStats(sizes=sizes)
-        self._get(ds, store, [o for o in oids if not packstream.has_object(store, o)], stats, stage)
+        stats = TransferStats(sizes=peercheck.check_sizes(listing.get("sizes"), self.name))
+        del listing  # its "types" (unused here): one string per object
+        need = [o for o in oids if not packstream.has_object(store, o)]
+        del oids
+        self._get(ds, store, need, stats, stage)
         stats.wire_bytes_in = self.fio.bytes_in - in0
         stats.wire_bytes_out = self.fio.bytes_out - out0
         stats.seconds = time.monotonic() - start
@@ -334,38 +337,51 @@ class Session:
         self, ds: str, store: Any, need: list[str], stats: TransferStats, stage: Any = None
     ) -> None:
         """Fetch the objects ``need``, then the chunks their manifests name that are missing
-        here, then write the held-back manifests (two round trips, whatever the count)."""
+        here, then write the held-back manifests: two round trips per batch of
+        :func:`usr.sync.protocol.batch_size` ids, whatever the count."""
         if not need:
             return
+        got = packstream.Received()
         with self._exchange(), self._meter("fetch", self.fio.bytes_in) as meter:
-            self.fio.send_message("get", ds=ds, oids=need, cids=[])
-            self.fio.flush()
-            got = packstream.receive(
-                store,
-                self.fio,
-                self.name,
-                end="done",
-                hold_manifests=True,
-                meter=meter,
-                asked=set(need),
-                chunk_lengths={},  # no chunk was asked for yet
-                stage=stage,
-            )
+            for batch in p.batches(need):
+                self.fio.send_message("get", ds=ds, oids=batch, cids=[])
+                self.fio.flush()
+                more = packstream.receive(
+                    store,
+                    self.fio,
+                    self.name,
+                    end="done",
+                    hold_manifests=True,
+                    meter=meter,
+                    asked=set(batch),
+                    chunk_lengths={},  # no chunk was asked for yet
+                    stage=stage,
+                )
+                got.add(more)
         stats.objects += got.objects
         stats.payload_bytes += got.bytes
         cids = store.chunks.missing(dict.fromkeys(got.manifest_chunks))
         if cids:
-            lengths = {
-                cid: n
-                for oid, data in got.held.items()
-                for cid, n in packstream.manifest_entries(data, f"blob {oid}")
-            }
-            total = sum(lengths.get(c, 0) for c in cids) or None
-            with (
-                self._exchange(),
-                self._meter("fetch chunks", self.fio.bytes_in, total) as meter,
-            ):
-                self.fio.send_message("get", ds=ds, oids=[], cids=cids)
+            self._get_chunks(ds, store, cids, got.held, stats, stage)
+        stats.objects += packstream.write_held(store, got.held)
+
+    def _get_chunks(
+        self, ds: str, store: Any, cids: list[str], held: dict, stats: TransferStats, stage: Any
+    ) -> None:
+        """Fetch the chunks ``cids`` the held manifests ``held`` name, in batches, each
+        checked against the length its manifest claims."""
+        lengths = {
+            cid: n
+            for oid, data in held.items()
+            for cid, n in packstream.manifest_entries(data, f"blob {oid}")
+        }
+        total = sum(lengths.get(c, 0) for c in cids) or None
+        with (
+            self._exchange(),
+            self._meter("fetch chunks", self.fio.bytes_in, total) as meter,
+        ):
+            for batch in p.batches(cids):
+                self.fio.send_message("get", ds=ds, oids=[], cids=batch)
                 self.fio.flush()
                 more = packstream.receive(
                     store,
@@ -374,12 +390,11 @@ class Session:
                     end="done",
                     meter=meter,
                     asked=set(),
-                    chunk_lengths={c: lengths.get(c, -1) for c in cids},
+                    chunk_lengths={c: lengths.get(c, -1) for c in batch},
                     stage=stage,
                 )
-            stats.chunks += more.chunks
-            stats.payload_bytes += more.bytes
-        stats.objects += packstream.write_held(store, got.held)
+                stats.chunks += more.chunks
+                stats.payload_bytes += more.bytes
 
     def fetch_trees(self, ds: str, store: Any, wants: list[str]) -> TransferStats:
         """The commits and trees of ``wants`` and their history (no file contents), plus
@@ -431,16 +446,9 @@ class Session:
         in0, out0 = self.fio.bytes_in, self.fio.bytes_out
         haves = [old] if old and packstream.has_object(store, old) else []
         plan = packstream.plan_push(store, store.missing_objects([new], haves), file_sizes)
-        r = self._request(
-            "have", "have", ds=ds, oids=list(plan.sizes), cids=plan.cids(), create=create
-        )
-        send_oids = [p.check_oid(o, self.name) for o in p.require(r, "oids", list, self.name)]
+        del file_sizes  # the caller's only reference (a size per file of a bootstrap)
+        send_oids, send_cids = self._negotiate(ds, plan, create)
         send_oids = plan.trees_first(send_oids)
-        send_cids = {p.check_cid(c, self.name) for c in p.require(r, "cids", list, self.name)}
-        if not plan.offers(send_oids, send_cids):
-            # Only what this push offered may leave: not other states in the local store.
-            raise TransportError(f"{self.name} asked for objects or chunks this push did not offer")
-        del r
         faults.point(FAULT_PUSH_NEGOTIATED)
         stats = TransferStats()
         total = plan.total(send_oids, send_cids)
@@ -463,6 +471,29 @@ class Session:
         stats.wire_bytes_out = self.fio.bytes_out - out0
         stats.seconds = time.monotonic() - start
         return stats
+
+    def _negotiate(
+        self, ds: str, plan: packstream.PushPlan, create: bool
+    ) -> tuple[list[str], set[str]]:
+        """``have`` in batches of at most :func:`usr.sync.protocol.batch_size` object ids and
+        as many chunk ids (at least one request: it creates the remote dataset directory):
+        the objects (in plan order) and chunks the remote lacks. The lists kept are the
+        plan's own id strings, so a bootstrap holds one pointer per object more, not a
+        second set of ids parsed from the replies."""
+        send_oids: list[str] = []
+        send_cids: set[str] = set()
+        for oids, cids in _id_batches(plan):
+            r = self._request("have", "have", ds=ds, oids=oids, cids=cids, create=create)
+            lacks = {p.check_oid(o, self.name) for o in p.require(r, "oids", list, self.name)}
+            lacks_c = {p.check_cid(c, self.name) for c in p.require(r, "cids", list, self.name)}
+            if not lacks.issubset(oids) or not lacks_c.issubset(cids):
+                # Only what this push offered may leave: not other states in the local store.
+                raise TransportError(
+                    f"{self.name} asked for objects or chunks this push did not offer"
+                )
+            send_oids.extend(o for o in oids if o in lacks)
+            send_cids.update(c for c in cids if c in lacks_c)
+        return send_oids, send_cids
 
     def _send_blob(
         self,
@@ -518,6 +549,13 @@ class _Offset:
 
     def update(self, absolute: int) -> None:
         self.meter.update(absolute - self.base)
+
+
+def _id_batches(plan: packstream.PushPlan) -> Iterator[tuple[list[str], list[str]]]:
+    """The plan's object and chunk ids side by side in batches; at least one (empty) pair."""
+    pairs = zip_longest(p.batches(plan.sizes), p.batches(plan.chunk_sizes), fillvalue=[])
+    yield next(pairs, ([], []))
+    yield from pairs
 
 
 def _oid_or_none(value: Any, peer: str) -> str | None:

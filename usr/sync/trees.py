@@ -29,12 +29,15 @@ class Sizes:
 
     def __init__(self, store: Any) -> None:
         self.store = store
-        self.known: dict[str, int] = {}
+        #: Sizes by raw 20-byte blob id (53 bytes a key, where a hex str takes 89: a
+        #: bootstrap knows one per file).
+        self.known: dict[bytes, int] = {}
         self._seeded = False
         self.misses = 0
 
     def add(self, stats: Any) -> None:
-        self.known.update(getattr(stats, "sizes", {}) or {})
+        for oid, size in (getattr(stats, "sizes", {}) or {}).items():
+            self.known[bytes.fromhex(oid)] = size
 
     def _seed(self) -> None:
         """Take the sizes the stat cache already has (a working file's size is the size of
@@ -42,7 +45,7 @@ class Sizes:
         self._seeded = True
         with suppress(OSError, AttributeError):
             for key, oid in self.store.stat_cache().entries.values():
-                self.known.setdefault(oid, key[0])
+                self.known.setdefault(bytes.fromhex(oid), key[0])
 
     #: Sizes asked for and not known before the stat cache is loaded whole: a few are read
     #: from the store (~40 us each), so a one-file push or its comparison never holds a
@@ -57,9 +60,10 @@ class Sizes:
     def few(self, oid: str) -> int | None:
         """The size of one of a few entries: from the store unless known, without loading
         the whole stat cache (sizing a side's named files must not cost the no-op that)."""
-        if oid not in self.known and self.store.has_object(oid):
-            self.known[oid] = self.store.entry_size(oid)
-        return self.known.get(oid)
+        raw = bytes.fromhex(oid)
+        if raw not in self.known and self.store.has_object(oid):
+            self.known[raw] = self.store.entry_size(oid)
+        return self.known.get(raw)
 
     def missed(self, oid: str) -> bool:
         """Count a size asked for that is not known; seed from the stat cache past
@@ -67,16 +71,17 @@ class Sizes:
         self.misses += 1
         if not self._seeded and self.misses > self.SEED_AFTER:
             self._seed()
-        return oid in self.known
+        return bytes.fromhex(oid) in self.known
 
     def __call__(self, oid: str) -> int | None:
-        if oid in self.known or self.missed(oid):
-            return self.known[oid]
+        raw = bytes.fromhex(oid)
+        if raw in self.known or self.missed(oid):
+            return self.known[raw]
         if self.store.has_object(oid):
             # Remembered: sizing reads the object, and both sides' listings ask for the
             # same unchanged files.
-            self.known[oid] = self.store.entry_size(oid)
-            return self.known[oid]
+            self.known[raw] = self.store.entry_size(oid)
+            return self.known[raw]
         return None
 
 
@@ -88,8 +93,8 @@ class _SeedAfter(Mapping[str, int]):
         self.sizes = sizes
 
     def get(self, oid: str, default: Any = None) -> Any:
-        known = self.sizes.known
-        return known[oid] if oid in known or self.sizes.missed(oid) else default
+        known, raw = self.sizes.known, bytes.fromhex(oid)
+        return known[raw] if raw in known or self.sizes.missed(oid) else default
 
     def __getitem__(self, oid: str) -> int:
         got = self.get(oid)
@@ -98,7 +103,7 @@ class _SeedAfter(Mapping[str, int]):
         return got
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self.sizes.known)
+        return (raw.hex() for raw in self.sizes.known)
 
     def __len__(self) -> int:
         return len(self.sizes.known)
