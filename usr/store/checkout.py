@@ -101,34 +101,41 @@ def _stage(store, target_tree: str, changes, staged: Staged | None = None) -> tu
     # 2,000 small files). Past a few files, stage without them and flush the filesystem
     # once before the journal is written: the journal still only ever names durable files,
     # and a crash before it leaves staged files that are re-verified by hash before reuse.
-    batched, changes = _many_puts(changes)
     claims = staged.files if staged is not None and staged.tree == target_tree else set()
     took = False  # streamed files were taken: they are flushed with the filesystem below
-    for change in changes:
-        rel = check_relpath(change.path)
-        if change.status == "D":
-            ops.append(_op("delete", rel, None))
-            continue
-        parent = rel.rpartition("/")[0]
-        if parent not in made:
-            make_dirs(top, parent, made, clear=False)
-        dest = f"{top}/{rel}"
-        if claims and staged_as_written(dest, rel, claims):
-            took = True
-        elif fresh or not _staged_intact(dest, change.new_id, modes(rel), limit):
-            base = (f"{root}/{rel}", change.old_id) if change.status == "M" else None
-            write_entry(
-                store.repo,
-                store.chunks,
-                change.new_id,
-                modes(rel),
-                dest,
-                rel,
-                fsync=not batched,
-                base=base,
-            )
-        ops.append(_op("put", rel, change.new_id))
-        faults.point(FAULT_MID_STAGE)
+    try:
+        batched, changes = _many_puts(changes)  # reads ahead: may meet a refused entry
+        for change in changes:
+            rel = check_relpath(change.path)
+            if change.status == "D":
+                ops.append(_op("delete", rel, None))
+                continue
+            mode = modes(rel)  # refuses a mode that is no regular file's, streamed or not
+            parent = rel.rpartition("/")[0]
+            if parent not in made:
+                make_dirs(top, parent, made, clear=False)
+            dest = f"{top}/{rel}"
+            if claims and staged_as_written(dest, rel, claims):
+                took = True
+            elif fresh or not _staged_intact(dest, change.new_id, mode, limit):
+                base = (f"{root}/{rel}", change.old_id) if change.status == "M" else None
+                write_entry(
+                    store.repo,
+                    store.chunks,
+                    change.new_id,
+                    mode,
+                    dest,
+                    rel,
+                    fsync=not batched,
+                    base=base,
+                )
+            ops.append(_op("put", rel, change.new_id))
+            faults.point(FAULT_MID_STAGE)
+    except InputError:
+        # A refused tree (found as the changes stream in): nothing of it stays on disk.
+        if fresh:
+            shutil.rmtree(staging, ignore_errors=True)
+        raise
     if batched or took:
         syncfs(staging)
     return staging, ops
