@@ -38,6 +38,7 @@ sys.path.insert(0, str(HERE.parent))
 
 import datagen  # noqa: E402
 import loopback  # noqa: E402
+import push_ab  # noqa: E402
 from scenarios import RSYNC_EXCLUDES  # noqa: E402
 
 from usr.dataset import Dataset  # noqa: E402
@@ -50,26 +51,9 @@ def usr(
 ) -> tuple[float, float]:
     """Run ``usr`` from ``tree``; returns its wall seconds and the CPU seconds of it and
     its children (a ``local`` remote's server is one; an ssh server is not)."""
-    full = dict(os.environ, USR_REMOTES_PATH=str(cfg), **(env or {}))
-    python = str(tree / ".venv" / "bin" / "python")
-    before = os.times()
     start = time.perf_counter()
-    r = subprocess.run(
-        [python, "-m", "usr", "--root", str(root), *args],
-        env=full,
-        capture_output=True,
-        text=True,
-        cwd=tree,
-        check=False,
-    )
-    wall = time.perf_counter() - start
-    after = os.times()
-    if r.returncode != 0:
-        raise SystemExit(f"usr {' '.join(args)} from {tree}: {r.stderr.strip()}")
-    cpu = (after.children_user + after.children_system) - (
-        before.children_user + before.children_system
-    )
-    return wall, cpu
+    cpu = push_ab.push(tree, root, cfg, *args, env=env)
+    return time.perf_counter() - start, cpu
 
 
 def build(tmp: Path, size: int, tree: Path) -> tuple[Path, Path]:

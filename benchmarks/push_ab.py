@@ -32,9 +32,10 @@ import datagen  # noqa: E402
 from usr.dataset import Dataset  # noqa: E402
 
 
-def push(tree: Path, root: Path, cfg: Path, *args: str) -> float:
-    """Run ``usr`` from ``tree``; returns the CPU seconds of it and its children."""
-    env = dict(os.environ, USR_REMOTES_PATH=str(cfg))
+def push(tree: Path, root: Path, cfg: Path, *args: str, env: dict[str, str] | None = None) -> float:
+    """Run ``usr`` from ``tree`` (``env``: more environment); returns the CPU seconds of
+    it and its children."""
+    env = dict(os.environ, USR_REMOTES_PATH=str(cfg), **(env or {}))
     before = os.times()
     python = str(tree / ".venv" / "bin" / "python")
     r = subprocess.run(
