@@ -192,8 +192,8 @@ class Server:
         fields: dict[str, Any] = {}
         if msg.get("scan") == "record":
             # Walk now, while the client walks its own side: its record then reuses this.
-            self._scans[path] = scan_working(store, "scan before a sync")
-            fields["tree"] = self._scans[path][0]
+            self._scans[store.path] = scan_working(store, "scan before a sync")
+            fields["tree"] = self._scans[store.path][0]
         elif msg.get("scan") == "look":
             fields["tree"] = store.working_tree()  # a diff: no lock, nothing kept
         refs = {}
@@ -213,8 +213,7 @@ class Server:
             def check(tree: str) -> None:
                 check_state(store, tree, store.head(), "the pull of the working files")
 
-        _, path = self._dir(msg)
-        scanned = self._scans.pop(path, None) if msg.get("scanned") is True else None
+        scanned = self._scans.pop(store.path, None) if msg.get("scanned") is True else None
         who = actor if isinstance(actor, str) else None
         rec = store.record(action, actor=who, check=check, scanned=scanned)
         self.fio.send_message("recorded", commit=rec.commit, created=rec.created)
