@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import statistics
 import subprocess
@@ -58,7 +57,7 @@ def child(dataset: Path, mode: str, cache: str) -> None:
 
     import usr.records  # noqa: F401
 
-    base_rss = _rss_now()
+    base_rss = _status("VmRSS")
     start, cpu = time.perf_counter(), os.times()
     if mode.startswith("working"):
         with (dataset / RECORDS_FILE).open("rb") as fh:
@@ -69,17 +68,17 @@ def child(dataset: Path, mode: str, cache: str) -> None:
         check_records(EntryFile(store, blob), "bench", cache_dir)
     wall = time.perf_counter() - start
     end = os.times()
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    rss = _status("VmHWM")  # not ru_maxrss: it keeps the parent's peak across fork+exec
     outcome = {"reused": seen[0].reused, "decoded": seen[0].decoded}
     cpu_s = (end.user - cpu.user) + (end.system - cpu.system)
     doc = {"wall": wall, "cpu": cpu_s, "rss_mib": rss, "base_rss_mib": base_rss}
     print(json.dumps(dict(doc, outcome=outcome)))
 
 
-def _rss_now() -> float:
-    """Resident MiB of this process now (before the check: imports, the opened store)."""
+def _status(field: str) -> float:
+    """MiB of ``field`` in /proc/self/status: VmRSS (resident now), VmHWM (peak)."""
     for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) / 1024
     return 0.0
 
