@@ -25,7 +25,7 @@ from usr.layout import RECORDS_FILE
 from usr.records import CORE_SCHEMA, ROW_GROUP_ROWS, write_records
 from usr.store import Store
 from usr.store.entryfile import EntryFile
-from usr.sync.gate import GateRefused, check_records, check_state
+from usr.sync.gate import GateRefused, check_records, check_state, check_working
 
 G = ROW_GROUP_ROWS
 NULLABLE = CORE_SCHEMA.set(0, CORE_SCHEMA.field("id").with_nullable(True))
@@ -220,6 +220,23 @@ def test_the_store_side_reads_the_blob_and_keeps_its_own_entry(tmp_path: Path) -
     third = store.record("append a duplicate").commit
     with pytest.raises(GateRefused, match="fails the unique-ids check"):
         check_state(store, third, second, "test")
+
+
+def test_the_working_check_keeps_its_entry_in_the_dataset_store_only(tmp_path: Path) -> None:
+    """check_working (a sender's files) uses ``<dataset>/.usr/idkeys``; a directory without
+    a store gets no cache (nothing is created in it)."""
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    _write(bare / RECORDS_FILE, _ids(0, BASE))
+    assert check_working(bare, "test") == {"checked": [RECORDS_FILE]}
+    assert sorted(p.name for p in bare.iterdir()) == [RECORDS_FILE]
+    Store.open(bare)
+    check_working(bare, "test")
+    (entry,) = (bare / ".usr" / idkeys.CACHE_DIR).iterdir()
+    assert _groups_of(entry) == 3
+    _write(bare / RECORDS_FILE, [*_ids(0, BASE), *_ids(BASE, BASE + 9), _ids(0, 1)[0]])
+    with pytest.raises(GateRefused, match="fails the unique-ids check"):
+        check_working(bare, "test")
 
 
 def _sequences(rng: random.Random, n: int) -> list[dict[str, str]]:

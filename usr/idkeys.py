@@ -62,6 +62,9 @@ HEADER = struct.Struct("<8sIIQQ32s")
 GROUP = struct.Struct("<Q32s")
 #: Prefix of every fingerprint's input, naming what it is a fingerprint of.
 FINGERPRINT_TAG = b"usr-idkeys-group-v1\0"
+#: Tables written by Arrow's C++ writer (``write_records``) are fingerprinted; others are
+#: always checked whole.
+WRITER = "parquet-cpp"
 #: A temporary file left by a crashed write is removed once it is this old.
 STALE_TMP_S = 3600
 
@@ -110,9 +113,12 @@ def check(pf: Any, source: BinaryIO, cache: Path | None) -> Outcome:
 
 def fingerprints(pf: Any, source: BinaryIO) -> bytes | None:
     """The group table of ``pf``: per row group :data:`GROUP` (rows, fingerprint of the id
-    column chunk), or None when a chunk cannot be fingerprinted (stored in another file,
-    or its byte range is outside the file)."""
+    column chunk), or None when a chunk cannot be fingerprinted: stored in another file,
+    a byte range outside the file, or a writer other than Arrow's C++ one (for old
+    parquet-mr files Arrow reads past a chunk's stated end, bytes no fingerprint holds)."""
     meta = pf.metadata
+    if not (meta.created_by or "").startswith(WRITER):
+        return None
     schema = pf.schema
     index = next((i for i in range(len(schema)) if schema.column(i).path == "id"), None)
     if index is None:
