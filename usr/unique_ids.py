@@ -27,7 +27,7 @@ def first_duplicate(pf: Any, column: str = "id", per_pass: int = PER_PASS) -> st
     passes = max(1, -(-pf.metadata.num_rows // per_pass))
     for part in range(passes):
         keys = []
-        for chunk in _chunks(pf, column):
+        for chunk in id_chunks(pf, column):
             if chunk.null_count:
                 return "null"
             k = _keys(chunk)
@@ -50,11 +50,13 @@ def first_duplicate(pf: Any, column: str = "id", per_pass: int = PER_PASS) -> st
 READ_ROWS = 1_000_000
 
 
-def _chunks(pf: Any, column: str):
+def id_chunks(pf: Any, column: str = "id", start: int = 0):
+    """The decoded chunks of ``column``, of the row groups from ``start`` on, read a few
+    row groups at a time (:data:`READ_ROWS`)."""
     groups: list[int] = []
     rows = 0
     meta = pf.metadata
-    for i in range(pf.num_row_groups):
+    for i in range(start, pf.num_row_groups):
         groups.append(i)
         rows += meta.row_group(i).num_rows
         if rows >= READ_ROWS or i == pf.num_row_groups - 1:
@@ -69,7 +71,7 @@ def _confirm(pf: Any, column: str, suspects: Any) -> str | None:
     import pyarrow as pa
 
     seen: set[str] = set()
-    for chunk in _chunks(pf, column):
+    for chunk in id_chunks(pf, column):
         mask = np.isin(_keys(chunk), suspects)
         if mask.any():
             for value in chunk.filter(pa.array(mask)).to_pylist():
@@ -83,21 +85,38 @@ def _keys(chunk: Any) -> Any:
     """One 64-bit key per id of a string column chunk."""
     import numpy as np
 
+    keys = core_keys(chunk)
+    if keys is not None:
+        return keys
+    # Not core ids (the id rule is usr validate's): hash each one.
+    n = len(chunk)
+    return np.fromiter((hash(v) & 0xFFFFFFFFFFFFFFFF for v in chunk.to_pylist()), np.uint64, n)
+
+
+def core_keys(chunk: Any) -> Any:
+    """The 64-bit keys of a chunk of core ids (the first 16 hex digits, read as one
+    big-endian integer), or None if any id is null, not 40 bytes long, or does not start
+    with 16 lowercase hex digits. Unlike the ``hash()`` of other ids these keys are the
+    same in every process, so they may be kept on disk (:mod:`usr.idkeys`)."""
+    import numpy as np
+
     n = len(chunk)
     if n == 0:
         return np.empty(0, np.uint64)
+    if chunk.null_count:
+        return None
     offsets = np.frombuffer(chunk.buffers()[1], dtype=np.int32)[chunk.offset : chunk.offset + n + 1]
-    if (np.diff(offsets) == _HEX_WIDTH).all():
-        data = np.frombuffer(chunk.buffers()[2], dtype=np.uint8)
-        rows = data[offsets[0] : offsets[0] + n * _HEX_WIDTH].reshape(n, _HEX_WIDTH)[:, :16]
-        nibbles = _hex_table()[rows]
-        if (nibbles != 255).all():
-            # Pairs of digits into bytes, eight bytes read as one big-endian integer: the
-            # first digit is the most significant, as if the 16 digits were parsed.
-            packed = (nibbles[:, 0::2] << np.uint8(4)) | nibbles[:, 1::2]
-            return np.ascontiguousarray(packed).view(">u8").ravel().astype(np.uint64)
-    # Not core ids (the id rule is usr validate's): hash each one.
-    return np.fromiter((hash(v) & 0xFFFFFFFFFFFFFFFF for v in chunk.to_pylist()), np.uint64, n)
+    if not (np.diff(offsets) == _HEX_WIDTH).all():
+        return None
+    data = np.frombuffer(chunk.buffers()[2], dtype=np.uint8)
+    rows = data[offsets[0] : offsets[0] + n * _HEX_WIDTH].reshape(n, _HEX_WIDTH)[:, :16]
+    nibbles = _hex_table()[rows]
+    if not (nibbles != 255).all():
+        return None
+    # Pairs of digits into bytes, eight bytes read as one big-endian integer: the first
+    # digit is the most significant, as if the 16 digits were parsed.
+    packed = (nibbles[:, 0::2] << np.uint8(4)) | nibbles[:, 1::2]
+    return np.ascontiguousarray(packed).view(">u8").ravel().astype(np.uint64)
 
 
 @functools.cache

@@ -1,0 +1,273 @@
+"""usr.idkeys: the gate's duplicate-id check reads only the row groups an append added, and
+never lets a duplicate or a null id through, whatever state its cache is in.
+
+Tables are real Parquet files written by :func:`usr.records.write_records` (row groups of
+``ROW_GROUP_ROWS``); the sync test pushes over a ``local`` remote (a real server process).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from tests.test_safety_gates import fingerprint
+from tests.test_sync_scenarios import DS, make_env
+from usr import idkeys
+from usr.dataset import Dataset
+from usr.errors import VerifyError
+from usr.layout import RECORDS_FILE
+from usr.records import CORE_SCHEMA, ROW_GROUP_ROWS, write_records
+from usr.store import Store
+from usr.store.entryfile import EntryFile
+from usr.sync.gate import GateRefused, check_records, check_state, check_working
+
+G = ROW_GROUP_ROWS
+NULLABLE = CORE_SCHEMA.set(0, CORE_SCHEMA.field("id").with_nullable(True))
+
+
+def _ids(lo: int, hi: int) -> list[str]:
+    return [hashlib.sha1(f"dna|{i}".encode()).hexdigest() for i in range(lo, hi)]
+
+
+def _table(ids: list[str | None], schema: pa.Schema = CORE_SCHEMA) -> pa.Table:
+    n = len(ids)
+    when = datetime(2026, 1, 1, tzinfo=UTC)
+    return pa.table(
+        {
+            "id": pa.array(ids, pa.string()),
+            "bio_type": ["dna"] * n,
+            "sequence": ["ACGT"] * n,
+            "alphabet": ["dna_4"] * n,
+            "length": pa.array([4] * n, pa.int32()),
+            "source": ["test"] * n,
+            "created_at": pa.array([when] * n, pa.timestamp("us", tz="UTC")),
+        },
+        schema=schema,
+    )
+
+
+def _write(path: Path, ids: list[str | None], schema: pa.Schema = CORE_SCHEMA) -> None:
+    write_records(path, _table(ids, schema).to_batches(), schema)
+
+
+def _check(path: Path, cache: Path) -> idkeys.Outcome:
+    with path.open("rb") as fh:
+        return idkeys.check(pq.ParquetFile(fh), fh, cache)
+
+
+@pytest.fixture
+def where(tmp_path: Path) -> tuple[Path, Path]:
+    """A records file and its cache directory (created on the first write)."""
+    return tmp_path / RECORDS_FILE, tmp_path / ".usr" / idkeys.CACHE_DIR
+
+
+BASE = 3 * G + 500  # three full row groups and a partial one
+
+
+def test_an_append_decodes_only_the_row_groups_it_added(where) -> None:
+    path, cache = where
+    _write(path, _ids(0, BASE))
+    assert _check(path, cache) == idkeys.Outcome(None, 0, 4)  # no entry yet: all of it
+    _write(path, _ids(0, BASE + 300))  # 1%: the partial group grows
+    assert _check(path, cache) == idkeys.Outcome(None, 3, 1)
+    _write(path, _ids(0, BASE + G))  # the fourth group fills up, a fifth begins
+    assert _check(path, cache) == idkeys.Outcome(None, 3, 2)
+    assert _check(path, cache) == idkeys.Outcome(None, 4, 1)  # the same table again
+
+
+def test_an_appended_id_equal_to_an_old_one_is_refused(where) -> None:
+    path, cache = where
+    ids = _ids(0, BASE)
+    _write(path, ids)
+    _check(path, cache)
+    _write(path, [*ids, *_ids(BASE, BASE + 100), ids[7]])
+    assert _check(path, cache).duplicate == ids[7]
+    with path.open("rb") as fh, pytest.raises(GateRefused) as exc:
+        check_records(fh, "the push of the working files", cache)
+    assert exc.value.check == "unique-ids" and exc.value.exit_code == 5
+    assert f"id {ids[7]!r} appears twice" in exc.value.message
+    _write(path, [*ids, *_ids(BASE, BASE + 100)])  # the refusal left the entry usable
+    assert _check(path, cache) == idkeys.Outcome(None, 3, 1)
+
+
+def test_an_id_twice_among_the_new_rows_is_refused(where) -> None:
+    path, cache = where
+    _write(path, _ids(0, BASE))
+    _check(path, cache)
+    new = _ids(BASE, BASE + 2 * G)  # new rows over several groups, one id in two of them
+    _write(path, [*_ids(0, BASE), *new, new[5]])
+    assert _check(path, cache).duplicate == new[5]
+
+
+def test_a_null_id_in_the_new_rows_is_refused(where) -> None:
+    path, cache = where
+    ids = _ids(0, BASE)
+    _write(path, ids, NULLABLE)
+    assert _check(path, cache) == idkeys.Outcome(None, 0, 4)
+    _write(path, [*ids, None, *_ids(BASE, BASE + 10)], NULLABLE)
+    assert _check(path, cache).duplicate == "null"
+
+
+def test_two_ids_sharing_a_key_are_told_apart_on_the_ids(where) -> None:
+    """Keys are the first 16 hex digits: a new id with an old id's key is not a duplicate."""
+    path, cache = where
+    ids = _ids(0, BASE)
+    _write(path, ids)
+    _check(path, cache)
+    twin = ids[3][:16] + "0" * 24
+    assert twin != ids[3]
+    _write(path, [*ids, twin])
+    assert _check(path, cache).duplicate is None
+
+
+DAMAGES = ["forge-key", "zero-keys", "truncate", "flip-group", "empty", "version"]
+
+
+@pytest.mark.parametrize("damage", DAMAGES)
+def test_a_damaged_entry_is_ignored_and_the_answer_is_still_right(where, damage: str) -> None:
+    path, cache = where
+    ids = _ids(0, BASE)
+    _write(path, ids)
+    _check(path, cache)
+    (entry,) = cache.iterdir()
+    data = bytearray(entry.read_bytes())
+    groups = 3 * idkeys.GROUP.size
+    keys = idkeys.HEADER.size + groups
+    if damage == "forge-key":  # still sorted, but ids[0]'s key is gone: only the checksum
+        at = data.index(int(ids[0][:16], 16).to_bytes(8, "little"), keys)
+        data[at] ^= 1
+    elif damage == "zero-keys":
+        data[keys:] = bytes(len(data) - keys)
+    elif damage == "truncate":
+        data = data[:-8]
+    elif damage == "flip-group":
+        data[idkeys.HEADER.size + 40] ^= 1
+    elif damage == "empty":
+        data = bytearray()
+    else:
+        data[8] = idkeys.VERSION + 1
+    entry.write_bytes(bytes(data))
+    _write(path, [*ids, *_ids(BASE, BASE + 50), ids[0]])
+    assert _check(path, cache) == idkeys.Outcome(ids[0], 0, 4)
+    _write(path, [*ids, *_ids(BASE, BASE + 50)])
+    assert _check(path, cache) == idkeys.Outcome(None, 0, 4)  # full check, new entry
+    assert _check(path, cache) == idkeys.Outcome(None, 3, 1)
+
+
+def test_a_changed_earlier_row_group_is_checked_whole(where) -> None:
+    path, cache = where
+    ids = _ids(0, BASE)
+    _write(path, ids)
+    _check(path, cache)
+    changed = [ids[-1], *ids[1:]]  # not an append: row 0 now repeats the last row's id
+    _write(path, changed)
+    assert _check(path, cache) == idkeys.Outcome(ids[-1], 0, 4)
+    _write(path, [_ids(BASE, BASE + 1)[0], *ids[1:]])
+    assert _check(path, cache) == idkeys.Outcome(None, 0, 4)
+
+
+def test_the_cache_keeps_only_the_most_recent_entries(where) -> None:
+    path, cache = where
+    for n in range(idkeys.KEEP + 3):
+        _write(path, _ids(n * BASE, (n + 1) * BASE))
+        assert _check(path, cache) == idkeys.Outcome(None, 0, 4)
+        assert len([p for p in cache.iterdir()]) == min(n + 1, idkeys.KEEP)
+    _write(path, _ids(0, BASE))  # the first table's entry was pruned
+    assert _check(path, cache).reused == 0
+
+
+def test_what_is_not_cached(where, monkeypatch) -> None:
+    """Ids that are not core ids (their keys are per-process hashes), and tables over one
+    pass of unique_ids: the full check answers, and no entry is kept."""
+    path, cache = where
+    other = [f"seq-{i}" for i in range(BASE)]
+    _write(path, other)
+    assert _check(path, cache) == idkeys.Outcome(None, 0, 4)
+    _write(path, [*other, "seq-9"])
+    assert _check(path, cache) == idkeys.Outcome("seq-9", 0, 4)
+    assert not cache.exists()
+    monkeypatch.setattr(idkeys, "PER_PASS", BASE - 1)
+    _write(path, _ids(0, BASE))
+    assert _check(path, cache) == idkeys.Outcome(None, 0, 4)
+    assert not cache.exists()
+    assert idkeys.check(pq.ParquetFile(path), path.open("rb"), None).reused == 0
+
+
+def test_the_store_side_reads_the_blob_and_keeps_its_own_entry(tmp_path: Path) -> None:
+    """check_state reads records.parquet through EntryFile; its entry lands in the
+    dataset's own .usr/idkeys, and the next state's check reuses it."""
+    ds = tmp_path / "ds"
+    ds.mkdir()
+    ids = _ids(0, BASE)
+    _write(ds / RECORDS_FILE, ids)
+    store = Store.open(ds)
+    first = store.record("import").commit
+    assert check_state(store, first, None, "test") == {"checked": [RECORDS_FILE]}
+    (entry,) = (ds / ".usr" / idkeys.CACHE_DIR).iterdir()
+    _write(ds / RECORDS_FILE, [*ids, *_ids(BASE, BASE + 200)])
+    second = store.record("append").commit
+    blob = str(store.repo[store.tree_of(second)][RECORDS_FILE].id)
+    source = EntryFile(store, blob)
+    outcome = idkeys.check(pq.ParquetFile(source), source, idkeys.cache_of(ds))
+    assert outcome == idkeys.Outcome(None, 3, 1)
+    _write(ds / RECORDS_FILE, [*ids, *_ids(BASE, BASE + 200), ids[1]])
+    third = store.record("append a duplicate").commit
+    with pytest.raises(GateRefused, match="fails the unique-ids check"):
+        check_state(store, third, second, "test")
+
+
+def test_the_working_check_keeps_its_entry_in_the_dataset_store_only(tmp_path: Path) -> None:
+    """check_working (a sender's files) uses ``<dataset>/.usr/idkeys``; a directory without
+    a store gets no cache (nothing is created in it)."""
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    _write(bare / RECORDS_FILE, _ids(0, BASE))
+    assert check_working(bare, "test") == {"checked": [RECORDS_FILE]}
+    assert sorted(p.name for p in bare.iterdir()) == [RECORDS_FILE]
+    Store.open(bare)
+    check_working(bare, "test")
+    (entry,) = (bare / ".usr" / idkeys.CACHE_DIR).iterdir()
+    assert _groups_of(entry) == 3
+    _write(bare / RECORDS_FILE, [*_ids(0, BASE), *_ids(BASE, BASE + 9), _ids(0, 1)[0]])
+    with pytest.raises(GateRefused, match="fails the unique-ids check"):
+        check_working(bare, "test")
+
+
+def _sequences(rng: random.Random, n: int) -> list[dict[str, str]]:
+    return [{"sequence": "".join(rng.choices("ACGT", k=24))} for _ in range(n)]
+
+
+def test_a_push_after_an_append_passes_and_a_duplicate_is_refused(tmp_path: Path) -> None:
+    env = make_env("local", tmp_path)
+    rng = random.Random(5)
+    ds = Dataset.init(env.local_root, DS, source="test")
+    ds.append_records(_sequences(rng, 2 * G + 700), bio_type="dna", alphabet="dna_4")
+    env.push()
+    ds.append_records(_sequences(rng, 400), bio_type="dna", alphabet="dna_4")  # ~1%
+    env.push()
+    records = env.local_dir / RECORDS_FILE
+    assert (env.remote_dir / RECORDS_FILE).read_bytes() == records.read_bytes()
+    for side in (env.local_dir, env.remote_dir):  # both gates kept an entry of the append
+        groups = pq.ParquetFile(records).num_row_groups
+        heads = [_groups_of(p) for p in (side / ".usr" / idkeys.CACHE_DIR).iterdir()]
+        assert groups - 1 in heads
+
+    table = pq.read_table(records)
+    write_records(records, pa.concat_tables([table, table.slice(9, 1)]).to_batches(), CORE_SCHEMA)
+    before = fingerprint(env)
+    with pytest.raises(VerifyError) as exc:
+        env.push()
+    assert exc.value.exit_code == 5
+    assert f"{RECORDS_FILE} fails the unique-ids check" in exc.value.message
+    assert table.column("id")[9].as_py() in exc.value.message
+    assert fingerprint(env) == before
+
+
+def _groups_of(entry: Path) -> int:
+    return idkeys.HEADER.unpack(entry.read_bytes()[: idkeys.HEADER.size])[3]
