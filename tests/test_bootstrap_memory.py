@@ -311,3 +311,29 @@ def test_a_bootstrap_checkout_holds_little_per_file(tmp_path: Path) -> None:
     # not yet full (~90 bytes a file) is most of it.
     assert got["claims_bytes_per_file"] < 60, got
     assert got["held_at_promote_bytes_per_file"] < 200, got
+
+
+def test_modes_read_ahead_in_order_and_by_name_otherwise(tmp_path: Path) -> None:
+    """In tree order the modes are read by position, and nothing stays behind per lookup
+    (pygit2 keeps each name given to ``tree[name]``); a name far ahead or behind is looked
+    up by name, with the same answer."""
+    import tracemalloc
+
+    store = Store.open(tmp_path / "a")
+    _tree(tmp_path / "a", 2, 400)
+    tree = store.tree_of(store.record("all").commit)
+    modes = checkout_mod._Modes(store.repo, tree)
+    assert modes("d00/f350.txt") == 0o100644  # far ahead: by name
+    assert modes("d00/f002.txt") == 0o100644  # behind: by name
+    assert modes("d00/sub/x.sh") == 0o100755
+    names = [f"d01/f{i:03d}.txt" for i in range(400)]
+    modes = checkout_mod._Modes(store.repo, tree)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(400):
+            assert modes(names[i]) == 0o100644
+        kept = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert kept < 400 * 8, kept  # by name: ~61 bytes a lookup, never freed

@@ -163,6 +163,10 @@ def _many_puts(changes) -> tuple[bool, Iterator]:
     return puts > BATCH_FSYNC_FILES, chain(ahead, it)
 
 
+#: Entries of a directory read ahead for one mode lookup before it is looked up by name.
+_AHEAD = 64
+
+
 class _Modes:
     """File modes of the files a checkout writes, looked up in the target tree one
     directory at a time (the changes come in path order, each directory's files together):
@@ -171,7 +175,9 @@ class _Modes:
 
     Within a directory the entries are read forward from where the last lookup stopped
     (the changes come in the tree's order), by position: pygit2 1.21 keeps every name
-    string passed to ``tree[name]`` (measured: 61 bytes a file, held to the exit)."""
+    string passed to ``tree[name]`` (measured: 61 bytes a file, held to the exit). A name
+    not among the next :data:`_AHEAD` entries (a few changes in a large directory) is
+    looked up by name, so no lookup reads more than that many entries."""
 
     def __init__(self, repo, target_tree: str) -> None:
         self.repo = repo
@@ -194,8 +200,8 @@ class _Modes:
         return mode
 
     def _forward(self, name: str) -> int | None:
-        tree, n = self.tree, len(self.tree)
-        for i in range(self.at, n):
+        tree = self.tree
+        for i in range(self.at, min(len(tree), self.at + _AHEAD)):
             entry = tree[i]
             if entry.name == name:
                 self.at = i + 1

@@ -74,12 +74,16 @@ class JournalWriter:
     def commit(self) -> Journal:
         """Finish, fsync and rename over the journal: from here the checkout is
         committed to (recovery rolls it forward). Returns it, to be read back."""
-        self._fh.write(b"]}")
-        self._fh.flush()
-        os.fsync(self._fh.fileno())
-        self._fh.close()
-        os.chmod(self._tmp, 0o644)
-        os.replace(self._tmp, self.path)
+        try:
+            self._fh.write(b"]}")
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
+            self._fh.close()
+            os.chmod(self._tmp, 0o644)
+            os.replace(self._tmp, self.path)
+        except BaseException:
+            self.abort()  # no journal: the checkout did not happen (staging is reused)
+            raise
         fsync_dir(self.path.parent)
         return Journal(self.path, self.head)
 
