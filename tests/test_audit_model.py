@@ -110,7 +110,7 @@ def test_document_envelope_carries_changes_twice_and_timing():
     run.set_comparison(comparison())
     run.bytes_received = 123
     doc = run.finish("TRANSFERRED")
-    json.dumps(doc)
+    json.dumps(doc, default=list)  # the per-file lists are spooled: iterables, not lists
     assert doc["usr_output_version"] == 1
     assert doc["changes"] == doc["data"]["changes"]
     d = doc["data"]

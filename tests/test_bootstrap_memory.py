@@ -161,3 +161,179 @@ def test_journal_operations_are_compact_and_round_trip() -> None:
     again = [checkout_mod._op(j["op"], j["path"], j.get("id"))
              for j in map(checkout_mod._op_json, [put, gone])]  # fmt: skip
     assert again == [put, gone]
+
+
+def _tree_store(tmp_path: Path, dirs: int, files: int) -> tuple[Store, Store, str]:
+    """A recorded source of ``dirs`` x ``files`` files and an empty store holding its
+    objects, ready for a bootstrap checkout."""
+    src = Store.open(tmp_path / "a")
+    _tree(tmp_path / "a", dirs, files)
+    commit = src.record("all").commit
+    dst = Store.open(tmp_path / "b")
+    for oid in src.missing_objects([commit], []):
+        dst.write_object(*src.read_object(oid), expect=oid)
+    return src, dst, commit
+
+
+def test_the_journal_is_written_as_the_checkout_stages(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each operation goes to the journal's temporary file when it is decided (halfway
+    through staging, half of them are on disk), not into a list held to the end; the
+    journal renamed into place has the bytes of the whole-document write, and the promote
+    reads it back from the file."""
+    import json
+
+    from usr import faults
+    from usr.store.journal import Journal
+
+    _src, dst, commit = _tree_store(tmp_path, 10, 60)
+    seen: dict[str, Any] = {"staged": 0}
+    plain = faults.point
+
+    def point(name: str) -> None:
+        if name == checkout_mod.FAULT_MID_STAGE:
+            seen["staged"] += 1
+            if seen["staged"] == 400:
+                (tmp,) = dst.gitdir.glob(".usr-tmp-journal-*")
+                seen["half"] = tmp.stat().st_size
+                assert not checkout_mod.journal_path(dst).exists()
+        if name == checkout_mod.FAULT_JOURNAL:
+            seen["journal"] = checkout_mod.journal_path(dst).read_bytes()
+        plain(name)
+
+    monkeypatch.setattr(faults, "point", point)
+    dst.checkout(commit)
+    doc = json.loads(seen["journal"])
+    assert seen["journal"] == json.dumps(doc, separators=(",", ":")).encode()
+    assert doc["commit"] == commit and doc["staging"].startswith(checkout_mod.STAGING_PREFIX)
+    assert len(doc["ops"]) == 610 and all(op["op"] == "put" for op in doc["ops"])
+    assert [op["path"] for op in doc["ops"]] == sorted(op["path"] for op in doc["ops"])
+    assert 0.4 * len(seen["journal"]) < seen["half"] <= 0.7 * len(seen["journal"])
+    assert dst.verify_working(commit) == [] and not list(dst.gitdir.glob(".usr-tmp-*"))
+    # Read back from the file, in any JSON layout, as json.loads reads it.
+    path = tmp_path / "CHECKOUT"
+    path.write_text(json.dumps(doc, indent=2))
+    journal = Journal(path)
+    assert (journal.commit, journal.staging) == (doc["commit"], doc["staging"])
+    assert [checkout_mod._op_json(op) for op in journal.ops()] == doc["ops"]
+    for torn in (seen["journal"][:-1], seen["journal"][:-40], seen["journal"] + b"x"):
+        path.write_bytes(torn)
+        with pytest.raises(ValueError):
+            Journal(path)
+
+
+def test_a_checkout_writes_stat_cache_rows_as_it_promotes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The promote's stat cache rows go into the next cache file in path order (no
+    per-file update held until the save), merged with the rows already cached."""
+    from usr.store.index import StatCache
+
+    def held(*_args: Any) -> None:
+        raise AssertionError("a per-file update held until the save")
+
+    monkeypatch.setattr(StatCache, "update", held)
+    kept = {"0-kept.txt": b"first", "d02/f0055.txt": b"among", "zz-kept.txt": b"last"}
+    for side in ("a", "b"):
+        for rel, data in kept.items():
+            (tmp_path / side / rel).parent.mkdir(parents=True, exist_ok=True)
+            (tmp_path / side / rel).write_bytes(data)
+    Store.open(tmp_path / "b").record("kept")  # their rows are cached here already
+    _src, dst, commit = _tree_store(tmp_path, 6, 40)
+    before = dict(dst.stat_cache().entries)
+    dst.checkout(commit)
+    entries = dst.stat_cache().entries
+    assert len(entries) == 6 * 41 + 3
+    assert {rel: entries[rel] for rel in kept} == {rel: before[rel] for rel in kept}
+    assert dst.stat_cache().tree is None  # the directories above were made stale
+    tree = dst.repo[dst.tree_of(dst.head())]
+    for rel in ("d00/f000.txt", "d03/f017.txt", "d05/sub/x.sh"):
+        key, oid = entries[rel]
+        assert oid == str(tree[rel].id) and key[0] == (dst.path / rel).stat().st_size
+    assert dst.working_tree() == dst.tree_of(dst.head())
+
+
+def test_out_of_order_cache_rows_are_left_out(tmp_path: Path) -> None:
+    """The stat cache is a shortcut: a row given out of path order is not written (the
+    next scan hashes that file), the rest are."""
+    from usr.store.index import StatCache, StatKey, sorted_updates
+
+    cache = StatCache(tmp_path / "stat-cache", inline_limit=4096)
+    key = StatKey(3, 1, 2, 4)
+    with sorted_updates(cache) as updates:
+        for rel in ("a/1", "a/3", "a/2", "b"):
+            updates.update(rel, key, "ab" * 20)
+        updates.save()
+    assert sorted(StatCache(tmp_path / "stat-cache", inline_limit=4096).entries) == [
+        "a/1", "a/3", "b",
+    ]  # fmt: skip
+    assert not list(tmp_path.glob(".usr-tmp-*"))
+
+
+def test_staged_claims_take_a_few_bytes_each() -> None:
+    """A receive's claims are one table of 16-byte slots, at most 3/4 full: ~150 bytes a
+    claim as a set of bytes."""
+    import hashlib
+
+    from usr.store.claims import Claims
+
+    claims = Claims()
+    made = [hashlib.blake2b(b"%d" % i, digest_size=16).digest() for i in range(30_000)]
+    for c in made:
+        claims.add(c)
+    claims.add(made[7])
+    claims.add(bytes(16))
+    assert len(claims) == 30_001
+    assert all(c in claims for c in made) and bytes(16) in claims
+    assert not any(hashlib.blake2b(b"x%d" % i, digest_size=16).digest() in claims
+                   for i in range(3_000))  # fmt: skip
+    assert set(claims) == {*made, bytes(16)}
+    assert len(claims._table) / len(claims) <= 16 / 0.375 + 1
+    with pytest.raises(ValueError):
+        claims.add(b"short")
+
+
+def test_a_bootstrap_checkout_holds_little_per_file(tmp_path: Path) -> None:
+    """What a streamed bootstrap checkout holds when its files are promoted and its ref is
+    about to move (benchmarks/checkout_memory.py): the claims table, bounded buffers,
+    not the journal's operations, the stat cache's updates, the names pygit2 kept."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    try:
+        import checkout_memory
+    finally:
+        sys.path.pop(0)
+    got = checkout_memory.measure(3_000, 30, 5, tmp_path)
+    # Before: 472 bytes a file (claims 154, stat cache updates 173, operations 80, the
+    # names pygit2 kept 61); after, at this size, the 1 MiB row buffer of the cache writer
+    # not yet full (~90 bytes a file) is most of it.
+    assert got["claims_bytes_per_file"] < 60, got
+    assert got["held_at_promote_bytes_per_file"] < 200, got
+
+
+def test_modes_read_ahead_in_order_and_by_name_otherwise(tmp_path: Path) -> None:
+    """In tree order the modes are read by position, and nothing stays behind per lookup
+    (pygit2 keeps each name given to ``tree[name]``); a name far ahead or behind is looked
+    up by name, with the same answer."""
+    import tracemalloc
+
+    store = Store.open(tmp_path / "a")
+    _tree(tmp_path / "a", 2, 400)
+    tree = store.tree_of(store.record("all").commit)
+    modes = checkout_mod._Modes(store.repo, tree)
+    assert modes("d00/f350.txt") == 0o100644  # far ahead: by name
+    assert modes("d00/f002.txt") == 0o100644  # behind: by name
+    assert modes("d00/sub/x.sh") == 0o100755
+    names = [f"d01/f{i:03d}.txt" for i in range(400)]
+    modes = checkout_mod._Modes(store.repo, tree)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(400):
+            assert modes(names[i]) == 0o100644
+        kept = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert kept < 400 * 8, kept  # by name: ~61 bytes a lookup, never freed

@@ -12,7 +12,9 @@ The steps, all under the dataset lock:
    removed. Files the same process staged itself while their blobs arrived
    (:mod:`usr.store.streamstage`) are taken after one ``lstat`` shows them unchanged.
 3. Write the journal ``.usr/CHECKOUT`` (atomic): target commit, staging dir, and the list
-   of paths to promote and to delete. From here on the checkout is committed to.
+   of paths to promote and to delete. Its operations go to a temporary file while step 2
+   decides them (:mod:`usr.store.journal`), which is renamed into place only now, after
+   the staged files are durable. From here on the checkout is committed to.
 4. Promote: delete removed paths, rename staged files into place (rename is atomic per
    file; a file where a directory must go, or a directory where a file must go, is moved
    out of the way), move ``refs/heads/main``, remove the journal and the staging dir.
@@ -29,21 +31,22 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import os
 import shutil
 import stat as statmod
-from collections.abc import Iterator
+from collections.abc import Container, Iterable, Iterator
 from dataclasses import dataclass, field
 from itertools import chain
 from pathlib import Path
 
 from usr import faults
-from usr.atomic import syncfs, write_json
+from usr.atomic import syncfs
 from usr.errors import ConflictError, InputError
 from usr.layout import check_relpath
+from usr.store.claims import Claims
 from usr.store.diff_tree import iter_diff
-from usr.store.index import StatKey
+from usr.store.index import StatKey, sorted_updates
+from usr.store.journal import Journal, JournalWriter, make_op, op_fields, op_json
 from usr.store.objects import inline_limit
 from usr.store.refs import MAIN
 from usr.store.worktree import FILE_MODES, MODE_EXEC, hash_file, write_entry
@@ -78,8 +81,12 @@ def _clean_other_staging(store, keep: Path | None) -> None:
             shutil.rmtree(entry.path, ignore_errors=True)
 
 
-def _stage(store, target_tree: str, changes, staged: Staged | None = None) -> tuple[Path, list[Op]]:
-    """Write every added/modified file of the target into the staging dir, verified.
+def _stage(
+    store, target: str, target_tree: str, changes, staged: Staged | None = None
+) -> JournalWriter:
+    """Write every added/modified file of the target into the staging dir, verified, and
+    each operation into the journal as it is decided (not held: one a file); the caller
+    commits the journal once the staged files are durable.
 
     ``staged``: files this process wrote there itself from verified bytes while a push
     streamed in (:mod:`usr.store.streamstage`); each is taken after one ``lstat`` shows it
@@ -93,7 +100,7 @@ def _stage(store, target_tree: str, changes, staged: Staged | None = None) -> tu
     except FileExistsError:
         fresh = False
     modes = _Modes(store.repo, target_tree)
-    ops: list[Op] = []
+    journal = JournalWriter(journal_path(store), target, staging.name)
     limit = inline_limit()
     top, root = str(staging), str(store.path)
     made = {""}  # staging directories that exist (relative): each is made once
@@ -101,14 +108,14 @@ def _stage(store, target_tree: str, changes, staged: Staged | None = None) -> tu
     # 2,000 small files). Past a few files, stage without them and flush the filesystem
     # once before the journal is written: the journal still only ever names durable files,
     # and a crash before it leaves staged files that are re-verified by hash before reuse.
-    claims = staged.files if staged is not None and staged.tree == target_tree else set()
+    claims = staged.files if staged is not None and staged.tree == target_tree else Claims()
     took = False  # streamed files were taken: they are flushed with the filesystem below
     try:
         batched, changes = _many_puts(changes)  # reads ahead: may meet a refused entry
         for change in changes:
             rel = check_relpath(change.path)
             if change.status == "D":
-                ops.append(_op("delete", rel, None))
+                journal.add(make_op("delete", rel, None))
                 continue
             mode = modes(rel)  # refuses a mode that is no regular file's, streamed or not
             parent = rel.rpartition("/")[0]
@@ -129,16 +136,17 @@ def _stage(store, target_tree: str, changes, staged: Staged | None = None) -> tu
                     fsync=not batched,
                     base=base,
                 )
-            ops.append(_op("put", rel, change.new_id))
+            journal.add(make_op("put", rel, change.new_id))
             faults.point(FAULT_MID_STAGE)
-    except InputError:
+        if batched or took:
+            syncfs(staging)
+    except BaseException as exc:
+        journal.abort()
         # A refused tree (found as the changes stream in): nothing of it stays on disk.
-        if fresh:
+        if fresh and isinstance(exc, InputError):
             shutil.rmtree(staging, ignore_errors=True)
         raise
-    if batched or took:
-        syncfs(staging)
-    return staging, ops
+    return journal
 
 
 def _many_puts(changes) -> tuple[bool, Iterator]:
@@ -155,62 +163,66 @@ def _many_puts(changes) -> tuple[bool, Iterator]:
     return puts > BATCH_FSYNC_FILES, chain(ahead, it)
 
 
+#: Entries of a directory read ahead for one mode lookup before it is looked up by name.
+_AHEAD = 64
+
+
 class _Modes:
     """File modes of the files a checkout writes, looked up in the target tree one
     directory at a time (the changes come in path order, each directory's files together):
     no map of every path of the state for a bootstrap, and a one-file change reads the
-    trees on that file's path only."""
+    trees on that file's path only.
+
+    Within a directory the entries are read forward from where the last lookup stopped
+    (the changes come in the tree's order), by position: pygit2 1.21 keeps every name
+    string passed to ``tree[name]`` (measured: 61 bytes a file, held to the exit). A name
+    not among the next :data:`_AHEAD` entries (a few changes in a large directory) is
+    looked up by name, so no lookup reads more than that many entries."""
 
     def __init__(self, repo, target_tree: str) -> None:
         self.repo = repo
         self.root = repo[target_tree]
         self.dir: str | None = ""
         self.tree = self.root
+        self.at = 0  # the next entry of self.tree to look at
 
     def __call__(self, rel: str) -> int:
         parent, _, name = rel.rpartition("/")
         if parent != self.dir:
             self.tree = self.repo[self.root[parent].id] if parent else self.root
             self.dir = parent
-        mode = self.tree[name].filemode
+            self.at = 0
+        mode = self._forward(name)
+        if mode is None:  # not ahead (not in tree order): looked up by name
+            mode = self.tree[name].filemode
         if mode not in FILE_MODES:
             raise InputError(f"tree entry {rel!r} has mode {mode:o}; refused")
         return mode
 
-
-#: A journal operation in memory, one bytes each (a checkout holds one per file it writes
-#: through the promote: ~90 bytes, where a tuple of the path and hex id took ~240): ``D``
-#: and the path, or ``P``, the raw 20-byte entry id and the path (UTF-8, surrogateescape).
-Op = bytes
-
-
-def _op(kind: str, path: str, oid: str | None) -> Op:
-    raw = path.encode("utf-8", "surrogateescape")
-    return b"D" + raw if kind == "delete" else b"P" + bytes.fromhex(str(oid)) + raw
+    def _forward(self, name: str) -> int | None:
+        tree = self.tree
+        for i in range(self.at, min(len(tree), self.at + _AHEAD)):
+            entry = tree[i]
+            if entry.name == name:
+                self.at = i + 1
+                return entry.filemode
+        return None
 
 
-def _op_fields(op: Op) -> tuple[str, str, str | None]:
-    """``("delete", path, None)`` or ``("put", path, entry id)`` of an operation."""
-    if op[:1] == b"D":
-        return "delete", op[1:].decode("utf-8", "surrogateescape"), None
-    return "put", op[21:].decode("utf-8", "surrogateescape"), op[1:21].hex()
-
-
-def _op_json(op: Op) -> dict[str, str]:
-    """An operation as the journal writes it (docs/format.md §8)."""
-    kind, path, oid = _op_fields(op)
-    return {"op": kind, "path": path} if oid is None else {"op": kind, "path": path, "id": oid}
+# The journal's operations (one bytes each) and their JSON form, under the names the
+# tests of their shapes use.
+_op, _op_fields, _op_json = make_op, op_fields, op_json
 
 
 @dataclass
 class Staged:
     """Files of the checkout of ``tree`` that this process wrote into its staging dir from
     verified bytes (:mod:`usr.store.streamstage`), each as :func:`stat_claim` of its path
-    and its stat once written (16 bytes a file: a transfer of 100,000 files holds them
-    through its checkout)."""
+    and its stat once written (16 bytes a file in :class:`Claims`: a transfer of 100,000
+    files holds them through its checkout)."""
 
     tree: str
-    files: set[bytes] = field(default_factory=set)
+    files: Claims = field(default_factory=Claims)
 
 
 def stat_claim(rel: str, st: os.stat_result) -> bytes:
@@ -220,7 +232,7 @@ def stat_claim(rel: str, st: os.stat_result) -> bytes:
     return hashlib.blake2b(key.encode("utf-8", "surrogateescape"), digest_size=16).digest()
 
 
-def staged_as_written(dest: str, rel: str, claims: set[bytes]) -> bool:
+def staged_as_written(dest: str, rel: str, claims: Container[bytes]) -> bool:
     """True if ``dest`` (staged for ``rel``) is still the file this process staged."""
     try:
         return stat_claim(rel, os.lstat(dest)) in claims
@@ -266,7 +278,7 @@ def make_dirs(top: str, rel_dir: str, made: set[str], clear: bool) -> None:
         made.add(sub)
 
 
-def _delete(root: str, paths: list[str]) -> None:
+def _delete(root: str, paths: Iterable[str]) -> None:
     """Delete removed files, then the directories that left empty (deepest first).
 
     Idempotent: a path already gone, or under a parent that is a file now, is done; a
@@ -313,27 +325,29 @@ def _put(root: str, staging: str, rel: str, ready: set[str]) -> bool:
     return True
 
 
-def _promote(store, journal: dict) -> None:
-    """Apply a journal: idempotent, so recovery can run it again from any point."""
+def _promote(store, journal: Journal) -> None:
+    """Apply a journal: idempotent, so recovery can run it again from any point. Its
+    operations are read from the file, deletes first, then puts (in path order, as the
+    diff gave them), whose stat cache rows go straight into the next cache file
+    (:func:`usr.store.index.sorted_updates`), saved once the ref has moved."""
     root = str(store.path)
-    staging = f"{root}/{journal['staging']}"
-    _delete(root, [path for kind, path, _ in map(_op_fields, journal["ops"]) if kind == "delete"])
-    cache = store.stat_cache()
+    staging = f"{root}/{journal.staging}"
+    _delete(root, (path for kind, path, _ in map(_op_fields, journal.ops()) if kind == "delete"))
     ready = {""}  # the root exists; no later put of this run can remove what is added
-    for kind, rel, oid in map(_op_fields, journal["ops"]):
-        if kind != "put":
-            continue
-        if _put(root, staging, rel, ready):
-            faults.point(FAULT_MID_PROMOTE)
-        with contextlib.suppress(FileNotFoundError):
-            # After the rename: it changes the ctime, which the cache key holds.
-            cache.update(rel, StatKey.of(os.stat(f"{root}/{rel}")), oid)
-    faults.point(FAULT_BEFORE_REF)
-    current = store.head()
-    if current != journal["commit"]:
-        store.update_ref(MAIN, journal["commit"], current)
-    faults.point(FAULT_AFTER_REF)
-    with contextlib.suppress(OSError):
+    with sorted_updates(store.stat_cache()) as cache:
+        for kind, rel, oid in map(_op_fields, journal.ops()):
+            if kind != "put":
+                continue
+            if _put(root, staging, rel, ready):
+                faults.point(FAULT_MID_PROMOTE)
+            with contextlib.suppress(FileNotFoundError):
+                # After the rename: it changes the ctime, which the cache key holds.
+                cache.update(rel, StatKey.of(os.stat(f"{root}/{rel}")), str(oid))
+        faults.point(FAULT_BEFORE_REF)
+        current = store.head()
+        if current != journal.commit:
+            store.update_ref(MAIN, journal.commit, current)
+        faults.point(FAULT_AFTER_REF)
         cache.save()
     journal_path(store).unlink(missing_ok=True)
     shutil.rmtree(staging, ignore_errors=True)
@@ -346,13 +360,12 @@ def recover(store) -> bool:
     """
     path = journal_path(store)
     try:
-        journal = json.loads(path.read_bytes())
+        journal = Journal(path)
     except FileNotFoundError:
         return False
     except ValueError:
         path.unlink()  # the journal is written atomically, so this cannot be half of one
         return False
-    journal["ops"] = [_op(op["op"], op["path"], op.get("id")) for op in journal["ops"]]
     _promote(store, journal)
     return True
 
@@ -397,14 +410,19 @@ def checkout(
             if store.refs.get(saved) is None:
                 store.update_ref(saved, head, None)  # no recorded state is ever lost
         # One change at a time: the comparison is never held whole (100,000 files: ~44 MiB
-        # of FileChange objects); the operations keep each path and id.
+        # of FileChange objects); each operation goes to the journal's file as it comes.
         changes = iter_diff(store.repo, store.tree_of(work), target_tree, None)
-        staging, ops = _stage(store, target_tree, changes, staged)
-        faults.point(FAULT_STAGED)
-        journal = {"commit": target, "staging": staging.name, "ops": ops}
-        write_json(journal_path(store), journal, "ops", item=_op_json)
+        journal = _stage(store, target, target_tree, changes, staged)
+        try:
+            faults.point(FAULT_STAGED)
+        except BaseException:
+            journal.abort()
+            raise
+        journal.commit()
         faults.point(FAULT_JOURNAL)
-        _promote(store, journal)
+        _promote(
+            store, Journal(journal_path(store), (target, staging_dir(store, target_tree).name))
+        )
     return target
 
 

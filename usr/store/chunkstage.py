@@ -37,6 +37,7 @@ from usr import faults
 from usr.errors import VerifyError
 from usr.store.checkout import stat_claim
 from usr.store.chunks import WRITEBACK_BYTES, start_writeback
+from usr.store.claims import Claims
 from usr.store.objects import Manifest
 from usr.store.worktree import MODE_EXEC, REUSE_MIN, read_blob
 
@@ -79,7 +80,7 @@ class ChunkStager:
     its claim; ``base_tree``: the tree of the current working files (the head), whose
     version of a path lends its shared prefix."""
 
-    def __init__(self, store: Any, top: str, files: set[bytes], base_tree: str | None) -> None:
+    def __init__(self, store: Any, top: str, files: Claims, base_tree: str | None) -> None:
         self.store = store
         self.top = top
         self.files = files

@@ -326,6 +326,82 @@ class StatCache:
             out.close()
 
 
+class SortedUpdates:
+    """The next stat cache, written as a checkout gives its entries in path order: each
+    row goes to the new file (between the old rows it sorts among, copied as bytes) when
+    it comes, so a checkout of a million files holds no row per file until the save,
+    where :meth:`StatCache.update` kept ~170 bytes a file. The cache is only a shortcut:
+    an entry out of order, or any error writing, leaves that entry (or the whole update)
+    out, and the next scan hashes those files again. Use :func:`sorted_updates`."""
+
+    def __init__(self, cache: StatCache) -> None:
+        self.cache = cache
+        self.out: CacheWriter | None = cache.writer(cache.scan_ns)
+        self.rows = cache.files.items()
+        self.ahead = next(self.rows, None)
+        self.at = self.p = 0  # the next old row not yet written, and its path offset
+        self.last: bytes | None = None
+        self.stale = {b""}  # directories whose cached trees the entries make stale
+
+    def update(self, relpath: str, key: StatKey, entry_id: str) -> None:
+        path = relpath.encode("utf-8", "surrogateescape")
+        if self.out is None or (self.last is not None and path <= self.last):
+            return
+        start, pstart = self.at, self.p
+        while self.ahead is not None and self.ahead[0] < path:
+            self.at, self.p = self.at + 1, self.p + len(self.ahead[0]) + 1
+            self.ahead = next(self.rows, None)
+        if self.ahead is not None and self.ahead[0] == path:  # replaced
+            replaced = (self.at + 1, self.p + len(path) + 1)
+        else:
+            replaced = (self.at, self.p)
+        try:
+            self.out.copy(start, self.at, pstart, self.p)
+            self.out.add(path, (*key, 0), bytes.fromhex(entry_id))  # mode unknown: a miss
+        except OSError:
+            self.close()
+            return
+        if replaced[0] != self.at:
+            self.at, self.p = replaced
+            self.ahead = next(self.rows, None)
+        self.last = path
+        parts = path.split(b"/")[:-1]
+        for i in range(len(parts)):
+            self.stale.add(b"/".join(parts[: i + 1]) + b"/")
+
+    def save(self) -> None:
+        """Finish and replace the cache (atomically); an error leaves the old one."""
+        out, files = self.out, self.cache.files
+        if out is None:
+            return
+        try:
+            out.copy(self.at, len(files), self.p, len(files.names))
+            for path, (count, _plen, oid) in self.cache.dirs.items():
+                if path not in self.stale:
+                    out.set_tree(out.open_tree(path), count, oid)
+            out.commit()
+        except OSError:
+            pass
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        if self.out is not None:
+            self.out.close()
+            self.out = None
+
+
+@contextlib.contextmanager
+def sorted_updates(cache: StatCache) -> Iterator[SortedUpdates]:
+    """A :class:`SortedUpdates` of ``cache``, its temporary files dropped on the way out
+    (whether or not it was saved)."""
+    updates = SortedUpdates(cache)
+    try:
+        yield updates
+    finally:
+        updates.close()
+
+
 def _update_fields(row: bytes) -> tuple[StatKey, str]:
     """``(stat key, entry id)`` of an :data:`_UPDATE` row."""
     *key, oid = _UPDATE.unpack(row)

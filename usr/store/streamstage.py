@@ -31,6 +31,7 @@ from usr import faults
 from usr.errors import UsrError
 from usr.store.checkout import Staged, journal_path, make_dirs, staging_dir, stat_claim
 from usr.store.chunkstage import ChunkStager
+from usr.store.claims import Claims
 from usr.store.objects import is_manifest_bytes
 from usr.store.worktree import MODE_EXEC, MODE_FILE, MODE_TREE
 
@@ -73,7 +74,7 @@ class StreamStager:
         self.top = ""
         self.made = {""}
         self.off = False
-        self.files: set[bytes] = set()
+        self.files = Claims()  # what stat_claim says of each file written
 
     def on_tree(self, oid: str, data: bytes) -> None:
         if self.paths is None:

@@ -24,12 +24,14 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 from usr import OUTPUT_VERSION
 from usr.events import redact_text
 from usr.layout import SECTIONS
 from usr.store import FileChange
+from usr.sync.auditrows import Spool, SpooledList
 
 ACTIONS = ("diff", "pull", "push")
 TRANSFER_STATES = ("DIFF-ONLY", "DRY-RUN", "TRANSFERRED", "NO-OP", "FAILED")
@@ -176,6 +178,11 @@ def _file_entry(change: FileChange, action: str, loc: bool, rem: bool) -> dict[s
                            old_size, new_size, changed_by))  # fmt: skip
 
 
+def _row_entry(action: str, row: list[Any]) -> dict[str, Any]:
+    """The ``files`` entry of one spooled row (a FileChange's fields, then loc and rem)."""
+    return _file_entry(FileChange(*row[:7]), action, row[7], row[8])
+
+
 class _FileEntry:
     """Builds one ``files`` entry of the audit as an instance's attribute dict: every such
     dict shares one key table (CPython's key-sharing dicts, PEP 412), ~220 bytes a file
@@ -246,7 +253,7 @@ def _single_file_section(
     cmp: Comparison,
     section: str,
     changed: dict[str, bool],
-    per_section: dict[str, dict[str, list[str]]],
+    per_section: dict[str, dict[str, SpooledList]],
 ) -> dict[str, Any]:
     """The audit entry of a one-file section (primary, meta): who changed it, both ids."""
     lf = _single(cmp.local.files, section)
@@ -277,7 +284,7 @@ def _file_section(
     cmp: Comparison,
     section: str,
     changed: dict[str, bool],
-    per_section: dict[str, dict[str, list[str]]],
+    per_section: dict[str, dict[str, SpooledList]],
 ) -> dict[str, Any]:
     """The audit entry of a many-file section: counts and the paths only one side has."""
     entry: dict[str, Any] = {
@@ -301,19 +308,21 @@ def build(cmp: Comparison, action: str, verify: VerifyProfile) -> dict[str, Any]
     """The audit ``data`` dict (without timing/transfer_state; see :class:`AuditRun`)."""
     if action not in ACTIONS:
         raise ValueError(f"unknown sync action {action!r}")
-    per_section: dict[str, dict[str, list[str]]] = {
-        s: {"local_only": [], "remote_only": []} for s in SECTIONS
-    }
-    files: list[dict[str, Any]] = []
+    # Spooled as packed rows, not dicts: a bootstrap lists every file (see auditrows).
+    spools = {s: {"local_only": Spool(), "remote_only": Spool()} for s in SECTIONS}
+    rows = Spool()
     changed = {s: False for s in SECTIONS}
     for c in sorted(cmp.changes, key=lambda c: c.path):
         loc, rem = _side_of_change(c.path, c.status, cmp)
         changed[c.section] = True
         if loc:
-            per_section[c.section]["local_only"].append(c.path)
+            spools[c.section]["local_only"].append(c.path)
         if rem:
-            per_section[c.section]["remote_only"].append(c.path)
-        files.append(_file_entry(c, action, loc, rem))
+            spools[c.section]["remote_only"].append(c.path)
+        rows.append((c.path, c.status, c.section, c.old_id, c.new_id, c.old_size, c.new_size,
+                     loc, rem))  # fmt: skip
+    per_section = {s: {k: SpooledList(v) for k, v in two.items()} for s, two in spools.items()}
+    files = SpooledList(rows, partial(_row_entry, action))
     if cmp.newer_than_local or cmp.newer_than_remote:
         changed["snapshots"] = True
 

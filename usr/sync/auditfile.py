@@ -3,9 +3,10 @@ failure alike.
 
 Owns :func:`run_audited` (runs a command's body under an :class:`AuditRun` and writes the
 document to ``--audit-json-out`` whatever the outcome), :func:`dump_audit` (the indented
-JSON layout without building the whole string), :func:`write_audit` and
-:func:`observed_transfer`. May import :mod:`usr.atomic`, :mod:`usr.errors`,
-:mod:`usr.sync.audit`, :mod:`usr.sync.options`, :mod:`usr.sync.target`.
+JSON layout without building the whole string, its spooled per-file lists item by item),
+:func:`write_audit` and :func:`observed_transfer`. May import :mod:`usr.atomic`,
+:mod:`usr.errors`, :mod:`usr.sync.audit`, :mod:`usr.sync.auditrows`, :mod:`usr.sync.options`,
+:mod:`usr.sync.target`.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any, TextIO
 from usr import atomic
 from usr.errors import UsrError
 from usr.sync.audit import AuditRun, VerifyProfile
+from usr.sync.auditrows import SpooledList
 from usr.sync.options import SyncOptions
 from usr.sync.target import Target
 
@@ -64,7 +66,13 @@ def _swap_lists(value: Any, lists: list[list[Any]]) -> Any:
         return value
     out = {}
     for key, item in value.items():
-        if isinstance(item, list) and _flat_list(item):
+        if isinstance(item, SpooledList):  # a spooled per-file list: streamed when long
+            if len(item) < 8:  # as a short list is: encoded with the rest
+                out[key] = list(item)
+                continue
+            out[key] = _LIST_MARK % len(lists)
+            lists.append(item)
+        elif isinstance(item, list) and _flat_list(item):
             out[key] = _LIST_MARK % len(lists)
             lists.append(item)
         else:
@@ -85,10 +93,21 @@ def _flat_list(items: list[Any]) -> bool:
     )
 
 
-def _dump_list(items: list[Any], key_indent: int, out: TextIO) -> None:
-    """The indented layout of a flat list under a key indented ``key_indent``."""
+def _dump_list(items: list[Any] | SpooledList, key_indent: int, out: TextIO) -> None:
+    """The indented layout of a flat list under a key indented ``key_indent``; a
+    :class:`SpooledList` item by item, so only one of its items is alive at a time."""
     item_pad = " " * (key_indent + 2)
-    if type(items[0]) in _SCALARS:
+    first = items[0]
+    if type(first) in _SCALARS and isinstance(items, SpooledList):
+        scalar = json.JSONEncoder().encode
+        out.write("[")
+        sep = "\n"
+        for item in items:
+            out.write(f"{sep}{item_pad}{scalar(item)}")
+            sep = ",\n"
+        out.write("\n" + " " * key_indent + "]")
+        return
+    if type(first) in _SCALARS:
         body = json.JSONEncoder(separators=(",\n" + item_pad, ": ")).encode(items)[1:-1]
         out.write(f"[\n{item_pad}{body}\n{' ' * key_indent}]")
         return
