@@ -20,7 +20,7 @@ import tomli_w
 from tests.conftest import recorded_dataset
 from usr.errors import TransportError
 from usr.store import Store
-from usr.sync import engine, options, packstream
+from usr.sync import engine, options, pushplan
 from usr.sync import protocol as p
 
 DS = "batch_ds"
@@ -60,7 +60,7 @@ def test_the_push_plan_holds_no_per_blob_set(tmp_path: Path) -> None:
     ds = recorded_dataset(tmp_path / "laptop", DS, _files())
     store = Store.open(ds.path)
     head = store.head()
-    plan = packstream.plan_push(store, store.missing_objects([head], []), None)
+    plan = pushplan.plan_push(store, store.missing_objects([head], []), None)
     blobs = [o for o in plan.sizes if plan.is_blob(o)]
     assert len(blobs) >= 37 and len(plan.others) < 12
     assert not hasattr(plan, "blobs")
@@ -133,9 +133,9 @@ def test_push_and_pull_in_batches_over_ssh(
 def test_an_empty_push_still_sends_one_have(monkeypatch: pytest.MonkeyPatch) -> None:
     """At least one ``have`` (it creates the remote dataset directory), even with nothing
     to offer."""
-    from usr.sync.session import _id_batches
+    from usr.sync.pushing import _id_batches
 
-    assert list(_id_batches(packstream.PushPlan())) == [([], [])]
-    plan = packstream.PushPlan(sizes=dict.fromkeys("abcdefghij", 1), chunk_sizes={"x": 1})
+    assert list(_id_batches(pushplan.PushPlan())) == [([], [])]
+    plan = pushplan.PushPlan(sizes=dict.fromkeys("abcdefghij", 1), chunk_sizes={"x": 1})
     monkeypatch.setenv(p.MAX_IDS_ENV, "4")
     assert [(len(o), len(c)) for o, c in _id_batches(plan)] == [(4, 1), (4, 0), (2, 0)]

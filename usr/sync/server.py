@@ -30,7 +30,7 @@ from usr.layout import check_dataset_dir, dataset_path, refuse_symlinks, validat
 from usr.locks import hold
 from usr.store.objects import INLINE_LIMIT_ENV
 from usr.store.streamstage import StreamStager
-from usr.sync import files, packstream
+from usr.sync import files, listing, packstream, refupdate
 from usr.sync import protocol as p
 from usr.sync.target import scan_working
 
@@ -226,7 +226,8 @@ class Server:
         store = self._store(msg)
         head = store.head()
         limit = msg.get("limit")
-        commits = packstream.log_entries(store, head, limit if isinstance(limit, int) else None)
+        limit = limit if isinstance(limit, int) else None
+        commits = [e.as_dict() for e in store.log(head, limit)] if head else []
         self.fio.send_message("log", head=head, commits=commits)
 
     def op_want(self, msg: dict[str, Any]) -> None:
@@ -235,9 +236,9 @@ class Server:
         wants = [p.check_oid(o, self.peer) for o in p.require(msg, "wants", list, self.peer)]
         haves = [p.check_oid(o, self.peer) for o in p.require(msg, "haves", list, self.peer)]
         blobs = bool(msg.get("blobs", True))
-        listing = packstream.list_objects(store, wants, haves, blobs=blobs)
+        found = listing.list_objects(store, wants, haves, blobs=blobs)
         faults.point(FAULT_WANT)
-        self.fio.send_message("objects", **listing)
+        self.fio.send_message("objects", **found)
 
     def op_get(self, msg: dict[str, Any]) -> None:
         """Stream the named objects, then the named chunks (at most MAX_IDS of each), then
@@ -306,7 +307,7 @@ class Server:
         validate = msg.get("validate", True) is not False
         stager = self._staged.pop(store.path, None) or StreamStager(store)
         try:
-            head = packstream.update_and_checkout(store, new, old, validate, stager.result())
+            head = refupdate.update_and_checkout(store, new, old, validate, stager.result())
         except BaseException:
             stager.discard()  # refused: the files it staged will not be promoted
             raise
