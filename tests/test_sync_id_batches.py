@@ -56,17 +56,30 @@ def test_a_request_naming_more_than_max_ids_is_refused() -> None:
 
 
 def test_the_push_plan_holds_no_per_blob_set(tmp_path: Path) -> None:
-    """The plan keeps the commits and trees apart (a few per directory), not the blobs."""
+    """The plan keeps the commits and trees apart (a few per directory), not the blobs,
+    and each object as a raw id and a size in two arrays (no map of hex ids)."""
     ds = recorded_dataset(tmp_path / "laptop", DS, _files())
     store = Store.open(ds.path)
     head = store.head()
-    plan = pushplan.plan_push(store, store.missing_objects([head], []), None)
-    blobs = [o for o in plan.sizes if plan.is_blob(o)]
+    oids = store.missing_objects([head], [])
+    plan = pushplan.plan_push(store, oids, None)
+    assert list(plan.oids()) == oids and len(plan.ids) == 20 * len(oids)
+    assert plan.sizes.typecode == "Q" and len(plan.sizes) == len(oids)
+    assert [plan.sizes[i] for i in range(len(oids))] == [store.repo.odb.read_header(o)[1]
+                                                        for o in oids]  # fmt: skip
+    blobs = [o for o in plan.oids() if plan.is_blob(o)]
     assert len(blobs) >= 37 and len(plan.others) < 12
     assert not hasattr(plan, "blobs")
-    assert plan.trees_first(plan.sizes)[: len(plan.others)] == [
-        o for o in plan.sizes if o in plan.others
+    assert plan.trees_first(plan.oids())[: len(plan.others)] == [
+        o for o in plan.oids() if o in plan.others
     ]
+    everything = bytearray(b"\x01") * len(plan)
+    order = [plan.oid(i) for i in plan.sending_order(everything)]
+    assert order == plan.trees_first(oids)
+    some = bytearray(len(plan))
+    some[0] = some[-1] = 1  # a blob first, the commit last
+    assert [plan.oid(i) for i in plan.sending_order(some)] == [oids[-1], oids[0]]
+    assert plan.total(some, []) == plan.sizes[0] + plan.sizes[len(plan) - 1]
 
 
 def _count_requests(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
@@ -136,6 +149,9 @@ def test_an_empty_push_still_sends_one_have(monkeypatch: pytest.MonkeyPatch) -> 
     from usr.sync.pushing import _id_batches
 
     assert list(_id_batches(pushplan.PushPlan())) == [([], [])]
-    plan = pushplan.PushPlan(sizes=dict.fromkeys("abcdefghij", 1), chunk_sizes={"x": 1})
+    plan = pushplan.PushPlan(chunk_sizes={"x": 1})
+    for c in "0123456789":
+        plan.add(c * 40, 1)
     monkeypatch.setenv(p.MAX_IDS_ENV, "4")
     assert [(len(o), len(c)) for o, c in _id_batches(plan)] == [(4, 1), (4, 0), (2, 0)]
+    assert [o for o, _ in _id_batches(plan)][1] == [c * 40 for c in "4567"]

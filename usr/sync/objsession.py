@@ -294,7 +294,7 @@ class ObjectStoreSession:
         haves = [old] if old and store.has_object(old) else []
         oids = store.missing_objects([new], haves)
         plan = pushplan.plan_push(store, oids, file_sizes)
-        total = sum(plan.sizes.values()) + sum(plan.chunk_sizes.values())
+        total = sum(plan.sizes) + sum(plan.chunk_sizes.values())
         with self.bucket.metered("push", total or None, outgoing=True):
             _pack_missing(store, builder, plan, stats)
             name = builder.finish()
@@ -316,7 +316,7 @@ def _pack_missing(
     the index lacks (chunks before the manifests naming them). The order is the plan's, so
     a rerun of a cut-off push cuts the same packs and finds those already written."""
     index = builder.index
-    for oid in plan.sizes:
+    for oid in plan.oids():
         if oid in index.objects:
             continue
         kind, data = packstream.read_for_send(store, oid)

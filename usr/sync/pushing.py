@@ -16,6 +16,7 @@ from typing import Any
 from usr import faults
 from usr.errors import TransportError
 from usr.layout import validate_dataset_id
+from usr.store import revlist
 from usr.store.objects import is_manifest_bytes
 from usr.sync import packstream, pushplan
 from usr.sync import protocol as p
@@ -65,18 +66,18 @@ class Pushing(Conversation):
         p.check_oid(new, "caller")
         in0, out0 = self.fio.bytes_in, self.fio.bytes_out
         haves = [old] if old and packstream.has_object(store, old) else []
-        plan = pushplan.plan_push(store, store.missing_objects([new], haves), file_sizes)
-        del file_sizes  # the caller's only reference (a size per file of a bootstrap)
-        send_oids, send_cids = self._negotiate(ds, plan, create)
-        send_oids = plan.trees_first(send_oids)
+        listed = revlist.missing_typed(store.repo, [new], haves)
+        plan = pushplan.plan_push(store, listed.oids(), file_sizes)
+        del file_sizes, listed  # the caller's only reference (a size per file of a bootstrap)
+        chosen, send_cids = self._negotiate(ds, plan, create)
         faults.point(FAULT_PUSH_NEGOTIATED)
         stats = TransferStats()
-        total = plan.total(send_oids, send_cids)
+        total = plan.total(chosen, send_cids)
         with self._exchange(), self._meter("push", self.fio.bytes_out, total) as meter:
             first = {p.MANIFEST_FIRST: True} if self.manifest_first else {}
             self.fio.send_message("pack", ds=ds, create=create, **first)
-            for oid in send_oids:
-                self._send_blob(store, oid, plan, send_cids, stats, meter)
+            for i in plan.sending_order(chosen):
+                self._send_blob(store, plan.oid(i), plan, send_cids, stats, meter)
             for cid in sorted(send_cids):  # chunks of manifests the remote already has
                 self._send_chunk(store, cid, stats, meter)
             self.fio.send_message("end")
@@ -94,14 +95,15 @@ class Pushing(Conversation):
 
     def _negotiate(
         self, ds: str, plan: pushplan.PushPlan, create: bool
-    ) -> tuple[list[str], set[str]]:
+    ) -> tuple[bytearray, set[str]]:
         """``have`` in batches of at most :func:`usr.sync.protocol.batch_size` object ids and
         as many chunk ids (at least one request: it creates the remote dataset directory):
-        the objects (in plan order) and chunks the remote lacks. The lists kept are the
-        plan's own id strings, so a bootstrap holds one pointer per object more, not a
-        second set of ids parsed from the replies."""
-        send_oids: list[str] = []
+        which objects the remote lacks, one byte per object of the plan (nonzero: send it),
+        and the chunks it lacks. A flag per object, not a list of ids: a bootstrap sends
+        every file."""
+        chosen = bytearray(len(plan))
         send_cids: set[str] = set()
+        at = 0
         for oids, cids in _id_batches(plan):
             r = self._request("have", "have", ds=ds, oids=oids, cids=cids, create=create)
             lacks = {p.check_oid(o, self.name) for o in p.require(r, "oids", list, self.name)}
@@ -111,9 +113,12 @@ class Pushing(Conversation):
                 raise TransportError(
                     f"{self.name} asked for objects or chunks this push did not offer"
                 )
-            send_oids.extend(o for o in oids if o in lacks)
+            for j, oid in enumerate(oids):
+                if oid in lacks:
+                    chosen[at + j] = 1
+            at += len(oids)
             send_cids.update(c for c in cids if c in lacks_c)
-        return send_oids, send_cids
+        return chosen, send_cids
 
     def _send_blob(
         self,
@@ -163,6 +168,6 @@ class Pushing(Conversation):
 
 def _id_batches(plan: pushplan.PushPlan) -> Iterator[tuple[list[str], list[str]]]:
     """The plan's object and chunk ids side by side in batches; at least one (empty) pair."""
-    pairs = zip_longest(p.batches(plan.sizes), p.batches(plan.chunk_sizes), fillvalue=[])
+    pairs = zip_longest(p.batches(plan.oids()), p.batches(plan.chunk_sizes), fillvalue=[])
     yield next(pairs, ([], []))
     yield from pairs
