@@ -30,8 +30,9 @@ class TransferStats:
     wire_bytes_in: int = 0
     wire_bytes_out: int = 0
     seconds: float = 0.0
-    #: Whole-file sizes of blobs named by fetched trees (``fetch_trees``), by blob id.
-    sizes: dict[str, int] = field(default_factory=dict)
+    #: Whole-file sizes of blobs named by fetched trees (``fetch_trees``), by raw 20-byte
+    #: blob id (53 bytes a key, where a hex str takes 89: a bootstrap pull names every file).
+    sizes: dict[bytes, int] = field(default_factory=dict)
 
 
 class StderrTail:

@@ -9,9 +9,10 @@ held back until the chunks they name have landed. See docs/protocol.md, "Fetch".
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+from usr.errors import TransportError
 from usr.layout import validate_dataset_id
 from usr.sync import packstream, peercheck
 from usr.sync import protocol as p
@@ -49,26 +50,46 @@ class Fetching(Conversation):
             haves = _local_haves(store)
         haves = [h for h in haves if h and packstream.has_object(store, h)]
         in0, out0 = self.fio.bytes_in, self.fio.bytes_out
-        listing = self._request("want", "objects", ds=ds, wants=wants, haves=haves, blobs=blobs)
-        oids = [p.check_oid(o, self.name) for o in p.require(listing, "oids", list, self.name)]
-        stats = TransferStats(sizes=peercheck.check_sizes(listing.get("sizes"), self.name))
-        del listing  # its "types" (unused here): one string per object
-        need = [o for o in oids if not packstream.has_object(store, o)]
-        del oids
-        self._get(ds, store, need, stats, stage)
+        need = bytearray()  # the raw ids this store lacks, 20 bytes each
+        stats = TransferStats()
+        for part in self._listing(ds, wants, haves, blobs):
+            for o in p.require(part, "oids", list, self.name):
+                oid = p.check_oid(o, self.name)
+                if not packstream.has_object(store, oid):
+                    need += bytes.fromhex(oid)
+            for oid, size in peercheck.check_sizes(part.get("sizes"), self.name).items():
+                stats.sizes[bytes.fromhex(oid)] = size
+        if need:
+            self._get(ds, store, _hex_ids(need), stats, stage)
         stats.wire_bytes_in = self.fio.bytes_in - in0
         stats.wire_bytes_out = self.fio.bytes_out - out0
         stats.seconds = time.monotonic() - start
         return stats
 
+    def _listing(
+        self, ds: str, wants: list[str], haves: list[str], blobs: bool
+    ) -> Iterator[dict[str, Any]]:
+        """The ``objects`` messages answering one ``want``, read one at a time: each names
+        at most :func:`usr.sync.protocol.batch_size` ids and sizes (a peer sending more is
+        refused), until one says ``more: false``. A message without ``more`` is a whole
+        listing (a server from before batched listings)."""
+        batch = p.batch_size()
+        with self._exchange():
+            self.fio.send_message("want", ds=ds, wants=wants, haves=haves, blobs=blobs, batch=batch)
+            self.fio.flush()
+            while True:
+                part = self.fio.read_message("objects")
+                more = _check_part(part, batch, self.name)
+                yield part
+                if not more:
+                    return
+
     def _get(
-        self, ds: str, store: Any, need: list[str], stats: TransferStats, stage: Any = None
+        self, ds: str, store: Any, need: Iterable[str], stats: TransferStats, stage: Any = None
     ) -> None:
-        """Fetch the objects ``need``, then the chunks their manifests name that are missing
-        here, then write the held-back manifests: two round trips per batch of
-        :func:`usr.sync.protocol.batch_size` ids, whatever the count."""
-        if not need:
-            return
+        """Fetch the objects ``need`` (at least one), then the chunks their manifests name
+        that are missing here, then write the held-back manifests: two round trips per batch
+        of :func:`usr.sync.protocol.batch_size` ids, whatever the count."""
         got = self._get_batches(
             ds,
             store,
@@ -109,7 +130,7 @@ class Fetching(Conversation):
         self,
         ds: str,
         store: Any,
-        ids: list[str],
+        ids: Iterable[str],
         what: str,
         total: int | None,
         checks: Callable[[list[str]], dict[str, Any]],
@@ -152,7 +173,9 @@ class Fetching(Conversation):
         stats = TransferStats()
         start = time.monotonic()
         need = [p.check_oid(b, "caller") for b in blob_ids]
-        self._get(ds, store, [b for b in need if not packstream.has_object(store, b)], stats)
+        need = [b for b in need if not packstream.has_object(store, b)]
+        if need:
+            self._get(ds, store, need, stats)
         stats.seconds = time.monotonic() - start
         return stats
 
@@ -193,3 +216,22 @@ def _local_haves(store: Any) -> list[str]:
         if oid:
             haves.append(oid)
     return list(dict.fromkeys(haves))
+
+
+def _hex_ids(raw: bytearray) -> Iterator[str]:
+    """The hex ids of packed raw 20-byte ids, made one at a time."""
+    return (raw[i : i + 20].hex() for i in range(0, len(raw), 20))
+
+
+def _check_part(part: dict[str, Any], batch: int, peer: str) -> bool | None:
+    """``more`` of one ``objects`` message: a bool, or None for a whole listing (a server
+    from before batched listings). A piece of a listing naming more than ``batch`` ids or
+    sizes is refused."""
+    more = part.get("more")
+    if more is None:
+        return None
+    if not isinstance(more, bool):
+        raise TransportError(f"bad objects reply from {peer}: more is {str(more)[:20]!r}")
+    if len(part.get("oids") or ()) > batch or len(part.get("sizes") or ()) > batch:
+        raise TransportError(f"bad objects reply from {peer}: more than {batch} ids in a piece")
+    return more

@@ -3,12 +3,16 @@
 The listing comes from one top-down walk (:func:`usr.store.revlist.missing_typed`) for
 commits, or a whole walk of a tree (a working tree for a diff); types come from the walk,
 never from reading blobs. Without blobs (a comparison) it carries each named blob's
-whole-file size instead, from the stat cache where it can.
+whole-file size instead, from the stat cache where it can. It goes in messages of at
+most the batch the client names (:func:`batched`), so neither side holds it as one JSON
+text.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import suppress
+from itertools import islice
 from typing import Any
 
 from usr.errors import InputError
@@ -107,3 +111,24 @@ class _BlobSizes:
         if self.cached is not None and oid in self.cached:
             return self.cached[oid]
         return int(self.store.entry_size(oid))
+
+
+def batched(found: dict[str, Any], size: int | None) -> Iterator[dict[str, Any]]:
+    """The ``objects`` reply of :func:`list_objects` in messages of at most ``size`` ids
+    (with their types) and ``size`` sizes each, in order, every one but the last with
+    ``more: true`` and the last with ``more: false`` (at least one message). With ``size``
+    None (a client from before batched listings): the whole reply, without ``more``."""
+    if size is None:
+        yield found
+        return
+    oids, types = found["oids"], found["types"]
+    sizes = iter(found["sizes"].items())
+    parts = max(1, -(-max(len(oids), len(found["sizes"])) // size))
+    for k in range(parts):
+        lo, hi = k * size, (k + 1) * size
+        yield {
+            "oids": oids[lo:hi],
+            "types": types[lo:hi],
+            "sizes": dict(islice(sizes, size)),
+            "more": k < parts - 1,
+        }

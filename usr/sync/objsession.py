@@ -184,9 +184,9 @@ class ObjectStoreSession:
             haves = local_heads(store)
         walk = _Walk(self, ds, store, index, [h for h in haves if store.has_object(h)])
         walk.run(wants)
-        stats = TransferStats(sizes=walk.sizes)
+        stats = TransferStats(sizes={bytes.fromhex(o): n for o, n in walk.sizes.items()})
         if blobs:
-            total = sum(walk.sizes.get(b, 0) for b in walk.blobs)
+            total = sum(walk.sizes.values())
             with self.bucket.metered("pull", total or None, outgoing=False):
                 self._land_blobs(ds, store, index, walk.blobs, stats)
         with store.object_writer() as objects:

@@ -231,14 +231,18 @@ class Server:
         self.fio.send_message("log", head=head, commits=commits)
 
     def op_want(self, msg: dict[str, Any]) -> None:
-        """List the objects a fetch of ``wants`` needs, given the client's ``haves``."""
+        """List the objects a fetch of ``wants`` needs, given the client's ``haves`` (each
+        at most MAX_IDS ids): in ``objects`` messages of at most ``batch`` ids and sizes
+        each when the client names a batch, else in one."""
         store = self._store(msg)
-        wants = [p.check_oid(o, self.peer) for o in p.require(msg, "wants", list, self.peer)]
-        haves = [p.check_oid(o, self.peer) for o in p.require(msg, "haves", list, self.peer)]
+        wants = p.id_list(msg, "wants", self.peer, p.check_oid)
+        haves = p.id_list(msg, "haves", self.peer, p.check_oid)
+        batch = p.listing_batch(msg, self.peer)
         blobs = bool(msg.get("blobs", True))
         found = listing.list_objects(store, wants, haves, blobs=blobs)
         faults.point(FAULT_WANT)
-        self.fio.send_message("objects", **found)
+        for part in listing.batched(found, batch):
+            self.fio.send_message("objects", **part)
 
     def op_get(self, msg: dict[str, Any]) -> None:
         """Stream the named objects, then the named chunks (at most MAX_IDS of each), then
