@@ -179,19 +179,30 @@ def test_an_empty_push_still_sends_one_have(monkeypatch: pytest.MonkeyPatch) -> 
 def test_pieces_of_a_listing_keep_order_and_bound() -> None:
     """The server's ``objects`` reply in pieces of at most ``batch`` ids and sizes, in
     order, the last saying there is no more; one whole reply for a client without batch."""
+    from usr.store.revlist import Listed
     from usr.sync import listing
 
-    found = {"oids": list("abcde"), "types": ["blob"] * 5, "sizes": {"x": 1, "y": 2}}
+    five = Listed()
+    for c in "abcde":
+        five.append(bytes.fromhex(c * 40), "blob")
+    found = {"listed": five, "sizes": {"x": 1, "y": 2}}
     parts = list(listing.batched(found, 2))
-    assert [q["oids"] for q in parts] == [["a", "b"], ["c", "d"], ["e"]]
+    assert [q["oids"] for q in parts] == [["a" * 40, "b" * 40], ["c" * 40, "d" * 40], ["e" * 40]]
+    assert [q["types"] for q in parts] == [["blob"] * 2, ["blob"] * 2, ["blob"]]
     assert [q["sizes"] for q in parts] == [{"x": 1, "y": 2}, {}, {}]
     assert [q["more"] for q in parts] == [True, True, False]
-    sizes_only = {"oids": [], "types": [], "sizes": {str(i): i for i in range(5)}}
+    sizes_only = {"listed": Listed(), "sizes": {str(i): i for i in range(5)}}
     assert [len(q["sizes"]) for q in listing.batched(sizes_only, 2)] == [2, 2, 1]
-    assert list(listing.batched({"oids": [], "types": [], "sizes": {}}, 2)) == [
+    assert list(listing.batched({"listed": Listed(), "sizes": {}}, 2)) == [
         {"oids": [], "types": [], "sizes": {}, "more": False}
     ]
-    assert list(listing.batched(found, None)) == [found]  # no "more": the whole listing
+    (whole,) = listing.batched(found, None)  # no "more": the whole listing
+    assert whole == {
+        "oids": [c * 40 for c in "abcde"],
+        "types": ["blob"] * 5,
+        "sizes": found["sizes"],
+    }
+    assert [o for o, _ in five.without("blob")] == []
 
 
 def _local_session(tmp_path: Path) -> Any:

@@ -56,6 +56,21 @@ class Listed:
         ids = self.ids
         return (ids[i : i + 20].hex() for i in range(0, len(ids), 20))
 
+    def piece(self, start: int, stop: int) -> tuple[list[str], list[str]]:
+        """Hex ids and type names of the objects ``start`` to ``stop`` (one message's)."""
+        ids, kinds = self.ids, self.kinds[start:stop]
+        hexes = [ids[20 * i : 20 * i + 20].hex() for i in range(start, start + len(kinds))]
+        return hexes, [_KINDS[code] for code in kinds]
+
+    def without(self, kind: str) -> Listed:
+        """The same list without the objects of type ``kind``."""
+        out, code = Listed(), _KIND_CODES[kind]
+        for i, c in enumerate(self.kinds):
+            if c != code:
+                out.ids += self.ids[20 * i : 20 * i + 20]
+                out.kinds.append(c)
+        return out
+
 
 def missing_objects(
     repo: pygit2.Repository,

@@ -38,7 +38,8 @@ def _walk(store: Any, oid: str, types: dict[str, str], order: list[str]) -> None
 
 
 def list_objects(store: Any, wants: list[str], haves: list[str], blobs: bool = True) -> dict:
-    """The ``objects`` reply: ids the requester lacks (in writable order) with their types.
+    """The ``objects`` reply: ids the requester lacks (in writable order) with their types
+    (``listed``, a :class:`usr.store.revlist.Listed`), and ``sizes``; see :func:`batched`.
 
     ``wants`` are commits (negotiated against ``haves`` top-down, see
     :func:`usr.store.revlist.missing_typed`: equal subtrees are skipped unread) or trees
@@ -47,8 +48,7 @@ def list_objects(store: Any, wants: list[str], haves: list[str], blobs: bool = T
     only commits and trees are listed, plus the size of every blob they name (``sizes``):
     enough to compare trees without moving file contents.
     """
-    order: list[str] = []
-    kinds: list[str] = []  # beside ``order``: no map of every id for a bootstrap
+    order = revlist.Listed()  # raw ids and a type byte each: one object per file
     commit_wants, tree_wants = [], []
     for oid in wants:
         kind, _ = store.read_object(oid)
@@ -56,24 +56,19 @@ def list_objects(store: Any, wants: list[str], haves: list[str], blobs: bool = T
             raise InputError(f"cannot fetch {oid}: a {kind}, not a commit or tree")
         (commit_wants if kind == "commit" else tree_wants).append(oid)
     if commit_wants:
-        for oid, kind in revlist.missing_typed(store.repo, commit_wants, haves):
-            order.append(oid)
-            kinds.append(kind)
+        order = revlist.missing_typed(store.repo, commit_wants, haves)
     if tree_wants:
-        types = dict(zip(order, kinds, strict=True))
+        types = dict(order)
         walked: list[str] = []
         for oid in tree_wants:
             _walk(store, oid, types, walked)
-        order.extend(walked)
-        kinds.extend(types[o] for o in walked)
+        for oid in walked:
+            order.append(bytes.fromhex(oid), types[oid])
     sizes: dict[str, int] = {}
     if not blobs:
-        sizes = _tree_blob_sizes(
-            store, [o for o, k in zip(order, kinds, strict=True) if k == "tree"]
-        )
-        kept = [(o, k) for o, k in zip(order, kinds, strict=True) if k != "blob"]
-        order, kinds = [o for o, _ in kept], [k for _, k in kept]
-    return {"oids": order, "types": kinds, "sizes": sizes}
+        sizes = _tree_blob_sizes(store, [o for o, k in order if k == "tree"])
+        order = order.without("blob")
+    return {"listed": order, "sizes": sizes}
 
 
 def _tree_blob_sizes(store: Any, trees: list[str]) -> dict[str, int]:
@@ -118,17 +113,18 @@ def batched(found: dict[str, Any], size: int | None) -> Iterator[dict[str, Any]]
     (with their types) and ``size`` sizes each, in order, every one but the last with
     ``more: true`` and the last with ``more: false`` (at least one message). With ``size``
     None (a client from before batched listings): the whole reply, without ``more``."""
+    listed, sizes = found["listed"], found["sizes"]
     if size is None:
-        yield found
+        oids, types = listed.piece(0, len(listed))
+        yield {"oids": oids, "types": types, "sizes": sizes}
         return
-    oids, types = found["oids"], found["types"]
-    sizes = iter(found["sizes"].items())
-    parts = max(1, -(-max(len(oids), len(found["sizes"])) // size))
+    items = iter(sizes.items())
+    parts = max(1, -(-max(len(listed), len(sizes)) // size))
     for k in range(parts):
-        lo, hi = k * size, (k + 1) * size
+        oids, types = listed.piece(k * size, (k + 1) * size)
         yield {
-            "oids": oids[lo:hi],
-            "types": types[lo:hi],
-            "sizes": dict(islice(sizes, size)),
+            "oids": oids,
+            "types": types,
+            "sizes": dict(islice(items, size)),
             "more": k < parts - 1,
         }
