@@ -68,7 +68,9 @@ class Pushing(Conversation):
         haves = [old] if old and packstream.has_object(store, old) else []
         listed = revlist.missing_typed(store.repo, [new], haves)
         plan = pushplan.plan_push(store, listed.oids(), file_sizes)
-        del file_sizes, listed  # the caller's only reference (a size per file of a bootstrap)
+        # The sizes (the caller's only reference: one per file of a bootstrap) and the
+        # walk's list are in the plan now.
+        del file_sizes, listed
         chosen, send_cids = self._negotiate(ds, plan, create)
         faults.point(FAULT_PUSH_NEGOTIATED)
         stats = TransferStats()
