@@ -35,7 +35,7 @@ sys.path.insert(0, str(HERE.parent))
 
 from usr.store import Store  # noqa: E402
 from usr.store.streamstage import StreamStager  # noqa: E402
-from usr.sync import packstream  # noqa: E402
+from usr.sync import packstream, pushplan, refupdate  # noqa: E402
 from usr.sync import protocol as p  # noqa: E402
 
 
@@ -59,7 +59,7 @@ MODES = ("blobs-first", "trees-first", "manifests-first")
 def stream(src: Store, mode: str) -> bytes:
     new = src.head()
     oids = src.missing_objects([new], [])
-    plan = packstream.plan_push(src, oids, None)
+    plan = pushplan.plan_push(src, oids, None)
     out = io.BytesIO()
     fio = p.FrameIO(p.FileChannel(io.BytesIO(), out), peer="bench")
     if mode == "manifests-first":
@@ -92,7 +92,7 @@ def one(src: Store, data: bytes, work: Path, mode: str) -> tuple[float, ...]:
     packstream.receive(dst, fio, "bench", stage=stager, manifests_first=first)
     t1, c1 = time.perf_counter(), _cpu()
     result = stager.result() if stager else None
-    packstream.update_and_checkout(dst, src.head(), None, validate=False, staged=result)
+    refupdate.update_and_checkout(dst, src.head(), None, validate=False, staged=result)
     t2, c2 = time.perf_counter(), _cpu()
     return t1 - t0, t2 - t1, c1 - c0, c2 - c1
 

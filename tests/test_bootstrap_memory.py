@@ -337,3 +337,20 @@ def test_modes_read_ahead_in_order_and_by_name_otherwise(tmp_path: Path) -> None
     finally:
         tracemalloc.stop()
     assert kept < 400 * 8, kept  # by name: ~61 bytes a lookup, never freed
+def test_the_revlist_walk_keeps_raw_ids(tmp_path: Path) -> None:
+    """A first push's walk lists every file: its seen set holds raw 20-byte ids and its
+    result two arrays (20 bytes and one type byte an object), read back as hex pairs."""
+    from usr.store import revlist
+
+    store = Store.open(tmp_path / "a")
+    _tree(tmp_path / "a", 3, 4)
+    commit = store.record("all").commit
+    walk = revlist._TopDown(store.repo, None)
+    walk.tree(store.repo[commit].tree_id, [])
+    assert walk.emitted and all(type(k) is bytes and len(k) == 20 for k in walk.emitted)
+    listed = revlist.missing_typed(store.repo, [commit], [])
+    assert type(listed.ids) is bytearray and len(listed.ids) == 20 * len(listed)
+    pairs = list(listed)
+    assert pairs[-1] == (commit, "commit") and {k for _, k in pairs} == {"commit", "tree", "blob"}
+    assert [o for o, _ in pairs] == list(listed.oids()) == store.missing_objects([commit], [])
+    assert len(walk.emitted) == len(listed) - 1  # every object but the commit

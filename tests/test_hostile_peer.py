@@ -32,7 +32,7 @@ from tests.hostile_peer import CONTENT_ATTACKS, ESCAPING_IDS, TREE_ATTACKS, buil
 from tests.test_sync_scenarios import DS, make_dataset
 from usr.store import Store, gitpack
 from usr.store.objects import MAGIC, Manifest
-from usr.sync import packstream, peercheck
+from usr.sync import peercheck
 
 HOSTILE = REPO / "tests" / "hostile_peer.py"
 INPUT, VERIFY, TRANSPORT, AUTH = 3, 5, 6, 7
@@ -164,7 +164,7 @@ def _assert_sound(store: Store, oid: str) -> None:
     """A stored object hashes to its id and passes the checks a receiver makes."""
     kind, data = store.read_object(oid)  # verifies the id
     if kind == "tree":
-        packstream.parse_tree(data)
+        peercheck.parse_tree(data)
     elif kind == "commit":
         peercheck.commit_links(data, oid)
     elif data.startswith(MAGIC):

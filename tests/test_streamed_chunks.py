@@ -24,7 +24,7 @@ from usr.store import Store, chunkstage
 from usr.store.chunks import chunk_id
 from usr.store.objects import Manifest
 from usr.store.streamstage import StreamStager
-from usr.sync import packstream
+from usr.sync import packstream, pushplan, refupdate
 from usr.sync import protocol as p
 
 BIG = "_artifacts/big.bin"
@@ -69,7 +69,7 @@ def _frames(
 ) -> tuple[bytes, list[str]]:
     """:func:`_stream`, and the ids of the chunks it sends."""
     oids = [o for o in src.missing_objects([new], [old] if old else []) if not dst.has_object(o)]
-    plan = packstream.plan_push(src, oids, None)
+    plan = pushplan.plan_push(src, oids, None)
     lacking = set(dst.chunks.missing(plan.cids()))
     out = io.BytesIO()
     fio = p.FrameIO(p.FileChannel(io.BytesIO(), out), peer="test")
@@ -111,7 +111,7 @@ def _push(src: Store, dst: Store, new: str, old: str | None) -> dict[str, int]:
     assert staged is not None
     inodes = _staged(dst, staged.tree)
     assert len(staged.files) == len(inodes)  # every staged file is claimed (verified)
-    packstream.update_and_checkout(dst, new, old, validate=False, staged=staged)
+    refupdate.update_and_checkout(dst, new, old, validate=False, staged=staged)
     return inodes
 
 
@@ -171,7 +171,7 @@ def _push_stream(dst: Store, stream: bytes, new: str, old: str | None) -> dict[s
     staged = _receive(dst, stream).result()
     assert staged is not None
     inodes = _staged(dst, staged.tree)
-    packstream.update_and_checkout(dst, new, old, validate=False, staged=staged)
+    refupdate.update_and_checkout(dst, new, old, validate=False, staged=staged)
     return inodes
 
 

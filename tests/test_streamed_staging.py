@@ -15,7 +15,7 @@ import pytest
 
 from usr.store import Store
 from usr.store.streamstage import StreamStager
-from usr.sync import packstream
+from usr.sync import packstream, pushplan, refupdate
 from usr.sync import protocol as p
 
 SAME = b"the same bytes at two paths\n"
@@ -64,7 +64,7 @@ def _stream(
     and trees first, as the client orders them, unless ``trees_first`` is false), end.
     ``only``: just the "blobs", or just the "trees" and commits."""
     oids = src.missing_objects([new], [old] if old else [])
-    plan = packstream.plan_push(src, oids, None)
+    plan = pushplan.plan_push(src, oids, None)
     if only is not None:
         oids = [o for o in oids if plan.is_blob(o) == (only == "blobs")]
     out = io.BytesIO()
@@ -105,7 +105,7 @@ def _push(src: Store, dst: Store, new: str, old: str | None) -> dict[str, int]:
     assert staged is not None and staged.tree == str(src.repo[new].tree_id)
     inodes = _staged(dst, staged.tree)
     assert len(staged.files) == len(inodes)
-    packstream.update_and_checkout(dst, new, old, validate=False, staged=staged)
+    refupdate.update_and_checkout(dst, new, old, validate=False, staged=staged)
     return inodes
 
 
@@ -138,7 +138,7 @@ def test_a_streamed_file_changed_before_the_checkout_is_verified_again(tmp_path:
     (top / "meta.md").write_bytes(b"v9\n")  # same size, other bytes: only a hash tells
     (top / "x/one.txt").unlink()
     (top / "tool.sh").chmod(0o644)
-    packstream.update_and_checkout(dst, second, first, validate=False, staged=staged)
+    refupdate.update_and_checkout(dst, second, first, validate=False, staged=staged)
     assert _files(dst.path) == _files(src.path)
     assert (dst.path / "tool.sh").stat().st_mode & 0o777 == 0o755
     assert dst.verify_working() == []
@@ -158,7 +158,7 @@ def test_files_staged_by_another_process_are_hashed_before_reuse(tmp_path: Path)
     kept = (top / "y/two.txt").stat().st_ino
     staged = _receive(dst, stream).result()  # objects are present now; blobs come again
     assert staged is None  # every file was there already: none is this process's
-    packstream.update_and_checkout(dst, second, first, validate=False, staged=staged)
+    refupdate.update_and_checkout(dst, second, first, validate=False, staged=staged)
     assert _files(dst.path) == _files(src.path)
     assert (dst.path / "y/two.txt").stat().st_ino == kept  # intact: reused after hashing
     assert dst.verify_working() == []
@@ -170,7 +170,7 @@ def test_blobs_before_trees_stream_nothing_and_the_checkout_stages(tmp_path: Pat
     dst = Store.open(tmp_path / "dst")
     stager = _receive(dst, _stream(src, first, None, trees_first=False))
     assert stager.result() is None
-    packstream.update_and_checkout(dst, first, None, validate=False, staged=None)
+    refupdate.update_and_checkout(dst, first, None, validate=False, staged=None)
     assert _files(dst.path) == {"meta.md": b"v1\n", "a/old.txt": b"old\n", "a/keep.txt": b"keep\n"}
     assert dst.head() == first and dst.verify_working() == []
 
@@ -188,7 +188,7 @@ def test_a_fetch_whose_trees_came_first_stages_its_blobs(tmp_path: Path) -> None
     assert staged is not None
     inodes = _staged(dst, tree)
     assert set(inodes) >= {"meta.md", "x/one.txt", "y/two.txt"} and len(staged.files) == 5
-    packstream.update_and_checkout(dst, second, first, validate=False, staged=staged)
+    refupdate.update_and_checkout(dst, second, first, validate=False, staged=staged)
     assert {rel: (dst.path / rel).stat().st_ino for rel in inodes} == inodes
     assert _files(dst.path) == _files(src.path) and dst.verify_working() == []
 
@@ -199,7 +199,7 @@ def test_a_target_tree_that_is_not_here_stages_nothing(tmp_path: Path) -> None:
     tree = str(src.repo[first].tree_id)
     stager = _receive(dst, _stream(src, first, None, trees_first=False), tree)
     assert stager.result() is None  # blobs came before the trees: nothing to walk yet
-    packstream.update_and_checkout(dst, first, None, validate=False, staged=None)
+    refupdate.update_and_checkout(dst, first, None, validate=False, staged=None)
     assert dst.verify_working() == []
 
 

@@ -20,7 +20,7 @@ import tomli_w
 from tests.conftest import recorded_dataset
 from usr.errors import TransportError
 from usr.store import Store
-from usr.sync import engine, options, packstream
+from usr.sync import engine, options, pushplan
 from usr.sync import protocol as p
 
 DS = "batch_ds"
@@ -56,23 +56,38 @@ def test_a_request_naming_more_than_max_ids_is_refused() -> None:
 
 
 def test_the_push_plan_holds_no_per_blob_set(tmp_path: Path) -> None:
-    """The plan keeps the commits and trees apart (a few per directory), not the blobs."""
+    """The plan keeps the commits and trees apart (a few per directory), not the blobs,
+    and each object as a raw id and a size in two arrays (no map of hex ids)."""
     ds = recorded_dataset(tmp_path / "laptop", DS, _files())
     store = Store.open(ds.path)
     head = store.head()
-    plan = packstream.plan_push(store, store.missing_objects([head], []), None)
-    blobs = [o for o in plan.sizes if plan.is_blob(o)]
+    oids = store.missing_objects([head], [])
+    plan = pushplan.plan_push(store, oids, None)
+    assert list(plan.oids()) == oids and len(plan.ids) == 20 * len(oids)
+    assert plan.sizes.typecode == "Q" and len(plan.sizes) == len(oids)
+    assert [plan.sizes[i] for i in range(len(oids))] == [store.repo.odb.read_header(o)[1]
+                                                        for o in oids]  # fmt: skip
+    blobs = [o for o in plan.oids() if plan.is_blob(o)]
     assert len(blobs) >= 37 and len(plan.others) < 12
     assert not hasattr(plan, "blobs")
-    assert plan.trees_first(plan.sizes)[: len(plan.others)] == [
-        o for o in plan.sizes if o in plan.others
+    assert plan.trees_first(plan.oids())[: len(plan.others)] == [
+        o for o in plan.oids() if o in plan.others
     ]
+    everything = bytearray(b"\x01") * len(plan)
+    order = [plan.oid(i) for i in plan.sending_order(everything)]
+    assert order == plan.trees_first(oids)
+    some = bytearray(len(plan))
+    some[0] = some[-1] = 1  # a blob first, the commit last
+    assert [plan.oid(i) for i in plan.sending_order(some)] == [oids[-1], oids[0]]
+    assert plan.total(some, []) == plan.sizes[0] + plan.sizes[len(plan) - 1]
 
 
 def _count_requests(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
     """Count the requests a client sends, by type (``get`` of objects / of chunks apart)."""
     seen: Counter[str] = Counter()
     send = p.FrameIO.send_message
+
+    read = p.FrameIO.read_message
 
     def counted(self: p.FrameIO, t: str, **fields: Any) -> None:
         name = t
@@ -81,9 +96,22 @@ def _count_requests(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
         if name in ("have", "get-objects", "get-chunks"):
             seen[name] += 1
             assert len(fields.get("oids", [])) <= BATCH and len(fields.get("cids", [])) <= BATCH
+        if t == "want":
+            seen["want"] += 1
+            assert fields["batch"] == BATCH
         send(self, t, **fields)
 
+    def pieces(self: p.FrameIO, expect: str | None = None) -> dict[str, Any]:
+        msg = read(self, expect)
+        if msg["t"] == "objects":  # a piece of a listing, read by the client
+            seen["objects"] += 1
+            seen["objects-more"] += msg["more"] is True
+            seen["listed"] += len(msg["oids"]) + len(msg["sizes"])
+            assert len(msg["oids"]) <= BATCH and len(msg["sizes"]) <= BATCH
+        return msg
+
     monkeypatch.setattr(p.FrameIO, "send_message", counted)
+    monkeypatch.setattr(p.FrameIO, "read_message", pieces)
     return seen
 
 
@@ -112,10 +140,14 @@ def _round_trip(tmp_path: Path, table: dict, monkeypatch: pytest.MonkeyPatch) ->
 
 def _check_batched(seen: Counter[str]) -> None:
     # ~40 blobs, ~8 trees, the commit and the ledger's objects: 7 or more `have`, as many
-    # `get` of objects; ~18 chunks: 3 or more `get` of chunks.
+    # `get` of objects; ~18 chunks: 3 or more `get` of chunks. The pull's listings (its
+    # trees with every blob's size, then the contents) come in 7 or more pieces, each
+    # `want` answered by pieces that all but the last say there is more.
     assert seen["have"] >= 7, seen
     assert seen["get-objects"] >= 7, seen
     assert seen["get-chunks"] >= 3, seen
+    assert seen["want"] >= 2 and seen["listed"] >= 7 * BATCH, seen
+    assert seen["objects"] >= 7 and seen["objects-more"] == seen["objects"] - seen["want"], seen
 
 
 def test_push_and_pull_in_batches_over_a_local_remote(
@@ -133,9 +165,111 @@ def test_push_and_pull_in_batches_over_ssh(
 def test_an_empty_push_still_sends_one_have(monkeypatch: pytest.MonkeyPatch) -> None:
     """At least one ``have`` (it creates the remote dataset directory), even with nothing
     to offer."""
-    from usr.sync.session import _id_batches
+    from usr.sync.pushing import _id_batches
 
-    assert list(_id_batches(packstream.PushPlan())) == [([], [])]
-    plan = packstream.PushPlan(sizes=dict.fromkeys("abcdefghij", 1), chunk_sizes={"x": 1})
+    assert list(_id_batches(pushplan.PushPlan())) == [([], [])]
+    plan = pushplan.PushPlan(chunk_sizes={"x": 1})
+    for c in "0123456789":
+        plan.add(c * 40, 1)
     monkeypatch.setenv(p.MAX_IDS_ENV, "4")
     assert [(len(o), len(c)) for o, c in _id_batches(plan)] == [(4, 1), (4, 0), (2, 0)]
+    assert [o for o, _ in _id_batches(plan)][1] == [c * 40 for c in "4567"]
+
+
+def test_pieces_of_a_listing_keep_order_and_bound() -> None:
+    """The server's ``objects`` reply in pieces of at most ``batch`` ids and sizes, in
+    order, the last saying there is no more; one whole reply for a client without batch."""
+    from usr.store.revlist import Listed
+    from usr.sync import listing
+
+    five = Listed()
+    for c in "abcde":
+        five.append(bytes.fromhex(c * 40), "blob")
+    found = {"listed": five, "sizes": {"x": 1, "y": 2}}
+    parts = list(listing.batched(found, 2))
+    assert [q["oids"] for q in parts] == [["a" * 40, "b" * 40], ["c" * 40, "d" * 40], ["e" * 40]]
+    assert [q["types"] for q in parts] == [["blob"] * 2, ["blob"] * 2, ["blob"]]
+    assert [q["sizes"] for q in parts] == [{"x": 1, "y": 2}, {}, {}]
+    assert [q["more"] for q in parts] == [True, True, False]
+    sizes_only = {"listed": Listed(), "sizes": {str(i): i for i in range(5)}}
+    assert [len(q["sizes"]) for q in listing.batched(sizes_only, 2)] == [2, 2, 1]
+    assert list(listing.batched({"listed": Listed(), "sizes": {}}, 2)) == [
+        {"oids": [], "types": [], "sizes": {}, "more": False}
+    ]
+    (whole,) = listing.batched(found, None)  # no "more": the whole listing
+    assert whole == {
+        "oids": [c * 40 for c in "abcde"],
+        "types": ["blob"] * 5,
+        "sizes": found["sizes"],
+    }
+    assert [o for o, _ in five.without("blob")] == []
+
+
+def _local_session(tmp_path: Path) -> Any:
+    from usr.sync import client
+
+    recorded_dataset(tmp_path / "remote", DS, _files())
+    config = tmp_path / "remotes.toml"
+    table = {"type": "local", "base_dir": str(tmp_path / "remote")}
+    config.write_text(tomli_w.dumps({"remotes": {"far": table}}))
+    config.chmod(0o600)
+    return client.open_session("far", str(config))
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"haves": ["ab" * 20] * (p.MAX_IDS + 1)},
+        {"wants": ["ab" * 20] * (p.MAX_IDS + 1)},
+        {"batch": p.MAX_IDS + 1},
+        {"batch": 0},
+        {"batch": True},
+    ],
+    ids=["haves", "wants", "batch-too-big", "batch-zero", "batch-bool"],
+)
+def test_the_server_refuses_an_over_long_want(tmp_path: Path, fields: dict[str, Any]) -> None:
+    """``wants``/``haves`` of more than MAX_IDS ids, or a batch outside 1..MAX_IDS, is
+    refused before any listing is made, with one line."""
+    with _local_session(tmp_path) as session:
+        head = session.heads(DS)["head"]
+        request = {"ds": DS, "wants": [head], "haves": [], "blobs": True, "batch": 2, **fields}
+        with pytest.raises(TransportError) as refused:
+            session._request("want", "objects", **request)
+    message = str(refused.value.message)
+    assert "\n" not in message and len(message) < 200, message
+    assert "more than 65536" in message or "not 1 to 65536" in message, message
+
+
+def test_a_client_refuses_a_piece_longer_than_its_batch() -> None:
+    from usr.sync.fetching import _check_part
+
+    assert _check_part({"oids": ["a"] * 3, "sizes": {}}, 2, "peer") is None  # whole listing
+    assert _check_part({"oids": ["a"] * 2, "sizes": {"b": 1}, "more": True}, 2, "peer")
+    with pytest.raises(TransportError, match="more than 2 ids"):
+        _check_part({"oids": ["a"] * 3, "sizes": {}, "more": True}, 2, "peer")
+    with pytest.raises(TransportError, match="more than 2 ids"):
+        _check_part({"oids": [], "sizes": dict.fromkeys("abc", 1), "more": False}, 2, "peer")
+    with pytest.raises(TransportError, match="more is"):
+        _check_part({"oids": [], "sizes": {}, "more": "yes"}, 2, "peer")
+
+
+def test_a_tree_fetch_in_pieces_keeps_sizes_by_raw_id(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A listing of every blob's size, in pieces of BATCH: each size arrives once, keyed
+    by its raw 20-byte id (what ``trees.Sizes`` keeps, adopted without a copy)."""
+    from usr.sync.trees import Sizes
+
+    monkeypatch.setenv(p.MAX_IDS_ENV, str(BATCH))
+    here = Store.open(tmp_path / "here")
+    with _local_session(tmp_path) as session:
+        head = session.heads(DS)["head"]
+        stats = session.fetch_trees(DS, here, [head])
+    there = Store.open(tmp_path / "remote" / DS, create=False)
+    blobs = {c.new_id: c.new_size for c in there.diff(None, head)}
+    assert len(blobs) > 3 * BATCH
+    assert all(type(k) is bytes and len(k) == 20 for k in stats.sizes)
+    assert {k.hex(): v for k, v in stats.sizes.items()} == blobs
+    sizes = Sizes(here)
+    sizes.add(stats)
+    assert sizes.known is stats.sizes

@@ -14,7 +14,7 @@ from tests.conftest import recorded_dataset
 from usr.errors import VerifyError
 from usr.store import Store
 from usr.store.objects import MAGIC
-from usr.sync import engine, packstream
+from usr.sync import engine, listing, packstream, pushplan
 from usr.sync.client import RemoteSession
 from usr.sync.engine import SyncOptions
 
@@ -76,7 +76,7 @@ def test_a_manifest_taken_for_plain_bytes_still_lands_with_its_chunks(tmp_path, 
     kind, manifest = packstream.read_for_send(store, entry.new_id)
     assert kind == "blob" and manifest.startswith(MAGIC)
     lying = {entry.new_id: 40}
-    plan = packstream.plan_push(store, store.missing_objects([store.head()], []), lying)
+    plan = pushplan.plan_push(store, store.missing_objects([store.head()], []), lying)
     big_chunks = packstream.manifest_chunks(manifest, "big.bin")
     assert entry.new_id not in plan.chunks_of and not set(big_chunks) & set(plan.cids())
     with RemoteSession.open("loc", remotes_config=str(config)) as session:
@@ -101,13 +101,13 @@ def test_a_tree_listing_sizes_blobs_as_the_store_does(tmp_path, monkeypatch):
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(b"x" * (i % 50) + b"%d" % i)
         store.record(f"batch {batch}")
-    listing = packstream.list_objects(store, [store.head()], [], blobs=False)
+    found = listing.list_objects(store, [store.head()], [], blobs=False)
     blobs = {c.new_id for c in store.diff(None, store.head())}
-    assert set(listing["sizes"]) == blobs
-    assert listing["sizes"] == {oid: store.entry_size(oid) for oid in blobs}
+    assert set(found["sizes"]) == blobs
+    assert found["sizes"] == {oid: store.entry_size(oid) for oid in blobs}
     # Observable proof that no blob was read for its size: a listing with one blob's object
     # gone still names its size (the fetch that follows is what needs the object).
-    gone = list(listing["sizes"])[-1]  # sized last: past the first few hundred
+    gone = list(found["sizes"])[-1]  # sized last: past the first few hundred
     (ds.path / ".usr" / "objects" / gone[:2] / gone[2:]).unlink()
-    again = packstream.list_objects(Store.open(ds.path), [store.head()], [], blobs=False)
-    assert again["sizes"][gone] == listing["sizes"][gone]
+    again = listing.list_objects(Store.open(ds.path), [store.head()], [], blobs=False)
+    assert again["sizes"][gone] == found["sizes"][gone]

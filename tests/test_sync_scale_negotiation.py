@@ -329,7 +329,7 @@ def test_a_pushed_state_is_checked_and_checked_out_along_its_changes(
     path only (``tree_changes`` against the stored head) and the checkout looks its mode
     up in the file's directory, never walking the whole target tree."""
     from usr.store import checkout as checkout_mod
-    from usr.sync import packstream
+    from usr.sync import refupdate
 
     a = tmp_path / "a"
     for d in range(30):
@@ -356,7 +356,7 @@ def test_a_pushed_state_is_checked_and_checked_out_along_its_changes(
         return modes_call(self, rel)
 
     monkeypatch.setattr(checkout_mod._Modes, "__call__", counted)
-    assert packstream.update_and_checkout(dst, second, first, validate=False) == second
+    assert refupdate.update_and_checkout(dst, second, first, validate=False) == second
     assert (tmp_path / "b/d05/new.txt").read_bytes() == b"new"
     assert dst.verify_working(second) == [] and dst.fsck() == []
     assert dirs == [""], dirs  # one file's mode, its directory (d05) read once

@@ -49,7 +49,8 @@ import asyncssh  # noqa: E402 - after the filter above
 
 from usr.errors import AuthError, InputError, TransportError
 from usr.sshcommand import remote_command
-from usr.sync.session import Session, StderrTail
+from usr.sync.conversation import StderrTail
+from usr.sync.session import Session
 
 T = TypeVar("T")
 

@@ -13,7 +13,7 @@ pygit2 and the errors.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 
 import pygit2
 
@@ -22,7 +22,54 @@ from usr.errors import NotFoundError
 _TREE_MODE = 0o040000
 
 #: ``name -> (id, filemode)`` of one tree's entries.
-Entries = dict[str, tuple[str, int]]
+Entries = dict[str, tuple[pygit2.Oid, int]]
+
+_KINDS = ("commit", "tree", "blob")
+_KIND_CODES = {name: i for i, name in enumerate(_KINDS)}
+
+
+class Listed:
+    """The ``(id, type name)`` pairs a walk found, in order, as two arrays: 20 raw bytes
+    and one type byte an object, where a list of pairs of hex strings held ~150 bytes
+    (a first push lists every file). Iterating makes each hex id as it is reached."""
+
+    __slots__ = ("ids", "kinds")
+
+    def __init__(self) -> None:
+        self.ids = bytearray()
+        self.kinds = bytearray()
+
+    def append(self, raw: bytes, kind: str) -> None:
+        self.ids += raw
+        self.kinds.append(_KIND_CODES[kind])
+
+    def __len__(self) -> int:
+        return len(self.kinds)
+
+    def __iter__(self) -> Iterator[tuple[str, str]]:
+        ids = self.ids
+        for i, code in enumerate(self.kinds):
+            yield ids[20 * i : 20 * i + 20].hex(), _KINDS[code]
+
+    def oids(self) -> Iterator[str]:
+        """The hex ids alone, in order."""
+        ids = self.ids
+        return (ids[i : i + 20].hex() for i in range(0, len(ids), 20))
+
+    def piece(self, start: int, stop: int) -> tuple[list[str], list[str]]:
+        """Hex ids and type names of the objects ``start`` to ``stop`` (one message's)."""
+        ids, kinds = self.ids, self.kinds[start:stop]
+        hexes = [ids[20 * i : 20 * i + 20].hex() for i in range(start, start + len(kinds))]
+        return hexes, [_KINDS[code] for code in kinds]
+
+    def without(self, kind: str) -> Listed:
+        """The same list without the objects of type ``kind``."""
+        out, code = Listed(), _KIND_CODES[kind]
+        for i, c in enumerate(self.kinds):
+            if c != code:
+                out.ids += self.ids[20 * i : 20 * i + 20]
+                out.kinds.append(c)
+        return out
 
 
 def missing_objects(
@@ -38,7 +85,7 @@ def missing_objects(
     ``haves`` are commits the other side has (with everything below them); those the
     local store lacks are ignored. ``on_read`` is called with the id of every tree read.
     """
-    return [oid for oid, _kind in missing_typed(repo, wants, haves, on_read)]
+    return list(missing_typed(repo, wants, haves, on_read).oids())
 
 
 def missing_typed(
@@ -46,18 +93,18 @@ def missing_typed(
     wants: Iterable[str],
     haves: Iterable[str],
     on_read: Callable[[str], None] | None = None,
-) -> list[tuple[str, str]]:
+) -> Listed:
     """:func:`missing_objects` with each id's type name (``commit``, ``tree``, ``blob``),
-    known from the walk without reading any blob."""
+    known from the walk without reading any blob, as a compact :class:`Listed`."""
     known = [h for h in dict.fromkeys(haves) if h and _commit(repo, h) is not None]
     commits = _new_commits(repo, list(wants), known)
     walk = _TopDown(repo, on_read)
-    have_trees = [str(_commit(repo, h).tree_id) for h in known]  # type: ignore[union-attr]
+    have_trees = [_commit(repo, h).tree_id for h in known]  # type: ignore[union-attr]
     for c in commits:
         commit = repo[c]
-        bases = [str(repo[p].tree_id) for p in commit.parent_ids] + have_trees
-        walk.tree(str(commit.tree_id), bases)
-        walk.out.append((c, "commit"))
+        bases = [repo[p].tree_id for p in commit.parent_ids] + have_trees
+        walk.tree(commit.tree_id, bases)
+        walk.out.append(commit.id.raw, "commit")
     return walk.out
 
 
@@ -66,12 +113,12 @@ def tree_changes(
     tree: str,
     bases: list[str],
     on_read: Callable[[str], None] | None = None,
-) -> list[tuple[str, str]]:
+) -> Listed:
     """``(id, type)`` of ``tree`` and what is below it that is not at the same path in the
     trees ``bases``, children first: what one tree adds over others, found by the same
     top-down comparison (equal subtrees unread). Empty when ``tree`` is one of ``bases``."""
     walk = _TopDown(repo, on_read)
-    walk.tree(tree, bases)
+    walk.tree(pygit2.Oid(hex=tree), [pygit2.Oid(hex=b) for b in bases])
     return walk.out
 
 
@@ -100,32 +147,33 @@ def _new_commits(repo: pygit2.Repository, wants: list[str], known: list[str]) ->
 
 class _TopDown:
     """The emitting walk: ``out`` collects ``(id, type)`` children first; ``emitted``
-    holds what ``out`` has, so an object is listed once whatever the paths naming it."""
+    holds the raw ids ``out`` has (53 bytes each, where a hex string took 89: a first push
+    meets every file), so an object is listed once whatever the paths naming it."""
 
     def __init__(self, repo: pygit2.Repository, on_read: Callable[[str], None] | None) -> None:
         self.repo = repo
         self.on_read = on_read
-        self.emitted: set[str] = set()
-        self.out: list[tuple[str, str]] = []
+        self.emitted: set[bytes] = set()
+        self.out = Listed()
 
-    def entries(self, tree_id: str) -> Entries | None:
+    def entries(self, tree_id: pygit2.Oid) -> Entries | None:
         """A tree's entries, or None when this store lacks it (a base that cannot be
         read only means less is skipped)."""
         tree = self.repo.get(tree_id)
         if not isinstance(tree, pygit2.Tree):
             return None
         if self.on_read is not None:
-            self.on_read(tree_id)
-        return {e.name: (str(e.id), e.filemode) for e in tree}
+            self.on_read(str(tree_id))
+        return {e.name: (e.id, e.filemode) for e in tree}
 
-    def tree(self, tree_id: str, bases: list[str]) -> None:
+    def tree(self, tree_id: pygit2.Oid, bases: list[pygit2.Oid]) -> None:
         """List what is below ``tree_id`` and not at the same path in any of ``bases``
         (the trees at this path on the other side or in the parents), then the tree.
 
         A tree already listed is not walked again: all below it was listed or is at its
         path in a base then. Equal to a base: the other side has it, or it was listed
         with an earlier (parent) commit."""
-        if tree_id in self.emitted or tree_id in bases:
+        if tree_id.raw in self.emitted or tree_id in bases:
             return
         mine = self.entries(tree_id)
         if mine is None:
@@ -137,8 +185,8 @@ class _TopDown:
                 continue
             if mode == _TREE_MODE:
                 self.tree(oid, [other for other, m in same_path if m == _TREE_MODE])
-            elif oid not in self.emitted:
-                self.emitted.add(oid)
-                self.out.append((oid, "blob"))
-        self.emitted.add(tree_id)
-        self.out.append((tree_id, "tree"))
+            elif oid.raw not in self.emitted:
+                self.emitted.add(oid.raw)
+                self.out.append(oid.raw, "blob")
+        self.emitted.add(tree_id.raw)
+        self.out.append(tree_id.raw, "tree")

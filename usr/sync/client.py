@@ -24,14 +24,9 @@ from typing import Any
 from usr.errors import AuthError, TransportError, UsrError
 from usr.sync import prestart
 from usr.sync import protocol as p
-from usr.sync.session import (
-    FAULT_PUSH_MID_STREAM,
-    FAULT_PUSH_NEGOTIATED,
-    FAULT_PUSH_SENT,
-    Session,
-    StderrTail,
-    TransferStats,
-)
+from usr.sync.conversation import StderrTail, TransferStats
+from usr.sync.pushing import FAULT_PUSH_MID_STREAM, FAULT_PUSH_NEGOTIATED, FAULT_PUSH_SENT
+from usr.sync.session import Session
 
 __all__ = [
     "FAULT_PUSH_MID_STREAM",

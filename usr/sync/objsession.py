@@ -11,8 +11,8 @@ last, by compare-and-swap, after every pack and the index it names are written.
 
 An object store has no working files: ``record`` returns the head unchanged and
 ``working_tree`` is the head's tree. May import :mod:`usr.sync.bucket`,
-:mod:`usr.sync.packstream`, :mod:`usr.sync.peercheck`, :mod:`usr.sync.gate` and the
-store's id helpers; knows no transport but the bucket.
+:mod:`usr.sync.packstream`, :mod:`usr.sync.pushplan`, :mod:`usr.sync.peercheck`,
+:mod:`usr.sync.gate` and the store's id helpers; knows no transport but the bucket.
 """
 
 from __future__ import annotations
@@ -26,11 +26,11 @@ from usr.errors import NotFoundError, UsageError, VerifyError
 from usr.layout import validate_dataset_id
 from usr.store.chunks import chunk_id
 from usr.store.objects import git_object_id
-from usr.sync import packstream, peercheck
+from usr.sync import packstream, peercheck, pushplan
 from usr.sync import protocol as p
 from usr.sync.bucket import Bucket, Index, PackBuilder, Ref, read_spans
+from usr.sync.conversation import TransferStats
 from usr.sync.history import require_fast_forward
-from usr.sync.session import TransferStats
 
 FAULT_BEFORE_REF = faults.register(
     "s3.before-ref", "client: every pack and the new index in the bucket; the ref not moved"
@@ -184,9 +184,9 @@ class ObjectStoreSession:
             haves = local_heads(store)
         walk = _Walk(self, ds, store, index, [h for h in haves if store.has_object(h)])
         walk.run(wants)
-        stats = TransferStats(sizes=walk.sizes)
+        stats = TransferStats(sizes={bytes.fromhex(o): n for o, n in walk.sizes.items()})
         if blobs:
-            total = sum(walk.sizes.get(b, 0) for b in walk.blobs)
+            total = sum(walk.sizes.values())
             with self.bucket.metered("pull", total or None, outgoing=False):
                 self._land_blobs(ds, store, index, walk.blobs, stats)
         with store.object_writer() as objects:
@@ -293,8 +293,8 @@ class ObjectStoreSession:
         builder = PackBuilder(self.bucket, ds, index)
         haves = [old] if old and store.has_object(old) else []
         oids = store.missing_objects([new], haves)
-        plan = packstream.plan_push(store, oids, file_sizes)
-        total = sum(plan.sizes.values()) + sum(plan.chunk_sizes.values())
+        plan = pushplan.plan_push(store, oids, file_sizes)
+        total = sum(plan.sizes) + sum(plan.chunk_sizes.values())
         with self.bucket.metered("push", total or None, outgoing=True):
             _pack_missing(store, builder, plan, stats)
             name = builder.finish()
@@ -310,13 +310,13 @@ class ObjectStoreSession:
 
 
 def _pack_missing(
-    store: Any, builder: PackBuilder, plan: packstream.PushPlan, stats: TransferStats
+    store: Any, builder: PackBuilder, plan: pushplan.PushPlan, stats: TransferStats
 ) -> None:
     """Add to the packs every object of ``plan`` and every chunk their manifests name that
     the index lacks (chunks before the manifests naming them). The order is the plan's, so
     a rerun of a cut-off push cuts the same packs and finds those already written."""
     index = builder.index
-    for oid in plan.sizes:
+    for oid in plan.oids():
         if oid in index.objects:
             continue
         kind, data = packstream.read_for_send(store, oid)
@@ -395,7 +395,7 @@ class _Walk:
 
     def _tree(self, oid: str, data: bytes) -> list[str]:
         subtrees = []
-        for kind, _name, child in packstream.parse_tree(data, f"tree {oid}"):
+        for kind, _name, child in peercheck.parse_tree(data, f"tree {oid}"):
             if kind == "tree":
                 subtrees.append(child)
             elif child not in self.sizes:

@@ -13,12 +13,45 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from usr.errors import TransportError, VerifyError
+from usr.errors import InputError, TransportError, VerifyError
+from usr.layout import check_relpath
 
 _HEX40 = re.compile(rb"^[0-9a-f]{40}$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]+")
 #: Longest text of a peer's (error message, stderr line) shown to the user.
 TEXT_LIMIT = 500
+
+_TREE_MODES = {b"40000": "tree", b"100644": "blob", b"100755": "blob"}
+
+
+def parse_tree(data: bytes, where: str = "tree") -> list[tuple[str, str, str]]:
+    """``(kind, name, oid)`` of each entry of raw git tree bytes, refusing what usr never
+    writes: escaping or runtime names, symlinks, submodules, duplicates."""
+    out: list[tuple[str, str, str]] = []
+    seen: set[bytes] = set()
+    i = 0
+    while i < len(data):
+        sp = data.find(b" ", i)
+        nul = data.find(b"\x00", sp + 1)
+        if sp < 0 or nul < 0 or nul + 21 > len(data):
+            raise VerifyError(f"{where}: malformed tree object")
+        mode, name = data[i:sp], data[sp + 1 : nul]
+        kind = _TREE_MODES.get(mode)
+        if kind is None:
+            raise VerifyError(f"{where}: entry {name[:60]!r} has refused mode {mode.decode()}")
+        if name in seen:
+            raise VerifyError(f"{where}: duplicate entry {name[:60]!r}")
+        seen.add(name)
+        try:
+            text = name.decode("utf-8")
+            if "/" in text:
+                raise InputError("slash in name")
+            check_relpath(text)
+        except (UnicodeDecodeError, InputError):
+            raise VerifyError(f"{where}: refused entry name {name[:60]!r}") from None
+        out.append((kind, text, data[nul + 1 : nul + 21].hex()))
+        i = nul + 21
+    return out
 
 
 def commit_links(data: bytes, where: str) -> tuple[str, list[str]]:

@@ -348,8 +348,8 @@ def require(msg: dict[str, Any], key: str, kind: type | tuple[type, ...], peer: 
 
 
 def id_list(msg: dict[str, Any], key: str, peer: str, check: Any, default: Any = None) -> list[str]:
-    """Field ``key`` of a ``have`` or ``get`` request: a list of at most MAX_IDS ids, each
-    passed through ``check`` (:func:`check_oid` or :func:`check_cid`)."""
+    """Field ``key`` of a ``have``, ``get`` or ``want`` request: a list of at most MAX_IDS
+    ids, each passed through ``check`` (:func:`check_oid` or :func:`check_cid`)."""
     value = msg.get(key, default)
     if not isinstance(value, list):
         raise TransportError(f"bad message from {peer}: field {key!r} missing or wrong type")
@@ -358,6 +358,19 @@ def id_list(msg: dict[str, Any], key: str, peer: str, check: Any, default: Any =
             f"bad message from {peer}: {len(value)} ids in {key!r}, more than {MAX_IDS}"
         )
     return [check(v, peer) for v in value]
+
+
+def listing_batch(msg: dict[str, Any], peer: str) -> int | None:
+    """Field ``batch`` of a ``want``: the most ids (and sizes) per ``objects`` message, 1
+    to MAX_IDS; None when absent (a client from before batched listings: one message)."""
+    value = msg.get("batch")
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_IDS:
+        raise TransportError(
+            f"bad message from {peer}: batch {str(value)[:20]!r}, not 1 to {MAX_IDS}"
+        )
+    return value
 
 
 def batches(ids: Any, size: int | None = None) -> Iterator[list[Any]]:

@@ -30,7 +30,7 @@ from usr.layout import check_dataset_dir, dataset_path, refuse_symlinks, validat
 from usr.locks import hold
 from usr.store.objects import INLINE_LIMIT_ENV
 from usr.store.streamstage import StreamStager
-from usr.sync import files, packstream
+from usr.sync import files, listing, packstream, refupdate
 from usr.sync import protocol as p
 from usr.sync.target import scan_working
 
@@ -226,18 +226,23 @@ class Server:
         store = self._store(msg)
         head = store.head()
         limit = msg.get("limit")
-        commits = packstream.log_entries(store, head, limit if isinstance(limit, int) else None)
+        limit = limit if isinstance(limit, int) else None
+        commits = [e.as_dict() for e in store.log(head, limit)] if head else []
         self.fio.send_message("log", head=head, commits=commits)
 
     def op_want(self, msg: dict[str, Any]) -> None:
-        """List the objects a fetch of ``wants`` needs, given the client's ``haves``."""
+        """List the objects a fetch of ``wants`` needs, given the client's ``haves`` (each
+        at most MAX_IDS ids): in ``objects`` messages of at most ``batch`` ids and sizes
+        each when the client names a batch, else in one."""
         store = self._store(msg)
-        wants = [p.check_oid(o, self.peer) for o in p.require(msg, "wants", list, self.peer)]
-        haves = [p.check_oid(o, self.peer) for o in p.require(msg, "haves", list, self.peer)]
+        wants = p.id_list(msg, "wants", self.peer, p.check_oid)
+        haves = p.id_list(msg, "haves", self.peer, p.check_oid)
+        batch = p.listing_batch(msg, self.peer)
         blobs = bool(msg.get("blobs", True))
-        listing = packstream.list_objects(store, wants, haves, blobs=blobs)
+        found = listing.list_objects(store, wants, haves, blobs=blobs)
         faults.point(FAULT_WANT)
-        self.fio.send_message("objects", **listing)
+        for part in listing.batched(found, batch):
+            self.fio.send_message("objects", **part)
 
     def op_get(self, msg: dict[str, Any]) -> None:
         """Stream the named objects, then the named chunks (at most MAX_IDS of each), then
@@ -306,7 +311,7 @@ class Server:
         validate = msg.get("validate", True) is not False
         stager = self._staged.pop(store.path, None) or StreamStager(store)
         try:
-            head = packstream.update_and_checkout(store, new, old, validate, stager.result())
+            head = refupdate.update_and_checkout(store, new, old, validate, stager.result())
         except BaseException:
             stager.discard()  # refused: the files it staged will not be promoted
             raise

@@ -36,8 +36,13 @@ class Sizes:
         self.misses = 0
 
     def add(self, stats: Any) -> None:
-        for oid, size in (getattr(stats, "sizes", {}) or {}).items():
-            self.known[bytes.fromhex(oid)] = size
+        """Take the sizes a fetch reported (``TransferStats.sizes``, by raw id). The first
+        are adopted, not copied: a bootstrap pull's are one per file."""
+        sizes = getattr(stats, "sizes", None) or {}
+        if not self.known and type(sizes) is dict:
+            self.known = sizes
+        else:
+            self.known.update(sizes)
 
     def _seed(self) -> None:
         """Take the sizes the stat cache already has (a working file's size is the size of
