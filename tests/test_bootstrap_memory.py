@@ -337,6 +337,8 @@ def test_modes_read_ahead_in_order_and_by_name_otherwise(tmp_path: Path) -> None
     finally:
         tracemalloc.stop()
     assert kept < 400 * 8, kept  # by name: ~61 bytes a lookup, never freed
+
+
 def test_the_revlist_walk_keeps_raw_ids(tmp_path: Path) -> None:
     """A first push's walk lists every file: its seen set holds raw 20-byte ids and its
     result two arrays (20 bytes and one type byte an object), read back as hex pairs."""
