@@ -21,6 +21,17 @@ REPO = Path(__file__).resolve().parent.parent
 pytest_plugins: list[str] = ["tests.fixtures.sshd", "tests.fixtures.s3server"]
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_cmdline_main(config: pytest.Config) -> None:
+    """The whole suite (``uv run pytest``, no paths named) runs on one worker per core
+    (pytest-xdist): most of its time is subprocesses and sshd round trips, so two workers
+    on two cores take about half the wall time. Named files or ``-n N`` run as asked, so
+    pytest's own answers stay as they are (exit 4 for a path that does not exist)."""
+    whole = config.args_source == pytest.Config.ArgsSource.TESTPATHS
+    if whole and config.option.numprocesses is None and not config.option.collectonly:
+        config.option.numprocesses = "auto"
+
+
 @dataclass
 class Result:
     returncode: int
