@@ -8,7 +8,7 @@ or more checkouts of usr, alternated; optionally under cProfile on both ends.
 
 Each ``--tree NAME=DIR`` is a checkout with its own ``.venv``. One dataset of ``--rows``
 rows is recorded and pushed once (a bootstrap, which leaves an id-keys entry on both
-sides) and one append is pushed unmeasured. Then each round, for every tree in turn, appends 1% rows
+sides). Then each round, for every tree in turn, appends 1% rows
 (``Dataset.append_records``, as a batch job does) and pushes. Both ends run under
 ``benchmarks/probe.py`` (the server as ``remote_usr``), so the CPU seconds of the client
 and of ``usr plumbing serve`` are reported apart. ``--profile DIR`` also runs both under
@@ -117,12 +117,6 @@ def main() -> None:
             shutil.copytree(seed, work / f"laptop-{name}", symlinks=True)
             (work / f"cluster-{name}").mkdir()
             push(tree, work, name, None, f"{name}-bootstrap")
-            # One append pushed unmeasured: every later push then finds what a steady
-            # stream of appends leaves (the previous append's checkout, its caches).
-            datagen.append_rows(
-                Dataset.open(work / f"laptop-{name}", DS), max(1, args.rows // 100), seed=5
-            )
-            push(tree, work, name, None, f"{name}-warm")
         remote = work / f"cluster-{next(iter(trees))}" / DS
         for flags in ("whole", "delta"):
             shutil.copytree(remote, work / f"rsync-{flags}", symlinks=True)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -22,12 +21,11 @@ import tomli_w
 
 from tests.conftest import run_usr
 from tests.test_idkeys import _ids, _write
-from tests.test_streamed_chunks import BIG, _push, _receive, _staged, _states, _stream
+from tests.test_streamed_chunks import BIG, _push, _states
 from usr.dataset import Dataset
 from usr.layout import RECORDS_FILE
 from usr.store import Store, chunkstage
 from usr.store.index import CACHE_FILE, RACY_NS, trusted_before
-from usr.sync import packstream
 
 
 @pytest.fixture(autouse=True)
@@ -89,53 +87,6 @@ def test_without_a_trust_line_nothing_is_backdated(tmp_path: Path) -> None:
     now = time.time_ns()
     assert not chunkstage._backdate(0, now)  # a line in the future of now - RACY_NS
     assert not chunkstage._backdate(0, now - RACY_NS - chunkstage.MAX_BACKDATE_NS - 1)
-
-
-def test_chunks_land_while_the_prefix_copy_runs(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The copy of the shared prefix is held until the stream's chunks for the same file
-    have landed (so they land while it runs, as they now can): the file is still complete,
-    verified, claimed and promoted as is."""
-    src, first, second = _states(tmp_path)
-    dst = Store.open(tmp_path / "dst")
-    _push(src, dst, first, None)
-    landed = threading.Event()
-    real_copy, real_on_chunk = chunkstage._copy_range, chunkstage.ChunkStager.on_chunk
-
-    def held_copy(a: int, b: int, length: int) -> bool:
-        assert landed.wait(60), "no chunk landed while the copy was held"
-        return real_copy(a, b, length)
-
-    def on_chunk(self, cid: str, data: bytes) -> None:
-        real_on_chunk(self, cid, data)
-        landed.set()
-
-    monkeypatch.setattr(chunkstage, "_copy_range", held_copy)
-    monkeypatch.setattr(chunkstage.ChunkStager, "on_chunk", on_chunk)
-    staged = _receive(dst, _stream(src, dst, second, first)).result()
-    assert staged is not None and landed.is_set()
-    inodes = _staged(dst, staged.tree)
-    assert BIG in inodes
-    packstream.update_and_checkout(dst, second, first, validate=False, staged=staged)
-    assert (dst.path / BIG).stat().st_ino == inodes[BIG]
-    assert (dst.path / BIG).read_bytes() == (src.path / BIG).read_bytes()
-    assert dst.verify_working() == []
-
-
-def test_a_failed_prefix_copy_leaves_the_file_to_the_checkout(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    src, first, second = _states(tmp_path)
-    dst = Store.open(tmp_path / "dst")
-    _push(src, dst, first, None)
-    monkeypatch.setattr(chunkstage, "_copy_range", lambda a, b, n: False)
-    staged = _receive(dst, _stream(src, dst, second, first)).result()
-    assert staged is not None
-    assert BIG not in _staged(dst, staged.tree)  # dropped, not claimed
-    packstream.update_and_checkout(dst, second, first, validate=False, staged=staged)
-    assert (dst.path / BIG).read_bytes() == (src.path / BIG).read_bytes()
-    assert dst.verify_working() == []
 
 
 def _config(tmp_path: Path, kind: str, request: pytest.FixtureRequest) -> Path:

@@ -28,7 +28,6 @@ from __future__ import annotations
 import contextlib
 import os
 import stat as statmod
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -74,13 +73,6 @@ class _File:
     dirty_from: int = -1
     dirty: int = 0
     dead: bool = False
-    #: The kernel copy of the shared prefix, running beside the stream (see
-    #: :meth:`ChunkStager._copy_prefix`): the thread, the bytes it copies, and whether it
-    #: copied them all. The prefix's chunks count as present, but nothing is hashed, and
-    #: the file never completes, until it is joined.
-    copying: threading.Thread | None = None
-    copy_bytes: int = 0
-    copied: bool = False
 
 
 class ChunkStager:
@@ -148,7 +140,7 @@ class ChunkStager:
             except (OSError, VerifyError):
                 self._drop(f)
                 continue
-            self._settle(f, wait=True)
+            self._settle(f)
         for f in list(self.open):
             self._drop(f)  # not reached: nothing half-done stays behind
 
@@ -211,14 +203,7 @@ class ChunkStager:
     def _copy_prefix(self, f: _File) -> None:
         """Copy the leading chunks ``f`` shares with the working file at its path (when they
         are at least REUSE_MIN bytes), and hash them read back from ``f`` itself: a base
-        that changed since it was recorded only makes the whole-file check fail.
-
-        The copy runs on a thread (``copy_file_range`` releases the GIL) while the stream
-        goes on: for a 1% append it is nearly all of the file, and done inline it held the
-        receive loop, and so the sender, for its whole length. The thread is joined before
-        the prefix is hashed, before the file completes, and before its descriptor is
-        closed (:meth:`_join_copy`); a copy that fails drops the file (the checkout then
-        writes it from the store, as when the copy cannot start)."""
+        that changed since it was recorded only makes the whole-file check fail."""
         base = self._base(f.rel)
         if base is None or not hasattr(os, "copy_file_range"):
             return
@@ -231,32 +216,15 @@ class ChunkStager:
         if shared < REUSE_MIN:
             return
         try:
-            src = os.open(f"{self.store.path}/{f.rel}", os.O_RDONLY | os.O_CLOEXEC)
+            with open(f"{self.store.path}/{f.rel}", "rb", buffering=0) as src:
+                if not _copy_range(src.fileno(), f.fd, shared):
+                    return
         except OSError:
-            return  # the base went away: chunks fill it instead
+            return  # the base went away or cannot be copied: chunks fill it instead
         for i in range(count):
             f.present[i] = 1
         f.missing -= count
-        f.copy_bytes = shared
-        f.copying = threading.Thread(
-            target=_copy_thread, args=(src, f, shared), name="usr-prefix-copy", daemon=True
-        )
-        f.copying.start()
-
-    def _join_copy(self, f: _File, wait: bool) -> bool:
-        """Whether ``f``'s prefix is in place (its copy thread joined, or none ran); with
-        ``wait`` false, False while the copy still runs. OSError if the copy failed."""
-        thread = f.copying
-        if thread is None:
-            return True
-        if not wait and thread.is_alive():
-            return False
-        thread.join()
-        f.copying = None
-        if not f.copied:
-            raise OSError(f"copying the shared prefix of {f.rel} failed")
-        self._note_written(f, 0, f.copy_bytes)
-        return True
+        self._note_written(f, 0, shared)
 
     def _base(self, rel: str) -> Manifest | None:
         """The manifest of ``rel`` in the current tree, if it is chunked there."""
@@ -291,12 +259,9 @@ class ChunkStager:
             start_writeback(f.fd, f.dirty_from, 0)
             f.dirty_from, f.dirty = -1, 0
 
-    def _settle(self, f: _File, wait: bool = False) -> None:
-        """Hash what became contiguous; once every chunk is in place, verify and claim.
-        While the prefix copy runs nothing is hashed (``wait``: join it first)."""
+    def _settle(self, f: _File) -> None:
+        """Hash what became contiguous; once every chunk is in place, verify and claim."""
         try:
-            if not self._join_copy(f, wait):
-                return
             self._advance(f)
         except OSError:
             self._drop(f)
@@ -342,9 +307,6 @@ class ChunkStager:
         if f.dead:
             return
         f.dead = True
-        if f.copying is not None:
-            f.copying.join()  # it writes through f.fd: never close a descriptor in use
-            f.copying = None
         if f in self.open:
             self.open.remove(f)
         with contextlib.suppress(OSError):
@@ -375,16 +337,6 @@ def _backdate(fd: int, line: int | None) -> bool:
     except OSError:
         return False
     return True
-
-
-def _copy_thread(src: int, f: _File, length: int) -> None:
-    """The body of a prefix copy thread: sets ``f.copied``, closes ``src``."""
-    try:
-        f.copied = _copy_range(src, f.fd, length)
-    except OSError:
-        f.copied = False
-    finally:
-        os.close(src)
 
 
 def _copy_range(src: int, dst: int, length: int) -> bool:
