@@ -73,20 +73,39 @@ def test_a_change_after_the_checkout_is_still_seen(tmp_path: Path) -> None:
     assert [c.path for c in dst.diff(second, tree, sizes=False)] == [BIG]
 
 
-def test_without_a_trust_line_nothing_is_backdated(tmp_path: Path) -> None:
-    """No stat cache (or one too old): the file keeps the time it was written, and its
-    entry is racy as before (read once by the next scan), the answer the same."""
+def test_a_bootstrap_without_a_stat_cache_is_trusted_after_its_checkout(tmp_path: Path) -> None:
+    """No stat cache when the file is staged (a bootstrap): it is set back by RACY_NS and
+    a second, so the entry is trusted once the checkout's own scan has saved the cache."""
     src, first, _second = _states(tmp_path)
     dst = Store.open(tmp_path / "dst")
     assert trusted_before(dst.gitdir / CACHE_FILE) is None
     _push(src, dst, first, None)
     st = (dst.path / BIG).stat()
-    assert st.st_mtime_ns >= st.st_ctime_ns - RACY_NS  # written now, not set back
-    assert _scan(dst)[0] == src.tree_of(first)
-    assert not chunkstage._backdate(0, None)
+    assert st.st_mtime_ns <= st.st_ctime_ns - RACY_NS - 1_000_000_000
+    tree, read = _scan(dst)
+    assert tree == src.tree_of(first)
+    assert read < st.st_size
+
+
+def test_the_time_set_is_never_within_racy_ns_of_now(tmp_path: Path) -> None:
+    """Whatever the trust line says (unknown, in the future, long ago), the mtime set is at
+    least RACY_NS + 1 s in the past and at most MAX_BACKDATE_NS back."""
+    path = tmp_path / "f"
+    path.write_bytes(b"x")
     now = time.time_ns()
-    assert not chunkstage._backdate(0, now)  # a line in the future of now - RACY_NS
-    assert not chunkstage._backdate(0, now - RACY_NS - chunkstage.MAX_BACKDATE_NS - 1)
+    lines = [None, now + 10**9, now - RACY_NS, now - 10 * 10**9]
+    lines.append(now - chunkstage.MAX_BACKDATE_NS - 10**9)
+    for line in lines:
+        fd = os.open(path, os.O_RDWR)
+        try:
+            assert chunkstage._backdate(fd, line)
+        finally:
+            os.close(fd)
+        mtime = path.stat().st_mtime_ns
+        after = time.time_ns()
+        assert now - chunkstage.MAX_BACKDATE_NS - 10**9 <= mtime <= after - RACY_NS - 10**9
+        if line == now - 10 * 10**9:
+            assert mtime == line - 10**9
 
 
 def _config(tmp_path: Path, kind: str, request: pytest.FixtureRequest) -> Path:

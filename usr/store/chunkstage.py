@@ -316,24 +316,28 @@ class ChunkStager:
 
 
 def _backdate(fd: int, line: int | None) -> bool:
-    """Set the mtime of a verified staged file to just below ``line``, the stat cache's
-    trust line (:func:`usr.store.index.trusted_before`), so that the checkout's cache
-    entry for it is trusted by the next scan instead of being racy (a freshly written file
-    is, and every scan would re-read it whole: 380 MB of blake3 on each side of every
+    """Set the mtime of a verified staged file back, so that the checkout's stat cache
+    entry for it is trusted by the next scan instead of being racy (a freshly written
+    file is, and every scan would re-read it whole: 380 MB of blake3 on each side of every
     append push, docs/performance.md). True if it was set.
 
-    Safe because the mtime set is at least :data:`usr.store.index.RACY_NS` before now,
+    The time set is 1 s below the cache's trust line ``line``
+    (:func:`usr.store.index.trusted_before`; the entry then hits at once), or, when that
+    is unknown (no cache yet: a bootstrap), in the future of ``now - RACY_NS``, or more
+    than :data:`MAX_BACKDATE_NS` ago, ``now - RACY_NS - 1 s`` (the entry hits once a scan
+    that starts after now has saved the cache: the checkout's own, on a bootstrap).
+
+    Safe because the time set is at least :data:`usr.store.index.RACY_NS` before now,
     while any later write to the file (after the promote, by anyone) stamps the current
     time, which no filesystem tick of up to ``RACY_NS`` rounds back onto the one set
     here: the next scan sees a different stat and reads the file. The file is in the
-    private staging dir, verified, and not yet visible, so no write is hidden by this.
-    Not done when the line is unknown, in the future or more than
-    :data:`MAX_BACKDATE_NS` ago: the entry is then racy, as before (it costs a read)."""
+    private staging dir, verified, and not yet visible, so no write is hidden by this."""
     now = time.time_ns()
-    if line is None or line > now - RACY_NS or now - line > MAX_BACKDATE_NS:
-        return False
+    when = now - RACY_NS - 1_000_000_000
+    if line is not None and now - MAX_BACKDATE_NS <= line - 1_000_000_000 < when:
+        when = line - 1_000_000_000
     try:
-        os.utime(fd, ns=(now, line - 1_000_000_000))
+        os.utime(fd, ns=(now, when))
     except OSError:
         return False
     return True
