@@ -83,14 +83,14 @@ def test_modes_refuse_what_is_not_a_file(tmp_path: Path) -> None:
 
 def test_stat_cache_updates_are_packed_rows(tmp_path: Path) -> None:
     """A checkout remembers each file it wrote in the stat cache until it saves it: a
-    52-byte row per file, read back as the stat key and hex id."""
+    56-byte row per file (stat key, mode, raw id), read back as the stat key and hex id."""
     from usr.store.index import StatCache, StatKey
 
     cache = StatCache(tmp_path / "stat-cache", inline_limit=4096)
     key = StatKey(1024, 1_700_000_000_123_456_789, 1_700_000_000_223_456_789, 2**40 + 7)
-    cache.update("d/f.txt", key, "ab" * 20)
+    cache.update("d/f.txt", key, "ab" * 20, 0o100644)
     (row,) = cache._updates.values()
-    assert isinstance(row, bytes) and len(row) == 52
+    assert isinstance(row, bytes) and len(row) == 56
     assert cache.entries["d/f.txt"] == (key, "ab" * 20)
     assert cache.entry_ids() == {"ab" * 20}
     cache.save()

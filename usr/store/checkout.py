@@ -342,7 +342,8 @@ def _promote(store, journal: Journal) -> None:
                 faults.point(FAULT_MID_PROMOTE)
             with contextlib.suppress(FileNotFoundError):
                 # After the rename: it changes the ctime, which the cache key holds.
-                cache.update(rel, StatKey.of(os.stat(f"{root}/{rel}")), str(oid))
+                st = os.stat(f"{root}/{rel}")
+                cache.update(rel, StatKey.of(st), str(oid), st.st_mode)
         faults.point(FAULT_BEFORE_REF)
         current = store.head()
         if current != journal.commit:

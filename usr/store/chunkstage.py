@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import os
 import stat as statmod
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,6 +39,7 @@ from usr.errors import VerifyError
 from usr.store.checkout import stat_claim
 from usr.store.chunks import WRITEBACK_BYTES, start_writeback
 from usr.store.claims import Claims
+from usr.store.index import CACHE_FILE, RACY_NS, trusted_before
 from usr.store.objects import Manifest
 from usr.store.worktree import MODE_EXEC, REUSE_MIN, read_blob
 
@@ -50,6 +52,8 @@ FAULT_STREAMED_CHUNK = faults.register(
 MAX_OPEN = 64
 #: Bytes read back at a time to hash what was not hashed on arrival.
 READ_BACK = 8 << 20
+#: A verified staged file's mtime is set back at most this far (see :func:`_backdate`).
+MAX_BACKDATE_NS = 3600 * 1_000_000_000
 
 
 @dataclass(eq=False)
@@ -289,6 +293,8 @@ class ChunkStager:
                 and f.hasher.hexdigest() == f.manifest.blake3
             )
             if good:
+                if _backdate(f.fd, trusted_before(self.store.gitdir / CACHE_FILE)):
+                    st = os.fstat(f.fd)  # utime changed the ctime the claim holds
                 self.files.add(stat_claim(f.rel, st))
         finally:
             os.close(f.fd)
@@ -308,6 +314,34 @@ class ChunkStager:
             os.close(f.fd)
         with contextlib.suppress(OSError):
             os.unlink(f.dest)
+
+
+def _backdate(fd: int, line: int | None) -> bool:
+    """Set the mtime of a verified staged file back, so that the checkout's stat cache
+    entry for it is trusted by the next scan instead of being racy (a freshly written
+    file is, and every scan would re-read it whole: 380 MB of blake3 on each side of every
+    append push, docs/performance.md). True if it was set.
+
+    The time set is 1 s below the cache's trust line ``line``
+    (:func:`usr.store.index.trusted_before`; the entry then hits at once), or, when that
+    is unknown (no cache yet: a bootstrap), in the future of ``now - RACY_NS``, or more
+    than :data:`MAX_BACKDATE_NS` ago, ``now - RACY_NS - 1 s`` (the entry hits once a scan
+    that starts after now has saved the cache: the checkout's own, on a bootstrap).
+
+    Safe because the time set is at least :data:`usr.store.index.RACY_NS` before now,
+    while any later write to the file (after the promote, by anyone) stamps the current
+    time, which no filesystem tick of up to ``RACY_NS`` rounds back onto the one set
+    here: the next scan sees a different stat and reads the file. The file is in the
+    private staging dir, verified, and not yet visible, so no write is hidden by this."""
+    now = time.time_ns()
+    when = now - RACY_NS - 1_000_000_000
+    if line is not None and now - MAX_BACKDATE_NS <= line - 1_000_000_000 < when:
+        when = line - 1_000_000_000
+    try:
+        os.utime(fd, ns=(now, when))
+    except OSError:
+        return False
+    return True
 
 
 def _copy_range(src: int, dst: int, length: int) -> bool:

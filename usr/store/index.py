@@ -45,13 +45,15 @@ from usr.store.treescan import Miss, TreeScan
 
 VERSION = 2
 RACY_NS = 2_000_000_000
+#: The cache's file name under the store.
+CACHE_FILE = "stat-cache"
 MAGIC = b"USRINDEX"
 #: One entry: size, mtime_ns, ctime_ns, inode, st_mode, path length, entry id (raw).
 ROW = struct.Struct("<QqqQII20s")
 #: The stat fields of a row as a scan compares them: size, mtime, ctime, inode, st_mode.
 ROW_KEY = struct.Struct("<QqqQI24x")
 #: An entry remembered by :meth:`StatCache.update`: size, mtime_ns, ctime_ns, inode, raw id.
-_UPDATE = struct.Struct("<QqqQ20s")
+_UPDATE = struct.Struct("<QqqQI20s")
 #: One directory of the cache-tree: files under it (recursively), path length, tree id.
 TREE_ROW = struct.Struct("<QI20s")
 #: version, inline_limit, scan_ns, entries, entry path bytes, directories, dir path bytes.
@@ -138,6 +140,24 @@ class _Table:
 _SCANNED_FINDS = 8
 
 
+def trusted_before(path: Path) -> int | None:
+    """The mtime (ns) below which an entry of the stat cache at ``path`` is trusted without
+    reading its file (``scan_ns - RACY_NS``), read from the footer alone; None without a
+    readable footer. Only ever a hint: :class:`StatCache` verifies the whole file, and a
+    wrong hint can only leave an entry racy (re-read next time), never trusted."""
+    try:
+        with open(path, "rb") as fh:
+            total = os.fstat(fh.fileno()).st_size
+            if total < len(MAGIC) + FOOTER.size + DIGEST:
+                return None
+            fh.seek(total - FOOTER.size - DIGEST)
+            footer = fh.read(FOOTER.size)
+        version, _limit, scan_ns, *_ = FOOTER.unpack(footer)
+    except (OSError, struct.error):
+        return None
+    return scan_ns - RACY_NS if version == VERSION and scan_ns > 0 else None
+
+
 def _empty_table(row: struct.Struct) -> _Table:
     return _Table(row, memoryview(b""), b"")
 
@@ -153,7 +173,7 @@ class StatCache:
         self.dirs = _empty_table(TREE_ROW)
         #: Entries set by :meth:`update` since the load, and the directories they make
         #: stale (every ancestor of an updated path): merged in by :meth:`save`.
-        #: relpath -> an :data:`_UPDATE` row (stat key and raw entry id): 52 bytes, where a
+        #: relpath -> an :data:`_UPDATE` row (stat key and raw entry id): 56 bytes, where a
         #: StatKey, its ints and a hex id took ~290 (a checkout of a million files holds
         #: one per file until :meth:`save`).
         self._updates: dict[str, bytes] = {}
@@ -284,10 +304,11 @@ class StatCache:
 
     # -- writing --------------------------------------------------------------------------
 
-    def update(self, relpath: str, key: StatKey, entry_id: str) -> None:
+    def update(self, relpath: str, key: StatKey, entry_id: str, mode: int = 0) -> None:
         """Remember one entry (after checkout wrote a verified file); the directories above
-        it lose their cached trees."""
-        self._updates[relpath] = _UPDATE.pack(*key, bytes.fromhex(entry_id))
+        it lose their cached trees. ``mode``: the ``st_mode`` of the same stat as ``key``;
+        0 (unknown) makes the entry a miss for the next scan, which then reads the file."""
+        self._updates[relpath] = _UPDATE.pack(*key, mode, bytes.fromhex(entry_id))
         parts = relpath.encode("utf-8", "surrogateescape").split(b"/")[:-1]
         self._stale.add(b"")
         for i in range(len(parts)):
@@ -315,8 +336,8 @@ class StatCache:
                 if ahead is not None and ahead[0] == path:  # replaced
                     at, p = at + 1, p + len(path) + 1
                     ahead = next(rows, None)
-                *key, oid = _UPDATE.unpack(self._updates[rel])
-                out.add(path, (*key, 0), oid)  # mode unknown: a miss, not a hit
+                *key, mode, oid = _UPDATE.unpack(self._updates[rel])
+                out.add(path, (*key, mode), oid)  # mode 0 (unknown): a miss, not a hit
             out.copy(at, len(self.files), p, len(self.files.names))
             for path, (count, _plen, oid) in self.dirs.items():
                 if path not in self._stale:
@@ -343,7 +364,8 @@ class SortedUpdates:
         self.last: bytes | None = None
         self.stale = {b""}  # directories whose cached trees the entries make stale
 
-    def update(self, relpath: str, key: StatKey, entry_id: str) -> None:
+    def update(self, relpath: str, key: StatKey, entry_id: str, mode: int = 0) -> None:
+        """As :meth:`StatCache.update`: ``mode`` 0 (unknown) makes the row a miss."""
         path = relpath.encode("utf-8", "surrogateescape")
         if self.out is None or (self.last is not None and path <= self.last):
             return
@@ -357,7 +379,7 @@ class SortedUpdates:
             replaced = (self.at, self.p)
         try:
             self.out.copy(start, self.at, pstart, self.p)
-            self.out.add(path, (*key, 0), bytes.fromhex(entry_id))  # mode unknown: a miss
+            self.out.add(path, (*key, mode), bytes.fromhex(entry_id))
         except OSError:
             self.close()
             return
@@ -404,7 +426,7 @@ def sorted_updates(cache: StatCache) -> Iterator[SortedUpdates]:
 
 def _update_fields(row: bytes) -> tuple[StatKey, str]:
     """``(stat key, entry id)`` of an :data:`_UPDATE` row."""
-    *key, oid = _UPDATE.unpack(row)
+    *key, _mode, oid = _UPDATE.unpack(row)
     return StatKey(*key), oid.hex()
 
 

@@ -28,7 +28,7 @@ from usr.store import checkout, fsck, gc, revisions, revlist
 from usr.store.chunks import ChunkStore
 from usr.store.diff_tree import diff_trees, iter_diff
 from usr.store.gitpack import ObjectWriter, write_loose
-from usr.store.index import RACY_NS, StatCache
+from usr.store.index import CACHE_FILE, RACY_NS, StatCache
 from usr.store.model import FileChange, LogEntry, Recorded, ScanStats
 from usr.store.objects import (
     MAGIC,
@@ -211,7 +211,7 @@ class Store:
     # -- the working state ----------------------------------------------------------------
 
     def stat_cache(self) -> StatCache:
-        return StatCache(self.gitdir / "stat-cache", inline_limit())
+        return StatCache(self.gitdir / CACHE_FILE, inline_limit())
 
     def working_tree(self) -> str:
         """Tree id of the working files now. Writes blobs, manifests, chunks and trees
