@@ -356,3 +356,98 @@ def test_the_revlist_walk_keeps_raw_ids(tmp_path: Path) -> None:
     assert pairs[-1] == (commit, "commit") and {k for _, k in pairs} == {"commit", "tree", "blob"}
     assert [o for o, _ in pairs] == list(listed.oids()) == store.missing_objects([commit], [])
     assert len(walk.emitted) == len(listed) - 1  # every object but the commit
+
+
+def _odd_changes(n: int) -> list[FileChange]:
+    """Every shape a comparison holds: None ids and sizes, non-ASCII and undecodable
+    (surrogate-escaped) paths, sizes past 32 bits, in path order."""
+    out = []
+    for i in range(n):
+        kind = i % 4
+        old = None if kind == 0 else f"{i:040x}"
+        new = None if kind == 1 else f"{i + 1:040x}"
+        sizes = (None, i) if kind == 0 else (i << 33, None) if kind == 1 else (None, None)
+        status = "A" if kind == 0 else "D" if kind == 1 else "M"
+        name = ("été", "日本", "a\udcff", "plain")[kind]
+        out.append(FileChange(f"_aux/{i:06d}/{name}.bin", status, "auxiliary", old, new, *sizes))
+    return out
+
+
+def test_a_change_list_round_trips_every_field_in_order() -> None:
+    """The spooled comparison gives back exactly the changes put in, in order, as often
+    as it is read, spilled to its temporary file or not; len and truth without reading."""
+    from usr.sync import auditrows
+    from usr.sync.changelist import ChangeList, by_path, collect
+
+    changes = _odd_changes(6_000)
+    listed = collect(iter(changes))
+    assert isinstance(listed, ChangeList) and listed.spool.spilled()
+    assert len(listed) == 6_000 and listed
+    assert list(listed) == changes and list(listed) == changes  # read twice
+    assert listed == changes and listed[-1] == changes[-1] and listed[2:4] == changes[2:4]
+    assert all(type(c) is FileChange for c in listed)
+    assert listed.in_path_order and by_path(listed) is listed  # walked, not sorted
+    small = collect(changes[:5])
+    assert not small.spool.spilled() and list(small) == changes[:5]
+    assert not collect([]) and len(collect([])) == 0 and collect([]) == []
+    shuffled = collect(changes[3::-1])
+    assert not shuffled.in_path_order and list(by_path(shuffled)) == changes[:4]
+    assert auditrows.SpooledList is type(listed).__mro__[1]  # one spooled-rows idea
+
+
+def test_a_change_list_holds_a_few_bytes_and_a_few_changes() -> None:
+    """20,000 changes made one at a time hold a few bytes each once collected (a list
+    of FileChange objects held ~270), and reading them keeps one or two alive at once."""
+    import tracemalloc
+
+    from usr.sync.changelist import collect
+
+    def made(n: int) -> Iterator[FileChange]:
+        for i in range(n):
+            yield FileChange(f"_auxiliary/d{i % 1000:04d}/f{i:07d}.bin", "D", "auxiliary",
+                             f"{i:040x}", None, 1024 + i, None)  # fmt: skip
+
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        listed = collect(made(20_000))
+        per_change = (tracemalloc.get_traced_memory()[0] - before) / len(listed)
+    finally:
+        tracemalloc.stop()
+    assert per_change < 30, per_change  # ~1: the rows are in the temporary file
+    live: list[weakref.ref[FileChange]] = []
+    most = 0
+    for i, change in enumerate(listed):
+        assert change.path == f"_auxiliary/d{i % 1000:04d}/f{i:07d}.bin"
+        assert change.old_size == 1024 + i and change.new_id is None
+        live.append(weakref.ref(change))
+        if i % 97 == 0:
+            most = max(most, sum(1 for r in live if r() is not None))
+    assert len(live) == 20_000 and most <= 2, most
+
+
+def test_the_sync_comparison_is_the_stores_diff_spooled(tmp_path: Path) -> None:
+    """``tree_diff`` gives the store's one comparison, change for change, as a spooled
+    list; the audit built from it is the audit built from the plain list."""
+    from usr.sync import audit, trees
+    from usr.sync.changelist import ChangeList
+
+    store = Store.open(tmp_path / "a")
+    _tree(tmp_path / "a", 3, 4)
+    (tmp_path / "a/d00/été.txt").write_bytes(b"x")
+    first = store.record("one").commit
+    (tmp_path / "a/d01/f000.txt").write_bytes(b"changed")
+    (tmp_path / "a/d02/f001.txt").unlink()
+    (tmp_path / "a/d02/new.txt").write_bytes(b"new")
+    second = store.record("two").commit
+    for a, b in ((first, second), (None, second), (second, None)):
+        spooled = trees.tree_diff(store, a, b)
+        plain = store.diff(a, b)
+        assert isinstance(spooled, ChangeList) and list(spooled) == plain and plain
+        docs = []
+        for changes in (spooled, plain):
+            cmp = audit.Comparison("ds", "r", audit.Side(exists=True), audit.Side(exists=True),
+                                   "diverged", changes=changes)  # fmt: skip
+            data = audit.build(cmp, "push", audit.VerifyProfile())
+            docs.append({k: list(v) if k == "files" else v for k, v in data.items()})
+        assert docs[0] == docs[1]

@@ -21,7 +21,7 @@ Vocabulary (also in docs/cli.md, "Sync: diff, pull, push"):
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
@@ -32,6 +32,7 @@ from usr.events import redact_text
 from usr.layout import SECTIONS
 from usr.store import FileChange
 from usr.sync.auditrows import Spool, SpooledList
+from usr.sync.changelist import by_path
 
 ACTIONS = ("diff", "pull", "push")
 TRANSFER_STATES = ("DIFF-ONLY", "DRY-RUN", "TRANSFERRED", "NO-OP", "FAILED")
@@ -133,8 +134,9 @@ class Comparison:
     remote_side: Side
     relation: str
     merge_base: str | None = None
-    #: ``Store.diff(local_tree, remote_tree)``: old = local, new = remote.
-    changes: list[FileChange] = field(default_factory=list)
+    #: ``Store.diff(local_tree, remote_tree)``: old = local, new = remote (spooled, a
+    #: ``usr.sync.changelist.ChangeList``, from the planner).
+    changes: Sequence[FileChange] = field(default_factory=list)
     #: Paths changed since the merge base on each side (None when there is no base).
     local_changed: set[str] | None = None
     remote_changed: set[str] | None = None
@@ -312,7 +314,7 @@ def build(cmp: Comparison, action: str, verify: VerifyProfile) -> dict[str, Any]
     spools = {s: {"local_only": Spool(), "remote_only": Spool()} for s in SECTIONS}
     rows = Spool()
     changed = {s: False for s in SECTIONS}
-    for c in sorted(cmp.changes, key=lambda c: c.path):
+    for c in by_path(cmp.changes):  # in order already: no list of every change
         loc, rem = _side_of_change(c.path, c.status, cmp)
         changed[c.section] = True
         if loc:

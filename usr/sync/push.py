@@ -66,7 +66,7 @@ def carry_out(run: AuditRun, target: Target, remote: str, options: SyncOptions) 
             confirm(options, "push", data)
             hook = _Hook(target, remote, st, options, data)
             hook.pre_push()
-            # Decided: let the comparison go (a FileChange, a path and an id per file of a
+            # Decided: let the comparison go (its spooled changes, a row per file of a
             # bootstrap); the audit entries name every file the push sends. The sizes go
             # to the push alone, which drops them once its plan is made.
             del cmp

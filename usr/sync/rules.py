@@ -112,7 +112,10 @@ def check_partial(cmp: Comparison, options: SyncOptions) -> None:
     A head moves only with its whole tree; if the left-out sections differ, moving it would
     make the receiver's files disagree with its recorded state (see docs/cli.md).
     """
-    dropped = sorted({c.section for c in cmp.changes if c.section in left_out(options)})
+    skipped = left_out(options)
+    if not skipped:
+        return  # nothing left out: no need to read the (spooled) changes
+    dropped = sorted({c.section for c in cmp.changes if c.section in skipped})
     if dropped:
         flag = "--primary-only" if options.primary_only else "--skip-snapshots"
         raise UsageError(

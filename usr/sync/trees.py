@@ -4,12 +4,13 @@ few files the sync reads by name (``records.parquet``, ``.events.log``).
 Owns :class:`Sizes` (whole-file sizes of tree entries, from the store or a fetch's
 listing), :func:`tree_diff` (the store's one comparison), :func:`summarize` (files per
 section of one side) and the event-log reading used by the append-only rule. Reads the
-store only; may import :mod:`usr.layout` and :mod:`usr.store`, nothing else of the sync.
+store only; may import :mod:`usr.layout`, :mod:`usr.store` and
+:mod:`usr.sync.changelist`, nothing else of the sync.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +19,7 @@ from usr.errors import InputError
 from usr.layout import EVENTS_FILE, SECTIONS, check_relpath, section_of
 from usr.store import FileChange
 from usr.store.worktree import FILE_MODES, MODE_TREE
+from usr.sync.changelist import ChangeList, collect
 
 
 class Sizes:
@@ -114,15 +116,18 @@ class _SeedAfter(Mapping[str, int]):
         return len(self.sizes.known)
 
 
-def tree_diff(store: Any, a: str | None, b: str | None, sizes: Sizes | None = None):
-    """The store's exact per-file comparison, tolerating blobs only listed, not fetched."""
-    from usr.store.diff_tree import diff_trees
+def tree_diff(store: Any, a: str | None, b: str | None, sizes: Sizes | None = None) -> ChangeList:
+    """The store's exact per-file comparison, tolerating blobs only listed, not fetched.
+
+    Spooled (:mod:`usr.sync.changelist`): a bootstrap's names every file, and a list of
+    ``FileChange`` objects was ~270 bytes a file held until the push is decided."""
+    from usr.store.diff_tree import iter_diff
 
     size_of = sizes or Sizes(store)
-    return diff_trees(store.repo, store.tree_of(a), store.tree_of(b), size_of)
+    return collect(iter_diff(store.repo, store.tree_of(a), store.tree_of(b), size_of))
 
 
-def listing(store: Any, tree: str | None, sizes: Sizes | None = None) -> list[FileChange]:
+def listing(store: Any, tree: str | None, sizes: Sizes | None = None) -> Sequence[FileChange]:
     """Every file of ``tree`` as an addition (sized)."""
     return [] if tree is None else tree_diff(store, None, tree, sizes)
 
@@ -136,9 +141,9 @@ def changed_paths(store: Any, a: str | None, b: str | None) -> set[str]:
     (sizing a stored file may read its whole object)."""
     if a == b:
         return set()
-    from usr.store.diff_tree import diff_trees
+    from usr.store.diff_tree import iter_diff
 
-    return {c.path for c in diff_trees(store.repo, store.tree_of(a), store.tree_of(b), _unsized)}
+    return {c.path for c in iter_diff(store.repo, store.tree_of(a), store.tree_of(b), _unsized)}
 
 
 def blob_bytes(store: Any, blob_id: str) -> bytes:
