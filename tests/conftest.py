@@ -26,7 +26,11 @@ def pytest_cmdline_main(config: pytest.Config) -> None:
     """The whole suite (``uv run pytest``, no paths named) runs on one worker per core
     (pytest-xdist): most of its time is subprocesses and sshd round trips, so two workers
     on two cores take about half the wall time. Named files or ``-n N`` run as asked, so
-    pytest's own answers stay as they are (exit 4 for a path that does not exist)."""
+    pytest's own answers stay as they are (exit 4 for a path that does not exist). Never in
+    a worker (``workerinput``, ``PYTEST_XDIST_WORKER``): a worker that asked for workers
+    would start workers without end."""
+    if hasattr(config, "workerinput") or "PYTEST_XDIST_WORKER" in os.environ:
+        return
     whole = config.args_source == pytest.Config.ArgsSource.TESTPATHS
     if whole and config.option.numprocesses is None and not config.option.collectonly:
         config.option.numprocesses = "auto"
