@@ -264,3 +264,49 @@ def test_status_on_the_wide_and_deep_tree_names_each_touched_file_and_nothing_el
         assert status() == [("M", rel)]
         _write(ds.path, rel, original)
         assert status() == []
+
+
+def _bootstrap_store(tmp_path: Path) -> tuple[Store, str]:
+    """An empty store holding the objects of a recorded state of a few files."""
+    src = Store.open(tmp_path / "a")
+    for i in range(5):
+        (tmp_path / "a" / f"d{i}").mkdir()
+        (tmp_path / "a" / f"d{i}" / "f.txt").write_text(f"file {i}\n")
+    commit = src.record("all").commit
+    dst = Store.open(tmp_path / "b")
+    for oid in src.missing_objects([commit], []):
+        dst.write_object(*src.read_object(oid), expect=oid)
+    return dst, commit
+
+
+def test_a_bootstrap_checkout_moves_the_trust_line_to_its_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A first checkout's cache trusts what it wrote before its promote began: the next
+    scan reads nothing (its clock is moved 10 s on, as if the files were that old), and a
+    same-size write afterwards is still seen."""
+    dst, commit = _bootstrap_store(tmp_path)
+    later = index.time.time_ns() + 10 * index.RACY_NS
+    monkeypatch.setattr(index.time, "time_ns", lambda: later)
+    dst.checkout(commit)
+    assert index.trusted_before(dst.gitdir / index.CACHE_FILE) == later - index.RACY_NS
+    assert dst.working_tree() == dst.tree_of(commit)
+    assert dst.last_scan.bytes_hashed == 0
+    (dst.path / "d3" / "f.txt").write_text("file X\n")
+    tree = dst.working_tree()
+    assert dst.last_scan.bytes_hashed == len("file X\n")
+    assert [c.path for c in dst.diff(commit, tree, sizes=False)] == ["d3/f.txt"]
+
+
+def test_a_checkout_over_a_cache_with_rows_keeps_its_line(tmp_path: Path) -> None:
+    """Old rows could be racy under their own line: a later line would trust them. The
+    next cache a checkout writes over rows keeps the old line; over none it takes now."""
+    dst, commit = _bootstrap_store(tmp_path)
+    before = index.time.time_ns()
+    with index.sorted_updates(dst.stat_cache()) as empty:
+        assert empty.out is not None and empty.out.scan_ns >= before
+    dst.checkout(commit)
+    cache = dst.stat_cache()
+    assert len(cache.files) == 5
+    with index.sorted_updates(cache) as updates:
+        assert updates.out is not None and updates.out.scan_ns == cache.scan_ns

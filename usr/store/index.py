@@ -32,6 +32,7 @@ import os
 import re
 import struct
 import tempfile
+import time
 from array import array
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -302,12 +303,9 @@ class StatCache:
 
         return size
 
-    # -- writing --------------------------------------------------------------------------
-
     def update(self, relpath: str, key: StatKey, entry_id: str, mode: int = 0) -> None:
-        """Remember one entry (after checkout wrote a verified file); the directories above
-        it lose their cached trees. ``mode``: the ``st_mode`` of the same stat as ``key``;
-        0 (unknown) makes the entry a miss for the next scan, which then reads the file."""
+        """Remember one entry (checkout wrote a verified file); the directories above lose
+        their cached trees. ``mode``: ``st_mode`` of the same stat; 0 (unknown) is a miss."""
         self._updates[relpath] = _UPDATE.pack(*key, mode, bytes.fromhex(entry_id))
         parts = relpath.encode("utf-8", "surrogateescape").split(b"/")[:-1]
         self._stale.add(b"")
@@ -319,8 +317,7 @@ class StatCache:
         return CacheWriter(self.path, self.inline_limit, scan_ns, self.files)
 
     def save(self) -> None:
-        """Write the cache with the :meth:`update` entries merged in, atomically (temp,
-        fsync, rename); the rows between updated paths are copied as bytes."""
+        """Write the cache with the :meth:`update` entries merged in, atomically."""
         out = self.writer(self.scan_ns)
         try:
             rows = self.files.items()
@@ -348,16 +345,13 @@ class StatCache:
 
 
 class SortedUpdates:
-    """The next stat cache, written as a checkout gives its entries in path order: each
-    row goes to the new file (between the old rows it sorts among, copied as bytes) when
-    it comes, so a checkout of a million files holds no row per file until the save,
-    where :meth:`StatCache.update` kept ~170 bytes a file. The cache is only a shortcut:
-    an entry out of order, or any error writing, leaves that entry (or the whole update)
-    out, and the next scan hashes those files again. Use :func:`sorted_updates`."""
+    """The next stat cache, written as a checkout gives its entries in path order (old
+    rows copied as bytes between them): nothing held per file. An entry out of order or an
+    error writing leaves it (or all) out, to be hashed again. Use :func:`sorted_updates`."""
 
     def __init__(self, cache: StatCache) -> None:
         self.cache = cache
-        self.out: CacheWriter | None = cache.writer(cache.scan_ns)
+        self.out: CacheWriter | None = cache.writer(_trust_line(cache))
         self.rows = cache.files.items()
         self.ahead = next(self.rows, None)
         self.at = self.p = 0  # the next old row not yet written, and its path offset
@@ -411,6 +405,13 @@ class SortedUpdates:
         if self.out is not None:
             self.out.close()
             self.out = None
+
+
+def _trust_line(cache: StatCache) -> int:
+    """A checkout's cache keeps the old ``scan_ns`` (an old racy row must not turn trusted);
+    with no old rows (a bootstrap) it takes now: each stat it records is taken later, so a
+    later write stamps a later mtime, and the next scan trusts files written before now."""
+    return cache.scan_ns if len(cache.files) else time.time_ns()
 
 
 @contextlib.contextmanager
