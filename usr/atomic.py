@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import json
 import os
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
 TMP_PREFIX = ".usr-tmp-"
 
@@ -69,35 +68,3 @@ def write_bytes(path: Path, data: bytes, mode: int = 0o644) -> None:
 
 def write_text(path: Path, text: str, mode: int = 0o644) -> None:
     write_bytes(path, text.encode("utf-8"), mode)
-
-
-#: Items of the big member encoded per write by :func:`write_json`.
-JSON_BATCH = 4096
-
-
-def write_json(
-    path: Path, doc: dict, big: str, mode: int = 0o644, item: Callable[[Any], Any] | None = None
-) -> None:
-    """Write ``json.dumps(doc, separators=(",", ":"))`` atomically, encoding the member
-    ``big`` (a list or dict, the document's last key) :data:`JSON_BATCH` items at a time:
-    one string and one bytes copy of 100,000 entries was the peak of a 100,000-file pull.
-    ``item`` turns each element of a list member into what is written (so a caller can
-    keep compact tuples in memory and write objects)."""
-    if list(doc)[-1] != big:
-        raise ValueError(f"{big!r} must be the document's last key")
-    rest = {k: v for k, v in doc.items() if k != big}
-    value = doc[big]
-    is_dict = isinstance(value, dict)
-    items = list(value.items()) if is_dict else value
-    head = json.dumps(rest, separators=(",", ":"))[:-1]
-    opener = "{" if is_dict else "["
-    with atomic_writer(path, mode) as fh:
-        sep = "," if rest else ""
-        fh.write(f"{head}{sep}{json.dumps(big)}:{opener}".encode())
-        for start in range(0, len(items), JSON_BATCH):
-            part = items[start : start + JSON_BATCH]
-            if item is not None and not is_dict:
-                part = [item(x) for x in part]
-            text = json.dumps(dict(part) if is_dict else part, separators=(",", ":"))[1:-1]
-            fh.write((b"," if start else b"") + text.encode())
-        fh.write(("}" if is_dict else "]").encode() + b"}")
