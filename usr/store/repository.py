@@ -26,7 +26,7 @@ from usr.layout import STORE_DIR
 from usr.locks import dataset_lock
 from usr.store import checkout, fsck, gc, revisions, revlist
 from usr.store.chunks import ChunkStore
-from usr.store.diff_tree import diff_trees, iter_diff
+from usr.store.diff_tree import cached_sizes, diff_trees, iter_diff
 from usr.store.gitpack import ObjectWriter, write_loose
 from usr.store.index import CACHE_FILE, RACY_NS, StatCache
 from usr.store.model import FileChange, LogEntry, Recorded, ScanStats
@@ -409,18 +409,9 @@ class Store:
     def iter_diff(self, a: str | None, b: str | None) -> Iterator[FileChange]:
         """:meth:`diff` with sizes, one change at a time in the same order. A new side whose
         path and id the stat cache holds is sized from its row, unread (after a
-        ``record`` or ``working_tree`` the cache describes the new tree). The cache is read
-        at the first new file, not before: a no-op status (no change) never reads it again
-        (90 MB at a million files)."""
-        sizes: Callable[[str, str], int | None] | None = None
-
-        def new_size(relpath: str, entry_id: str) -> int | None:
-            nonlocal sizes
-            if sizes is None:
-                sizes = self.stat_cache().sizes_in_order(self.entry_size)
-            return sizes(relpath, entry_id)
-
-        return iter_diff(self.repo, self.tree_of(a), self.tree_of(b), self.entry_size, new_size)
+        ``record`` or ``working_tree`` the cache describes the new tree; read when asked)."""
+        sizes = cached_sizes(self.gitdir / CACHE_FILE, inline_limit(), self.entry_size)
+        return iter_diff(self.repo, self.tree_of(a), self.tree_of(b), self.entry_size, sizes)
 
     def log(self, commit: str | None = None, limit: int | None = None) -> list[LogEntry]:
         """Recorded states reachable from ``commit`` (default HEAD), newest first."""
