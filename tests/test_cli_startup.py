@@ -91,3 +91,28 @@ def test_serve_with_a_bad_spelling_still_goes_through_click(usr):
     r = usr("plumbing", "serve", "--root")
     assert r.returncode == 2
     assert r.stderr.startswith("usr: error: ")
+
+
+def test_status_without_a_remote_leaves_the_sync_engine_unloaded(tmp_path):
+    """``usr status`` with no REMOTE reads the last-seen relations only: it imports
+    usr.sync.status, not the whole sync engine (push, pull, audit, merge)."""
+    from usr.dataset import Dataset
+
+    ds = Dataset.init(tmp_path, "lab/ds", source="test")
+    (ds.path / "a.txt").write_text("a\n")
+    proc = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "usr", "--root", str(tmp_path)]
+        + ["status", "lab/ds"],
+        capture_output=True,
+        cwd=REPO,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert b"unrecorded changes" in proc.stdout
+    loaded = {
+        line.rsplit("|", 1)[1].strip()
+        for line in proc.stderr.decode().splitlines()
+        if line.startswith("import time:") and line.count("|") == 2
+    }
+    assert "usr.sync.status" in loaded
+    assert "usr.sync.engine" not in loaded

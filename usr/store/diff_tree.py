@@ -8,11 +8,13 @@ Subtrees with equal ids are skipped without being read, so comparing two states 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pygit2
 
 from usr.errors import InputError
 from usr.layout import check_relpath, section_of
+from usr.store.index import StatCache
 from usr.store.model import FileChange
 from usr.store.worktree import FILE_MODES, MODE_TREE
 
@@ -108,3 +110,21 @@ def iter_diff(
             old_size=size(old) if old else None,
             new_size=new_size(rel, new) if new else None,
         )
+
+
+def cached_sizes(
+    path: Path, inline_limit: int, fallback: Callable[[str], int | None]
+) -> Callable[[str, str], int | None]:
+    """``new_size_of`` for :func:`iter_diff` from the stat cache at ``path``
+    (:meth:`StatCache.sizes_in_order`), read at the first call: a diff with no new file (a
+    no-op status, whose walk has just read the cache) does not read it a second time
+    (90 MB at 1,000,000 files)."""
+    sizes: Callable[[str, str], int | None] | None = None
+
+    def size(relpath: str, entry_id: str) -> int | None:
+        nonlocal sizes
+        if sizes is None:
+            sizes = StatCache(path, inline_limit).sizes_in_order(fallback)
+        return sizes(relpath, entry_id)
+
+    return size

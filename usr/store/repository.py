@@ -26,7 +26,7 @@ from usr.layout import STORE_DIR
 from usr.locks import dataset_lock
 from usr.store import checkout, fsck, gc, revisions, revlist
 from usr.store.chunks import ChunkStore
-from usr.store.diff_tree import diff_trees, iter_diff
+from usr.store.diff_tree import cached_sizes, diff_trees, iter_diff
 from usr.store.gitpack import ObjectWriter, write_loose
 from usr.store.index import CACHE_FILE, RACY_NS, StatCache
 from usr.store.model import FileChange, LogEntry, Recorded, ScanStats
@@ -409,8 +409,8 @@ class Store:
     def iter_diff(self, a: str | None, b: str | None) -> Iterator[FileChange]:
         """:meth:`diff` with sizes, one change at a time in the same order. A new side whose
         path and id the stat cache holds is sized from its row, unread (after a
-        ``record`` or ``working_tree`` the cache describes the new tree)."""
-        sizes = self.stat_cache().sizes_in_order(self.entry_size)
+        ``record`` or ``working_tree`` the cache describes the new tree; read when asked)."""
+        sizes = cached_sizes(self.gitdir / CACHE_FILE, inline_limit(), self.entry_size)
         return iter_diff(self.repo, self.tree_of(a), self.tree_of(b), self.entry_size, sizes)
 
     def log(self, commit: str | None = None, limit: int | None = None) -> list[LogEntry]:

@@ -98,12 +98,13 @@ def list_dir(prefix: str, directory: str) -> list[Child]:
     for a symlink, device, fifo or socket, or a name usr cannot record, naming the path.
     The children are stat'ed relative to the directory's descriptor (``fstatat``): a
     full-path ``lstat`` walks every component again, 30% of a no-op scan at 1M files.
+    The names come from ``listdir`` and are sorted before the stats, with no ``DirEntry``
+    per file and no sort key: a quarter of the listing's own CPU at 1M files.
     """
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        with os.scandir(fd) as it:
-            entries = list(it)
-        names = [entry.name for entry in entries]
+        names = os.listdir(fd)
+        names.sort()  # a files-only directory's tree order (a subdirectory's is "name/")
         joined = "\0" + "\0".join(names)
         # Every rule below, checked for the whole directory at once (the runtime names
         # all start with ".usr"): a directory that fails any goes through the rules one
@@ -114,29 +115,28 @@ def list_dir(prefix: str, directory: str) -> list[Child]:
             and len(prefix) + max(map(len, names), default=0) <= MAX_RELPATH // 4
             and _utf8(joined)
         ):
-            sts = [entry.stat(follow_symlinks=False) for entry in entries]
+            lstat = os.lstat
+            sts = [lstat(name, dir_fd=fd) for name in names]
             kinds = {st.st_mode & 0o170000 for st in sts}
             if kinds <= {statmod.S_IFREG}:  # files only: the usual leaf directory
-                out = list(zip(names, names, sts, strict=True))
-            elif kinds <= {statmod.S_IFREG, statmod.S_IFDIR}:
+                return list(zip(names, names, sts, strict=True))
+            if kinds <= {statmod.S_IFREG, statmod.S_IFDIR}:
                 out = [
                     (name, name, st) if statmod.S_ISREG(st.st_mode) else (name + "/", name, None)
                     for name, st in zip(names, sts, strict=True)
                 ]
-            else:
-                return _list_checked(prefix, entries)  # refused, by name
-            out.sort(key=_first)
-            return out
-        return _list_checked(prefix, entries)
+                out.sort(key=_first)
+                return out
+        return _list_checked(prefix, fd, names)  # refused, by name (or a runtime name)
     finally:
         os.close(fd)
 
 
-def _list_checked(prefix: str, entries: list[os.DirEntry]) -> list[Child]:
-    """:func:`list_dir` one entry at a time, raising for the first one that breaks a rule."""
+def _list_checked(prefix: str, fd: int, names: list[str]) -> list[Child]:
+    """:func:`list_dir` one name at a time (``fd`` is the directory's descriptor),
+    raising for the first one that breaks a rule."""
     out: list[Child] = []
-    for entry in entries:
-        name = entry.name
+    for name in names:
         # The same rules as usr.layout.is_runtime_path / check_relpath, applied to one
         # name at a time (its parents were checked already): pathlib per file costs
         # more than the stat itself on a 100,000-file dataset.
@@ -148,7 +148,7 @@ def _list_checked(prefix: str, entries: list[os.DirEntry]) -> list[Child]:
                 f"bad path {rel!r}: {name!r} is a name usr keeps for its own state",
                 "rename it; a dataset's store and locks live only at its top",
             )
-        st = entry.stat(follow_symlinks=False)
+        st = os.lstat(name, dir_fd=fd)
         if "\\" in name:
             raise InputError(f"bad path {rel!r}: cannot record a name with a backslash")
         if len(rel) > MAX_RELPATH // 4:
