@@ -125,13 +125,14 @@ def check(pf: Any, source: BinaryIO, cache: Path | None) -> Outcome:
 def _refuted(chain: list[Segment], kept: Any, last: Any) -> bool:
     """Whether the new keys (``kept``, sorted, and the last group's) cannot be shown all
     different from each other and from every entry of ``chain``: a key met twice may be
-    two ids sharing a key, so the full check decides."""
+    two ids sharing a key, so the full check decides. (``kept`` is not sorted again: after
+    a full check it holds every key of the table.)"""
     import numpy as np
 
-    added = np.sort(np.concatenate([kept, last]))
-    if _clash(None, added):
+    last = np.sort(last)
+    if _clash(None, kept) or _clash(kept, last):
         return True
-    return any(_clash(segment.keys, added) for segment in chain)
+    return any(_clash(s.keys, kept) or _clash(s.keys, last) for s in chain)
 
 
 def fingerprints(pf: Any, source: BinaryIO) -> bytes | None:
