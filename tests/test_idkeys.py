@@ -227,6 +227,23 @@ def test_a_chain_with_a_damaged_link_is_not_used(where, damage: str) -> None:
     assert _check(path, cache) == idkeys.Outcome(None, reused, 5 - reused)
 
 
+def test_an_entry_is_used_only_under_the_prefix_it_was_checked_with(where) -> None:
+    """Table B shares table A's fourth row group but not its first three, and one of B's
+    first three holds an id of that group. A's entry of the fourth group (its keys only
+    known to differ from A's first groups) must not be chained onto B's root entry."""
+    path, cache = where
+    first, shared = _ids(0, 3 * G), _ids(3 * G, 4 * G)
+    _write(path, [*first, *_ids(9 * G, 9 * G + 100)])
+    _check(path, cache)  # root of A: groups 0-2
+    _write(path, [*first, *shared, *_ids(9 * G, 9 * G + 500)])
+    assert _check(path, cache) == idkeys.Outcome(None, 3, 2)  # A's entry of group 3
+    other = [*_ids(10 * G, 13 * G - 1), shared[5]]  # three groups, one id of the shared one
+    _write(path, [*other, *_ids(9 * G, 9 * G + 100)])
+    assert _check(path, cache) == idkeys.Outcome(None, 0, 4)  # root of B: groups 0-2
+    _write(path, [*other, *shared, *_ids(9 * G, 9 * G + 500)])
+    assert _check(path, cache).duplicate == shared[5]
+
+
 def test_the_chains_of_the_most_recent_entries_are_kept_whole(where) -> None:
     path, cache = where
     grown = _ids(0, BASE + G)
