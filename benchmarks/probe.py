@@ -103,7 +103,7 @@ def main(argv: list[str]) -> int:
     code = 0
     try:
         _instrument()
-        from porcelain.cli import main as usr_main
+        from porcelain.entry import main as usr_main
 
         usr_main(args)
     except SystemExit as exc:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
-import importlib
 import os
 import sys
 import traceback
@@ -11,63 +9,114 @@ from typing import NoReturn
 
 import click
 
+from plumbing.lazy import Lazy, LazyGroup
 from porcelain.options import Settings
 from usr import __version__
 from usr.errors import UsrError, store_damage
 
-#: Which module defines each top-level command. A command's module (and what it imports:
-#: pyarrow, pygit2, asyncssh) is loaded only when that command runs, so ``usr diff`` does not
-#: pay for pyarrow and ``usr --version`` pays for nothing. ``--help`` loads every module.
-#: tests/test_cli_startup.py checks this table against each module's ``COMMANDS``.
-COMMAND_MODULES: dict[str, str] = {
-    **dict.fromkeys(
-        ("namespace", "init", "import", "attach", "ls", "info", "head", "schema", "events")
-        + ("validate", "export"),
+#: Which module defines each top-level command, and its one-line help. A command's module
+#: (and what it imports: pyarrow, pygit2, asyncssh) is loaded only when that command runs,
+#: so ``usr diff`` does not pay for pyarrow and ``usr --version`` and ``usr --help`` pay for
+#: nothing. tests/test_cli_startup.py checks this table against each module's ``COMMANDS``.
+COMMANDS_TABLE: dict[str, Lazy] = {
+    "attach": Lazy(
         "porcelain.lifecycle",
+        "Attach overlay columns of a registered namespace as a new part under _derived/.",
     ),
-    **dict.fromkeys(
-        ("snapshot", "status", "log", "show", "checkout", "gc", "fsck"), "porcelain.history"
+    "checkout": Lazy(
+        "porcelain.history", "Restore the working files of DATASET to recorded state COMMIT."
     ),
-    "remotes": "porcelain.remotes",
-    **dict.fromkeys(("diff", "pull", "push"), "porcelain.sync"),
-    "merge": "porcelain.merge",
-    "hooks": "porcelain.hookcmds",
-    **dict.fromkeys(("demo", "dev", "drill"), "porcelain.demo"),
-    "plumbing": "plumbing",
+    "demo": Lazy(
+        "porcelain.demo",
+        "Play the HPC <-> laptop loop on a scratch local remote; needs no SSH and no config.",
+    ),
+    "dev": Lazy("porcelain.demo", None),
+    "diff": Lazy(
+        "porcelain.sync",
+        "Compare DATASET here with REMOTE, section by section; change nothing.",
+    ),
+    "drill": Lazy(
+        "porcelain.demo",
+        "Deterministic end-to-end drills that check sync fidelity and write a JSON report.",
+    ),
+    "events": Lazy("porcelain.lifecycle", "Read a dataset's .events.log."),
+    "export": Lazy(
+        "porcelain.lifecycle",
+        "Write the overlay view to DIR/<dataset>.<fmt> (ids with / become __).",
+    ),
+    "fsck": Lazy(
+        "porcelain.history",
+        "Verify every reachable object and chunk of DATASET by hash, and that .events.log "
+        "only ever grew by appended lines.",
+    ),
+    "gc": Lazy(
+        "porcelain.history",
+        "Remove objects, chunks and crash leftovers that no recorded state reaches.",
+    ),
+    "head": Lazy(
+        "porcelain.lifecycle",
+        "The first N rows of the overlay view (records plus overlay columns).",
+    ),
+    "hooks": Lazy(
+        "porcelain.hookcmds",
+        "Install and list hooks (pre-snapshot, pre-push, post-push, post-pull).",
+    ),
+    "import": Lazy(
+        "porcelain.lifecycle",
+        "Append the records of a csv/tsv/parquet/jsonl file (needs a 'sequence' column).",
+    ),
+    "info": Lazy(
+        "porcelain.lifecycle",
+        "Rows, sizes, overlay namespaces, events and the recorded head of a dataset.",
+    ),
+    "init": Lazy(
+        "porcelain.lifecycle",
+        "Create an empty dataset (records.parquet, meta.md, .events.log, .usr/).",
+    ),
+    "log": Lazy(
+        "porcelain.history",
+        "Recorded states of DATASET, newest first: id, time, actor, action.",
+    ),
+    "ls": Lazy("porcelain.lifecycle", "List the datasets under the root."),
+    "merge": Lazy(
+        "porcelain.merge",
+        "Merge REMOTE's states of DATASET with the local ones (three-way, from their base).",
+    ),
+    "namespace": Lazy(
+        "porcelain.lifecycle",
+        "Register and inspect overlay namespaces (registry.toml under the root).",
+    ),
+    "plumbing": Lazy("plumbing", "Low-level commands with stable, scriptable output."),
+    "pull": Lazy(
+        "porcelain.sync", "Bring REMOTE's newer states of DATASET here (fast-forward only)."
+    ),
+    "push": Lazy(
+        "porcelain.sync", "Send DATASET's newer local states to REMOTE (fast-forward only)."
+    ),
+    "remotes": Lazy(
+        "porcelain.remotes",
+        "Remote profiles (remotes.toml): list, show, add, remove, doctor, status, warm-auth.",
+    ),
+    "schema": Lazy(
+        "porcelain.lifecycle", "Columns of the overlay view with their types and origin."
+    ),
+    "show": Lazy(
+        "porcelain.history",
+        "One recorded state of DATASET and what it changed against its parent.",
+    ),
+    "snapshot": Lazy(
+        "porcelain.history",
+        "Record the working state of DATASET as a new state (no-op if unchanged).",
+    ),
+    "status": Lazy(
+        "porcelain.history",
+        "Working files of DATASET against its last recorded state, by section and file.",
+    ),
+    "validate": Lazy(
+        "porcelain.lifecycle",
+        "Check records, overlays, events and meta; exit 5 when a check fails.",
+    ),
 }
-
-
-class LazyGroup(click.Group):
-    """The root group: mounts a command's module the first time the command is looked up."""
-
-    def _mount(self, module_name: str) -> None:
-        module = importlib.import_module(module_name)
-        if module_name == "plumbing":
-            self.add_command(module.plumbing)
-            return
-        for command in module.COMMANDS:
-            self.add_command(command)
-
-    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
-        if cmd_name not in self.commands and cmd_name in COMMAND_MODULES:
-            self._mount(COMMAND_MODULES[cmd_name])
-        return super().get_command(ctx, cmd_name)
-
-    def list_commands(self, ctx: click.Context) -> list[str]:
-        mount_all()
-        return super().list_commands(ctx)
-
-    def resolve_command(
-        self, ctx: click.Context, args: list[str]
-    ) -> tuple[str | None, click.Command | None, list[str]]:
-        """As click's, but a mistyped command is answered with the nearest names (git's
-        "Did you mean"), found among the commands without loading their modules."""
-        name = click.utils.make_str(args[0]) if args else ""
-        if args and not name.startswith("-") and self.get_command(ctx, name) is None:
-            near = difflib.get_close_matches(name, sorted(COMMAND_MODULES), n=3, cutoff=0.6)
-            if near:
-                ctx.fail(f"No such command {name!r}. Did you mean {' or '.join(map(repr, near))}?")
-        return super().resolve_command(ctx, args)
 
 
 #: Root options may also come after the command (git's ``-C`` is global too): ``--root``,
@@ -107,7 +156,11 @@ def hoist_globals(args: list[str]) -> list[str]:
     return front + rest
 
 
-@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(
+    cls=LazyGroup,
+    table=COMMANDS_TABLE,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
 @click.option(
     "--root",
     "root_option",
@@ -155,9 +208,8 @@ def root(
 
 
 def mount_all() -> None:
-    """Mount every command module (for ``--help`` and for callers that walk ``root``)."""
-    for module_name in dict.fromkeys(COMMAND_MODULES.values()):
-        root._mount(module_name)
+    """Mount every command (for callers that walk ``root``'s tree of commands)."""
+    root.mount_all()
 
 
 def _debug_requested(argv: list[str]) -> bool:

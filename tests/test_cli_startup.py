@@ -16,17 +16,66 @@ from porcelain import cli, entry
 from tests.conftest import REPO
 
 
-def test_command_table_matches_every_module():
-    """COMMAND_MODULES names exactly the commands each module defines."""
-    expected: dict[str, str] = {}
-    for module_name in dict.fromkeys(cli.COMMAND_MODULES.values()):
-        module = importlib.import_module(module_name)
-        if module_name == "plumbing":
-            expected[module.plumbing.name] = module_name
-            continue
-        for command in module.COMMANDS:
-            expected[command.name] = module_name
-    assert expected == cli.COMMAND_MODULES
+def _tables() -> list[tuple[str, dict]]:
+    """Every lazy group's table: the root's and the plumbing group's."""
+    import plumbing
+
+    return [("usr", cli.COMMANDS_TABLE), ("usr plumbing", plumbing.TABLE)]
+
+
+@pytest.mark.parametrize(("group", "table"), _tables())
+def test_command_table_matches_every_module(group, table):
+    """Each table names exactly the commands each of its modules defines, with the one-line
+    help each command gives (``--help`` shows the table without importing them)."""
+    expected: dict[str, tuple[str, str | None]] = {}
+    for module_name in dict.fromkeys(lazy.module for lazy in table.values()):
+        for command in importlib.import_module(module_name).COMMANDS:
+            short = None if command.hidden else command.get_short_help_str(10**6)
+            expected[command.name] = (module_name, short)
+    assert expected == {name: (lazy.module, lazy.help) for name, lazy in table.items()}
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["plumbing", "--help"]])
+def test_help_imports_no_command_module_and_shows_every_command(argv):
+    """A group's help, shown from its table, is the help click gives with every module
+    loaded (the same lines, shortened the same way), and imports no command module."""
+    proc = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "usr", *argv],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        check=False,
+    )
+    assert proc.returncode == 0
+    loaded = {ln.rsplit("|", 1)[1].strip() for ln in proc.stderr.splitlines() if ln.count("|") == 2}
+    assert "click" in loaded
+    assert not {n.split(".")[0] for n in loaded} & {"pyarrow", "pygit2", "asyncssh"}
+    assert not loaded & {"porcelain.lifecycle", "porcelain.sync", "plumbing.verify"}
+    full = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from porcelain import cli; cli.mount_all(); cli.main(sys.argv[1:])",
+            *argv,
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        check=False,
+    )
+    assert full.returncode == 0
+    assert proc.stdout == full.stdout
+    assert "verify-sidecars" in proc.stdout or "status" in proc.stdout
+
+
+def test_plumbing_command_loads_only_its_module(tmp_path):
+    """``usr plumbing serve --repo-root`` (through click) loads its own module, not the sidecar
+    checks and pyarrow that ``verify-sidecars`` needs."""
+    argv = ["plumbing", "serve", "--root", str(tmp_path), "--repo-root", str(tmp_path)]
+    rc, names = _modules_loaded(argv)
+    assert rc == 0
+    assert {"click", "plumbing.lazy", "usr.sync.server"} <= names
+    assert not names & {"pyarrow", "plumbing.verify", "plumbing.objects"}
 
 
 @pytest.mark.parametrize(
@@ -48,7 +97,8 @@ def test_serve_fast_path_takes_only_the_exact_command_line(args, root):
 
 
 def _modules_loaded(argv: list[str], stdin: bytes = b"") -> tuple[int, set[str]]:
-    """Run ``python -m usr ARGV`` with -X importtime; the top-level modules it imported."""
+    """Run ``python -m usr ARGV`` with -X importtime; the modules it imported, each by its
+    full name and by its top-level package's."""
     proc = subprocess.run(
         [sys.executable, "-X", "importtime", "-m", "usr", *argv],
         input=stdin,
@@ -59,7 +109,8 @@ def _modules_loaded(argv: list[str], stdin: bytes = b"") -> tuple[int, set[str]]
     names = set()
     for line in proc.stderr.decode().splitlines():
         if line.startswith("import time:") and line.count("|") == 2:
-            names.add(line.rsplit("|", 1)[1].strip().split(".")[0])
+            name = line.rsplit("|", 1)[1].strip()
+            names |= {name, name.split(".")[0]}
     return proc.returncode, names
 
 
@@ -67,7 +118,7 @@ def test_version_imports_no_heavy_library():
     rc, names = _modules_loaded(["--version"])
     assert rc == 0
     assert "click" in names  # the probe sees imports at all
-    assert not names & {"pyarrow", "pygit2", "asyncssh", "plumbing"}
+    assert not names & {"pyarrow", "pygit2", "asyncssh", "plumbing.transport"}
 
 
 def test_diff_help_loads_the_sync_commands_without_the_store():

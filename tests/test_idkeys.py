@@ -160,6 +160,112 @@ def test_a_damaged_entry_is_ignored_and_the_answer_is_still_right(where, damage:
     assert _check(path, cache) == idkeys.Outcome(None, 3, 1)
 
 
+def _entries(cache: Path) -> dict[tuple[int, int, int], Path]:
+    """Each entry by (first row group, row groups, keys)."""
+    return {tuple(_header(p)[3:6]): p for p in cache.iterdir()}
+
+
+def test_an_append_writes_only_its_new_keys_and_folds_small_entries(where) -> None:
+    path, cache = where
+    _write(path, _ids(0, BASE))
+    _check(path, cache)
+    (root,) = cache.iterdir()
+    before = root.read_bytes()
+    _write(path, _ids(0, BASE + G))  # one more full group: an entry of it alone
+    assert _check(path, cache) == idkeys.Outcome(None, 3, 2)
+    assert set(_entries(cache)) == {(0, 3, 3 * G), (3, 1, G)}
+    assert root.read_bytes() == before  # the old keys are not rewritten
+    _write(path, _ids(0, BASE + 2 * G))
+    assert _check(path, cache) == idkeys.Outcome(None, 4, 2)
+    # G new keys fold the entry of G keys below them (G <= 2 G), then the root (3 G <= 4 G)
+    assert set(_entries(cache)) == {(0, 3, 3 * G), (3, 1, G), (0, 5, 5 * G)}
+    _write(path, _ids(0, BASE + 3 * G))
+    assert _check(path, cache) == idkeys.Outcome(None, 5, 2)
+    _write(path, [*_ids(0, BASE + 3 * G), _ids(0, 1)[0]])  # a row-0 id again, at the end
+    assert _check(path, cache).duplicate == _ids(0, 1)[0]
+
+
+CHAIN_DAMAGES = [
+    "parent-missing",
+    "parent-forged-key",
+    "parent-truncated",
+    "tip-first",
+    "tip-parent",
+]
+
+
+@pytest.mark.parametrize("damage", CHAIN_DAMAGES)
+def test_a_chain_with_a_damaged_link_is_not_used(where, damage: str) -> None:
+    """An appended id equal to one in the parent entry's groups is found whatever happened
+    to the parent or to the link; a damaged tip leaves the parent usable alone."""
+    path, cache = where
+    ids = _ids(0, BASE + G)
+    _write(path, _ids(0, BASE))
+    _check(path, cache)
+    _write(path, ids)
+    _check(path, cache)
+    entries = _entries(cache)
+    root, tip = entries[(0, 3, 3 * G)], entries[(3, 1, G)]
+    if damage == "parent-missing":
+        root.unlink()
+    elif damage == "parent-forged-key":  # still sorted: only the checksum tells
+        data = bytearray(root.read_bytes())
+        at = data.index(int(ids[0][:16], 16).to_bytes(8, "little"), idkeys.HEADER.size)
+        data[at] ^= 1
+        root.write_bytes(bytes(data))
+    elif damage == "parent-truncated":
+        root.write_bytes(root.read_bytes()[:-8])
+    else:
+        data = bytearray(tip.read_bytes())
+        field = 16 if damage == "tip-first" else 40  # the first group, the parent's name
+        data[field] ^= 1
+        tip.write_bytes(bytes(data))
+    _write(path, [*ids, ids[0]])
+    assert _check(path, cache) == idkeys.Outcome(ids[0], 0, 5)
+    _write(path, [*ids, *_ids(BASE + G, BASE + G + 10)])
+    reused = 3 if damage.startswith("tip") else 0
+    assert _check(path, cache) == idkeys.Outcome(None, reused, 5 - reused)
+
+
+def test_an_entry_is_used_only_under_the_prefix_it_was_checked_with(where) -> None:
+    """Table B shares table A's fourth row group but not its first three, and one of B's
+    first three holds an id of that group. A's entry of the fourth group (its keys only
+    known to differ from A's first groups) must not be chained onto B's root entry."""
+    path, cache = where
+    first, shared = _ids(0, 3 * G), _ids(3 * G, 4 * G)
+    _write(path, [*first, *_ids(9 * G, 9 * G + 100)])
+    _check(path, cache)  # root of A: groups 0-2
+    _write(path, [*first, *shared, *_ids(9 * G, 9 * G + 500)])
+    assert _check(path, cache) == idkeys.Outcome(None, 3, 2)  # A's entry of group 3
+    other = [*_ids(10 * G, 13 * G - 1), shared[5]]  # three groups, one id of the shared one
+    _write(path, [*other, *_ids(9 * G, 9 * G + 100)])
+    assert _check(path, cache) == idkeys.Outcome(None, 0, 4)  # root of B: groups 0-2
+    _write(path, [*other, *shared, *_ids(9 * G, 9 * G + 500)])
+    assert _check(path, cache).duplicate == shared[5]
+
+
+def test_the_chains_of_the_most_recent_entries_are_kept_whole(where) -> None:
+    path, cache = where
+    grown = _ids(0, BASE + G)
+    _write(path, _ids(0, BASE))
+    _check(path, cache)
+    _write(path, grown)
+    _check(path, cache)  # a chain of two entries
+    for n in range(1, idkeys.KEEP):  # other tables, up to KEEP chains in all
+        _write(path, _ids(n * 10 * BASE, n * 10 * BASE + BASE))
+        _check(path, cache)
+    assert len(list(cache.iterdir())) == 2 + idkeys.KEEP - 1
+    _write(path, [*grown, *_ids(BASE + G, BASE + G + 5)])
+    assert _check(path, cache) == idkeys.Outcome(None, 4, 1)  # root and tip both still there
+    _write(path, _ids(99 * BASE, 100 * BASE))  # one chain more: the least recently used goes
+    _check(path, cache)
+    assert len(list(cache.iterdir())) == 2 + idkeys.KEEP - 1
+    _write(path, _ids(10 * BASE, 11 * BASE))  # the first other table's entry was pruned
+    assert _check(path, cache).reused == 0
+    _write(path, [*grown, *_ids(BASE + G, BASE + G + 6)])
+    assert _check(path, cache).reused == 4
+
+
 def test_a_changed_earlier_row_group_is_checked_whole(where) -> None:
     path, cache = where
     ids = _ids(0, BASE)
@@ -269,5 +375,11 @@ def test_a_push_after_an_append_passes_and_a_duplicate_is_refused(tmp_path: Path
     assert fingerprint(env) == before
 
 
+def _header(entry: Path) -> tuple:
+    return idkeys.HEADER.unpack(entry.read_bytes()[: idkeys.HEADER.size])
+
+
 def _groups_of(entry: Path) -> int:
-    return idkeys.HEADER.unpack(entry.read_bytes()[: idkeys.HEADER.size])[3]
+    """The row groups of its table an entry reaches: its first one plus its own."""
+    head = _header(entry)
+    return head[3] + head[4]

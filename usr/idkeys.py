@@ -7,28 +7,32 @@ every id: for a 1% append of a 5M-row table it cost more than the transfer. But
 :func:`usr.records.write_records` leaves every earlier full row group byte for byte the
 same after an append, so the earlier groups' ids are the ones that already passed.
 
-After a table passes, one cache entry is kept for it: per row group a fingerprint of the
+After a table passes, its check leaves a cache entry: per row group a fingerprint of the
 id column chunk (blake3 of its bytes as stored, and of everything that decides how they
-decode) with the group's row count, and the table's sorted 64-bit id keys
-(:func:`usr.unique_ids.core_keys`). The next check fingerprints the table's groups; if an
-entry's groups are a prefix of them, only the later groups are decoded and their keys
-checked among themselves and against the entry's (``searchsorted``). A key met twice may be
-two different ids sharing a key, so any hit falls back to the full check, which confirms on
-the ids; as does anything unusual (a null or a non-core id, a table of more than
-:data:`usr.unique_ids.PER_PASS` rows, an entry that fails its checksum). So an entry can
-save work but never decide a refusal, and never let a duplicate pass: a lost, damaged or
-stale cache costs only time.
+decode) with the group's row count, and the sorted 64-bit id keys
+(:func:`usr.unique_ids.core_keys`). An entry holds only the row groups the check decoded
+and names its parent, the entry of the groups before them, by the blake3 of their group
+rows; the keys of a chain of entries are all different. So the check of an append reads
+the chain (the table's first groups), decodes only the later groups, looks their keys up
+in each entry (``searchsorted``), and writes only the new groups' keys: O(new rows)
+written, not the whole table's keys again. The last entries of a chain are folded into
+the new one while they are small beside it (:data:`FOLD`), so a chain stays a few entries
+long. A key met twice may be two different ids sharing a key, so any hit falls back to
+the full check, which confirms on the ids; as does anything unusual (a null or a non-core
+id, a table of more than :data:`usr.unique_ids.PER_PASS` rows, an entry or parent that is
+missing or fails its checksum). So an entry can save work but never decide a refusal, and
+never let a duplicate pass: a lost, damaged or stale cache costs only time.
 
 Only core ids are cached: their keys are the same in every process, whereas the
 ``hash()`` of other ids changes with ``PYTHONHASHSEED``; such ids are refused by ``usr
 validate`` anyway, so tables holding them simply take the full check every time.
 
-Where: ``<dataset>/.usr/idkeys/``, one file per entry, named by the blake3 of its group
-table, replaced whole by atomic rename; at most :data:`KEEP` entries (the most recently
-written or used), so the cache is bounded at ``KEEP * (8 bytes a row + 40 bytes a row
-group)``: about 120 MiB for 5M rows, at most ~190 MiB at ``PER_PASS``. The format is in
-docs/format.md ("The id-keys cache"). May import numpy, pyarrow, blake3, :mod:`usr.atomic`,
-:mod:`usr.layout` and :mod:`usr.unique_ids`.
+Where: ``<dataset>/.usr/idkeys/``, one file per entry, named by the blake3 of the group
+rows of its table up to its last group, written whole by atomic rename; the entries of at
+most :data:`KEEP` chains are kept (the most recently written or used), so the cache is
+bounded at about ``KEEP * (8 bytes a row + 40 bytes a row group)`` and is usually one chain
+of ~8 bytes a row. The format is in docs/format.md ("The id-keys cache"). May import numpy,
+pyarrow, blake3, :mod:`usr.atomic`, :mod:`usr.layout` and :mod:`usr.unique_ids`.
 """
 
 from __future__ import annotations
@@ -51,13 +55,19 @@ CACHE_DIR = "idkeys"
 SUFFIX = ".idkeys"
 MAGIC = b"USRIDKEY"
 #: Format of an entry file; a file of another version is ignored.
-VERSION = 1
+VERSION = 2
 #: How keys are made: 1 = the first 16 hex digits of a core id as a big-endian uint64.
 DERIVATION = 1
-#: Entries kept per dataset (the most recently written or used).
+#: Chains of entries kept per dataset (the most recently written or used).
 KEEP = 3
-#: magic, version, derivation, row groups, keys, blake3 of the body (all after the header).
-HEADER = struct.Struct("<8sIIQQ32s")
+#: An entry is folded into the one written after it (on its chain) while it holds at most
+#: this many times the new one's keys.
+FOLD = 2
+#: magic, version, derivation, first row group, row groups, keys, parent (the blake3 of the
+#: group rows before the first), blake3 of the rest of the file (signed: the header before
+#: it, and everything after the header).
+HEADER = struct.Struct("<8sIIQQQ32s32s")
+_SIGNED = HEADER.size - 32
 #: One row group: its rows, the fingerprint of its id column chunk.
 GROUP = struct.Struct("<Q32s")
 #: Prefix of every fingerprint's input, naming what it is a fingerprint of.
@@ -95,20 +105,34 @@ def check(pf: Any, source: BinaryIO, cache: Path | None) -> Outcome:
     table = fingerprints(pf, source)
     if table is None:
         return Outcome(first_duplicate(pf), 0, groups)
-    known, keys, entry = _best_entry(cache, table)
-    if entry is not None:
+    chain = _chain(cache, table)
+    known = chain[-1].end if chain else 0
+    if chain:
         with contextlib.suppress(OSError):
-            os.utime(entry)  # used: among the most recent again
+            os.utime(chain[-1].path)  # used: among the most recent again
     if known == groups:
         return Outcome(None, known, 0)
-    merged = _extend(pf, known, keys)
-    if merged is None:
+    new = _new_keys(pf, known)
+    if new is None or _refuted(chain, *new):
         return Outcome(first_duplicate(pf), 0, groups)
     if groups - 1 > known:
         # Every group but the last: an append rewrites the last (partial) group, so an
         # entry holding it would never be a prefix of the grown table.
-        _save(cache, table[: (groups - 1) * GROUP.size], merged)
+        _save(cache, table, chain, known, groups - 1, new[0])
     return Outcome(None, known, groups - known)
+
+
+def _refuted(chain: list[Segment], kept: Any, last: Any) -> bool:
+    """Whether the new keys (``kept``, sorted, and the last group's) cannot be shown all
+    different from each other and from every entry of ``chain``: a key met twice may be
+    two ids sharing a key, so the full check decides. (``kept`` is not sorted again: after
+    a full check it holds every key of the table.)"""
+    import numpy as np
+
+    last = np.sort(last)
+    if _clash(None, kept) or _clash(kept, last):
+        return True
+    return any(_clash(s.keys, kept) or _clash(s.keys, last) for s in chain)
 
 
 def fingerprints(pf: Any, source: BinaryIO) -> bytes | None:
@@ -151,11 +175,10 @@ def fingerprints(pf: Any, source: BinaryIO) -> bytes | None:
     return bytes(out)
 
 
-def _extend(pf: Any, known: int, keys: Any) -> Any:
-    """The sorted keys of every row group but the last, given the sorted ``keys`` of the
-    first ``known`` (ids known unique), decoding only the groups after them; None when they
-    cannot tell the answer (a null or non-core id, or a key met twice: the full check
-    decides). The last group's keys are checked too, but not kept."""
+def _new_keys(pf: Any, known: int) -> tuple[Any, Any] | None:
+    """The keys of the row groups from ``known`` on: those of every group but the last
+    (sorted: what the next entry keeps) and the last group's, or None on a null or
+    non-core id (the full check decides)."""
     import numpy as np
 
     new = []
@@ -167,22 +190,7 @@ def _extend(pf: Any, known: int, keys: Any) -> Any:
     added = np.concatenate(new) if new else np.empty(0, np.uint64)
     del new
     cut = len(added) - pf.metadata.row_group(pf.num_row_groups - 1).num_rows
-    body = _merged(keys, np.sort(added[:cut]))
-    if body is None or _clash(body, np.sort(added[cut:])):
-        return None
-    return body
-
-
-def _merged(keys: Any, added: Any) -> Any:
-    """Sorted ``keys`` (None: none) with sorted ``added`` inserted, or None if any key would
-    be there twice."""
-    import numpy as np
-
-    if _clash(keys, added):
-        return None
-    if keys is None or not len(keys):
-        return added
-    return np.insert(keys, np.searchsorted(keys, added), added)
+    return np.sort(added[:cut]), added[cut:]
 
 
 def _clash(keys: Any, added: Any) -> bool:
@@ -198,86 +206,111 @@ def _clash(keys: Any, added: Any) -> bool:
     return bool((keys[at[inside]] == added[inside]).any())
 
 
-def _best_entry(cache: Path, table: bytes) -> tuple[int, Any, Path | None]:
-    """The whole entry whose row groups are the longest prefix of ``table`` (at least one
-    group): ``(groups, its sorted keys, its path)``, or ``(0, None, None)``."""
-    ranked = sorted(((_prefix_groups(p, table), p) for p in _entries(cache)), reverse=True)
-    for groups, path in ranked:
-        if not groups:
-            break
-        keys = _read_keys(path, table)
-        if keys is not None:
-            return groups, keys, path
-    return 0, None, None
+@dataclass(frozen=True)
+class Segment:
+    """One entry file: row groups ``first`` .. ``end - 1`` of a table and their sorted keys
+    (``keys`` None when only the header and group rows were read)."""
+
+    path: Path
+    first: int
+    end: int
+    keys: Any
 
 
-def _prefix_groups(path: Path, table: bytes) -> int:
-    """How many row groups the entry at ``path`` holds, if they are a prefix of ``table``
-    (a first look: :func:`_read_keys` checks the whole file before any key is used)."""
-    try:
-        with path.open("rb") as fh:
-            head = _header(fh.read(HEADER.size))
-            if head is None or head[0] * GROUP.size > len(table):
-                return 0
-            mine = fh.read(head[0] * GROUP.size)
-    except OSError:
-        return 0
-    return head[0] if len(mine) == head[0] * GROUP.size and table.startswith(mine) else 0
+def _prefix_id(table: bytes, groups: int) -> bytes:
+    """Names the first ``groups`` row groups of a table: the blake3 of their group rows
+    (zeros for none)."""
+    return blake3.blake3(table[: groups * GROUP.size]).digest() if groups else bytes(32)
 
 
-def _read_keys(path: Path, table: bytes) -> Any:
-    """The sorted keys of the entry at ``path``, or None unless the file is whole (exact
-    size, its body's blake3), its row groups are a prefix of ``table``, and its keys are
-    as many as its rows and strictly increasing."""
+def _name(table: bytes, end: int) -> str:
+    return _prefix_id(table, end).hex()[:32] + SUFFIX
+
+
+def _chain(cache: Path, table: bytes) -> list[Segment]:
+    """The longest chain of whole entries that covers a prefix of ``table`` (at least one
+    row group): root first, each the parent of the next; or ``[]``."""
+    heads = (_read(path, table, keys=False) for path in _entries(cache))
+    for tip in sorted((h for h in heads if h is not None), key=lambda h: h.end, reverse=True):
+        chain: list[Segment] = []
+        segment = _read(tip.path, table, keys=True)
+        while segment is not None:
+            chain.append(segment)
+            if segment.first == 0:
+                return chain[::-1]
+            parent = _read(cache / _name(table, segment.first), table, keys=True)
+            segment = parent if parent is not None and parent.end == segment.first else None
+    return []
+
+
+def _read(path: Path, table: bytes, keys: bool) -> Segment | None:
+    """The entry at ``path`` if its row groups and its parent's are those of ``table``;
+    with ``keys``, also only if the file is whole (exact size, blake3) and its keys are
+    as many as its rows and strictly increasing. None otherwise (never raises)."""
     import numpy as np
 
     try:
         with path.open("rb") as fh:
-            head = _header(fh.read(HEADER.size))
-            if head is None:
+            raw = fh.read(HEADER.size)
+            if len(raw) != HEADER.size:
                 return None
-            groups, count, digest = head
+            magic, version, derivation, first, groups, count, parent, digest = HEADER.unpack(raw)
+            end = first + groups
+            if (magic, version, derivation) != (MAGIC, VERSION, DERIVATION) or not groups:
+                return None
+            if end * GROUP.size > len(table) or parent != _prefix_id(table, first):
+                return None
+            mine = fh.read(GROUP.size * groups)
+            if mine != table[first * GROUP.size : end * GROUP.size]:
+                return None
+            if not keys:
+                return Segment(path, first, end, None)
             size = HEADER.size + GROUP.size * groups + 8 * count
             if os.fstat(fh.fileno()).st_size != size or count > PER_PASS:
                 return None
-            mine = fh.read(GROUP.size * groups)
-            keys = np.empty(count, "<u8")
-            if fh.readinto(memoryview(keys).cast("B")) != 8 * count:
+            found = np.empty(count, "<u8")
+            if fh.readinto(memoryview(found).cast("B")) != 8 * count:
                 return None
     except OSError:
         return None
-    hasher = blake3.blake3(mine)
-    hasher.update(memoryview(keys).cast("B"))
-    if hasher.digest() != digest or not groups or not table.startswith(mine):
+    hasher = blake3.blake3(raw[:_SIGNED])
+    hasher.update(mine)
+    hasher.update(memoryview(found).cast("B"))
+    if hasher.digest() != digest:
         return None
     rows = sum(GROUP.unpack_from(mine, i * GROUP.size)[0] for i in range(groups))
-    if rows != count or (count > 1 and not (keys[1:] > keys[:-1]).all()):
+    if rows != count or (count > 1 and not (found[1:] > found[:-1]).all()):
         return None
-    return keys.astype(np.uint64, copy=False)
+    return Segment(path, first, end, found.astype(np.uint64, copy=False))
 
 
-def _header(data: bytes) -> tuple[int, int, bytes] | None:
-    if len(data) != HEADER.size:
-        return None
-    magic, version, derivation, groups, count, digest = HEADER.unpack(data)
-    if magic != MAGIC or version != VERSION or derivation != DERIVATION:
-        return None
-    return groups, count, digest
+def _save(cache: Path, table: bytes, chain: list[Segment], first: int, end: int, keys: Any) -> None:
+    """Write the entry of row groups ``first`` .. ``end - 1`` (sorted ``keys``, all
+    different from each other and from the ``chain`` below them). The last entries of the
+    chain are folded into it while each holds at most :data:`FOLD` times its keys, so a
+    chain stays logarithmically short and each key is rewritten a logarithmic number of
+    times. Then prune to :data:`KEEP` chains. Best effort: a cache that cannot be written
+    only costs time."""
+    import numpy as np
 
-
-def _save(cache: Path, table: bytes, keys: Any) -> None:
-    """Write the entry for ``table`` (replacing one for the same groups), then prune to
-    :data:`KEEP`. Best effort: a cache that cannot be written only costs time."""
-    data = memoryview(keys.astype("<u8", copy=False)).cast("B")
-    hasher = blake3.blake3(table)
+    below = list(chain)
+    while below and len(below[-1].keys) <= FOLD * len(keys):
+        folded = below.pop()
+        keys = np.sort(np.concatenate([folded.keys, keys]), kind="stable")
+        first = folded.first
+    rows = table[first * GROUP.size : end * GROUP.size]
+    data = memoryview(np.ascontiguousarray(keys, "<u8")).cast("B")
+    head = HEADER.pack(
+        MAGIC, VERSION, DERIVATION, first, end - first, len(keys), _prefix_id(table, first), b""
+    )
+    hasher = blake3.blake3(head[:_SIGNED])
+    hasher.update(rows)
     hasher.update(data)
-    header = HEADER.pack(MAGIC, VERSION, DERIVATION, len(table) // GROUP.size, len(keys), b"")
-    header = header[:-32] + hasher.digest()
-    name = blake3.blake3(table).hexdigest()[:32] + SUFFIX
+    name = _name(table, end)
     try:
         with atomic_writer(cache / name) as fh:
-            fh.write(header)
-            fh.write(table)
+            fh.write(head[:_SIGNED] + hasher.digest())
+            fh.write(rows)
             fh.write(data)
         _prune(cache, keep=name)
     except OSError:
@@ -291,9 +324,24 @@ def _entries(cache: Path) -> list[Path]:
         return []
 
 
+def _parent_name(path: Path) -> str | None:
+    """The file name an entry's parent would have (from its header alone), or None for a
+    root entry or an unreadable file."""
+    try:
+        with path.open("rb") as fh:
+            raw = fh.read(HEADER.size)
+    except OSError:
+        return None
+    if len(raw) != HEADER.size:
+        return None
+    first, parent = HEADER.unpack(raw)[3], HEADER.unpack(raw)[6]
+    return parent.hex()[:32] + SUFFIX if first else None
+
+
 def _prune(cache: Path, keep: str) -> None:
-    """Keep the :data:`KEEP` most recent entries (``keep``, just written, always), and
-    remove temporary files a crashed write left long ago."""
+    """Keep the entries of the :data:`KEEP` most recent chains (the one ending in ``keep``,
+    just written, first; then by the mtime of each chain's newest entry), remove every
+    other entry, and remove temporary files a crashed write left long ago."""
 
     def age(p: Path) -> float:
         try:
@@ -301,10 +349,22 @@ def _prune(cache: Path, keep: str) -> None:
         except OSError:
             return 0.0
 
-    ranked = sorted(_entries(cache), key=lambda p: (p.name == keep, age(p)), reverse=True)
-    for path in ranked[KEEP:]:
-        with contextlib.suppress(OSError):
-            path.unlink()
+    entries = {p.name: p for p in _entries(cache)}
+    ranked = sorted(entries.values(), key=lambda p: (p.name == keep, age(p)), reverse=True)
+    kept: set[str] = set()
+    chains = 0
+    for path in ranked:
+        if path.name in kept:
+            continue
+        if chains == KEEP:
+            with contextlib.suppress(OSError):
+                path.unlink()
+            continue
+        chains += 1
+        name: str | None = path.name
+        while name is not None and name in entries and name not in kept:
+            kept.add(name)
+            name = _parent_name(entries[name])
     now = time.time()
     for path in cache.iterdir():
         if path.name.startswith(TMP_PREFIX) and now - age(path) > STALE_TMP_S:
