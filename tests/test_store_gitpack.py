@@ -112,6 +112,29 @@ def test_an_object_is_readable_right_after_its_pack_is_sealed(tmp_path: Path) ->
     assert pygit2.Repository(str(store.gitdir)).odb.read(oid)[1] == data
 
 
+def test_a_writer_sees_packs_sealed_before_it_and_by_it_without_odb_refresh(
+    tmp_path: Path,
+) -> None:
+    """The writer asks the odb's backends, which do not re-read the pack dir on a miss as
+    ``odb.exists`` does: packs sealed before it (here by another process's store, after
+    this one's odb listed its packs) and by itself mid-batch are still seen, so nothing
+    is stored twice."""
+    store = Store.open(tmp_path / "ds")
+    assert not store.has_object("0" * 40)  # the odb has listed the (no) packs
+    first, second = _blobs(gitpack.UNPACK_LIMIT, seed=1), _blobs(3, seed=2)
+    with Store.open(store.path).object_writer() as writer:
+        for data in first:
+            assert writer.add("blob", git_object_id("blob", data), data)
+    assert len(_packs(store)) == 1
+    with store.object_writer() as writer:
+        assert not any(writer.add("blob", git_object_id("blob", d), d) for d in first)
+        assert writer.add("blob", git_object_id("blob", second[0]), second[0])
+        writer.seal()  # mid-batch: its pack must count as stored from here on
+        assert not writer.add("blob", git_object_id("blob", second[0]), second[0])
+        assert writer.written == 1
+    assert len(_packs(store)) == 2 and _loose(store) == [] and store.fsck() == []
+
+
 def test_a_stream_cut_midway_keeps_what_arrived_and_a_rerun_completes(tmp_path: Path) -> None:
     frames = [_object_frame("blob", b) for b in _blobs(40)]
     store = Store.open(tmp_path / "ds")

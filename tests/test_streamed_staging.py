@@ -127,6 +127,29 @@ def test_streamed_files_are_the_files_promoted(tmp_path: Path) -> None:
     assert not list(dst.path.glob(".usr-staging-*"))
 
 
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_streamed_files_get_their_modes_whatever_the_umask(tmp_path: Path, umask: int) -> None:
+    """Staged files are created with their mode; the chmod after is skipped only when the
+    umask keeps those bits (022), and made when it does not (077)."""
+    src, first, second = _source(tmp_path)
+    dst = Store.open(tmp_path / "dst")
+    _push(src, dst, first, None)
+    old = os.umask(umask)
+    try:
+        stager = _receive(dst, _stream(src, second, first))
+        assert stager.exact == (umask == 0o022)
+        staged = stager.result()
+    finally:
+        os.umask(old)
+    assert staged is not None
+    top = dst.path / f".usr-staging-{staged.tree[:16]}"
+    assert (top / "tool.sh").stat().st_mode & 0o777 == 0o755
+    assert (top / "x/one.txt").stat().st_mode & 0o777 == 0o644
+    refupdate.update_and_checkout(dst, second, first, validate=False, staged=staged)
+    assert dst.verify_working() == [] and dst.head() == second
+    assert (dst.path / "tool.sh").stat().st_mode & 0o777 == 0o755
+
+
 def test_a_streamed_file_changed_before_the_checkout_is_verified_again(tmp_path: Path) -> None:
     src, first, second = _source(tmp_path)
     dst = Store.open(tmp_path / "dst")

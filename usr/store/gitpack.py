@@ -348,13 +348,25 @@ class ObjectWriter:
         self._seal_at = SEAL_BYTES
         self.written = 0
         self.loose = 0  # objects :meth:`finish` wrote loose
+        #: The odb's backends (packs, loose, alternates), asked one by one: ``odb.exists``
+        #: re-reads the pack dir and looks for the loose file twice on every miss, and a
+        #: receive's objects are nearly all misses (measured: 26-44 us a miss, against 7).
+        #: Their pack lists are reloaded here and after each seal, so packs written before
+        #: this writer and by it are seen; one another process writes meanwhile is not, and
+        #: an object in it is stored again (harmless: git reads the first copy it finds).
+        self._backends = list(repo.odb.backends)
+        self._refresh()
 
     def __contains__(self, oid: str) -> bool:
         return oid in self.pending
 
     def has(self, oid: str) -> bool:
         """Stored or pending (not verified)."""
-        return oid in self.pending or self.repo.odb.exists(oid)
+        return oid in self.pending or any(b.exists(oid) for b in self._backends)
+
+    def _refresh(self) -> None:
+        for backend in self._backends:
+            backend.refresh()  # the loose backend has none: a no-op
 
     def add(self, type_name: str, oid: str, data: bytes) -> bool:
         """Queue an object whose id the caller checked against ``data``; False if it is
@@ -375,7 +387,10 @@ class ObjectWriter:
 
     def seal(self) -> str | None:
         """Write what is pending as a pack now (a no-op when nothing is)."""
-        return self.pending.seal()
+        name = self.pending.seal()
+        if name is not None:
+            self._refresh()  # its objects are no longer pending: the pack lists must know
+        return name
 
     def finish(self) -> str | None:
         """End of the batch: what is pending becomes a pack, or loose objects when the

@@ -75,6 +75,8 @@ class StreamStager:
         self.made = {""}
         self.off = False
         self.files = Claims()  # what stat_claim says of each file written
+        #: The umask keeps every permission bit os.open is asked for: no fchmod a file.
+        self.exact = _umask() & 0o755 == 0
 
     def on_tree(self, oid: str, data: bytes) -> None:
         if self.paths is None:
@@ -231,7 +233,8 @@ class StreamStager:
         except FileExistsError:
             return
         try:
-            os.fchmod(fd, perm)
+            if not self.exact:
+                os.fchmod(fd, perm)
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view) :]
@@ -254,3 +257,13 @@ def _targets(found: str | list[str]) -> list[tuple[str, int]]:
     """``[(path, mode)]`` of what :func:`_target` made for a blob."""
     items = [found] if isinstance(found, str) else found
     return [(t[1:], MODE_EXEC if t[0] == "x" else MODE_FILE) for t in items]
+
+
+def _umask() -> int:
+    """The process's umask, read without setting it (``os.umask`` sets it, and another
+    thread may create a file meanwhile); every bit when Linux's ``/proc`` does not say."""
+    with contextlib.suppress(OSError, ValueError), open("/proc/self/status", "rb") as fh:
+        for line in fh:
+            if line.startswith(b"Umask:"):
+                return int(line.split()[1], 8)
+    return 0o777
