@@ -80,7 +80,7 @@ def _frames(
             if cid in lacking and cid not in sent:
                 data = src.chunks.get(cid)
                 if corrupt and cid == plan.cids()[-1]:
-                    data = b"X" + data[1:]
+                    data = bytes([data[0] ^ 0xFF]) + data[1:]  # b"X" + ... was a no-op 1 in 256
                 fio.send_chunk(cid, data)
                 sent.append(cid)
     fio.send_message("end")
