@@ -93,12 +93,15 @@ def missing_typed(
     wants: Iterable[str],
     haves: Iterable[str],
     on_read: Callable[[str], None] | None = None,
+    blobs: bool = True,
 ) -> Listed:
     """:func:`missing_objects` with each id's type name (``commit``, ``tree``, ``blob``),
-    known from the walk without reading any blob, as a compact :class:`Listed`."""
+    known from the walk without reading any blob, as a compact :class:`Listed`. Without
+    ``blobs``, only the commits and trees (a listing for a comparison: nothing is kept
+    of the files, one each)."""
     known = [h for h in dict.fromkeys(haves) if h and _commit(repo, h) is not None]
     commits = _new_commits(repo, list(wants), known)
-    walk = _TopDown(repo, on_read)
+    walk = _TopDown(repo, on_read, blobs)
     have_trees = [_commit(repo, h).tree_id for h in known]  # type: ignore[union-attr]
     for c in commits:
         commit = repo[c]
@@ -150,9 +153,16 @@ class _TopDown:
     holds the raw ids ``out`` has (53 bytes each, where a hex string took 89: a first push
     meets every file), so an object is listed once whatever the paths naming it."""
 
-    def __init__(self, repo: pygit2.Repository, on_read: Callable[[str], None] | None) -> None:
+    def __init__(
+        self,
+        repo: pygit2.Repository,
+        on_read: Callable[[str], None] | None,
+        blobs: bool = True,
+    ) -> None:
         self.repo = repo
         self.on_read = on_read
+        #: False: blobs are neither listed nor remembered (only commits and trees).
+        self.blobs = blobs
         self.emitted: set[bytes] = set()
         self.out = Listed()
 
@@ -185,7 +195,7 @@ class _TopDown:
                 continue
             if mode == _TREE_MODE:
                 self.tree(oid, [other for other, m in same_path if m == _TREE_MODE])
-            elif oid.raw not in self.emitted:
+            elif self.blobs and oid.raw not in self.emitted:
                 self.emitted.add(oid.raw)
                 self.out.append(oid.raw, "blob")
         self.emitted.add(tree_id.raw)
