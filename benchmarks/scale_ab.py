@@ -11,8 +11,9 @@ pushed, and pulled. ``rsync -a`` of the same directory (whole, then after one ne
 the baseline. Every step is a process of its own, measured for wall and CPU seconds
 (itself and its children) and peak RSS: the client's from ``VmHWM`` sampled every 10 ms
 in ``/proc`` (high-water, so a late sample still holds the peak; likewise its largest
-descendant's), the server's from ``/usr/bin/time -f %M`` wrapped around ``usr plumbing
-serve`` (the profile's ``remote_usr``). One JSON line per step.
+descendant's), the server's (and its CPU seconds, ``server_cpu_s``) from ``/usr/bin/time
+-f %U,%S,%M`` wrapped around ``usr plumbing serve`` (the profile's ``remote_usr``). One
+JSON line per step.
 """
 
 from __future__ import annotations
@@ -96,15 +97,17 @@ def run(
     wall = time.perf_counter() - start
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(argv[:6])}...: exit {proc.returncode}: {err.decode()[-800:]}")
-    server = None
+    server = server_cpu = None
     if server_rss is not None and server_rss.exists():
-        server = round(int(server_rss.read_text().split()[-1]) / 1024, 1)
+        user, system, kb = server_rss.read_text().split()[-1].split(",")
+        server, server_cpu = round(int(kb) / 1024, 1), round(float(user) + float(system), 3)
     children = [kb for pid, kb in peaks.items() if pid != proc.pid]
     return {
         "wall_s": round(wall, 3),
         "cpu_s": round(usage.ru_utime + usage.ru_stime, 3),
         "client_rss_mb": round(peaks.get(proc.pid, 0) / 1024, 1),
         "server_rss_mb": server,
+        "server_cpu_s": server_cpu,
         "child_rss_mb": round(max(children) / 1024, 1) if children else None,
     }
 
@@ -120,7 +123,7 @@ class Tree:
         self.remote.mkdir()
         self.pulled.mkdir()
         self.server_rss = tmp / f"server-rss-{name}.txt"
-        serve = f"/usr/bin/time -f %M -o {self.server_rss} {self.python} -m usr"
+        serve = f"/usr/bin/time -f %U,%S,%M -o {self.server_rss} {self.python} -m usr"
         self.cfg = tmp / f"remotes-{name}.toml"
         self.cfg.write_text(
             f'[remotes.loc]\ntype = "local"\nbase_dir = "{self.remote}"\nremote_usr = "{serve}"\n'
