@@ -144,12 +144,16 @@ class Sizes:
         """:meth:`lookup`, counting a miss toward loading the stat cache (past
         :attr:`SEED_AFTER` of them) and looking again once it is loaded."""
         got = self.lookup(raw)
-        if got is None:
-            self.misses += 1
-            if self.cached is None and self.misses > self.SEED_AFTER:
-                self._seed()
-                got = self.lookup(raw)
-        return got
+        return self.missed(raw) if got is None else got
+
+    def missed(self, raw: bytes) -> int | None:
+        """Count a size asked for and not known; past :attr:`SEED_AFTER` of them load the
+        stat cache's and look again."""
+        self.misses += 1
+        if self.cached is None and self.misses > self.SEED_AFTER:
+            self._seed()
+            return self.lookup(raw)
+        return None
 
     def __call__(self, oid: str) -> int | None:
         raw = bytes.fromhex(oid)
@@ -163,13 +167,16 @@ class Sizes:
 
 class _SeedAfter(Mapping[str, int]):
     """:class:`Sizes` as the mapping a push plan reads with ``get``: a miss counts toward
-    loading the stat cache (:meth:`Sizes.known_or_missed`) instead of loading it at once."""
+    loading the stat cache (:meth:`Sizes.missed`) instead of loading it at once."""
 
     def __init__(self, sizes: Sizes) -> None:
         self.sizes = sizes
 
     def get(self, oid: str, default: Any = None) -> Any:
-        got = self.sizes.known_or_missed(bytes.fromhex(oid))
+        raw = bytes.fromhex(oid)
+        got = self.sizes.lookup(raw)  # a push plan asks once per object: kept short
+        if got is None:
+            got = self.sizes.missed(raw)
         return default if got is None else got
 
     def __getitem__(self, oid: str) -> int:
