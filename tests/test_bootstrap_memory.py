@@ -358,6 +358,30 @@ def test_the_revlist_walk_keeps_raw_ids(tmp_path: Path) -> None:
     assert len(walk.emitted) == len(listed) - 1  # every object but the commit
 
 
+def test_a_long_walk_forgets_blobs_and_lists_each_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past ``REMEMBER_BLOBS`` blobs the walk keeps only trees in its set and drops the
+    blobs it listed twice at the end: the same listing, in the same order, as a walk
+    that remembered every blob, files named at several paths included."""
+    from usr.store import revlist
+
+    store = Store.open(tmp_path / "a")
+    _tree(tmp_path / "a", 6, 5)  # each d*/sub/x.sh is one blob at six paths
+    for d in range(6):
+        (tmp_path / f"a/d{d:02d}/same.txt").write_bytes(b"same")
+    commit = store.record("all").commit
+    whole = list(revlist.missing_typed(store.repo, [commit], []))
+    monkeypatch.setattr(revlist._TopDown, "REMEMBER_BLOBS", 3)
+    walk = revlist._TopDown(store.repo, None)
+    walk.tree(store.repo[commit].tree_id, [])
+    assert sum(1 for _, k in walk.out if k == "blob") > len({o for o, k in whole if k == "blob"})
+    assert len(walk.emitted) == 3 + sum(1 for _, k in whole if k == "tree")
+    assert list(walk.result()) == [p for p in whole if p[1] != "commit"]
+    assert list(revlist.missing_typed(store.repo, [commit], [])) == whole
+    assert revlist.missing_objects(store.repo, [commit], []) == [o for o, _ in whole]
+
+
 def _odd_changes(n: int) -> list[FileChange]:
     """Every shape a comparison holds: None ids and sizes, non-ASCII and undecodable
     (surrogate-escaped) paths, sizes past 32 bits, in path order."""

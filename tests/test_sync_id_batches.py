@@ -273,3 +273,58 @@ def test_a_tree_fetch_in_pieces_keeps_sizes_by_raw_id(
     sizes = Sizes(here)
     sizes.add(stats)
     assert sizes.known is stats.sizes
+
+
+def test_a_listing_makes_its_sizes_as_the_pieces_go() -> None:
+    """Sizes given as ``(id, size)`` pairs are read only as far as each piece needs (the
+    server never holds a map of every blob), in pieces of at most ``batch``, with ``more``
+    true until the pairs and the ids are both spent."""
+    from usr.store.revlist import Listed
+    from usr.sync import listing
+
+    read: list[int] = []
+
+    def pairs() -> Any:
+        for i in range(5):
+            read.append(i)
+            yield f"{i:040x}", i
+
+    three = Listed()
+    for c in "abc":
+        three.append(bytes.fromhex(c * 40), "tree")
+    parts = listing.batched({"listed": three, "sizes": pairs()}, 2)
+    first = next(parts)
+    assert first["sizes"] == {f"{0:040x}": 0, f"{1:040x}": 1} and first["more"] is True
+    assert read == [0, 1, 2]  # one pair looked ahead, to know there is more
+    rest = list(parts)
+    assert [len(q["oids"]) for q in rest] == [1, 0]
+    assert [q["more"] for q in rest] == [True, False]
+    merged = {k: v for q in [first, *rest] for k, v in q["sizes"].items()}
+    assert merged == {f"{i:040x}": i for i in range(5)}
+    (whole,) = listing.batched({"listed": three, "sizes": pairs()}, None)
+    assert whole["sizes"] == merged and "more" not in whole
+
+
+def test_stat_cache_sizes_are_found_in_and_out_of_order(tmp_path: Path) -> None:
+    """The stat cache's sizes by entry id (what a bootstrap's comparison, plan and tree
+    listing size files from): the same as the store's whatever the order asked, a file
+    named at two paths included; an id no row names (a tree) is None."""
+    from usr.sync.trees import CachedSizes, Sizes
+
+    files = {f"_aux/d{d}/f{f:02d}.txt": b"x" * (d * 10 + f) for d in range(3) for f in range(5)}
+    files["_aux/d1/same.txt"] = files["_aux/d0/f03.txt"]
+    ds = recorded_dataset(tmp_path / "a", DS, files)
+    store = Store.open(ds.path)
+    changes = list(store.diff(None, store.head()))
+    cached = CachedSizes(store)
+    assert len(cached) == len(changes) and cached.sizes.itemsize == 8
+    for change in [*changes, *reversed(changes), *changes[::3]]:
+        assert cached.get(bytes.fromhex(change.new_id)) == change.new_size
+    assert cached.get(bytes.fromhex(store.tree_of(store.head()))) is None
+    sizes = Sizes(store)
+    sizes.SEED_AFTER = 0  # load the cache on the first miss
+    plan_view = sizes.seeded()
+    assert plan_view.get(changes[-1].new_id) == changes[-1].new_size
+    assert sizes.known == {} and sizes.cached is not None  # sized from the rows, not copied
+    assert len(plan_view) == len(changes)
+    assert plan_view.get(store.tree_of(store.head()), -1) == -1

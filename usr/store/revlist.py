@@ -25,6 +25,8 @@ _TREE_MODE = 0o040000
 Entries = dict[str, tuple[pygit2.Oid, int]]
 
 _KINDS = ("commit", "tree", "blob")
+#: Ids compared or moved at once by :meth:`Listed.first_of_each`.
+_PIECE = 65_536
 _KIND_CODES = {name: i for i, name in enumerate(_KINDS)}
 
 
@@ -62,6 +64,35 @@ class Listed:
         hexes = [ids[20 * i : 20 * i + 20].hex() for i in range(start, start + len(kinds))]
         return hexes, [_KINDS[code] for code in kinds]
 
+    def first_of_each(self) -> None:
+        """Keep each id's first place only, in order (in place): for a walk that stopped
+        remembering the blobs it listed. Takes ~9 bytes an object for a moment (a stable
+        order of the ids, and a flag each), where a set of the ids held ~100 for the whole
+        walk; the ids are compared and moved a piece at a time."""
+        import numpy as np
+
+        keys = np.frombuffer(self.ids, dtype="S20")  # distinct ids stay distinct
+        order = np.argsort(keys, kind="stable")  # equal ids: the first place comes first
+        keep = np.ones(len(keys), dtype=bool)
+        for at in range(1, len(order), _PIECE):
+            here = order[at : at + _PIECE]
+            same = keys[here] == keys[order[at - 1 : at - 1 + len(here)]]
+            keep[here[same]] = False
+        del order
+        if keep.all():
+            return
+        kinds = np.frombuffer(self.kinds, dtype=np.uint8)
+        n = 0
+        for at in range(0, len(keys), _PIECE):
+            kept = keep[at : at + _PIECE]
+            moved_ids, moved_kinds = keys[at : at + _PIECE][kept], kinds[at : at + _PIECE][kept]
+            keys[n : n + len(moved_ids)] = moved_ids  # n <= at: nothing unread is overwritten
+            kinds[n : n + len(moved_ids)] = moved_kinds
+            n += len(moved_ids)
+        del keys, kinds, moved_ids, moved_kinds  # no view may outlive the resizes below
+        del self.ids[20 * n :]
+        del self.kinds[n:]
+
     def without(self, kind: str) -> Listed:
         """The same list without the objects of type ``kind``."""
         out, code = Listed(), _KIND_CODES[kind]
@@ -93,19 +124,22 @@ def missing_typed(
     wants: Iterable[str],
     haves: Iterable[str],
     on_read: Callable[[str], None] | None = None,
+    blobs: bool = True,
 ) -> Listed:
     """:func:`missing_objects` with each id's type name (``commit``, ``tree``, ``blob``),
-    known from the walk without reading any blob, as a compact :class:`Listed`."""
+    known from the walk without reading any blob, as a compact :class:`Listed`. Without
+    ``blobs``, only the commits and trees (a listing for a comparison: nothing is kept
+    of the files, one each)."""
     known = [h for h in dict.fromkeys(haves) if h and _commit(repo, h) is not None]
     commits = _new_commits(repo, list(wants), known)
-    walk = _TopDown(repo, on_read)
+    walk = _TopDown(repo, on_read, blobs)
     have_trees = [_commit(repo, h).tree_id for h in known]  # type: ignore[union-attr]
     for c in commits:
         commit = repo[c]
         bases = [repo[p].tree_id for p in commit.parent_ids] + have_trees
         walk.tree(commit.tree_id, bases)
         walk.out.append(commit.id.raw, "commit")
-    return walk.out
+    return walk.result()
 
 
 def tree_changes(
@@ -119,7 +153,7 @@ def tree_changes(
     top-down comparison (equal subtrees unread). Empty when ``tree`` is one of ``bases``."""
     walk = _TopDown(repo, on_read)
     walk.tree(pygit2.Oid(hex=tree), [pygit2.Oid(hex=b) for b in bases])
-    return walk.out
+    return walk.result()
 
 
 def _commit(repo: pygit2.Repository, oid: str) -> pygit2.Commit | None:
@@ -147,14 +181,34 @@ def _new_commits(repo: pygit2.Repository, wants: list[str], known: list[str]) ->
 
 class _TopDown:
     """The emitting walk: ``out`` collects ``(id, type)`` children first; ``emitted``
-    holds the raw ids ``out`` has (53 bytes each, where a hex string took 89: a first push
-    meets every file), so an object is listed once whatever the paths naming it."""
+    holds the raw ids ``out`` has (53 bytes each, where a hex string took 89), so an
+    object is listed once whatever the paths naming it. Past :data:`REMEMBER_BLOBS` blobs
+    (a first push or pull meets every file: ~100 bytes each in the set) it remembers only
+    the trees, and :meth:`result` drops the blobs listed twice, once, at the end."""
 
-    def __init__(self, repo: pygit2.Repository, on_read: Callable[[str], None] | None) -> None:
+    #: Blobs remembered in ``emitted`` before the walk leaves the rest to :meth:`result`.
+    REMEMBER_BLOBS = 65_536
+
+    def __init__(
+        self,
+        repo: pygit2.Repository,
+        on_read: Callable[[str], None] | None,
+        blobs: bool = True,
+    ) -> None:
         self.repo = repo
         self.on_read = on_read
+        #: False: blobs are neither listed nor remembered (only commits and trees).
+        self.blobs = blobs
         self.emitted: set[bytes] = set()
         self.out = Listed()
+        #: Blobs left to remember before :data:`REMEMBER_BLOBS` is reached.
+        self.room = self.REMEMBER_BLOBS
+
+    def result(self) -> Listed:
+        """``out``, each object once (the first place: before every tree naming it)."""
+        if self.room < 0:
+            self.out.first_of_each()
+        return self.out
 
     def entries(self, tree_id: pygit2.Oid) -> Entries | None:
         """A tree's entries, or None when this store lacks it (a base that cannot be
@@ -185,8 +239,11 @@ class _TopDown:
                 continue
             if mode == _TREE_MODE:
                 self.tree(oid, [other for other, m in same_path if m == _TREE_MODE])
-            elif oid.raw not in self.emitted:
-                self.emitted.add(oid.raw)
+            elif self.blobs and oid.raw not in self.emitted:
+                if self.room >= 0:
+                    self.room -= 1
+                    if self.room >= 0:
+                        self.emitted.add(oid.raw)
                 self.out.append(oid.raw, "blob")
         self.emitted.add(tree_id.raw)
         self.out.append(tree_id.raw, "tree")

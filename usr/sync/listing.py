@@ -3,22 +3,22 @@
 The listing comes from one top-down walk (:func:`usr.store.revlist.missing_typed`) for
 commits, or a whole walk of a tree (a working tree for a diff); types come from the walk,
 never from reading blobs. Without blobs (a comparison) it carries each named blob's
-whole-file size instead, from the stat cache where it can. It goes in messages of at
-most the batch the client names (:func:`batched`), so neither side holds it as one JSON
-text.
+whole-file size instead, from the stat cache where it can, made as the messages go
+(never a map of every blob). It goes in messages of at most the batch the client names
+(:func:`batched`), so neither side holds it as one JSON text.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import suppress
-from itertools import islice
 from typing import Any
 
 from usr.errors import InputError
 from usr.store import revlist
 from usr.sync.packstream import read_for_send
 from usr.sync.peercheck import parse_tree
+from usr.sync.trees import CachedSizes
 
 
 def _walk(store: Any, oid: str, types: dict[str, str], order: list[str]) -> None:
@@ -39,14 +39,16 @@ def _walk(store: Any, oid: str, types: dict[str, str], order: list[str]) -> None
 
 def list_objects(store: Any, wants: list[str], haves: list[str], blobs: bool = True) -> dict:
     """The ``objects`` reply: ids the requester lacks (in writable order) with their types
-    (``listed``, a :class:`usr.store.revlist.Listed`), and ``sizes``; see :func:`batched`.
+    (``listed``, a :class:`usr.store.revlist.Listed`), and ``sizes`` (``(id, size)`` pairs,
+    made as they are read); see :func:`batched`.
 
     ``wants`` are commits (negotiated against ``haves`` top-down, see
     :func:`usr.store.revlist.missing_typed`: equal subtrees are skipped unread) or trees
     (a working tree for a diff: listed whole; the requester skips what it has). Types come
     from the walk over commits and trees, never from reading blobs. With ``blobs`` false
     only commits and trees are listed, plus the size of every blob they name (``sizes``):
-    enough to compare trees without moving file contents.
+    enough to compare trees without moving file contents. A blob named in several trees
+    may be sized more than once.
     """
     order = revlist.Listed()  # raw ids and a type byte each: one object per file
     commit_wants, tree_wants = [], []
@@ -56,7 +58,7 @@ def list_objects(store: Any, wants: list[str], haves: list[str], blobs: bool = T
             raise InputError(f"cannot fetch {oid}: a {kind}, not a commit or tree")
         (commit_wants if kind == "commit" else tree_wants).append(oid)
     if commit_wants:
-        order = revlist.missing_typed(store.repo, commit_wants, haves)
+        order = revlist.missing_typed(store.repo, commit_wants, haves, blobs=blobs)
     if tree_wants:
         types = dict(order)
         walked: list[str] = []
@@ -64,23 +66,25 @@ def list_objects(store: Any, wants: list[str], haves: list[str], blobs: bool = T
             _walk(store, oid, types, walked)
         for oid in walked:
             order.append(bytes.fromhex(oid), types[oid])
-    sizes: dict[str, int] = {}
+    sizes: Iterable[tuple[str, int]] = ()
     if not blobs:
-        sizes = _tree_blob_sizes(store, [o for o, k in order if k == "tree"])
         order = order.without("blob")
+        sizes = _tree_blob_sizes(store, [o for o, k in order if k == "tree"])
     return {"listed": order, "sizes": sizes}
 
 
-def _tree_blob_sizes(store: Any, trees: list[str]) -> dict[str, int]:
-    """The whole-file size of every blob the ``trees`` name, by blob id."""
-    sizes: dict[str, int] = {}
+def _tree_blob_sizes(store: Any, trees: list[str]) -> Iterator[tuple[str, int]]:
+    """``(blob id, whole-file size)`` of every blob the ``trees`` name, once per tree,
+    made as they are asked for: a map of every blob's size by hex id, and the stat cache's
+    as another, held ~350 bytes a file on the serving side of a pull."""
     size_of = _BlobSizes(store)
     for oid in trees:
         _, data = read_for_send(store, oid)
+        seen: set[str] = set()
         for kind, _name, child in parse_tree(data):
-            if kind == "blob" and child not in sizes:
-                sizes[child] = size_of(child)
-    return sizes
+            if kind == "blob" and child not in seen:
+                seen.add(child)
+                yield child, size_of(child)
 
 
 class _BlobSizes:
@@ -94,37 +98,39 @@ class _BlobSizes:
     def __init__(self, store: Any) -> None:
         self.store = store
         self.asked = 0
-        self.cached: dict[str, int] | None = None
+        self.cached: CachedSizes | None = None
 
     def __call__(self, oid: str) -> int:
         self.asked += 1
-        if self.cached is None and self.asked > self.CACHE_AFTER:
-            self.cached = {}
-            with suppress(OSError, AttributeError):
-                for key, entry in self.store.stat_cache().entries.values():
-                    self.cached.setdefault(entry, key[0])
-        if self.cached is not None and oid in self.cached:
-            return self.cached[oid]
-        return int(self.store.entry_size(oid))
+        if self.cached is None and self.asked == self.CACHE_AFTER + 1:
+            with suppress(OSError, AttributeError, ValueError):
+                self.cached = CachedSizes(self.store)
+        size = None if self.cached is None else self.cached.get(bytes.fromhex(oid))
+        return int(self.store.entry_size(oid)) if size is None else size
 
 
 def batched(found: dict[str, Any], size: int | None) -> Iterator[dict[str, Any]]:
     """The ``objects`` reply of :func:`list_objects` in messages of at most ``size`` ids
     (with their types) and ``size`` sizes each, in order, every one but the last with
     ``more: true`` and the last with ``more: false`` (at least one message). With ``size``
-    None (a client from before batched listings): the whole reply, without ``more``."""
+    None (a client from before batched listings): the whole reply, without ``more``.
+    ``sizes`` are read as the messages are made (a dict, or ``(id, size)`` pairs)."""
     listed, sizes = found["listed"], found["sizes"]
+    pairs = iter(sizes.items() if isinstance(sizes, dict) else sizes)
     if size is None:
         oids, types = listed.piece(0, len(listed))
-        yield {"oids": oids, "types": types, "sizes": sizes}
+        yield {"oids": oids, "types": types, "sizes": dict(pairs)}
         return
-    items = iter(sizes.items())
-    parts = max(1, -(-max(len(listed), len(sizes)) // size))
-    for k in range(parts):
+    ahead = next(pairs, None)
+    k = 0
+    while True:
         oids, types = listed.piece(k * size, (k + 1) * size)
-        yield {
-            "oids": oids,
-            "types": types,
-            "sizes": dict(islice(items, size)),
-            "more": k < parts - 1,
-        }
+        piece: dict[str, int] = {}
+        while ahead is not None and len(piece) < size:
+            piece[ahead[0]] = ahead[1]
+            ahead = next(pairs, None)
+        k += 1
+        more = k * size < len(listed) or ahead is not None
+        yield {"oids": oids, "types": types, "sizes": piece, "more": more}
+        if not more:
+            return

@@ -99,7 +99,7 @@ def plan_push(
     for plain bytes is a manifest after all (a small file that began with the manifest
     magic), the sender finds out when it reads the blob to send it and sends every chunk it
     names first (see ``RemoteSession.push``)."""
-    known = file_sizes or {}
+    known: Mapping[str, int] = {} if file_sizes is None else file_sizes
     limit = inline_limit() if limit is None else limit
     odb = store.repo.odb
     plan = PushPlan()

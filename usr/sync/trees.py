@@ -10,6 +10,7 @@ store only; may import :mod:`usr.layout`, :mod:`usr.store` and
 
 from __future__ import annotations
 
+from array import array
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
@@ -18,8 +19,69 @@ from typing import Any
 from usr.errors import InputError
 from usr.layout import EVENTS_FILE, SECTIONS, check_relpath, section_of
 from usr.store import FileChange
+from usr.store.index import ROW
 from usr.store.worktree import FILE_MODES, MODE_TREE
 from usr.sync.changelist import ChangeList, collect
+
+
+class CachedSizes:
+    """Whole-file sizes by entry id from the stat cache's rows (a working file's size is
+    its entry's), held as 28 bytes a row: the raw ids and sizes in path order, where a
+    dict of them took ~137 bytes a file (a bootstrap sizes every file).
+
+    Asked in path order (a diff's, a tree walk's), each answer is the next row; any other
+    id is found by a binary search of the ids, sorted once (8 more bytes a row) on the
+    first such miss. Only the cache's saved rows are read (a store's ``stat_cache()`` is
+    a fresh load: it has no updates)."""
+
+    def __init__(self, store: Any) -> None:
+        import numpy as np
+
+        raw = store.stat_cache().files.raw
+        rows = np.frombuffer(raw, dtype=_ROW_SIZE_ID, count=len(raw) // ROW.size)
+        self.ids = rows["id"].tobytes()
+        self.sizes = array("Q", rows["size"].tobytes())
+        self.at = 0
+        self._order: Any = None
+
+    def __len__(self) -> int:
+        return len(self.sizes)
+
+    def __iter__(self) -> Iterator[bytes]:
+        ids = self.ids
+        return (ids[i : i + 20] for i in range(0, len(ids), 20))
+
+    def get(self, raw: bytes) -> int | None:
+        """The size of the entry ``raw`` (20 bytes), or None if no row names it."""
+        i = self.at
+        if self.ids[20 * i : 20 * i + 20] != raw:
+            found = self._find(raw)
+            if found is None:
+                return None
+            i = found
+        self.at = i + 1
+        return self.sizes[i]
+
+    def _find(self, raw: bytes) -> int | None:
+        import numpy as np
+
+        keys = np.frombuffer(self.ids, dtype="S20")
+        if self._order is None:
+            self._order = np.argsort(keys, kind="stable")
+        j = int(np.searchsorted(keys, np.array(raw, dtype="S20"), sorter=self._order))
+        if j == len(keys):
+            return None
+        i = int(self._order[j])
+        return i if self.ids[20 * i : 20 * i + 20] == raw else None
+
+
+#: A stat cache row (:data:`usr.store.index.ROW`) as numpy reads it: its size and raw id.
+_ROW_SIZE_ID = {
+    "names": ["size", "id"],
+    "formats": ["<u8", "S20"],
+    "offsets": [0, ROW.size - 20],
+    "itemsize": ROW.size,
+}
 
 
 class Sizes:
@@ -31,10 +93,11 @@ class Sizes:
 
     def __init__(self, store: Any) -> None:
         self.store = store
-        #: Sizes by raw 20-byte blob id (53 bytes a key, where a hex str takes 89: a
-        #: bootstrap knows one per file).
+        #: Sizes by raw 20-byte blob id (53 bytes a key, where a hex str takes 89): what a
+        #: fetch reported and the few read from the store.
         self.known: dict[bytes, int] = {}
-        self._seeded = False
+        #: The stat cache's sizes, once more than :attr:`SEED_AFTER` were missed.
+        self.cached: CachedSizes | None = None
         self.misses = 0
 
     def add(self, stats: Any) -> None:
@@ -49,10 +112,8 @@ class Sizes:
     def _seed(self) -> None:
         """Take the sizes the stat cache already has (a working file's size is the size of
         its entry): sizing from the store reads each object, ~40 us per file."""
-        self._seeded = True
-        with suppress(OSError, AttributeError):
-            for key, oid in self.store.stat_cache().entries.values():
-                self.known.setdefault(bytes.fromhex(oid), key[0])
+        with suppress(OSError, AttributeError, ValueError):
+            self.cached = CachedSizes(self.store)
 
     #: Sizes asked for and not known before the stat cache is loaded whole: a few are read
     #: from the store (~40 us each), so a one-file push or its comparison never holds a
@@ -68,28 +129,40 @@ class Sizes:
         """The size of one of a few entries: from the store unless known, without loading
         the whole stat cache (sizing a side's named files must not cost the no-op that)."""
         raw = bytes.fromhex(oid)
-        if raw not in self.known and self.store.has_object(oid):
+        if self.lookup(raw) is None and self.store.has_object(oid):
             self.known[raw] = self.store.entry_size(oid)
-        return self.known.get(raw)
+        return self.lookup(raw)
 
-    def missed(self, oid: str) -> bool:
-        """Count a size asked for that is not known; seed from the stat cache past
-        :attr:`SEED_AFTER` of them. True if it is known now."""
+    def lookup(self, raw: bytes) -> int | None:
+        """The size of ``raw`` if it is known (reported, read, or in the loaded cache)."""
+        got = self.known.get(raw)
+        if got is None and self.cached is not None:
+            got = self.cached.get(raw)
+        return got
+
+    def known_or_missed(self, raw: bytes) -> int | None:
+        """:meth:`lookup`, counting a miss toward loading the stat cache (past
+        :attr:`SEED_AFTER` of them) and looking again once it is loaded."""
+        got = self.lookup(raw)
+        return self.missed(raw) if got is None else got
+
+    def missed(self, raw: bytes) -> int | None:
+        """Count a size asked for and not known; past :attr:`SEED_AFTER` of them load the
+        stat cache's and look again."""
         self.misses += 1
-        if not self._seeded and self.misses > self.SEED_AFTER:
+        if self.cached is None and self.misses > self.SEED_AFTER:
             self._seed()
-        return bytes.fromhex(oid) in self.known
+            return self.lookup(raw)
+        return None
 
     def __call__(self, oid: str) -> int | None:
         raw = bytes.fromhex(oid)
-        if raw in self.known or self.missed(oid):
-            return self.known[raw]
-        if self.store.has_object(oid):
+        got = self.known_or_missed(raw)
+        if got is None and self.store.has_object(oid):
             # Remembered: sizing reads the object, and both sides' listings ask for the
             # same unchanged files.
-            self.known[raw] = self.store.entry_size(oid)
-            return self.known[raw]
-        return None
+            got = self.known[raw] = self.store.entry_size(oid)
+        return got
 
 
 class _SeedAfter(Mapping[str, int]):
@@ -100,8 +173,11 @@ class _SeedAfter(Mapping[str, int]):
         self.sizes = sizes
 
     def get(self, oid: str, default: Any = None) -> Any:
-        known, raw = self.sizes.known, bytes.fromhex(oid)
-        return known[raw] if raw in known or self.sizes.missed(oid) else default
+        raw = bytes.fromhex(oid)
+        got = self.sizes.lookup(raw)  # a push plan asks once per object: kept short
+        if got is None:
+            got = self.sizes.missed(raw)
+        return default if got is None else got
 
     def __getitem__(self, oid: str) -> int:
         got = self.get(oid)
@@ -110,10 +186,11 @@ class _SeedAfter(Mapping[str, int]):
         return got
 
     def __iter__(self) -> Iterator[str]:
-        return (raw.hex() for raw in self.sizes.known)
+        cached = self.sizes.cached or ()
+        return (raw.hex() for part in (self.sizes.known, cached) for raw in part)
 
     def __len__(self) -> int:
-        return len(self.sizes.known)
+        return len(self.sizes.known) + len(self.sizes.cached or ())
 
 
 def tree_diff(store: Any, a: str | None, b: str | None, sizes: Sizes | None = None) -> ChangeList:
