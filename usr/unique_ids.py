@@ -76,10 +76,11 @@ def gather(parts: Any, room: int) -> Any:
 
 
 #: Rows of the id column read at once: row groups are read together (decoded on every
-#: core by pyarrow's thread pool) until about this many rows (~6 MiB of core ids). Not
-#: more: a read of 1,000,000 rows (40 MiB, and ~100 MiB of temporaries while keying it)
-#: cost no less CPU and left a 14,000,000-row check at 600 MiB of RSS instead of 255.
-READ_ROWS = 131_072
+#: core by pyarrow's thread pool) until about this many rows (~3 MiB of core ids). Not
+#: more: reads of 1,000,000 rows (40 MiB, ~70 MiB of temporaries keying them, and what
+#: the allocators kept of both) cost no less CPU and left a 14,000,000-row check at
+#: 600 MiB of RSS; 131,072 rows 255 MiB, 65,536 rows 220 MiB (docs/performance.md).
+READ_ROWS = 65_536
 
 
 def id_chunks(pf: Any, column: str = "id", start: int = 0):
