@@ -133,8 +133,9 @@ def main() -> None:
                 if how != "none":
                     cache = work / f"cache-{mode}"
                     shutil.rmtree(cache, ignore_errors=True)
-                    if how == "cached":
+                    if how == "cached" and primed[side].is_dir():
                         shutil.copytree(primed[side], cache)
+                    # (above usr.unique_ids.PER_PASS rows no entry is written: none to copy)
                 results[mode].append(run_child(ds.path, mode, cache))
         report = {
             "rows": args.rows,

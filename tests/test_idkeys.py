@@ -383,3 +383,40 @@ def _groups_of(entry: Path) -> int:
     """The row groups of its table an entry reaches: its first one plus its own."""
     head = _header(entry)
     return head[3] + head[4]
+
+
+#: Traced bytes a row the check may hold at its peak: its one array of 8-byte keys, plus
+#: what keying one read of row groups takes (bounded by READ_ROWS, not by the table).
+BYTES_PER_ROW = 14
+
+
+@pytest.mark.parametrize("how", ["no cache", "first entry", "after an append"])
+def test_the_check_holds_one_key_array_not_copies_of_it(where, monkeypatch, how: str) -> None:
+    """Memory: the keys of a check are gathered into one array and sorted in place, the
+    entry written from it and an append's keys likewise, so numpy holds ~8 bytes a row at
+    the peak (a list of pieces, its concatenation and a sorted copy held 24). tracemalloc
+    sees numpy's arrays, not Arrow's decoded buffers (bounded by READ_ROWS, a row group
+    here)."""
+    import tracemalloc
+
+    from usr import unique_ids
+
+    monkeypatch.setattr(unique_ids, "READ_ROWS", G)
+    rows = 24 * G  # ~400,000: one row group's temporaries are small beside the keys
+    ids = _ids(0, rows + G + 100)
+    _write(path := where[0], ids[:rows])
+    cache = None if how == "no cache" else where[1]
+    if how == "after an append":
+        assert _check(path, cache).decoded == 24
+        _write(path, ids)
+    with path.open("rb") as fh:
+        pf = pq.ParquetFile(fh)
+        tracemalloc.start()
+        try:
+            outcome = idkeys.check(pf, fh, cache)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    assert outcome.duplicate is None
+    assert outcome.reused == (23 if how == "after an append" else 0)  # all but the last
+    assert peak / pf.metadata.num_rows < BYTES_PER_ROW, f"{peak / pf.metadata.num_rows:.1f}"

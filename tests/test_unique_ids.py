@@ -71,3 +71,13 @@ def test_a_core_id_key_is_its_first_sixteen_hex_digits() -> None:
     ids = _sha(500) + ["f" * 40, "0" * 40, "8000000000000000" + "a" * 24]
     keys = unique_ids._keys(pa.array(ids))
     assert [int(k) for k in keys] == [int(i[:16], 16) for i in ids]
+
+
+def test_a_pass_holding_more_than_its_share_of_the_keys() -> None:
+    """A pass's keys go into one array sized for an even share of the rows; ids whose keys
+    all fall in one pass (even keys, two passes) overflow it: it grows, and a duplicate
+    among them is still found."""
+    ids = [i for i in _sha(6000) if int(i[15], 16) % 2 == 0]
+    assert first_duplicate(_file(ids), per_pass=-(-len(ids) // 2)) is None
+    twice = [*ids, ids[17]]
+    assert first_duplicate(_file(twice), per_pass=-(-len(twice) // 2)) == ids[17]

@@ -49,7 +49,7 @@ import blake3
 
 from usr.atomic import TMP_PREFIX, atomic_writer
 from usr.layout import STORE_DIR
-from usr.unique_ids import PER_PASS, core_keys, first_duplicate, id_chunks
+from usr.unique_ids import PER_PASS, core_keys, first_duplicate, gather, id_chunks
 
 CACHE_DIR = "idkeys"
 SUFFIX = ".idkeys"
@@ -178,19 +178,15 @@ def fingerprints(pf: Any, source: BinaryIO) -> bytes | None:
 def _new_keys(pf: Any, known: int) -> tuple[Any, Any] | None:
     """The keys of the row groups from ``known`` on: those of every group but the last
     (sorted: what the next entry keeps) and the last group's, or None on a null or
-    non-core id (the full check decides)."""
-    import numpy as np
-
-    new = []
-    for chunk in id_chunks(pf, "id", known):
-        k = core_keys(chunk)
-        if k is None:
-            return None
-        new.append(k)
-    added = np.concatenate(new) if new else np.empty(0, np.uint64)
-    del new
-    cut = len(added) - pf.metadata.row_group(pf.num_row_groups - 1).num_rows
-    return np.sort(added[:cut]), added[cut:]
+    non-core id (the full check decides). One array of 8 bytes a key, sorted in place."""
+    meta = pf.metadata
+    rows = sum(meta.row_group(g).num_rows for g in range(known, pf.num_row_groups))
+    added = gather((core_keys(c) for c in id_chunks(pf, "id", known)), rows)
+    if added is None:
+        return None
+    kept = added[: len(added) - meta.row_group(pf.num_row_groups - 1).num_rows]
+    kept.sort()
+    return kept, added[len(kept) :]
 
 
 def _clash(keys: Any, added: Any) -> bool:
@@ -296,7 +292,8 @@ def _save(cache: Path, table: bytes, chain: list[Segment], first: int, end: int,
     below = list(chain)
     while below and len(below[-1].keys) <= FOLD * len(keys):
         folded = below.pop()
-        keys = np.sort(np.concatenate([folded.keys, keys]), kind="stable")
+        keys = np.concatenate([folded.keys, keys])
+        keys.sort(kind="stable")  # in place: two sorted runs merged
         first = folded.first
     rows = table[first * GROUP.size : end * GROUP.size]
     data = memoryview(np.ascontiguousarray(keys, "<u8")).cast("B")

@@ -24,20 +24,17 @@ def first_duplicate(pf: Any, column: str = "id", per_pass: int = PER_PASS) -> st
     missing id, or None when every id is there once."""
     import numpy as np
 
-    passes = max(1, -(-pf.metadata.num_rows // per_pass))
+    rows = pf.metadata.num_rows
+    passes = max(1, -(-rows // per_pass))
+    # A pass's share of the keys, with room for an uneven partition (grown if need be).
+    room = -(-rows // passes) + (rows // passes // 32 if passes > 1 else 0)
     for part in range(passes):
-        keys = []
-        for chunk in id_chunks(pf, column):
-            if chunk.null_count:
-                return "null"
-            k = _keys(chunk)
-            keys.append(k if passes == 1 else k[k % np.uint64(passes) == part])
-        if not keys:
-            return None
-        every = np.concatenate(keys)
-        del keys
+        every = gather(_pass_keys(pf, column, passes, part), room)
+        if every is None:
+            return "null"
         every.sort()
         twice = every[1:][every[1:] == every[:-1]]
+        del every
         if len(twice):
             found = _confirm(pf, column, np.unique(twice))
             if found is not None:
@@ -45,9 +42,45 @@ def first_duplicate(pf: Any, column: str = "id", per_pass: int = PER_PASS) -> st
     return None
 
 
+def _pass_keys(pf: Any, column: str, passes: int, part: int):
+    """The keys of one pass (those equal to ``part`` modulo ``passes``), a chunk at a time;
+    None for a chunk holding a null."""
+    import numpy as np
+
+    for chunk in id_chunks(pf, column):
+        if chunk.null_count:
+            yield None
+            return
+        k = _keys(chunk)
+        yield k if passes == 1 else k[k % np.uint64(passes) == part]
+
+
+def gather(parts: Any, room: int) -> Any:
+    """The key arrays of ``parts`` one after another in one ``uint64`` array of about
+    ``room`` keys, filled in place: 8 bytes a key, where a list of pieces and their
+    concatenated copy held 16. None as soon as a part is None."""
+    import numpy as np
+
+    out = np.empty(room, np.uint64)
+    n = 0
+    for part in parts:
+        if part is None:
+            return None
+        if n + len(part) > len(out):
+            grown = np.empty(max(2 * len(out), n + len(part)), np.uint64)
+            grown[:n] = out[:n]
+            out = grown
+        out[n : n + len(part)] = part
+        n += len(part)
+    return out[:n]
+
+
 #: Rows of the id column read at once: row groups are read together (decoded on every
-#: core by pyarrow's thread pool) until about this many rows (~40 MiB of core ids).
-READ_ROWS = 1_000_000
+#: core by pyarrow's thread pool) until about this many rows (~3 MiB of core ids). Not
+#: more: reads of 1,000,000 rows (40 MiB, ~70 MiB of temporaries keying them, and what
+#: the allocators kept of both) cost no less CPU and left a 14,000,000-row check at
+#: 600 MiB of RSS; 131,072 rows 255 MiB, 65,536 rows 220 MiB (docs/performance.md).
+READ_ROWS = 65_536
 
 
 def id_chunks(pf: Any, column: str = "id", start: int = 0):
