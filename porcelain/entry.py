@@ -10,6 +10,7 @@ else goes to :func:`porcelain.cli.main`.
 from __future__ import annotations
 
 import sys
+from typing import NoReturn
 
 
 def serve_root(args: list[str]) -> str | None:
@@ -46,3 +47,45 @@ def main(argv: list[str] | None = None) -> None:
 
         fail(exc, args)
     sys.exit(code)
+
+
+def run() -> NoReturn:
+    """The ``usr`` console script and ``python -m usr``: :func:`main`, then the exit.
+
+    Once pyarrow is loaded, its thread pools are torn down by C++ static destructors at
+    process exit, and now and then one finds a worker still joinable and aborts the
+    process ("terminate called without an active exception", SIGABRT; apache/arrow
+    issue 34314): a command that had finished, its one-line error printed, exited -6
+    instead of its documented code. So when pyarrow is loaded and no other non-daemon
+    thread runs, the exit flushes stdout and stderr, runs the ``atexit`` handlers (what
+    Python would run) and leaves with ``os._exit``, skipping only those destructors.
+    :func:`main` itself still raises ``SystemExit`` for callers in-process (the probe).
+    """
+    try:
+        main()
+        code: object = 0
+    except SystemExit as done:
+        code = done.code
+    if not isinstance(code, int):
+        if code is not None:
+            print(code, file=sys.stderr)
+        code = 0 if code is None else 1
+    if "pyarrow" not in sys.modules or not _only_daemons_left():
+        sys.exit(code)
+    import atexit
+    import contextlib
+    import os
+
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # a closed pipe: nothing to keep
+            stream.flush()
+    os._exit(code)
+
+
+def _only_daemons_left() -> bool:
+    """True when every thread but this one is a daemon (nothing Python would wait for)."""
+    import threading
+
+    me = threading.current_thread()
+    return all(t is me or t.daemon for t in threading.enumerate())
