@@ -7,6 +7,7 @@ what they import is part of the cost of a no-op sync (docs/performance.md).
 from __future__ import annotations
 
 import importlib
+import os
 import subprocess
 import sys
 
@@ -167,3 +168,61 @@ def test_status_without_a_remote_leaves_the_sync_engine_unloaded(tmp_path):
     }
     assert "usr.sync.status" in loaded
     assert "usr.sync.engine" not in loaded
+
+
+_RUN_WITH_PYARROW = """
+import atexit, sys, threading
+import pyarrow  # loaded: run() leaves through os._exit
+from porcelain import entry
+atexit.register(lambda: print("atexit handler ran"))
+if sys.argv[1] == "thread":
+    gate = threading.Event()
+    worker = threading.Thread(target=lambda: (gate.wait(), print("worker done")))
+    worker.start()
+    # Released only once Python's own shutdown has begun (it stops the main thread, then
+    # waits for non-daemon threads): an os._exit before that would cut the worker off.
+    main = threading.main_thread()
+    threading.Thread(target=lambda: (main.join(), gate.set()), daemon=True).start()
+sys.argv = ["usr", *sys.argv[2:]]
+sys.stdout.write("buffered line, not flushed\\n")
+entry.run()
+"""
+
+
+def _buffered_env() -> dict[str, str]:
+    """This environment with stdout block-buffered, as on a pipe (no PYTHONUNBUFFERED)."""
+    return {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+
+
+@pytest.mark.parametrize(
+    ("args", "code"),
+    [(["--version"], 0), (["status", "no/such"], 4), (["no-such-command"], 2)],
+)
+def test_run_with_pyarrow_loaded_keeps_the_exit_code_output_and_atexit(args, code):
+    """With pyarrow loaded the console entry leaves through ``os._exit`` (its thread pools
+    may abort a normal exit): the command's exit code, its buffered output and the
+    ``atexit`` handlers are all kept."""
+    r = subprocess.run(
+        [sys.executable, "-c", _RUN_WITH_PYARROW, "plain", *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=_buffered_env(),
+    )
+    assert r.returncode == code, r.stderr
+    assert "buffered line, not flushed" in r.stdout
+    assert "atexit handler ran" in r.stdout
+
+
+def test_run_waits_for_a_non_daemon_thread_as_python_would():
+    """A non-daemon thread still running means the ordinary exit (Python waits for it):
+    its output is not cut off."""
+    r = subprocess.run(
+        [sys.executable, "-c", _RUN_WITH_PYARROW, "thread", "--version"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=_buffered_env(),
+    )
+    assert r.returncode == 0, r.stderr
+    assert "worker done" in r.stdout
