@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -288,9 +289,9 @@ def test_the_cache_keeps_only_the_most_recent_entries(where) -> None:
     assert _check(path, cache).reused == 0
 
 
-def test_what_is_not_cached(where, monkeypatch) -> None:
-    """Ids that are not core ids (their keys are per-process hashes), and tables over one
-    pass of unique_ids: the full check answers, and no entry is kept."""
+def test_what_is_not_cached(where) -> None:
+    """Ids that are not core ids (their keys are per-process hashes): the full check
+    answers, and no entry is kept."""
     path, cache = where
     other = [f"seq-{i}" for i in range(BASE)]
     _write(path, other)
@@ -298,11 +299,42 @@ def test_what_is_not_cached(where, monkeypatch) -> None:
     _write(path, [*other, "seq-9"])
     assert _check(path, cache) == idkeys.Outcome("seq-9", 0, 4)
     assert not cache.exists()
-    monkeypatch.setattr(idkeys, "PER_PASS", BASE - 1)
     _write(path, _ids(0, BASE))
-    assert _check(path, cache) == idkeys.Outcome(None, 0, 4)
-    assert not cache.exists()
     assert idkeys.check(pq.ParquetFile(path), path.open("rb"), None).reused == 0
+
+
+@pytest.mark.parametrize("passes", [2, 5])
+def test_a_table_over_one_pass_is_cached_from_its_spooled_keys(
+    where, monkeypatch, passes: int
+) -> None:
+    """Above unique_ids.PER_PASS rows the keys are spooled in partitions (one decode of the
+    ids): the entry written from them is byte for byte the one a single pass writes, an
+    append reuses it, and a duplicate (old id appended, or two new ones) is refused."""
+    from usr import unique_ids
+
+    path, cache = where
+    ids = _ids(0, 6 * G + 300)
+    _write(path, ids)
+    assert _check(path, cache) == idkeys.Outcome(None, 0, 7)
+    (one_pass,) = cache.iterdir()
+    expected = one_pass.read_bytes()
+    one_pass.unlink()
+    monkeypatch.setattr(unique_ids, "PER_PASS", -(-len(ids) // passes))
+    monkeypatch.setattr(idkeys, "PER_PASS", -(-len(ids) // passes))
+    assert _check(path, cache) == idkeys.Outcome(None, 0, 7)
+    (spooled,) = cache.iterdir()
+    assert spooled.name == one_pass.name and spooled.read_bytes() == expected
+    assert not [p for p in Path(tempfile.gettempdir()).iterdir() if "usr-idkeys-" in p.name]
+    grown = [*ids, *_ids(10**6, 10**6 + G)]
+    _write(path, grown)
+    assert _check(path, cache) == idkeys.Outcome(None, 6, 2)
+    _write(path, [*grown, ids[G + 5]])
+    assert _check(path, cache).duplicate == ids[G + 5]
+    cache_gone = [p.unlink() for p in cache.iterdir()]
+    assert cache_gone
+    _write(path, [ids[-1], *ids])  # first and last partition: a duplicate across row groups
+    assert _check(path, cache) == idkeys.Outcome(ids[-1], 0, 7)
+    assert not cache.exists() or not list(cache.iterdir())
 
 
 def test_the_store_side_reads_the_blob_and_keeps_its_own_entry(tmp_path: Path) -> None:

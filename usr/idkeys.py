@@ -19,8 +19,11 @@ written, not the whole table's keys again. The last entries of a chain are folde
 the new one while they are small beside it (:data:`FOLD`), so a chain stays a few entries
 long. A key met twice may be two different ids sharing a key, so any hit falls back to
 the full check, which confirms on the ids; as does anything unusual (a null or a non-core
-id, a table of more than :data:`usr.unique_ids.PER_PASS` rows, an entry or parent that is
-missing or fails its checksum). So an entry can save work but never decide a refusal, and
+id, more than :data:`usr.unique_ids.PER_PASS` new rows, an entry or parent that is
+missing or fails its checksum). The full check decodes the ids once, and when it passes
+writes the chain's root entry from the keys it sorted (spooled by key range above
+``PER_PASS`` rows); entries are read and searched a block at a time, so tables of any
+size are cached in bounded memory. So an entry can save work but never decide a refusal, and
 never let a duplicate pass: a lost, damaged or stale cache costs only time.
 
 Only core ids are cached: their keys are the same in every process, whereas the
@@ -41,6 +44,7 @@ import contextlib
 import os
 import struct
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -49,7 +53,16 @@ import blake3
 
 from usr.atomic import TMP_PREFIX, atomic_writer
 from usr.layout import STORE_DIR
-from usr.unique_ids import PER_PASS, core_keys, first_duplicate, gather, id_chunks
+from usr.unique_ids import (
+    PER_PASS,
+    confirm,
+    core_keys,
+    first_duplicate,
+    gather,
+    id_chunks,
+    repeated,
+    sort_keys,
+)
 
 CACHE_DIR = "idkeys"
 SUFFIX = ".idkeys"
@@ -100,7 +113,7 @@ def check(pf: Any, source: BinaryIO, cache: Path | None) -> Outcome:
     :func:`usr.unique_ids.first_duplicate` answers, helped by the entries in ``cache``
     (None: no cache). Errors reading the table propagate; errors of the cache do not."""
     groups = pf.num_row_groups
-    if cache is None or pf.metadata.num_rows > PER_PASS:
+    if cache is None:
         return Outcome(first_duplicate(pf), 0, groups)
     table = fingerprints(pf, source)
     if table is None:
@@ -112,27 +125,52 @@ def check(pf: Any, source: BinaryIO, cache: Path | None) -> Outcome:
             os.utime(chain[-1].path)  # used: among the most recent again
     if known == groups:
         return Outcome(None, known, 0)
-    new = _new_keys(pf, known)
-    if new is None or _refuted(chain, *new):
-        return Outcome(first_duplicate(pf), 0, groups)
-    if groups - 1 > known:
-        # Every group but the last: an append rewrites the last (partial) group, so an
-        # entry holding it would never be a prefix of the grown table.
-        _save(cache, table, chain, known, groups - 1, new[0])
-    return Outcome(None, known, groups - known)
+    if known:
+        new = _new_keys(pf, known)
+        if new is not None and not _refuted(chain, *new):
+            if groups - 1 > known:
+                # Every group but the last: an append rewrites the last (partial) group, so
+                # an entry holding it would never be a prefix of the grown table.
+                _save(cache, table, chain, known, groups - 1, new[0])
+            return Outcome(None, known, groups - known)
+    return _full(pf, cache, table)
 
 
-def _refuted(chain: list[Segment], kept: Any, last: Any) -> bool:
-    """Whether the new keys (``kept``, sorted, and the last group's) cannot be shown all
-    different from each other and from every entry of ``chain``: a key met twice may be
-    two ids sharing a key, so the full check decides. (``kept`` is not sorted again: after
-    a full check it holds every key of the table.)"""
+def _full(pf: Any, cache: Path, table: bytes) -> Outcome:
+    """The whole table's check (the id column decoded once), and, when it finds no key
+    twice, the root entry of every row group but the last, written from its sorted keys."""
+    groups = pf.num_row_groups
+    keys = sort_keys(pf)
+    if keys is None:
+        return Outcome("null", 0, groups)
+    with keys:
+        suspects = repeated(keys)
+        if len(suspects):  # a duplicate, or two ids sharing a key: no entry can hold them
+            return Outcome(confirm(pf, "id", suspects), 0, groups)
+        if not keys.core or groups < 2:
+            return Outcome(None, 0, groups)
+        last = gather((core_keys(c) for c in id_chunks(pf, "id", groups - 1)), 0)
+        last.sort()
+        count = keys.rows - len(last)
+        _write(cache, table, 0, groups - 1, count, _without(keys.runs(), last))
+        _prune(cache, keep=_name(table, groups - 1))
+    return Outcome(None, 0, groups)
+
+
+def _without(runs: Iterable[Any], drop: Any) -> Iterator[Any]:
+    """The sorted ``runs`` without the keys of sorted ``drop``, :data:`DROP_KEYS` at a
+    time (the temporaries of a small block, not of a run: 17 bytes a key)."""
     import numpy as np
 
-    last = np.sort(last)
-    if _clash(None, kept) or _clash(kept, last):
-        return True
-    return any(_clash(s.keys, kept) or _clash(s.keys, last) for s in chain)
+    for run in runs:
+        for i in range(0, len(run), DROP_KEYS):
+            block = run[i : i + DROP_KEYS]
+            if len(drop):
+                at = np.searchsorted(drop, block)
+                np.minimum(at, len(drop) - 1, out=at)
+                block = block[drop[at] != block]
+            yield block
+        run = block = None  # not held while the next run is read
 
 
 def fingerprints(pf: Any, source: BinaryIO) -> bytes | None:
@@ -178,9 +216,12 @@ def fingerprints(pf: Any, source: BinaryIO) -> bytes | None:
 def _new_keys(pf: Any, known: int) -> tuple[Any, Any] | None:
     """The keys of the row groups from ``known`` on: those of every group but the last
     (sorted: what the next entry keeps) and the last group's, or None on a null or
-    non-core id (the full check decides). One array of 8 bytes a key, sorted in place."""
+    non-core id, or more than :data:`usr.unique_ids.PER_PASS` new rows (the full check
+    decides, in bounded memory). One array of 8 bytes a key, sorted in place."""
     meta = pf.metadata
     rows = sum(meta.row_group(g).num_rows for g in range(known, pf.num_row_groups))
+    if rows > PER_PASS:
+        return None
     added = gather((core_keys(c) for c in id_chunks(pf, "id", known)), rows)
     if added is None:
         return None
@@ -189,28 +230,74 @@ def _new_keys(pf: Any, known: int) -> tuple[Any, Any] | None:
     return kept, added[len(kept) :]
 
 
-def _clash(keys: Any, added: Any) -> bool:
-    """Whether sorted ``added`` holds a key twice or one of sorted ``keys`` (None: none)."""
+def _refuted(chain: list[Segment], kept: Any, last: Any) -> bool:
+    """Whether the new keys (``kept``, sorted, and the last group's) cannot be shown all
+    different from each other and from every entry of ``chain``: a key met twice may be
+    two ids sharing a key, so the full check decides."""
     import numpy as np
 
+    added = np.sort(np.concatenate([kept, last]))
     if len(added) > 1 and (added[1:] == added[:-1]).any():
         return True
-    if keys is None or not len(keys) or not len(added):
-        return False
-    at = np.searchsorted(keys, added)
-    inside = at < len(keys)
-    return bool((keys[at[inside]] == added[inside]).any())
+    return any(_meets(s.blocks(), added) for s in chain)
+
+
+def _meets(blocks: Iterable[Any], added: Any) -> bool:
+    """Whether sorted ``added`` holds a key of the sorted ``blocks`` (read one at a time)."""
+    import numpy as np
+
+    for block in blocks:
+        if not len(block) or not len(added):
+            continue
+        lo = int(np.searchsorted(added, block[0], "left"))
+        hi = int(np.searchsorted(added, block[-1], "right"))
+        if lo < hi:
+            inside = added[lo:hi]
+            if (block[np.searchsorted(block, inside)] == inside).any():
+                return True
+    return False
+
+
+#: Keys written to an entry at once when the last row group's are left out.
+DROP_KEYS = 1 << 16
+#: Keys read from an entry file at once (8 MiB): entries are verified and searched a block
+#: at a time, so the check's memory does not grow with the chain.
+BLOCK_KEYS = 1 << 20
 
 
 @dataclass(frozen=True)
 class Segment:
-    """One entry file: row groups ``first`` .. ``end - 1`` of a table and their sorted keys
-    (``keys`` None when only the header and group rows were read)."""
+    """One entry file: row groups ``first`` .. ``end - 1`` of a table and their ``count``
+    sorted keys, which start at byte ``at`` of the file (read by :meth:`blocks`)."""
 
     path: Path
     first: int
     end: int
-    keys: Any
+    count: int = 0
+    at: int = 0
+
+    def blocks(self) -> Iterator[Any]:
+        """The keys in order, :data:`BLOCK_KEYS` at a time (nothing if the file went)."""
+        import numpy as np
+
+        try:
+            with self.path.open("rb") as fh:
+                fh.seek(self.at)
+                left = self.count
+                while left:
+                    block = np.fromfile(fh, "<u8", min(left, BLOCK_KEYS))
+                    if not len(block):
+                        return
+                    left -= len(block)
+                    yield block.astype(np.uint64, copy=False)
+        except OSError:
+            return
+
+    def keys(self) -> Any:
+        """Every key of the entry in one array."""
+        import numpy as np
+
+        return np.concatenate([np.empty(0, np.uint64), *self.blocks()])
 
 
 def _prefix_id(table: bytes, groups: int) -> bytes:
@@ -242,7 +329,8 @@ def _chain(cache: Path, table: bytes) -> list[Segment]:
 def _read(path: Path, table: bytes, keys: bool) -> Segment | None:
     """The entry at ``path`` if its row groups and its parent's are those of ``table``;
     with ``keys``, also only if the file is whole (exact size, blake3) and its keys are
-    as many as its rows and strictly increasing. None otherwise (never raises)."""
+    as many as its rows and strictly increasing (read a block at a time). None otherwise
+    (never raises)."""
     import numpy as np
 
     try:
@@ -259,57 +347,81 @@ def _read(path: Path, table: bytes, keys: bool) -> Segment | None:
             mine = fh.read(GROUP.size * groups)
             if mine != table[first * GROUP.size : end * GROUP.size]:
                 return None
+            at = HEADER.size + GROUP.size * groups
             if not keys:
-                return Segment(path, first, end, None)
-            size = HEADER.size + GROUP.size * groups + 8 * count
-            if os.fstat(fh.fileno()).st_size != size or count > PER_PASS:
+                return Segment(path, first, end)
+            if os.fstat(fh.fileno()).st_size != at + 8 * count:
                 return None
-            found = np.empty(count, "<u8")
-            if fh.readinto(memoryview(found).cast("B")) != 8 * count:
-                return None
-    except OSError:
+            hasher = blake3.blake3(raw[:_SIGNED])
+            hasher.update(mine)
+            previous, left = None, count
+            while left:
+                block = np.fromfile(fh, "<u8", min(left, BLOCK_KEYS))
+                if not len(block):
+                    return None
+                hasher.update(memoryview(block).cast("B"))
+                if previous is not None and not block[0] > previous:
+                    return None
+                if len(block) > 1 and not (block[1:] > block[:-1]).all():
+                    return None
+                previous, left = block[-1], left - len(block)
+    except (OSError, ValueError):
         return None
-    hasher = blake3.blake3(raw[:_SIGNED])
-    hasher.update(mine)
-    hasher.update(memoryview(found).cast("B"))
     if hasher.digest() != digest:
         return None
     rows = sum(GROUP.unpack_from(mine, i * GROUP.size)[0] for i in range(groups))
-    if rows != count or (count > 1 and not (found[1:] > found[:-1]).all()):
+    if rows != count:
         return None
-    return Segment(path, first, end, found.astype(np.uint64, copy=False))
+    return Segment(path, first, end, count, at)
 
 
 def _save(cache: Path, table: bytes, chain: list[Segment], first: int, end: int, keys: Any) -> None:
     """Write the entry of row groups ``first`` .. ``end - 1`` (sorted ``keys``, all
     different from each other and from the ``chain`` below them). The last entries of the
-    chain are folded into it while each holds at most :data:`FOLD` times its keys, so a
-    chain stays logarithmically short and each key is rewritten a logarithmic number of
-    times. Then prune to :data:`KEEP` chains. Best effort: a cache that cannot be written
-    only costs time."""
+    chain are folded into it while each holds at most :data:`FOLD` times its keys (and the
+    whole stays within one pass of keys), so a chain stays logarithmically short and each
+    key is rewritten a logarithmic number of times. Then prune to :data:`KEEP` chains."""
     import numpy as np
 
     below = list(chain)
-    while below and len(below[-1].keys) <= FOLD * len(keys):
+    while below and below[-1].count <= FOLD * len(keys) and below[-1].count + len(keys) <= PER_PASS:
         folded = below.pop()
-        keys = np.concatenate([folded.keys, keys])
+        keys = np.concatenate([folded.keys(), keys])
         keys.sort(kind="stable")  # in place: two sorted runs merged
         first = folded.first
+    _write(cache, table, first, end, len(keys), [keys])
+    _prune(cache, keep=_name(table, end))
+
+
+def _write(
+    cache: Path, table: bytes, first: int, end: int, count: int, runs: Iterable[Any]
+) -> None:
+    """Write the entry of row groups ``first`` .. ``end - 1`` holding ``count`` keys, the
+    sorted ``runs`` one after another; its checksum, which the header holds, is filled in
+    last. Best effort: a cache that cannot be written (or keys that do not add up to
+    ``count``) only costs time; the file is then not kept."""
+    import numpy as np
+
     rows = table[first * GROUP.size : end * GROUP.size]
-    data = memoryview(np.ascontiguousarray(keys, "<u8")).cast("B")
     head = HEADER.pack(
-        MAGIC, VERSION, DERIVATION, first, end - first, len(keys), _prefix_id(table, first), b""
+        MAGIC, VERSION, DERIVATION, first, end - first, count, _prefix_id(table, first), b""
     )
     hasher = blake3.blake3(head[:_SIGNED])
     hasher.update(rows)
-    hasher.update(data)
-    name = _name(table, end)
+    written = 0
     try:
-        with atomic_writer(cache / name) as fh:
-            fh.write(head[:_SIGNED] + hasher.digest())
+        with atomic_writer(cache / _name(table, end)) as fh:
+            fh.write(head)
             fh.write(rows)
-            fh.write(data)
-        _prune(cache, keep=name)
+            for run in runs:
+                data = memoryview(np.ascontiguousarray(run, "<u8")).cast("B")
+                hasher.update(data)
+                fh.write(data)
+                written += len(run)
+            if written != count:
+                raise OSError(f"{written} keys written, {count} expected")
+            fh.seek(0)
+            fh.write(head[:_SIGNED] + hasher.digest())
     except OSError:
         pass
 

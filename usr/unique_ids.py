@@ -3,15 +3,19 @@
 Every id is reduced to a 64-bit key: the first 16 hex digits of a core id (``sha1`` hex),
 decoded at once for a whole column chunk with numpy, or Python's string hash for any other
 id. Keys are sorted and neighbours compared; a key seen twice is confirmed on the ids
-themselves (two different ids may share a key), so the answer is exact. A table of more
-than ``per_pass`` rows is done in several passes, each keeping only the keys of one
-partition (key modulo the number of passes): about 8 bytes a row of one pass, 64 MiB at
-the default, whatever the table's size. May import numpy and pyarrow only.
+themselves (two different ids may share a key), so the answer is exact. The id column is
+decoded once: a table of more than ``per_pass`` rows has its keys spooled to temporary
+files by range of their top bits, one partition each, sorted one at a time: about 8 bytes
+a row of one partition, 64 MiB at the default, whatever the table's size (keys crowded in
+one range, as ids sharing their first digits, make that partition bigger, at most the
+table's 8 bytes a row). The partitions' sorted runs follow each other in key order, so
+:mod:`usr.idkeys` writes them as one sorted entry. May import numpy and pyarrow only.
 """
 
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterator
 from typing import Any
 
 #: Rows whose keys one pass holds at most (8 bytes each).
@@ -19,40 +23,133 @@ PER_PASS = 8_000_000
 _HEX_WIDTH = 40  # a core id: sha1 in hex
 
 
-def first_duplicate(pf: Any, column: str = "id", per_pass: int = PER_PASS) -> str | None:
+def first_duplicate(pf: Any, column: str = "id", per_pass: int | None = None) -> str | None:
     """An id that ``pf`` (a ``pyarrow.parquet.ParquetFile``) holds twice, ``"null"`` for a
     missing id, or None when every id is there once."""
+    keys = sort_keys(pf, column, per_pass)
+    if keys is None:
+        return "null"
+    with keys:
+        return duplicate_of(pf, column, keys)
+
+
+def duplicate_of(pf: Any, column: str, keys: SortedKeys) -> str | None:
+    """The duplicate id of ``pf`` (None: none), given the sorted keys of all its ids."""
+    suspects = repeated(keys)
+    return confirm(pf, column, suspects) if len(suspects) else None
+
+
+def repeated(keys: SortedKeys) -> Any:
+    """The keys seen more than once, each once, sorted (usually none)."""
     import numpy as np
 
-    rows = pf.metadata.num_rows
-    passes = max(1, -(-rows // per_pass))
-    # A pass's share of the keys, with room for an uneven partition (grown if need be).
-    room = -(-rows // passes) + (rows // passes // 32 if passes > 1 else 0)
-    for part in range(passes):
-        every = gather(_pass_keys(pf, column, passes, part), room)
+    twice = []
+    for run in keys.runs():
+        twice.append(run[1:][run[1:] == run[:-1]])
+        del run  # not held while the next run is read
+    return np.unique(np.concatenate(twice)) if twice else np.empty(0, np.uint64)
+
+
+class SortedKeys:
+    """The keys of a table's ids, sorted, as runs over ascending, disjoint key ranges: one
+    array in memory, or, above ``per_pass`` rows, one spooled partition a run (a range of
+    the keys' top bits), so that at most one partition is held at a time. ``core``: every
+    id was a core id (:func:`core_keys`). Close it (or use it as a context manager) to
+    drop the spool."""
+
+    def __init__(self, parts: list[Any], counts: list[int], core: bool) -> None:
+        self._parts = parts  # sorted arrays, or spool files of unsorted keys
+        self._counts = counts
+        self._sorted = [not hasattr(p, "seek") for p in parts]
+        self.core = core
+        self.rows = sum(counts)
+
+    def runs(self) -> Iterator[Any]:
+        """Each run in key order, a sorted ``uint64`` array; a spooled run is read back (and
+        sorted once: the sorted keys are written back for the next reading)."""
+        import numpy as np
+
+        for i, part in enumerate(self._parts):
+            if not hasattr(part, "seek"):
+                yield part
+                continue
+            part.seek(0)
+            run = np.fromfile(part, np.uint64, self._counts[i])
+            if not self._sorted[i]:
+                run.sort()
+                part.seek(0)
+                run.tofile(part)
+                self._sorted[i] = True
+            yield run
+            del run
+
+    def close(self) -> None:
+        for part in self._parts:
+            if hasattr(part, "close"):
+                part.close()
+        self._parts = []
+
+    def __enter__(self) -> SortedKeys:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def sort_keys(
+    pf: Any,
+    column: str = "id",
+    per_pass: int | None = None,
+    start: int = 0,
+    stop: int | None = None,
+) -> SortedKeys | None:
+    """The sorted keys of the ids of row groups ``start`` .. ``stop - 1`` (all by default),
+    decoded once; None on a null id. Up to ``per_pass`` rows the keys are one array
+    (8 bytes a row); a bigger table's keys are spooled to unnamed temporary files, one per
+    partition of the key range, each at most about ``per_pass`` (:data:`PER_PASS`) keys."""
+    import tempfile
+
+    import numpy as np
+
+    meta = pf.metadata
+    stop = pf.num_row_groups if stop is None else stop
+    rows = sum(meta.row_group(g).num_rows for g in range(start, stop))
+    passes = max(1, -(-rows // (per_pass or PER_PASS)))
+    core = True
+
+    def keyed() -> Iterator[Any]:
+        nonlocal core
+        for chunk in id_chunks(pf, column, start, stop):
+            if chunk.null_count:
+                yield None
+                return
+            keys = core_keys(chunk)
+            if keys is None:
+                core = False
+                keys = _keys(chunk)
+            yield keys
+
+    if passes == 1:
+        every = gather(keyed(), rows)
         if every is None:
-            return "null"
+            return None
         every.sort()
-        twice = every[1:][every[1:] == every[:-1]]
-        del every
-        if len(twice):
-            found = _confirm(pf, column, np.unique(twice))
-            if found is not None:
-                return found
-    return None
-
-
-def _pass_keys(pf: Any, column: str, passes: int, part: int):
-    """The keys of one pass (those equal to ``part`` modulo ``passes``), a chunk at a time;
-    None for a chunk holding a null."""
-    import numpy as np
-
-    for chunk in id_chunks(pf, column):
-        if chunk.null_count:
-            yield None
-            return
-        k = _keys(chunk)
-        yield k if passes == 1 else k[k % np.uint64(passes) == part]
+        return SortedKeys([every], [len(every)], core)
+    spools = [tempfile.TemporaryFile(prefix="usr-idkeys-") for _ in range(passes)]  # noqa: SIM115 - kept open in the SortedKeys, closed by it
+    counts = [0] * passes
+    for keys in keyed():
+        if keys is None:
+            for spool in spools:
+                spool.close()
+            return None
+        # The partition of a key is its top 32 bits scaled to ``passes``: monotonic in the
+        # key, so the partitions' sorted runs follow each other in key order.
+        part = ((keys >> np.uint64(32)) * np.uint64(passes)) >> np.uint64(32)
+        for p in range(passes):
+            mine = keys[part == p]
+            mine.tofile(spools[p])
+            counts[p] += len(mine)
+    return SortedKeys(spools, counts, core)
 
 
 def gather(parts: Any, room: int) -> Any:
@@ -83,23 +180,25 @@ def gather(parts: Any, room: int) -> Any:
 READ_ROWS = 65_536
 
 
-def id_chunks(pf: Any, column: str = "id", start: int = 0):
-    """The decoded chunks of ``column``, of the row groups from ``start`` on, read a few
-    row groups at a time (:data:`READ_ROWS`)."""
+def id_chunks(pf: Any, column: str = "id", start: int = 0, stop: int | None = None):
+    """The decoded chunks of ``column``, of row groups ``start`` .. ``stop - 1`` (to the
+    last by default), read a few row groups at a time (:data:`READ_ROWS`)."""
     groups: list[int] = []
     rows = 0
     meta = pf.metadata
-    for i in range(start, pf.num_row_groups):
+    stop = pf.num_row_groups if stop is None else stop
+    for i in range(start, stop):
         groups.append(i)
         rows += meta.row_group(i).num_rows
-        if rows >= READ_ROWS or i == pf.num_row_groups - 1:
+        if rows >= READ_ROWS or i == stop - 1:
             table = pf.read_row_groups(groups, columns=[column], use_threads=True)
             yield from table.column(0).chunks
             groups, rows = [], 0
 
 
-def _confirm(pf: Any, column: str, suspects: Any) -> str | None:
-    """A second pass over only the ids whose key was seen twice: compare the ids."""
+def confirm(pf: Any, column: str, suspects: Any) -> str | None:
+    """The first id of ``suspects`` (keys seen twice) that ``pf`` holds twice, from a second
+    pass over only the ids with those keys, compared as ids; None if none is."""
     import numpy as np
     import pyarrow as pa
 
