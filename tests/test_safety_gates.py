@@ -23,7 +23,7 @@ import pytest
 from tests.conftest import run_usr
 from tests.reliability_helpers import sweep
 from tests.test_sync_scenarios import DS, Env, make_dataset, make_env
-from usr.errors import VerifyError
+from usr.errors import ConflictError, VerifyError
 from usr.layout import EVENTS_FILE, RECORDS_FILE
 from usr.store import Store
 from usr.sync import engine
@@ -224,6 +224,32 @@ def test_the_receiving_server_gates_what_a_client_sends(env: Env) -> None:
         session.push(DS, store, new, old)
     assert fingerprint(env) == before
     assert Store.open(env.remote_dir, create=False).head() == old
+
+
+def test_the_servers_gate_refusal_wins_over_the_checkout_it_runs_beside(env: Env) -> None:
+    """The server checks a pushed state on a thread while its checkout stages; the
+    checkout fails here too (unrecorded changes on the cluster), yet the answer is the
+    gate's refusal, as when the gate ran first, and nothing staged is promoted. Then the
+    same push without the gate fails on the checkout, as it would have."""
+    from usr.sync import client
+
+    _synced(env)
+    DAMAGE["duplicate-ids"][0](env.local_dir)
+    store = Store.open(env.local_dir)
+    new = store.record("broken here").commit
+    old = Store.open(env.remote_dir, create=False).head()
+    (env.remote_dir / "notes.txt").write_text("unrecorded on the cluster\n")
+    before = fingerprint(env)
+    refused = pytest.raises(VerifyError, match="records.parquet fails the unique-ids check")
+    with client.open_session("bu-scc", str(env.config)) as session, refused:
+        session.push(DS, store, new, old)
+    assert fingerprint(env) == before
+    assert Store.open(env.remote_dir, create=False).head() == old
+    assert not [p for p in env.remote_dir.iterdir() if ".usr-staging-" in p.name]
+    conflict = pytest.raises(ConflictError, match="unrecorded changes")
+    with client.open_session("bu-scc", str(env.config)) as session, conflict:
+        session.push(DS, store, new, old, validate=False)
+    assert fingerprint(env) == before
 
 
 def test_no_validate_transfers_and_the_audit_says_so(env: Env, tmp_path: Path) -> None:

@@ -34,7 +34,7 @@ import hashlib
 import os
 import shutil
 import stat as statmod
-from collections.abc import Container, Iterable, Iterator
+from collections.abc import Callable, Container, Iterable, Iterator
 from dataclasses import dataclass, field
 from itertools import chain
 from pathlib import Path
@@ -377,9 +377,12 @@ def checkout(
     force: bool = False,
     expect_head: object = ...,
     staged: Staged | None = None,
+    ready: Callable[[], None] | None = None,
 ) -> str:
     """See :meth:`usr.store.repository.Store.checkout`; ``staged`` names files a push
-    streamed into the staging dir (see :func:`_stage`)."""
+    streamed into the staging dir (see :func:`_stage`). ``ready`` is called once every file
+    is staged and durable, before the journal commits to the promote: raising there
+    refuses the checkout with nothing promoted (a gate run meanwhile, for one)."""
     target = store.resolve(commit)
     with store.lock(f"checkout {target[:12]}"):
         recover(store)
@@ -416,6 +419,8 @@ def checkout(
         journal = _stage(store, target, target_tree, changes, staged)
         try:
             faults.point(FAULT_STAGED)
+            if ready is not None:
+                ready()
         except BaseException:
             journal.abort()
             raise

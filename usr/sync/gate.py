@@ -61,6 +61,14 @@ def gate_state(
     return dict(check_state(store, commit, receiver_head, where), validated=True, override=False)
 
 
+def own_handle(store: Any) -> Any:
+    """Another handle on ``store`` (its own libgit2 repository and chunk readers), so the
+    gate can read a state on a thread while a checkout reads through ``store``."""
+    import pygit2
+
+    return type(store)(store.path, pygit2.Repository(str(store.gitdir)))
+
+
 def check_state(store: Any, commit: str, receiver_head: str | None, where: str) -> dict[str, Any]:
     """Gate the recorded state ``commit`` of ``store`` (all its objects there) against the
     receiver's current head (None: a bootstrap). Returns what was checked, for the audit."""

@@ -21,10 +21,11 @@ from typing import Any
 from usr.errors import NotFoundError, UsageError, UsrError
 from usr.layout import RECORDS_FILE
 from usr.sync.audit import AuditRun, Comparison, Side
+from usr.sync.beside import beside
 from usr.sync.history import commits, effective_relation, haves, relation, set_tracking
 from usr.sync.options import SyncOptions
 from usr.sync.recordfetch import fetch_record_blobs, record_diff
-from usr.sync.remote import beside, bytes_moved, open_remote
+from usr.sync.remote import bytes_moved, open_remote
 from usr.sync.rules import check_partial
 from usr.sync.target import Target, local_exists, open_store
 from usr.sync.trees import (

@@ -22,11 +22,12 @@ from usr.store.streamstage import StreamStager
 from usr.sync import merging
 from usr.sync.audit import AuditRun, Comparison
 from usr.sync.auditfile import observed_transfer
-from usr.sync.gate import gate_state
+from usr.sync.beside import beside
+from usr.sync.gate import gate_state, own_handle
 from usr.sync.history import MAIN_REF, commits, haves, set_tracking, short
 from usr.sync.options import SyncOptions, confirm
 from usr.sync.plan import SyncState, compare, fetch_remote_trees
-from usr.sync.remote import beside, bytes_moved, here, open_remote
+from usr.sync.remote import bytes_moved, here, open_remote
 from usr.sync.rules import (
     bootstrap_id_check,
     check_events_chain,
@@ -84,7 +85,6 @@ def carry_out(run: AuditRun, target: Target, remote: str, options: SyncOptions) 
                 )
                 observed_transfer(data, stats)
                 check_events_chain(store, commits(store, st.remote_head, st.local_head))
-                data["gate"] = gate_state(store, st.remote_head, st.local_head, "pull", options)
             except BaseException:
                 stager.discard()  # refused: nothing of it stays in the working directory
                 raise
@@ -179,7 +179,10 @@ def _check_out(
     staged: Staged | None = None,
 ) -> None:
     """Check the fetched head out here and re-verify what it wrote (taking the files the
-    fetch ``staged`` as their blobs landed without reading them again).
+    fetch ``staged`` as their blobs landed without reading them again). The gate checks
+    the fetched state on a thread while the checkout stages (which ends waiting for the
+    disk), and is waited for before anything is promoted; its refusal wins over any
+    other failure, as when it ran first.
 
     Under the dataset lock AND the events lock (same order as every writer), so a line
     appended to .events.log meanwhile is either in the recorded state already or waits for
@@ -187,11 +190,16 @@ def _check_out(
     since we recorded (nothing is lost, rerun the pull).
     """
     moved = pulled_entries(data)
+
+    def gate() -> None:
+        data["gate"] = gate_state(own_handle(store), st.remote_head, st.local_head, "pull", options)
+
     with (
+        beside(gate) as gate_passed,
         store.lock(f"pull {remote}", timeout=options.lock_timeout),
         events_lock(target.path, timeout=options.lock_timeout),
     ):
-        checkout(store, st.remote_head, expect_head=st.local_head, staged=staged)
+        checkout(store, st.remote_head, expect_head=st.local_head, staged=staged, ready=gate_passed)
         faults.point(FAULT_PULL_CHECKED_OUT)
         verify_working(store, target.path, st.remote_head, options, entries=moved)
     if not st.local_exists:

@@ -15,11 +15,12 @@ from usr import faults, hooks
 from usr.errors import NotFoundError
 from usr.sync.audit import AuditRun, Comparison
 from usr.sync.auditfile import observed_transfer
+from usr.sync.beside import beside
 from usr.sync.gate import check_state
 from usr.sync.history import commits, set_tracking, tracking_ref
 from usr.sync.options import SyncOptions, confirm
 from usr.sync.plan import SyncState, compare, fetch_remote_trees
-from usr.sync.remote import beside, bytes_moved, here, open_remote
+from usr.sync.remote import bytes_moved, here, open_remote
 from usr.sync.rules import (
     bootstrap_id_check,
     check_events_chain,

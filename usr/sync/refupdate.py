@@ -8,12 +8,14 @@ the same step.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from usr.errors import NotFoundError, VerifyError
 from usr.locks import events_lock
 from usr.store import revlist
 from usr.store.checkout import checkout
+from usr.sync.beside import beside
 from usr.sync.history import require_fast_forward
 
 
@@ -24,25 +26,42 @@ def update_and_checkout(
     it (fast-forward only); then ``new`` is checked out (staged, verified, promoted) and
     ``refs/heads/main`` moves with it. Unrecorded changes in the working directory refuse
     it (ConflictError), so nothing written there since the record is ever overwritten.
-    Before any of it the state passes the gate (:mod:`usr.sync.gate`) unless the client
-    named ``--no-validate``. ``staged``: the files the receive streamed into the staging
-    dir (:class:`usr.store.checkout.Staged`), which the checkout takes without rereading."""
+    Before anything is promoted the state passes the gate (:mod:`usr.sync.gate`) unless
+    the client named ``--no-validate``: checked on a thread while the checkout stages
+    (which ends waiting for the disk), and waited for before the journal commits; its
+    refusal wins over any other failure, as when it ran first. ``staged``: the files the
+    receive streamed into the staging dir (:class:`usr.store.checkout.Staged`), which the
+    checkout takes without rereading."""
     if not store.has_object(new):
         raise VerifyError(f"commit {new} did not arrive; refusing to move the ref")
     _require_complete(store, new)
-    if validate:
-        from usr.sync.gate import check_state
-
-        check_state(store, new, old, f"the push of state {new[:12]}")
     # The events lock too (after the dataset lock, the order every writer takes them): a
     # batch job's line appended while files are staged would otherwise be overwritten when
     # the pushed .events.log is promoted. With it held the line waits and lands after.
     what = "push: update ref and check out"
-    with store.lock(what), events_lock(store.path, what=what):
+    with (
+        beside(_gate(store, new, old, validate)) as gate_passed,
+        store.lock(what),
+        events_lock(store.path, what=what),
+    ):
         hint = "someone else pushed or recorded; rerun to see the new state"
         require_fast_forward(store, store.head(), old, new, hint)
-        checkout(store, new, expect_head=old, staged=staged)  # Store.checkout, plus staged
+        checkout(store, new, expect_head=old, staged=staged, ready=gate_passed)
     return store.head()
+
+
+def _gate(store: Any, new: str, old: str | None, validate: bool) -> Callable[[], None]:
+    """The gate's check of the pushed state (nothing with ``--no-validate``), through a
+    store handle of its own (its own libgit2 repository and chunk readers: the checkout
+    reads through the caller's meanwhile)."""
+
+    def check() -> None:
+        if validate:
+            from usr.sync.gate import check_state, own_handle
+
+            check_state(own_handle(store), new, old, f"the push of state {new[:12]}")
+
+    return check
 
 
 def _require_complete(store: Any, new: str) -> None:

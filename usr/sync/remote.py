@@ -1,15 +1,15 @@
-"""The remote end of one sync command: open its session, and do local work meanwhile.
+"""The remote end of one sync command: open its session.
 
-Owns :func:`open_remote` (a session to a named remote profile), :func:`beside` (local
-work on a thread while the session opens) and :func:`bytes_moved` (what the session's
-frame layer counted), and :func:`here` (this machine's name in the other side's
-record message). May import :mod:`usr.sync.client` (lazily: a command that never
-reaches a remote does not load the transport) and :mod:`usr.sync.options`.
+Owns :func:`open_remote` (a session to a named remote profile), :func:`bytes_moved`
+(what the session's frame layer counted) and :func:`here` (this machine's name in the
+other side's record message); local work runs meanwhile by :func:`usr.sync.beside.beside`.
+May import :mod:`usr.sync.client` (lazily: a command that never reaches a remote does not
+load the transport) and :mod:`usr.sync.options`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -28,43 +28,6 @@ def open_remote(remote: str, options: SyncOptions) -> Iterator[Any]:
         )
     with session:
         yield session
-
-
-@contextmanager
-def beside(work: Callable[[], None]) -> Iterator[Callable[[], None]]:
-    """Run ``work`` on a thread while the body opens the session, and yield ``wait``.
-
-    Opening a session is mostly waiting: the SSH login and the remote's start-up take
-    0.3-0.5 s in which this process is idle; scanning and sizing the local tree (0.5 s on
-    10,000 files) fits there. ``wait`` joins and re-raises. A failure of ``work`` wins over
-    one of the session, as when the local side was read first.
-    """
-    import threading
-
-    failed: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            work()
-        except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
-            failed.append(exc)
-
-    thread = threading.Thread(target=run, name="usr-local-side", daemon=True)
-    thread.start()
-
-    def wait() -> None:
-        thread.join()
-        if failed:
-            raise failed.pop()
-
-    try:
-        yield wait
-    except BaseException:
-        thread.join()
-        if failed:
-            raise failed.pop() from None
-        raise
-    wait()
 
 
 def here() -> str:
