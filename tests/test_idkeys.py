@@ -8,6 +8,7 @@ Tables are real Parquet files written by :func:`usr.records.write_records` (row 
 from __future__ import annotations
 
 import hashlib
+import io
 import random
 import tempfile
 from datetime import UTC, datetime
@@ -347,7 +348,7 @@ def test_the_store_side_reads_the_blob_and_keeps_its_own_entry(tmp_path: Path) -
     store = Store.open(ds)
     first = store.record("import").commit
     assert check_state(store, first, None, "test") == {"checked": [RECORDS_FILE]}
-    (entry,) = (ds / ".usr" / idkeys.CACHE_DIR).iterdir()
+    (entry,) = (ds / ".usr" / idkeys.CACHE_DIR).glob(f"*{idkeys.SUFFIX}")
     _write(ds / RECORDS_FILE, [*ids, *_ids(BASE, BASE + 200)])
     second = store.record("append").commit
     blob = str(store.repo[store.tree_of(second)][RECORDS_FILE].id)
@@ -358,6 +359,74 @@ def test_the_store_side_reads_the_blob_and_keeps_its_own_entry(tmp_path: Path) -
     third = store.record("append a duplicate").commit
     with pytest.raises(GateRefused, match="fails the unique-ids check"):
         check_state(store, third, second, "test")
+
+
+class _Counted(io.RawIOBase):
+    """A store entry read through, counting the bytes asked of it."""
+
+    def __init__(self, inner: EntryFile) -> None:
+        self.inner, self.read_bytes = inner, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        return self.inner.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self.inner.tell()
+
+    def readinto(self, buffer) -> int:
+        n = self.inner.readinto(buffer)
+        self.read_bytes += n
+        return n
+
+    def chunks_covering(self, start: int, end: int):
+        return self.inner.chunks_covering(start, end)
+
+
+def test_an_append_is_fingerprinted_from_the_memo_without_reading_its_old_groups(
+    tmp_path: Path,
+) -> None:
+    """The fingerprints of a table whose leading chunks a checked table shares come from
+    the memo (usr.idmemo) for those groups: the same group table as reading every group,
+    with far fewer bytes read; a damaged memo is ignored and costs only the reading."""
+    from usr import idmemo
+
+    ds = tmp_path / "ds"
+    ds.mkdir()
+    ids = _ids(0, 8 * G + 300)
+    _write(ds / RECORDS_FILE, ids)
+    store = Store.open(ds)
+    first = store.record("import").commit
+    check_state(store, first, None, "test")
+    cache = ds / ".usr" / idkeys.CACHE_DIR
+    assert list(cache.glob(f"*{idmemo.SUFFIX}"))
+    _write(ds / RECORDS_FILE, [*ids, *_ids(10**6, 10**6 + 500)])
+    second = store.record("append").commit
+    blob = str(store.repo[store.tree_of(second)][RECORDS_FILE].id)
+    assert store.manifest_of(blob) is not None  # a chunked entry: its ranges are named
+
+    def fingerprinted(memo_from: Path | None) -> tuple[bytes | None, int]:
+        source = _Counted(EntryFile(store, blob))
+        return idkeys.fingerprints(pq.ParquetFile(source), source, memo_from), source.read_bytes
+
+    whole, read_whole = fingerprinted(None)
+    memoed, read_memoed = fingerprinted(cache)
+    assert memoed == whole
+    assert read_memoed < read_whole // 3, (read_memoed, read_whole)
+    for memo in cache.glob(f"*{idmemo.SUFFIX}"):
+        raw = bytearray(memo.read_bytes())
+        raw[-1] ^= 1
+        memo.write_bytes(bytes(raw))
+    assert idmemo.load(cache) == {}
+    damaged, read_damaged = fingerprinted(cache)
+    assert damaged == whole and read_damaged >= read_whole - 4096
+    outcome = idkeys.check(pq.ParquetFile(EntryFile(store, blob)), EntryFile(store, blob), cache)
+    assert outcome == idkeys.Outcome(None, 8, 1)
 
 
 def test_the_working_check_keeps_its_entry_in_the_dataset_store_only(tmp_path: Path) -> None:

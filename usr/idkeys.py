@@ -115,7 +115,7 @@ def check(pf: Any, source: BinaryIO, cache: Path | None) -> Outcome:
     groups = pf.num_row_groups
     if cache is None:
         return Outcome(first_duplicate(pf), 0, groups)
-    table = fingerprints(pf, source)
+    table = fingerprints(pf, source, cache)
     if table is None:
         return Outcome(first_duplicate(pf), 0, groups)
     chain = _chain(cache, table)
@@ -173,11 +173,16 @@ def _without(runs: Iterable[Any], drop: Any) -> Iterator[Any]:
         run = block = None  # not held while the next run is read
 
 
-def fingerprints(pf: Any, source: BinaryIO) -> bytes | None:
+def fingerprints(pf: Any, source: BinaryIO, cache: Path | None = None) -> bytes | None:
     """The group table of ``pf``: per row group :data:`GROUP` (rows, fingerprint of the id
     column chunk), or None when a chunk cannot be fingerprinted: stored in another file,
     a byte range outside the file, or a writer other than Arrow's C++ one (for old
-    parquet-mr files Arrow reads past a chunk's stated end, bytes no fingerprint holds)."""
+    parquet-mr files Arrow reads past a chunk's stated end, bytes no fingerprint holds).
+    A store entry (``source`` names the chunks of a range: ``chunks_covering``) looks each
+    group up in ``cache``'s fingerprint memo (:mod:`usr.idmemo`) before reading it, and
+    leaves this table's memo there."""
+    from usr import idmemo
+
     meta = pf.metadata
     if not (meta.created_by or "").startswith(WRITER):
         return None
@@ -190,6 +195,9 @@ def fingerprints(pf: Any, source: BinaryIO) -> bytes | None:
         f"{col.physical_type}|{col.logical_type}|{col.max_definition_level}|"
         f"{col.max_repetition_level}"
     )
+    covering = getattr(source, "chunks_covering", None) if cache is not None else None
+    memo = idmemo.load(cache) if covering is not None and cache is not None else {}
+    mine: dict[bytes, bytes] = {}
     out = bytearray()
     for g in range(meta.num_row_groups):
         group = meta.row_group(g)
@@ -202,14 +210,23 @@ def fingerprints(pf: Any, source: BinaryIO) -> bytes | None:
         length = chunk.total_compressed_size
         if start < 0 or length <= 0:
             return None
-        source.seek(start)
-        data = source.read(length)
-        if len(data) != length:
-            return None
         what = f"{context}|{chunk.compression}|{chunk.num_values}|{group.num_rows}|{length}"
-        digest = blake3.blake3(FINGERPRINT_TAG + what.encode() + b"\0")
-        digest.update(data)
-        out += GROUP.pack(group.num_rows, digest.digest())
+        spans = covering(start, start + length) if covering is not None else None
+        name = idmemo.key(what.encode(), spans, start, length) if spans else None
+        fingerprint = memo.get(name) if name is not None else None
+        if fingerprint is None:
+            source.seek(start)
+            data = source.read(length)
+            if len(data) != length:
+                return None
+            digest = blake3.blake3(FINGERPRINT_TAG + what.encode() + b"\0")
+            digest.update(data)
+            fingerprint = digest.digest()
+        if name is not None:
+            mine[name] = fingerprint
+        out += GROUP.pack(group.num_rows, fingerprint)
+    if mine and cache is not None and any(k not in memo for k in mine):
+        idmemo.save(cache, _prefix_id(bytes(out), meta.num_row_groups).hex(), mine)
     return bytes(out)
 
 
