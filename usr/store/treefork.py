@@ -21,7 +21,6 @@ Linux (``/proc/self/task`` says how many threads there are).
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import marshal
 import os
@@ -173,9 +172,12 @@ class Lister:
     def close(self) -> None:
         """Stop and reap the child (it may still be walking when the parent failed)."""
         self.pipe.close()
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(self.pid, signal.SIGKILL)
-        os.waitpid(self.pid, 0)
+        try:
+            if os.waitpid(self.pid, os.WNOHANG)[0] == 0:  # still running: ours to kill
+                os.kill(self.pid, signal.SIGKILL)
+                os.waitpid(self.pid, 0)
+        except ChildProcessError:
+            pass  # reaped already (a SIGCHLD handler): its pid is not ours to signal
 
 
 def start(scan: Any) -> Lister | None:
@@ -188,12 +190,22 @@ def start(scan: Any) -> Lister | None:
     prefixes = split(dirs)
     if not prefixes or not _single_threaded():
         return None
-    rfd, wfd = os.pipe()
-    pid = os.fork()
+    try:
+        rfd, wfd = os.pipe()
+    except OSError:
+        return None  # out of descriptors: one walk still works
+    try:
+        pid = os.fork()
+    except OSError:
+        os.close(rfd)
+        os.close(wfd)
+        return None  # out of processes or memory: likewise
     if pid == 0:  # the child: never returns
         code = 1
         try:
             os.close(rfd)
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+                signal.signal(sig, signal.SIG_DFL)  # none of the parent's handlers here
             gc.disable()  # nothing to collect in a short walk; pages stay shared
             _child(scan, prefixes, wfd)
             code = 0
