@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -203,3 +204,30 @@ def test_a_process_with_threads_walks_alone(root: Path, monkeypatch: pytest.Monk
     store = Store.open(ds)
     assert store.working_tree() == store.tree_of(store.head())
     assert store.last_scan.forked == 0 and store.last_scan.files == 104
+
+
+def test_ctrl_c_while_the_child_walks_stops_both_and_a_rerun_is_right(root: Path) -> None:
+    ds = _dataset(root)
+    (ds / "_aux" / "1" / "12" / "f1.txt").write_bytes(b"changed in the child's part")
+    fifo = root.parent / "hold"
+    os.mkfifo(fifo)
+    held = f"{FAULT_CHILD}:{fifo}"
+    cmd = [sys.executable, "-m", "usr", "--root", str(root), "status", DS]
+    env = usr_env({FORK_ENV: "1", "USR_PAUSE_POINT": held})
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    signal.alarm(60)  # fail, not hang, if the child never reaches its point
+    try:
+        hold = os.open(fifo, os.O_WRONLY)  # returns once the child is held at the point
+    finally:
+        signal.alarm(0)
+    children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+    assert len(children) == 1
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    os.close(hold)
+    assert proc.returncode == 130  # the CLI's one line for an interrupt (click's "aborted")
+    assert err.decode().strip() in ("usr: error: aborted", "usr: error: interrupted")
+    assert not out
+    assert not Path(f"/proc/{children[0]}").exists()  # killed and reaped by the parent
+    again = run_usr("--root", str(root), "status", DS, env={FORK_ENV: "1"})
+    assert again.returncode == 0 and "_aux/1/12/f1.txt" in again.stdout
