@@ -21,6 +21,8 @@ Linux (``/proc/self/task`` says how many threads there are).
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import gc
 import marshal
 import os
@@ -42,6 +44,7 @@ _DEPTH = 8
 #: The child's subtrees hold at most this fraction of the files each, where they can.
 _GRAIN = 64
 _LEN = struct.Struct("<I")
+_PIPE_BYTES = 1 << 20  # Linux's default most for an unprivileged pipe
 
 
 def fork_min() -> int:
@@ -194,6 +197,10 @@ def start(scan: Any) -> Lister | None:
         rfd, wfd = os.pipe()
     except OSError:
         return None  # out of descriptors: one walk still works
+    with contextlib.suppress(OSError, AttributeError):
+        # Room for every report (about 150 bytes a subtree): a child that fills the pipe
+        # before the parent reads waits, and its part is then walked after the parent's.
+        fcntl.fcntl(wfd, fcntl.F_SETPIPE_SZ, _PIPE_BYTES)
     try:
         pid = os.fork()
     except OSError:
