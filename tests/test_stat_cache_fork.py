@@ -5,6 +5,7 @@ stat cache), and a child that dies costs only time."""
 from __future__ import annotations
 
 import json
+import marshal
 import os
 import shutil
 import signal
@@ -17,7 +18,7 @@ import pytest
 
 from tests.conftest import recorded_dataset, run_usr, usr_env
 from usr.store import Store
-from usr.store.treefork import FAULT_CHILD, FORK_ENV, split
+from usr.store.treefork import FAULT_CHILD, FORK_ENV, Lister, split
 
 PAST = 1_600_000_000 * 10**9  # well before any scan: the stat cache trusts these mtimes
 DS = "lab/forked"
@@ -238,3 +239,26 @@ def test_ctrl_c_while_the_child_walks_stops_both_and_a_rerun_is_right(root: Path
     assert not Path(f"/proc/{children[0]}").exists()  # killed and reaped by the parent
     again = run_usr("--root", str(root), "status", DS, env={FORK_ENV: "1"})
     assert again.returncode == 0 and "_aux/1/12/f1.txt" in again.stdout
+
+
+def test_a_report_cut_short_by_the_childs_death_is_no_report() -> None:
+    """A child killed mid-write leaves a short last report: the parent takes the whole ones
+    before it and walks the rest itself, never failing on the half one."""
+    whole = marshal.dumps((b"a/", (1, 2)))
+    cut = marshal.dumps((b"b/", (3, 4)))
+    script = (
+        "import os, struct, sys\n"
+        f"w, c = {whole!r}, {cut!r}\n"
+        "os.write(1, struct.pack('<I', len(w)) + w + struct.pack('<I', len(c)) + c[:3])\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE)
+    assert proc.stdout is not None
+    lister = Lister(proc.pid, os.dup(proc.stdout.fileno()), [b"a/", b"b/"])
+    proc.stdout.close()
+    try:
+        assert lister.answer("a/") == (1, 2)
+        assert lister.answer("b/") is None and lister.done
+        assert lister.answer("c/") is None  # never asked of the child
+    finally:
+        lister.close()
+    assert not Path(f"/proc/{proc.pid}").exists()  # reaped by the parent's end

@@ -163,14 +163,24 @@ class Lister:
         if key not in self.wanted:
             return None
         while key not in self.answers and not self.done:
-            head = self.pipe.read(_LEN.size)
-            body = self.pipe.read(_LEN.unpack(head)[0]) if len(head) == _LEN.size else b""
-            if not body:
+            got = self._read()
+            if got is None:
                 self.done = True  # the child finished or died: walk the rest here
                 break
-            got, found = marshal.loads(body)
-            self.answers[got] = found
+            self.answers[got[0]] = got[1]
         return self.answers.pop(key, None)
+
+    def _read(self) -> tuple | None:
+        """The child's next report, or None at its end (cut short if it was killed)."""
+        try:
+            head = self.pipe.read(_LEN.size)
+            if len(head) < _LEN.size:
+                return None
+            size = _LEN.unpack(head)[0]
+            body = self.pipe.read(size)
+            return marshal.loads(body) if len(body) == size else None
+        except (OSError, ValueError, EOFError, TypeError):
+            return None
 
     def close(self) -> None:
         """Stop and reap the child (it may still be walking when the parent failed)."""
