@@ -310,3 +310,31 @@ def test_a_checkout_over_a_cache_with_rows_keeps_its_line(tmp_path: Path) -> Non
     assert len(cache.files) == 5
     with index.sorted_updates(cache) as updates:
         assert updates.out is not None and updates.out.scan_ns == cache.scan_ns
+
+
+def test_sizes_in_order_jump_to_hits_and_step_after_many_misses(tmp_path: Path) -> None:
+    """A diff's sizes: the cached size where the row names the same entry, else the
+    fallback; paths are found by searching ahead (any number of hits) until 8 misses, then
+    by stepping through the rows, with the same answers either way."""
+    cache = index.StatCache(tmp_path / "index", inline_limit=4096)
+    names = sorted(f"d{i % 10}/f{i:04d}" for i in range(2000))
+    for i, rel in enumerate(names):
+        cache.update(rel, index.StatKey(1000 + i, 1, 1, i), f"{i:040x}")
+    cache.save()
+    loaded = index.StatCache(cache.path, inline_limit=4096)
+    asked: list[str] = []
+
+    def fallback(entry_id: str) -> int:
+        asked.append(entry_id)
+        return -1
+
+    size = loaded.sizes_in_order(fallback)
+    assert size(names[0], f"{0:040x}") == 1000  # the first row
+    assert size(names[5], f"{5:040x}") == 1005
+    assert size(names[7], "f" * 40) == -1  # in the cache under another id
+    for i in range(9):  # missing paths, each between two rows: the 9th is stepped to
+        assert size(names[10 * (i + 1)] + "x", f"{i:040x}") == -1
+    assert size(names[100], f"{100:040x}") == 1100  # found by stepping
+    assert size(names[1999], f"{1999:040x}") == 2999  # the last row
+    assert size(names[1999] + "z", "e" * 40) == -1  # past the end
+    assert asked == ["f" * 40, *(f"{i:040x}" for i in range(9)), "e" * 40]

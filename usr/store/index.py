@@ -139,6 +139,9 @@ class _Table:
 
 #: Finds answered by a search of the paths' bytes before they are indexed for bisection.
 _SCANNED_FINDS = 8
+#: Paths a diff asks sizes for that are not in the cache before the rest are looked up by
+#: stepping through the rows (a miss searches to the end of the paths).
+_SIZE_MISSES = 8
 
 
 def trusted_before(path: Path) -> int | None:
@@ -287,18 +290,45 @@ class StatCache:
         the cached row of ``relpath`` when that row names ``entry_id`` (the file hashed to
         that id had that size, so the entry's whole-file size is it, inline or chunked),
         else ``fallback(entry_id)``. One pass over the rows, nothing read from the store:
-        sizing the 1,000,000 files a snapshot added no longer reads their blobs."""
-        rows = self.files.items()
-        ahead = next(rows, None)
+        sizing the 1,000,000 files a snapshot added no longer reads their blobs.
+
+        The pass jumps to each path by a search of the paths' bytes (C speed: a status
+        with 10 files changed across 1,000,000 no longer steps through every row in
+        Python, 0.5 s); after :data:`_SIZE_MISSES` paths not in the cache (each a search to
+        the end) it steps row by row, so a diff of many new files stays linear."""
+        files = self.files
+        names = files.names
+        at = [0, 0, 0]  # row, path offset (nothing asked later sorts before it), misses
+
+        def seek(path: bytes) -> int | None:
+            c, p, misses = at
+            if misses < _SIZE_MISSES:
+                found = p if names.startswith(path + b"\0", p) else -1
+                if found < 0:
+                    i = names.find(b"\0" + path + b"\0", p)
+                    found = i + 1 if i >= 0 else -1
+                if found < 0:
+                    at[2] += 1
+                    return None
+                c += names.count(b"\0", p, found)
+                at[0], at[1] = c, found
+                return c
+            while c < len(files):
+                row, after = files.path_at(p)
+                if row >= path:
+                    at[0], at[1] = c, p
+                    return c if row == path else None
+                c, p = c + 1, after
+            at[0], at[1] = c, p
+            return None
 
         def size(relpath: str, entry_id: str) -> int | None:
-            nonlocal ahead
             if relpath not in self._updates:
-                path = relpath.encode("utf-8", "surrogateescape")
-                while ahead is not None and ahead[0] < path:
-                    ahead = next(rows, None)
-                if ahead is not None and ahead[0] == path and ahead[1][6].hex() == entry_id:
-                    return ahead[1][0]
+                c = seek(relpath.encode("utf-8", "surrogateescape"))
+                if c is not None:
+                    fields = files.at(c)
+                    if fields[6].hex() == entry_id:
+                        return fields[0]
             return fallback(entry_id)
 
         return size

@@ -73,6 +73,8 @@ class ScanStats:
     files: int = 0
     hashed: int = 0
     bytes_hashed: int = 0
+    #: Files checked by the forked child (usr.store.treefork), not walked by this process.
+    forked: int = 0
 
 
 @dataclass(frozen=True)

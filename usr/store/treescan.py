@@ -25,6 +25,7 @@ from operator import attrgetter, countOf, itemgetter
 from pathlib import Path
 from typing import Any
 
+from usr.store import treefork
 from usr.store.model import ScanStats
 from usr.store.worktree import MODE_EXEC, MODE_FILE, list_dir
 
@@ -116,6 +117,7 @@ class TreeScan:
         use_trees: bool = True,
     ) -> None:
         self.root = str(root)
+        self.cache = cache
         self.files, self.dirs = cache.files, cache.dirs
         self.names, self.raw = cache.files.names, cache.files.raw
         self.trust = trust_before
@@ -128,9 +130,25 @@ class TreeScan:
         self.changed = False  # anything not a plain hit: the cache must be written again
 
     def run(self) -> tuple[str, int]:
-        """``(root tree id, files)``. Not split: one loop over an explicit stack (nesting
-        can be deeper than Python's recursion limit)."""
-        stack = [self._enter("", self.root)]
+        """``(root tree id, files)``, the last part of a large tree checked by a forked
+        child meanwhile (:mod:`usr.store.treefork`)."""
+        lister = treefork.start(self)
+        try:
+            oid, files, clean = self.walk("", self.root, lister)
+        finally:
+            if lister is not None:
+                lister.close()
+        assert oid is not None
+        if clean and self.tree_exists is not None and not self.tree_exists(oid.hex()):
+            raise StaleTree(oid.hex())
+        self.stats.files = files
+        return oid.hex(), files
+
+    def walk(self, prefix: str, path: str, lister: Any) -> tuple[bytes | None, int, bool]:
+        """``(tree id or None, files, clean)`` of the directory ``prefix`` at ``path``,
+        taking the subtrees ``lister`` found clean. Not split: one loop over an explicit
+        stack (nesting can be deeper than Python's recursion limit)."""
+        stack = [self._enter(prefix, path)]
         while True:
             d = stack[-1]
             if d.i < len(d.children):
@@ -142,17 +160,15 @@ class TreeScan:
                 else:
                     d.subdirs.pop()
                     d.i += 1
-                    self._skip_gone(d, f"{d.prefix}{key}".encode(), below=True)
-                    stack.append(self._enter(f"{d.prefix}{key}", f"{d.path}/{name}"))
+                    sub = f"{d.prefix}{key}"
+                    self._skip_gone(d, sub.encode(), below=True)
+                    if lister is None or not self._take(d, sub, name, lister):
+                        stack.append(self._enter(sub, f"{d.path}/{name}"))
                 continue
             stack.pop()
             oid, files = self._leave(d)
             if not stack:
-                assert oid is not None
-                if d.clean and self.tree_exists is not None and not self.tree_exists(oid.hex()):
-                    raise StaleTree(oid.hex())
-                self.stats.files = files
-                return oid.hex(), files
+                return oid, files, d.clean
             parent = stack[-1]
             parent.clean = parent.clean and d.clean
             parent.files += files
@@ -160,20 +176,44 @@ class TreeScan:
                 name = d.prefix[len(parent.prefix) : -1]
                 parent.parts.append(("one", name, oid, _TREE_MODE if not d.clean else None))
 
+    def _take(self, d: _Dir, prefix: str, name: str, lister: Any) -> bool:
+        """Take the subdirectory ``prefix`` as the child checked it, if it found every
+        file under it a hit and agrees with this walk on where its rows start."""
+        found = lister.answer(prefix)
+        if found is None:
+            return False
+        c0, p0, t0, c1, p1, t1, tp1, files, oid, ops = found
+        cached, t, _tp = self._tree_row(prefix.encode(), self.t, self.tp)
+        if (self.c, self.p) != (c0, p0) or cached != (files, oid) or t != t0 + 1:
+            return False
+        self.c, self.p, self.t, self.tp = c1, p1, t1, tp1
+        if self.out is not None:
+            treefork.replay(ops, self.out)
+        d.files += files
+        d.parts.append(("one", name, oid, None))
+        self.stats.forked += files
+        return True
+
+    def _tree_row(self, key: bytes, t: int, tp: int) -> tuple[Any, int, int]:
+        """The cache-tree row of directory ``key`` (``(files, raw id)`` or None) from
+        cursor ``(t, tp)``, and the cursor past it."""
+        cached = None
+        dirs = self.dirs
+        while t < len(dirs):
+            at, after = dirs.path_at(tp)
+            if at > key:
+                break
+            if at == key and self.use_trees:
+                count, _plen, oid = dirs.at(t)
+                cached = (count, oid)
+            t, tp = t + 1, after
+        return cached, t, tp
+
     def _enter(self, prefix: str, path: str) -> _Dir:
         """List a directory and find its cache-tree row (the tree cursor moves in step)."""
         children = list_dir(prefix, path)
         key = prefix.encode()
-        cached = None
-        dirs = self.dirs
-        while self.t < len(dirs):
-            at, after = dirs.path_at(self.tp)
-            if at > key:
-                break
-            if at == key and self.use_trees:
-                count, _plen, oid = dirs.at(self.t)
-                cached = (count, oid)
-            self.t, self.tp = self.t + 1, after
+        cached, self.t, self.tp = self._tree_row(key, self.t, self.tp)
         slot = self.out.open_tree(key) if self.out is not None else -1
         return _Dir(prefix, path, children, cached, self.c, slot)
 
