@@ -51,6 +51,19 @@ def _full_rebuild(store: Store) -> str:
     return store.working_tree()
 
 
+def write_rows(cache: index.StatCache, rows: dict, scan_ns: int = 123) -> None:
+    """Write ``rows`` (relpath -> (stat key, entry id)) as the whole cache, in path order,
+    as a scan does; mode 0 (unknown), so each row is a miss to a scan."""
+    out = cache.writer(scan_ns)
+    try:
+        for rel in sorted(rows, key=lambda r: r.encode("utf-8", "surrogateescape")):
+            key, oid = rows[rel]
+            out.add(rel.encode("utf-8", "surrogateescape"), (*key, 0), bytes.fromhex(oid))
+        out.commit()
+    finally:
+        out.close()
+
+
 @pytest.mark.parametrize("count", [0, 1, 17_000, 40_000])
 def test_the_cache_round_trips_in_git_order(tmp_path: Path, count: int) -> None:
     """Saved and loaded back (across the writer's 1 MiB flushes): the same entries, in
@@ -59,12 +72,12 @@ def test_the_cache_round_trips_in_git_order(tmp_path: Path, count: int) -> None:
     names = [f'd{i % 7}/f "{i}".txt' for i in range(count)]
     if count:
         names += ["d1.txt", "d10", "é/x", "d1/sub/deeper/z"]
-    for i, rel in enumerate(names):
-        cache.update(rel, index.StatKey(i, 2 * i, 3 * i, 4 * i), f"{i:040x}")
-    cache.scan_ns = 123
-    cache.save()
+    rows = {
+        rel: (index.StatKey(i, 2 * i, 3 * i, 4 * i), f"{i:040x}") for i, rel in enumerate(names)
+    }
+    write_rows(cache, rows, scan_ns=123)
     again = index.StatCache(cache.path, inline_limit=4096)
-    assert dict(again.entries) == dict(cache.entries)
+    assert dict(again.entries) == rows
     # Past the first few finds the paths are bisected: misses before, between and after.
     for missing in ("", "a", "d1/f", "d1.txt0", "zzz", "é/y"):
         assert again.entries.get(missing) is None
@@ -318,9 +331,9 @@ def test_sizes_in_order_jump_to_hits_and_step_after_many_misses(tmp_path: Path) 
     by stepping through the rows, with the same answers either way."""
     cache = index.StatCache(tmp_path / "index", inline_limit=4096)
     names = sorted(f"d{i % 10}/f{i:04d}" for i in range(2000))
-    for i, rel in enumerate(names):
-        cache.update(rel, index.StatKey(1000 + i, 1, 1, i), f"{i:040x}")
-    cache.save()
+    write_rows(
+        cache, {rel: (index.StatKey(1000 + i, 1, 1, i), f"{i:040x}") for i, rel in enumerate(names)}
+    )
     loaded = index.StatCache(cache.path, inline_limit=4096)
     asked: list[str] = []
 

@@ -53,8 +53,6 @@ MAGIC = b"USRINDEX"
 ROW = struct.Struct("<QqqQII20s")
 #: The stat fields of a row as a scan compares them: size, mtime, ctime, inode, st_mode.
 ROW_KEY = struct.Struct("<QqqQI24x")
-#: An entry remembered by :meth:`StatCache.update`: size, mtime_ns, ctime_ns, inode, raw id.
-_UPDATE = struct.Struct("<QqqQI20s")
 #: One directory of the cache-tree: files under it (recursively), path length, tree id.
 TREE_ROW = struct.Struct("<QI20s")
 #: version, inline_limit, scan_ns, entries, entry path bytes, directories, dir path bytes.
@@ -175,13 +173,6 @@ class StatCache:
         self.scan_ns = 0
         self.files = _empty_table(ROW)
         self.dirs = _empty_table(TREE_ROW)
-        #: Entries set by :meth:`update` since the load, and the directories they make
-        #: stale (every ancestor of an updated path): merged in by :meth:`save`.
-        #: relpath -> an :data:`_UPDATE` row (stat key and raw entry id): 56 bytes, where a
-        #: StatKey, its ints and a hex id took ~290 (a checkout of a million files holds
-        #: one per file until :meth:`save`).
-        self._updates: dict[str, bytes] = {}
-        self._stale: set[bytes] = set()
         with (
             contextlib.suppress(OSError, ValueError, TypeError, struct.error),
             open(path, "rb") as fh,
@@ -230,14 +221,11 @@ class StatCache:
     def tree(self) -> str | None:
         """The root tree the cached entries make, if the cache-tree holds it."""
         found = self.dirs.find(b"")
-        if found is None or b"" in self._stale:
+        if found is None:
             return None
         return self.dirs.at(found[0])[2].hex()
 
     def _row(self, relpath: str) -> tuple[StatKey, str] | None:
-        hit = self._updates.get(relpath)
-        if hit is not None:
-            return _update_fields(hit)
         found = self.files.find(relpath.encode("utf-8", "surrogateescape"))
         if found is None:
             return None
@@ -266,8 +254,6 @@ class StatCache:
         (same stat and mode, not racy, none added or gone): the cached root tree, found by
         the sorted walk without reading or writing anything. None otherwise (anything odd,
         such as a symlink, is only a miss here: the full scan reports it)."""
-        if self._updates:
-            return None
         scan = TreeScan(dataset_dir, self, self.scan_ns - RACY_NS)
         try:
             return scan.run()
@@ -276,8 +262,7 @@ class StatCache:
 
     def entry_ids(self) -> set[str]:
         """Every entry id the cache names (gc keeps them, as git keeps index blobs)."""
-        ids = {fields[6].hex() for fields in ROW.iter_unpack(self.files.raw)}
-        return ids | {_update_fields(row)[1] for row in self._updates.values()}
+        return {fields[6].hex() for fields in ROW.iter_unpack(self.files.raw)}
 
     def tree_ids(self) -> set[str]:
         """Every tree id the cache-tree names (gc keeps them: a scan reuses them unread)."""
@@ -323,55 +308,18 @@ class StatCache:
             return None
 
         def size(relpath: str, entry_id: str) -> int | None:
-            if relpath not in self._updates:
-                c = seek(relpath.encode("utf-8", "surrogateescape"))
-                if c is not None:
-                    fields = files.at(c)
-                    if fields[6].hex() == entry_id:
-                        return fields[0]
+            c = seek(relpath.encode("utf-8", "surrogateescape"))
+            if c is not None:
+                fields = files.at(c)
+                if fields[6].hex() == entry_id:
+                    return fields[0]
             return fallback(entry_id)
 
         return size
 
-    def update(self, relpath: str, key: StatKey, entry_id: str, mode: int = 0) -> None:
-        """Remember one entry (checkout wrote a verified file); the directories above lose
-        their cached trees. ``mode``: ``st_mode`` of the same stat; 0 (unknown) is a miss."""
-        self._updates[relpath] = _UPDATE.pack(*key, mode, bytes.fromhex(entry_id))
-        parts = relpath.encode("utf-8", "surrogateescape").split(b"/")[:-1]
-        self._stale.add(b"")
-        for i in range(len(parts)):
-            self._stale.add(b"/".join(parts[: i + 1]) + b"/")
-
     def writer(self, scan_ns: int) -> CacheWriter:
         """A writer for the next whole cache (a scan that started at ``scan_ns``)."""
         return CacheWriter(self.path, self.inline_limit, scan_ns, self.files)
-
-    def save(self) -> None:
-        """Write the cache with the :meth:`update` entries merged in, atomically."""
-        out = self.writer(self.scan_ns)
-        try:
-            rows = self.files.items()
-            at = p = 0  # the next old row not yet written, and its path offset
-            ahead = next(rows, None)
-            for rel in sorted(self._updates):
-                path = rel.encode("utf-8", "surrogateescape")
-                start, pstart = at, p
-                while ahead is not None and ahead[0] < path:
-                    at, p = at + 1, p + len(ahead[0]) + 1
-                    ahead = next(rows, None)
-                out.copy(start, at, pstart, p)
-                if ahead is not None and ahead[0] == path:  # replaced
-                    at, p = at + 1, p + len(path) + 1
-                    ahead = next(rows, None)
-                *key, mode, oid = _UPDATE.unpack(self._updates[rel])
-                out.add(path, (*key, mode), oid)  # mode 0 (unknown): a miss, not a hit
-            out.copy(at, len(self.files), p, len(self.files.names))
-            for path, (count, _plen, oid) in self.dirs.items():
-                if path not in self._stale:
-                    out.set_tree(out.open_tree(path), count, oid)
-            out.commit()
-        finally:
-            out.close()
 
 
 class SortedUpdates:
@@ -389,7 +337,9 @@ class SortedUpdates:
         self.stale = {b""}  # directories whose cached trees the entries make stale
 
     def update(self, relpath: str, key: StatKey, entry_id: str, mode: int = 0) -> None:
-        """As :meth:`StatCache.update`: ``mode`` 0 (unknown) makes the row a miss."""
+        """Remember one entry (the checkout wrote a verified file); the directories above
+        lose their cached trees. ``mode``: ``st_mode`` of the same stat; 0 (unknown) makes
+        the row a miss."""
         path = relpath.encode("utf-8", "surrogateescape")
         if self.out is None or (self.last is not None and path <= self.last):
             return
@@ -455,12 +405,6 @@ def sorted_updates(cache: StatCache) -> Iterator[SortedUpdates]:
         updates.close()
 
 
-def _update_fields(row: bytes) -> tuple[StatKey, str]:
-    """``(stat key, entry id)`` of an :data:`_UPDATE` row."""
-    *key, _mode, oid = _UPDATE.unpack(row)
-    return StatKey(*key), oid.hex()
-
-
 class _Entries(Mapping):
     """The cache's entries as a mapping, for callers that ask about a few paths or want
     every ``(key, id)`` (sizes by id): each value is decoded when asked for."""
@@ -476,18 +420,12 @@ class _Entries(Mapping):
 
     def __iter__(self) -> Iterator[str]:
         for path, _ in self.cache.files.items():
-            rel = path.decode("utf-8", "surrogateescape")
-            if rel not in self.cache._updates:
-                yield rel
-        yield from self.cache._updates
+            yield path.decode("utf-8", "surrogateescape")
 
     def __len__(self) -> int:
         return sum(1 for _ in self)
 
     def values(self) -> Iterator[tuple[tuple[int, int, int, int], str]]:  # type: ignore[override]
-        if self.cache._updates:
-            yield from (self[rel] for rel in self)
-            return
         for size, mtime, ctime, ino, _mode, _plen, oid in ROW.iter_unpack(self.cache.files.raw):
             yield (size, mtime, ctime, ino), oid.hex()
 
