@@ -53,3 +53,30 @@ def test_bootstrap_copy_checkout_and_repack(
     assert list(dst.chunks.loose_ids()) == [] and len(dst.chunks.pack_names()) == 1
     assert Store.open(dst.path).fsck() == []
     assert dst.verify_working(second) == []
+
+
+def test_a_settled_chunk_store_looks_at_the_packs_once(tmp_path: Path) -> None:
+    """Within ``settled`` (every writer's block) a chunk not found is not looked for
+    again in packs another process wrote meanwhile: it is stored twice at worst, both
+    valid. Outside, a miss looks again, so that pack's chunks are found."""
+    from usr.store.chunks import ChunkStore, chunk_id
+
+    (tmp_path / "ds").mkdir()
+    here = Store.open(tmp_path / "ds").chunks
+    other = ChunkStore(here.directory)  # another process's view of the same store
+    old, new = os.urandom(4096), os.urandom(4096)
+    with other.writer() as w:
+        w.add(chunk_id(old), old)
+    with here.writer() as writer:
+        assert here.has(chunk_id(old))  # packs on disk at the start are seen
+        with other.writer() as w:
+            w.add(chunk_id(new), new)
+        assert not here.has(chunk_id(new))  # written meanwhile: not looked for
+        assert writer.add(chunk_id(new), new)  # so stored again (sealed with the block)
+    assert here.get(chunk_id(new)) == new
+    assert ChunkStore(here.directory).get(chunk_id(new)) == new
+    fresh = ChunkStore(here.directory)
+    with other.writer() as w:
+        w.add(chunk_id(b"x" * 5000), b"x" * 5000)
+    assert fresh.has(chunk_id(b"x" * 5000))  # outside a settled block a miss looks again
+    assert here.missing([chunk_id(old), chunk_id(b"y" * 10)]) == [chunk_id(b"y" * 10)]
