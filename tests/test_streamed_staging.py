@@ -268,10 +268,10 @@ def test_a_push_whose_update_never_comes_leaves_nothing_staged(tmp_path: Path) -
 def test_a_staged_write_that_fails_turns_streaming_off_and_the_checkout_stages(
     tmp_path: Path,
 ) -> None:
-    """The files are created on the stager's writer thread: a write that fails there (here
-    a file where a staged directory must go; a full disk alike) is not raised, it stops
-    the streaming, and only the files written before it are claimed. The checkout stages
-    the rest itself, and the working files come out whole."""
+    """A staged write that fails (here a file where a staged directory must go; a full
+    disk alike) is not raised: it stops the streaming, and only the files written before
+    it are claimed. The checkout stages the rest itself, and the working files come out
+    whole."""
     src, first, second = _source(tmp_path)
     dst = Store.open(tmp_path / "dst")
     _push(src, dst, first, None)

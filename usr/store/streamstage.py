@@ -8,12 +8,9 @@ each directory made once, and remembers the stat of each file it wrote. The chec
 the same process then takes those files (:class:`usr.store.checkout.Staged`) after one
 ``lstat`` each, without reading or hashing them again: each byte is handled once on its
 way from the wire to the working copy, where it was written to the store, read back,
-hashed and written again. The files are created on a writer thread (:class:`_Writer`), fed
-by a bounded queue of batches, so the kernel's file creation (most of a receive's CPU,
-and it releases the GIL) overlaps the stream's decoding, hashing and packing on a second
-core, as rsync's receiver and generator do. Anything else in the staging dir (left by an
-earlier, killed process, or changed since it was written) is re-verified by hash as
-before, so nothing unverified is ever promoted.
+hashed and written again. Anything else in the staging dir (left by an earlier, killed
+process, or changed since it was written) is re-verified by hash as before, so nothing
+unverified is ever promoted.
 
 No lock is held (a push streams without the dataset lock): the staging dir is only work
 the checkout may take. A write that fails (the dir removed by a checkout of another tree,
@@ -27,9 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import queue
 import shutil
-import threading
 from typing import Any
 
 from usr import faults
@@ -45,12 +40,6 @@ FAULT_STREAMED = faults.register(
 )
 
 _OPEN_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-#: A batch goes to the writer thread at this many files or bytes, whichever comes first
-#: (one queue hand-off a file would cost more than it saves), and at most
-#: ``_QUEUED`` batches wait: the bytes held for the writer stay under ~8 MiB.
-_BATCH_FILES = 64
-_BATCH_BYTES = 1 << 20
-_QUEUED = 6
 
 
 class StreamStager:
@@ -85,8 +74,7 @@ class StreamStager:
         self.top = ""
         self.made = {""}
         self.off = False
-        self.files = Claims()  # what stat_claim says of each chunked file written
-        self.writer: _Writer | None = None  # creates the small files, on its own thread
+        self.files = Claims()  # what stat_claim says of each file written
         #: The umask keeps every permission bit os.open is asked for: no fchmod a file.
         self.exact = _umask() & 0o755 == 0
 
@@ -115,10 +103,11 @@ class StreamStager:
         if is_manifest_bytes(data):
             self._on_manifest(data, targets)
             return
-        if self.writer is None:
-            self.writer = _Writer(self.top, self.exact)
-        self.writer.put(targets, data)
-        if self.writer.failed:
+        try:
+            for rel, mode in targets:
+                self._write(rel, mode, data)
+                faults.point(FAULT_STREAMED)
+        except OSError:
             self.off = True  # the checkout stages what is not claimed
 
     def on_chunk(self, cid: str, data: bytes) -> None:
@@ -144,15 +133,9 @@ class StreamStager:
         if self.chunks is not None:
             self.chunks.finish()
         self.trees, self.paths = {}, {}
-        files = self.files
-        if self.writer is not None:
-            written, self.writer = self.writer.close(), None
-            small, files = sorted((files, written), key=len)
-            for claim in small:  # the chunked files' claims, usually: few
-                files.add(claim)
-        if self.tree is None or not files:
+        if self.tree is None or not self.files:
             return None
-        return Staged(self.tree, files)
+        return Staged(self.tree, self.files)
 
     def discard(self) -> None:
         """Remove the staging dir when no checkout will take it (the stream or the update
@@ -161,9 +144,6 @@ class StreamStager:
         while a checkout journal exists (recovery may still need it); if the lock is busy
         it is left, a cache that the next checkout removes or re-verifies."""
         self.trees, self.paths = {}, {}
-        if self.writer is not None:
-            self.writer.close(drop=True)  # nothing is written into the dir removed below
-            self.writer = None
         if self.chunks is not None:
             self.chunks.abort()
         if not self.top:
@@ -238,68 +218,6 @@ class StreamStager:
             )
             i = nul + 21
         return out
-
-
-class _Writer:
-    """Creates the staged small files on a thread of its own, from batches of
-    ``(targets, bytes)`` put on a bounded queue (:meth:`put`), and remembers the
-    :func:`stat_claim` of each file written. Its system calls release the GIL, so the
-    stream goes on decoding and hashing meanwhile. A write that fails (``OSError``: the dir
-    removed, a full disk) makes it drop the rest and say so in :attr:`failed`: the files
-    it did not claim are the checkout's to stage, as before. Anything else it meets is
-    raised again by :meth:`close`, on the receiving thread."""
-
-    def __init__(self, top: str, exact: bool) -> None:
-        self.top = top
-        self.exact = exact
-        self.made = {""}
-        self.files = Claims()
-        self.failed = False
-        self.error: BaseException | None = None
-        self.batch: list[tuple[list[tuple[str, int]], bytes]] = []
-        self.size = 0
-        self.queue: queue.Queue[list | None] = queue.Queue(_QUEUED)
-        self.thread = threading.Thread(target=self._run, name="usr-stage-writer", daemon=True)
-        self.thread.start()
-
-    def put(self, targets: list[tuple[str, int]], data: bytes) -> None:
-        """Queue a verified blob for its paths (blocks while the queue is full)."""
-        self.batch.append((targets, data))
-        self.size += len(data)
-        if len(self.batch) >= _BATCH_FILES or self.size >= _BATCH_BYTES:
-            self._flush()
-
-    def close(self, drop: bool = False) -> Claims:
-        """Write what is queued (``drop``: nothing more), stop the thread, and return the
-        claims of the files written; an error other than a failed write is raised here,
-        unless ``drop`` (the receive is failing already, with its own error)."""
-        if drop:
-            self.failed = True
-        self._flush()
-        self.queue.put(None)
-        self.thread.join()
-        if self.error is not None and not drop:
-            raise self.error
-        return self.files
-
-    def _flush(self) -> None:
-        if self.batch and not self.failed:
-            self.queue.put(self.batch)
-        self.batch, self.size = [], 0
-
-    def _run(self) -> None:
-        while (batch := self.queue.get()) is not None:
-            if self.failed:
-                continue  # drained, so the receiving thread never blocks on a full queue
-            try:
-                for targets, data in batch:
-                    for rel, mode in targets:
-                        self._write(rel, mode, data)
-                        faults.point(FAULT_STREAMED)
-            except OSError:
-                self.failed = True
-            except BaseException as exc:  # raised again on the receiving thread
-                self.error, self.failed = exc, True
 
     def _write(self, rel: str, mode: int, data: bytes) -> None:
         """Create the staged file (exclusively, not through a symlink) with its exact mode
