@@ -469,3 +469,20 @@ def test_the_sync_comparison_is_the_stores_diff_spooled(tmp_path: Path) -> None:
             data = audit.build(cmp, "push", audit.VerifyProfile())
             docs.append({k: list(v) if k == "files" else v for k, v in data.items()})
         assert docs[0] == docs[1]
+
+
+def test_a_journal_without_deletes_is_walked_once(tmp_path: Path) -> None:
+    """The writer knows whether it wrote a delete: a bootstrap's journal (puts only) is
+    promoted in one walk of its operations, one with deletes in two, and a journal read
+    back for recovery is always walked for them."""
+    from usr.store.journal import Journal, JournalWriter, make_op
+
+    def walks(ops: list[tuple[str, str, str | None]]) -> tuple[bool, bool]:
+        writer = JournalWriter(tmp_path / "CHECKOUT", "c" * 40, "staging")
+        for kind, path, oid in ops:
+            writer.add(make_op(kind, path, oid))
+        committed = writer.commit()
+        return committed.deletes, Journal(committed.path).deletes
+
+    assert walks([("put", "a", "1" * 40), ("put", "b", "2" * 40)]) == (False, True)
+    assert walks([("put", "a", "1" * 40), ("delete", "b", None)]) == (True, True)

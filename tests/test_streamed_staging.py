@@ -263,3 +263,29 @@ def test_a_push_whose_update_never_comes_leaves_nothing_staged(tmp_path: Path) -
     assert Store.open(dataset, create=False).has_object(first)
     assert not list(dataset.glob(".usr-staging-*"))
     assert _files(dataset) == {}
+
+
+def test_a_staged_write_that_fails_turns_streaming_off_and_the_checkout_stages(
+    tmp_path: Path,
+) -> None:
+    """A staged write that fails (here a file where a staged directory must go; a full
+    disk alike) is not raised: it stops the streaming, and only the files written before
+    it are claimed. The checkout stages the rest itself, and the working files come out
+    whole."""
+    src, first, second = _source(tmp_path)
+    dst = Store.open(tmp_path / "dst")
+    _push(src, dst, first, None)
+    tree = str(src.repo[second].tree_id)
+    blocker = dst.path / f".usr-staging-{tree[:16]}" / "x"
+    blocker.parent.mkdir()
+    blocker.write_bytes(b"not a directory\n")
+    staged = _receive(dst, _stream(src, second, first)).result()
+    assert staged is not None and staged.tree == tree
+    written = _staged(dst, tree)
+    assert "x/one.txt" not in written and "y/two.txt" not in written  # one blob, both paths
+    assert len(staged.files) == len(written) - 1 < 5  # the blocker is no claim of its
+    blocker.unlink()  # cleared, as a checkout of another tree would
+    refupdate.update_and_checkout(dst, second, first, validate=False, staged=staged)
+    assert _files(dst.path) == _files(src.path)
+    assert dst.head() == second and dst.verify_working() == [] and dst.fsck() == []
+    assert not list(dst.path.glob(".usr-staging-*"))

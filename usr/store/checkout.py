@@ -332,7 +332,8 @@ def _promote(store, journal: Journal) -> None:
     (:func:`usr.store.index.sorted_updates`), saved once the ref has moved."""
     root = str(store.path)
     staging = f"{root}/{journal.staging}"
-    _delete(root, (path for kind, path, _ in map(_op_fields, journal.ops()) if kind == "delete"))
+    if journal.deletes:  # a bootstrap's journal, known to have none, is walked once
+        _delete(root, (p for kind, p, _ in map(_op_fields, journal.ops()) if kind == "delete"))
     ready = {""}  # the root exists; no later put of this run can remove what is added
     with sorted_updates(store.stat_cache()) as cache:
         for kind, rel, oid in map(_op_fields, journal.ops()):
@@ -424,11 +425,9 @@ def checkout(
         except BaseException:
             journal.abort()
             raise
-        journal.commit()
+        committed = journal.commit()
         faults.point(FAULT_JOURNAL)
-        _promote(
-            store, Journal(journal_path(store), (target, staging_dir(store, target_tree).name))
-        )
+        _promote(store, committed)
     return target
 
 

@@ -62,6 +62,7 @@ class JournalWriter:
         self.path = path
         self.head = (commit, staging)
         self.count = 0
+        self.deletes = 0
         fd, self._tmp = tempfile.mkstemp(prefix=f"{TMP_PREFIX}journal-", dir=path.parent)
         self._fh = os.fdopen(fd, "wb")  # default buffer: on disk a few KiB behind
         head = _encode({"commit": commit, "staging": staging})[:-1]
@@ -70,6 +71,7 @@ class JournalWriter:
     def add(self, op: Op) -> None:
         self._fh.write((b"," if self.count else b"") + _encode(op_json(op)).encode())
         self.count += 1
+        self.deletes += op[:1] == b"D"
 
     def commit(self) -> Journal:
         """Finish, fsync and rename over the journal: from here the checkout is
@@ -85,7 +87,7 @@ class JournalWriter:
             self.abort()  # no journal: the checkout did not happen (staging is reused)
             raise
         fsync_dir(self.path.parent)
-        return Journal(self.path, self.head)
+        return Journal(self.path, self.head, deletes=self.deletes > 0)
 
     def abort(self) -> None:
         """Drop the unfinished journal (the checkout was refused before its commit)."""
@@ -96,15 +98,21 @@ class JournalWriter:
 
 class Journal:
     """A journal on disk: its commit and staging dir, and :meth:`ops` read from the file
-    each time they are walked (a promote walks them twice: deletes, then puts). Any JSON
+    each time they are walked (a promote walks them twice: deletes, then puts; once when
+    :attr:`deletes` says there are none). Any JSON
     layout of the document is read, as ``json.loads`` would."""
 
-    def __init__(self, path: Path, head: tuple[str, str] | None = None) -> None:
+    def __init__(
+        self, path: Path, head: tuple[str, str] | None = None, deletes: bool = True
+    ) -> None:
         """Without ``head`` (commit, staging: the writer's own, known), read the whole
         file once: ValueError (json's errors) if it is not one whole journal, so a
         recovery never starts on one it cannot finish; TypeError or KeyError for a whole
-        one that is no journal usr writes."""
+        one that is no journal usr writes. ``deletes``: False only when the writer knows
+        it wrote no delete (a bootstrap), so the promote skips its first walk of the
+        operations; a journal read for recovery is walked for them."""
         self.path = path
+        self.deletes = deletes
         if head is None:
             found: dict[str, Any] = {}
             for _ in self._walk(found.__setitem__):
