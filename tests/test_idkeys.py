@@ -338,6 +338,34 @@ def test_a_table_over_one_pass_is_cached_from_its_spooled_keys(
     assert not cache.exists() or not list(cache.iterdir())
 
 
+def test_a_temporary_directory_that_cannot_take_the_spool_is_named_not_the_table(
+    where, monkeypatch, tmp_path: Path
+) -> None:
+    """Over one pass the keys are spooled to TMPDIR; when it cannot take them the check
+    fails naming the directory and why (exit 1), never as a refusal of the table, and
+    leaves no entry and no open spool behind."""
+    from usr import unique_ids
+    from usr.errors import UsrError
+
+    path, cache = where
+    _write(path, _ids(0, BASE))
+    monkeypatch.setattr(unique_ids, "PER_PASS", G)
+    bogus = tmp_path / "not-a-directory"
+    bogus.write_text("a file where TMPDIR should be\n")
+    monkeypatch.setattr(tempfile, "tempdir", str(bogus))
+    with path.open("rb") as fh, pytest.raises(UsrError) as exc:
+        check_records(fh, "the push of state test", cache)
+    assert not isinstance(exc.value, GateRefused)
+    assert exc.value.exit_code == 1
+    assert str(bogus) in exc.value.message and "TMPDIR" in exc.value.hint
+    assert "\n" not in exc.value.one_line()
+    assert not cache.exists() or not list(cache.glob(f"*{idkeys.SUFFIX}"))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    with path.open("rb") as fh:
+        check_records(fh, "the push of state test", cache)  # with room, it passes
+    assert list(cache.glob(f"*{idkeys.SUFFIX}"))
+
+
 def test_the_store_side_reads_the_blob_and_keeps_its_own_entry(tmp_path: Path) -> None:
     """check_state reads records.parquet through EntryFile; its entry lands in the
     dataset's own .usr/idkeys, and the next state's check reuses it."""

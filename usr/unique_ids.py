@@ -14,6 +14,7 @@ table's 8 bytes a row). The partitions' sorted runs follow each other in key ord
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import Iterator
 from typing import Any
@@ -73,15 +74,32 @@ class SortedKeys:
             if not hasattr(part, "seek"):
                 yield part
                 continue
-            part.seek(0)
-            run = np.fromfile(part, np.uint64, self._counts[i])
-            if not self._sorted[i]:
-                run.sort()
+            with _spooling():
                 part.seek(0)
-                run.tofile(part)
-                self._sorted[i] = True
+                run = np.fromfile(part, np.uint64, self._counts[i])
+                if len(run) != self._counts[i]:
+                    raise OSError(f"{len(run)} keys read back of {self._counts[i]}")
+                if not self._sorted[i]:
+                    run.sort()
+                    part.seek(0)
+                    run.tofile(part)
+                    self._sorted[i] = True
             yield run
             del run
+
+    def add_spool(self, spool: Any) -> None:
+        """One more (empty) spool file, for the next partition."""
+        self._parts.append(spool)
+        self._sorted.append(False)
+
+    def spool_into(self, p: int, keys: Any) -> None:
+        """Append ``keys`` to partition ``p``'s spool."""
+        with _spooling():
+            keys.tofile(self._parts[p])
+        self._counts[p] += len(keys)
+
+    def counts(self) -> list[int]:
+        return list(self._counts)
 
     def close(self) -> None:
         for part in self._parts:
@@ -94,6 +112,26 @@ class SortedKeys:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class SpoolError(OSError):
+    """The keys of a table over one pass could not be spooled to a temporary file (the
+    temporary directory full, missing or not writable): not a fault of the table."""
+
+
+@contextlib.contextmanager
+def _spooling() -> Iterator[None]:
+    """Any OSError of the spool as a :class:`SpoolError` naming the temporary directory."""
+    import tempfile
+
+    try:
+        yield
+    except SpoolError:
+        raise
+    except OSError as exc:
+        where = tempfile.gettempdir() if tempfile.tempdir is None else tempfile.tempdir
+        why = exc.strerror or str(exc)
+        raise SpoolError(f"spooling the id keys in {where}: {why}") from exc
 
 
 def sort_keys(
@@ -135,21 +173,26 @@ def sort_keys(
             return None
         every.sort()
         return SortedKeys([every], [len(every)], core)
-    spools = [tempfile.TemporaryFile(prefix="usr-idkeys-") for _ in range(passes)]  # noqa: SIM115 - kept open in the SortedKeys, closed by it
-    counts = [0] * passes
-    for keys in keyed():
-        if keys is None:
-            for spool in spools:
-                spool.close()
-            return None
-        # The partition of a key is its top 32 bits scaled to ``passes``: monotonic in the
-        # key, so the partitions' sorted runs follow each other in key order.
-        part = ((keys >> np.uint64(32)) * np.uint64(passes)) >> np.uint64(32)
-        for p in range(passes):
-            mine = keys[part == p]
-            mine.tofile(spools[p])
-            counts[p] += len(mine)
-    return SortedKeys(spools, counts, core)
+    spooled = SortedKeys([], [0] * passes, core)
+    try:
+        with _spooling():
+            for _ in range(passes):
+                spooled.add_spool(tempfile.TemporaryFile(prefix="usr-idkeys-"))  # noqa: SIM115
+        for keys in keyed():
+            if keys is None:
+                spooled.close()
+                return None
+            # The partition of a key is its top 32 bits scaled to ``passes``: monotonic in
+            # the key, so the partitions' sorted runs follow each other in key order.
+            part = ((keys >> np.uint64(32)) * np.uint64(passes)) >> np.uint64(32)
+            for p in range(passes):
+                spooled.spool_into(p, keys[part == p])
+    except BaseException:
+        spooled.close()
+        raise
+    spooled.core = core
+    spooled.rows = sum(spooled.counts())
+    return spooled
 
 
 def gather(parts: Any, room: int) -> Any:

@@ -19,7 +19,8 @@ the working files a sender is about to record (:func:`check_working`), through t
 checks. The unique-ids check keeps an id-keys cache per dataset (:mod:`usr.idkeys`), so a
 table grown by an append decodes only its new row groups; the answer is the same. May
 import :mod:`usr.errors`, :mod:`usr.layout`, :mod:`usr.records` (the core schema),
-:mod:`usr.idkeys` and pyarrow; it reads the store only through
+:mod:`usr.unique_ids` (its spool error), :mod:`usr.idkeys` and pyarrow; it reads the store
+only through
 :class:`usr.store.entryfile.EntryFile` and ``open_entry``.
 """
 
@@ -31,9 +32,10 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from usr import idkeys
-from usr.errors import VerifyError
+from usr.errors import UsrError, VerifyError
 from usr.layout import EVENTS_FILE, RECORDS_FILE
 from usr.store.entryfile import EntryFile
+from usr.unique_ids import SpoolError
 
 HINT = (
     "nothing was changed on either side; fix the file where it was written (usr validate "
@@ -133,6 +135,12 @@ def check_records(source: BinaryIO, where: str, cache: Path | None = None) -> No
         raise GateRefused(where, RECORDS_FILE, "schema", why)
     try:
         duplicate = idkeys.check(pf, source, cache).duplicate
+    except SpoolError as exc:  # this machine's temporary directory, not the table
+        raise UsrError(
+            f"cannot check {RECORDS_FILE} for duplicate ids ({where}): {exc}",
+            "free space in the temporary directory or set TMPDIR to a larger one; "
+            "nothing was changed",
+        ) from None
     except Exception as exc:  # noqa: BLE001 - a damaged column chunk
         raise GateRefused(where, RECORDS_FILE, "parquet", _first_line(exc)) from None
     if duplicate is not None:
