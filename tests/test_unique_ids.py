@@ -81,3 +81,36 @@ def test_a_pass_holding_more_than_its_share_of_the_keys() -> None:
     assert first_duplicate(_file(ids), per_pass=-(-len(ids) // 2)) is None
     twice = [*ids, ids[17]]
     assert first_duplicate(_file(twice), per_pass=-(-len(twice) // 2)) == ids[17]
+
+
+def _twins(ids: list[str | None]) -> tuple[pq.ParquetFile, pq.ParquetFile]:
+    """Two readers of the same table's bytes (one reader is not safe on two threads)."""
+    out = io.BytesIO()
+    pq.write_table(pa.table({"id": pa.array(ids, pa.string())}), out, row_group_size=500)
+    data = out.getvalue()
+    return pq.ParquetFile(io.BytesIO(data)), pq.ParquetFile(io.BytesIO(data))
+
+
+@pytest.mark.parametrize("per_pass", [10_000_000, 2_000])
+def test_two_readers_on_two_threads_give_the_same_answers(monkeypatch, per_pass: int) -> None:
+    """With a twin reader the batches are decoded and keyed on two worker threads: the
+    same keys in the same order (one pass or spooled), so the same duplicate, null and
+    clean answers as one reader."""
+    monkeypatch.setattr(unique_ids, "READ_ROWS", 500)  # a batch per row group: 24 batches
+    ids = _sha(12_000)
+    cases = {
+        "clean": ids,
+        "twice": [*ids[:7_000], ids[11_999], *ids[7_000:]],
+        "null": [*ids[:9_000], None, *ids[9_000:]],
+        "other ids": [f"seq-{i}" for i in range(11_000)] + ["seq-10999"],
+    }
+    for name, table in cases.items():
+        alone = first_duplicate(_twins(table)[0], per_pass=per_pass)
+        pf, twin = _twins(table)
+        assert first_duplicate(pf, per_pass=per_pass, twin=twin) == alone, name
+    pf, twin = _twins(ids)
+    batches = list(unique_ids.id_keys(pf, "id", 0, None, twin))
+    assert [k.tolist() for k, _ in batches] == [
+        k.tolist() for k, _ in unique_ids.id_keys(_twins(ids)[0], "id", 0, None)
+    ]
+    assert len(batches) == 24 and all(core for _, core in batches)

@@ -44,7 +44,7 @@ import contextlib
 import os
 import struct
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -108,16 +108,20 @@ def cache_of(dataset_dir: Path) -> Path | None:
     return store / CACHE_DIR if store.is_dir() else None
 
 
-def check(pf: Any, source: BinaryIO, cache: Path | None) -> Outcome:
+def check(
+    pf: Any, source: BinaryIO, cache: Path | None, twin: Callable[[], BinaryIO] | None = None
+) -> Outcome:
     """Whether ``pf`` (a ``ParquetFile`` over ``source``) holds an id twice, exactly as
     :func:`usr.unique_ids.first_duplicate` answers, helped by the entries in ``cache``
-    (None: no cache). Errors reading the table propagate; errors of the cache do not."""
+    (None: no cache). ``twin`` opens the same bytes again, only if the whole table is to be
+    decoded: a second reader, to decode on two threads (:func:`usr.unique_ids.id_keys`).
+    Errors reading the table propagate; errors of the cache do not."""
     groups = pf.num_row_groups
     if cache is None:
-        return Outcome(first_duplicate(pf), 0, groups)
+        return Outcome(first_duplicate(pf, twin=_reader(twin)), 0, groups)
     table = fingerprints(pf, source, cache)
     if table is None:
-        return Outcome(first_duplicate(pf), 0, groups)
+        return Outcome(first_duplicate(pf, twin=_reader(twin)), 0, groups)
     chain = _chain(cache, table)
     known = chain[-1].end if chain else 0
     if chain:
@@ -133,14 +137,23 @@ def check(pf: Any, source: BinaryIO, cache: Path | None) -> Outcome:
                 # an entry holding it would never be a prefix of the grown table.
                 _save(cache, table, chain, known, groups - 1, new[0])
             return Outcome(None, known, groups - known)
-    return _full(pf, cache, table)
+    return _full(pf, cache, table, _reader(twin))
 
 
-def _full(pf: Any, cache: Path, table: bytes) -> Outcome:
+def _reader(opener: Callable[[], BinaryIO] | None) -> Any:
+    """A second ``ParquetFile`` over what ``opener`` opens (None without one)."""
+    if opener is None:
+        return None
+    import pyarrow.parquet as pq
+
+    return pq.ParquetFile(opener())
+
+
+def _full(pf: Any, cache: Path, table: bytes, twin: Any = None) -> Outcome:
     """The whole table's check (the id column decoded once), and, when it finds no key
     twice, the root entry of every row group but the last, written from its sorted keys."""
     groups = pf.num_row_groups
-    keys = sort_keys(pf)
+    keys = sort_keys(pf, twin=twin)
     if keys is None:
         return Outcome("null", 0, groups)
     with keys:

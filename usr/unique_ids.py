@@ -24,10 +24,12 @@ PER_PASS = 8_000_000
 _HEX_WIDTH = 40  # a core id: sha1 in hex
 
 
-def first_duplicate(pf: Any, column: str = "id", per_pass: int | None = None) -> str | None:
+def first_duplicate(
+    pf: Any, column: str = "id", per_pass: int | None = None, twin: Any = None
+) -> str | None:
     """An id that ``pf`` (a ``pyarrow.parquet.ParquetFile``) holds twice, ``"null"`` for a
-    missing id, or None when every id is there once."""
-    keys = sort_keys(pf, column, per_pass)
+    missing id, or None when every id is there once (``twin``: see :func:`id_keys`)."""
+    keys = sort_keys(pf, column, per_pass, twin=twin)
     if keys is None:
         return "null"
     with keys:
@@ -140,11 +142,13 @@ def sort_keys(
     per_pass: int | None = None,
     start: int = 0,
     stop: int | None = None,
+    twin: Any = None,
 ) -> SortedKeys | None:
     """The sorted keys of the ids of row groups ``start`` .. ``stop - 1`` (all by default),
     decoded once; None on a null id. Up to ``per_pass`` rows the keys are one array
     (8 bytes a row); a bigger table's keys are spooled to unnamed temporary files, one per
-    partition of the key range, each at most about ``per_pass`` (:data:`PER_PASS`) keys."""
+    partition of the key range, each at most about ``per_pass`` (:data:`PER_PASS`) keys.
+    ``twin``: a second reader of the same bytes, to decode on two threads (:func:`id_keys`)."""
     import tempfile
 
     import numpy as np
@@ -157,14 +161,11 @@ def sort_keys(
 
     def keyed() -> Iterator[Any]:
         nonlocal core
-        for chunk in id_chunks(pf, column, start, stop):
-            if chunk.null_count:
+        for keys, is_core in id_keys(pf, column, start, stop, twin):
+            if keys is None:
                 yield None
                 return
-            keys = core_keys(chunk)
-            if keys is None:
-                core = False
-                keys = _keys(chunk)
+            core = core and is_core
             yield keys
 
     if passes == 1:
@@ -226,6 +227,13 @@ READ_ROWS = 65_536
 def id_chunks(pf: Any, column: str = "id", start: int = 0, stop: int | None = None):
     """The decoded chunks of ``column``, of row groups ``start`` .. ``stop - 1`` (to the
     last by default), read a few row groups at a time (:data:`READ_ROWS`)."""
+    for groups in _batches(pf, start, stop):
+        yield from pf.read_row_groups(groups, columns=[column], use_threads=True).column(0).chunks
+
+
+def _batches(pf: Any, start: int, stop: int | None) -> list[list[int]]:
+    """Row groups ``start`` .. ``stop - 1`` in runs of about :data:`READ_ROWS` rows."""
+    out: list[list[int]] = []
     groups: list[int] = []
     rows = 0
     meta = pf.metadata
@@ -234,9 +242,54 @@ def id_chunks(pf: Any, column: str = "id", start: int = 0, stop: int | None = No
         groups.append(i)
         rows += meta.row_group(i).num_rows
         if rows >= READ_ROWS or i == stop - 1:
-            table = pf.read_row_groups(groups, columns=[column], use_threads=True)
-            yield from table.column(0).chunks
+            out.append(groups)
             groups, rows = [], 0
+    return out
+
+
+def _batch_keys(pf: Any, groups: list[int], column: str) -> list[tuple[Any, bool]]:
+    """``(keys, core)`` of each decoded chunk of ``groups`` (keys None for a chunk holding
+    a null id; ``core``: its ids are core ids)."""
+    out = []
+    table = pf.read_row_groups(groups, columns=[column], use_threads=False)
+    for chunk in table.column(0).chunks:
+        if chunk.null_count:
+            out.append((None, True))
+            break
+        keys = core_keys(chunk)
+        out.append((keys, True) if keys is not None else (_keys(chunk), False))
+    return out
+
+
+def id_keys(
+    pf: Any, column: str, start: int, stop: int | None, twin: Any = None
+) -> Iterator[tuple[Any, bool]]:
+    """``(keys, core)`` per decoded chunk of row groups ``start`` .. ``stop - 1``, in order
+    (see :func:`_batch_keys`). ``twin``: a second ``ParquetFile`` over the same bytes (one
+    reader is not safe on two threads): then the batches alternate between the two readers
+    on two worker threads, two at most in flight, so that on two cores one batch is decoded
+    and keyed (pyarrow and most of numpy without the GIL) while the other is."""
+    batches = _batches(pf, start, stop)
+    if twin is None or len(batches) < 4:
+        for groups in batches:
+            yield from _batch_keys(pf, groups, column)
+        return
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
+    readers = (pf, twin)
+    with ThreadPoolExecutor(2, thread_name_prefix="usr-ids") as pool:
+        pending: deque[Any] = deque()
+        try:
+            for i, groups in enumerate(batches):
+                if len(pending) == 2:  # the oldest read used the reader this one will use
+                    yield from pending.popleft().result()
+                pending.append(pool.submit(_batch_keys, readers[i % 2], groups, column))
+            while pending:
+                yield from pending.popleft().result()
+        finally:
+            for left in pending:
+                left.cancel()
 
 
 def confirm(pf: Any, column: str, suspects: Any) -> str | None:

@@ -27,7 +27,7 @@ only through
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -35,7 +35,7 @@ from usr import idkeys
 from usr.errors import UsrError, VerifyError
 from usr.layout import EVENTS_FILE, RECORDS_FILE
 from usr.store.entryfile import EntryFile
-from usr.unique_ids import SpoolError
+from usr.unique_ids import READ_ROWS, SpoolError
 
 HINT = (
     "nothing was changed on either side; fix the file where it was written (usr validate "
@@ -80,7 +80,9 @@ def check_state(store: Any, commit: str, receiver_head: str | None, where: str) 
     primary = _blob(tree, RECORDS_FILE)
     if primary is not None and primary != _blob(base, RECORDS_FILE):
         if (primary, None) not in _PASSED:
-            check_records(EntryFile(store, primary), where, idkeys.cache_of(store.path))
+            cache = idkeys.cache_of(store.path)
+            twin = lambda: EntryFile(own_handle(store), primary)  # noqa: E731
+            check_records(EntryFile(store, primary), where, cache, twin)
             _PASSED.add((primary, None))
         checked.append(RECORDS_FILE)
     events = _blob(tree, EVENTS_FILE)
@@ -116,11 +118,18 @@ def check_working(directory: Path, where: str) -> dict[str, Any]:
     return {"checked": checked}
 
 
-def check_records(source: BinaryIO, where: str, cache: Path | None = None) -> None:
+def check_records(
+    source: BinaryIO,
+    where: str,
+    cache: Path | None = None,
+    twin: Callable[[], BinaryIO] | None = None,
+) -> None:
     """Readable Parquet, the core schema exactly, unique ids (the id column alone, row
     group by row group, in bounded memory: :mod:`usr.unique_ids`). ``cache``: the
     dataset's id-keys cache (:mod:`usr.idkeys`), so that a table grown by appended rows
-    decodes only its new row groups; it saves time, it never changes the answer."""
+    decodes only its new row groups; it saves time, it never changes the answer. ``twin``
+    opens the same bytes again, so that the whole check of a big table decodes on two
+    threads (:func:`usr.unique_ids.id_keys`)."""
     import pyarrow.parquet as pq
 
     from usr.records import schema_problem
@@ -134,7 +143,8 @@ def check_records(source: BinaryIO, where: str, cache: Path | None = None) -> No
     if why is not None:
         raise GateRefused(where, RECORDS_FILE, "schema", why)
     try:
-        duplicate = idkeys.check(pf, source, cache).duplicate
+        big = pf.metadata.num_rows >= 4 * READ_ROWS
+        duplicate = idkeys.check(pf, source, cache, twin if big else None).duplicate
     except SpoolError as exc:  # this machine's temporary directory, not the table
         raise UsrError(
             f"cannot check {RECORDS_FILE} for duplicate ids ({where}): {exc}",
