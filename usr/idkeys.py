@@ -62,6 +62,7 @@ from usr.unique_ids import (
     id_chunks,
     repeated,
     sort_keys,
+    twin_pays,
 )
 
 CACHE_DIR = "idkeys"
@@ -118,10 +119,10 @@ def check(
     Errors reading the table propagate; errors of the cache do not."""
     groups = pf.num_row_groups
     if cache is None:
-        return Outcome(first_duplicate(pf, twin=_reader(twin)), 0, groups)
+        return Outcome(first_duplicate(pf, twin=_reader(twin, pf)), 0, groups)
     table = fingerprints(pf, source, cache)
     if table is None:
-        return Outcome(first_duplicate(pf, twin=_reader(twin)), 0, groups)
+        return Outcome(first_duplicate(pf, twin=_reader(twin, pf)), 0, groups)
     chain = _chain(cache, table)
     known = chain[-1].end if chain else 0
     if chain:
@@ -137,12 +138,13 @@ def check(
                 # an entry holding it would never be a prefix of the grown table.
                 _save(cache, table, chain, known, groups - 1, new[0])
             return Outcome(None, known, groups - known)
-    return _full(pf, cache, table, _reader(twin))
+    return _full(pf, cache, table, _reader(twin, pf))
 
 
-def _reader(opener: Callable[[], BinaryIO] | None) -> Any:
-    """A second ``ParquetFile`` over what ``opener`` opens (None without one)."""
-    if opener is None:
+def _reader(opener: Callable[[], BinaryIO] | None, pf: Any) -> Any:
+    """A second ``ParquetFile`` over what ``opener`` opens, when one pays for ``pf``
+    (:func:`usr.unique_ids.twin_pays`); else None."""
+    if opener is None or not twin_pays(pf):
         return None
     import pyarrow.parquet as pq
 
@@ -313,12 +315,7 @@ class Segment:
         try:
             with self.path.open("rb") as fh:
                 fh.seek(self.at)
-                left = self.count
-                while left:
-                    block = np.fromfile(fh, "<u8", min(left, BLOCK_KEYS))
-                    if not len(block):
-                        return
-                    left -= len(block)
+                for block in _key_blocks(fh, self.count):
                     yield block.astype(np.uint64, copy=False)
         except OSError:
             return
@@ -328,6 +325,20 @@ class Segment:
         import numpy as np
 
         return np.concatenate([np.empty(0, np.uint64), *self.blocks()])
+
+
+def _key_blocks(fh: BinaryIO, count: int) -> Iterator[Any]:
+    """Up to ``count`` little-endian keys from ``fh``'s position, :data:`BLOCK_KEYS` at a
+    time; fewer if the file ends first."""
+    import numpy as np
+
+    left = count
+    while left:
+        block = np.fromfile(fh, "<u8", min(left, BLOCK_KEYS))
+        if not len(block):
+            return
+        left -= len(block)
+        yield block
 
 
 def _prefix_id(table: bytes, groups: int) -> bytes:
@@ -361,7 +372,6 @@ def _read(path: Path, table: bytes, keys: bool) -> Segment | None:
     with ``keys``, also only if the file is whole (exact size, blake3) and its keys are
     as many as its rows and strictly increasing (read a block at a time). None otherwise
     (never raises)."""
-    import numpy as np
 
     try:
         with path.open("rb") as fh:
@@ -384,17 +394,16 @@ def _read(path: Path, table: bytes, keys: bool) -> Segment | None:
                 return None
             hasher = blake3.blake3(raw[:_SIGNED])
             hasher.update(mine)
-            previous, left = None, count
-            while left:
-                block = np.fromfile(fh, "<u8", min(left, BLOCK_KEYS))
-                if not len(block):
-                    return None
+            previous, read = None, 0
+            for block in _key_blocks(fh, count):
                 hasher.update(memoryview(block).cast("B"))
                 if previous is not None and not block[0] > previous:
                     return None
                 if len(block) > 1 and not (block[1:] > block[:-1]).all():
                     return None
-                previous, left = block[-1], left - len(block)
+                previous, read = block[-1], read + len(block)
+            if read != count:
+                return None
     except (OSError, ValueError):
         return None
     if hasher.digest() != digest:

@@ -65,7 +65,6 @@ class SortedKeys:
         self._counts = counts
         self._sorted = [not hasattr(p, "seek") for p in parts]
         self.core = core
-        self.rows = sum(counts)
 
     def runs(self) -> Iterator[Any]:
         """Each run in key order, a sorted ``uint64`` array; a spooled run is read back (and
@@ -100,8 +99,10 @@ class SortedKeys:
             keys.tofile(self._parts[p])
         self._counts[p] += len(keys)
 
-    def counts(self) -> list[int]:
-        return list(self._counts)
+    @property
+    def rows(self) -> int:
+        """Keys held, every run together."""
+        return sum(self._counts)
 
     def close(self) -> None:
         for part in self._parts:
@@ -192,7 +193,6 @@ def sort_keys(
         spooled.close()
         raise
     spooled.core = core
-    spooled.rows = sum(spooled.counts())
     return spooled
 
 
@@ -231,6 +231,16 @@ def id_chunks(pf: Any, column: str = "id", start: int = 0, stop: int | None = No
         yield from pf.read_row_groups(groups, columns=[column], use_threads=True).column(0).chunks
 
 
+#: Reads (of :data:`READ_ROWS`) a table must take before a second reader is worth opening.
+TWIN_BATCHES = 4
+
+
+def twin_pays(pf: Any) -> bool:
+    """Whether decoding all of ``pf`` on two readers (:func:`id_keys`) is worth opening the
+    second: a table of at least :data:`TWIN_BATCHES` reads."""
+    return len(_batches(pf, 0, None)) >= TWIN_BATCHES
+
+
 def _batches(pf: Any, start: int, stop: int | None) -> list[list[int]]:
     """Row groups ``start`` .. ``stop - 1`` in runs of about :data:`READ_ROWS` rows."""
     out: list[list[int]] = []
@@ -257,7 +267,7 @@ def _batch_keys(pf: Any, groups: list[int], column: str) -> list[tuple[Any, bool
             out.append((None, True))
             break
         keys = core_keys(chunk)
-        out.append((keys, True) if keys is not None else (_keys(chunk), False))
+        out.append((keys, True) if keys is not None else (_hashed(chunk), False))
     return out
 
 
@@ -270,7 +280,7 @@ def id_keys(
     on two worker threads, two at most in flight, so that on two cores one batch is decoded
     and keyed (pyarrow and most of numpy without the GIL) while the other is."""
     batches = _batches(pf, start, stop)
-    if twin is None or len(batches) < 4:
+    if twin is None or len(batches) < TWIN_BATCHES:
         for groups in batches:
             yield from _batch_keys(pf, groups, column)
         return
@@ -311,12 +321,15 @@ def confirm(pf: Any, column: str, suspects: Any) -> str | None:
 
 def _keys(chunk: Any) -> Any:
     """One 64-bit key per id of a string column chunk."""
-    import numpy as np
 
     keys = core_keys(chunk)
-    if keys is not None:
-        return keys
-    # Not core ids (the id rule is usr validate's): hash each one.
+    return keys if keys is not None else _hashed(chunk)
+
+
+def _hashed(chunk: Any) -> Any:
+    """Keys of ids that are not core ids (the id rule is usr validate's): each one hashed."""
+    import numpy as np
+
     n = len(chunk)
     return np.fromiter((hash(v) & 0xFFFFFFFFFFFFFFFF for v in chunk.to_pylist()), np.uint64, n)
 

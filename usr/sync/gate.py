@@ -35,7 +35,7 @@ from usr import idkeys
 from usr.errors import UsrError, VerifyError
 from usr.layout import EVENTS_FILE, RECORDS_FILE
 from usr.store.entryfile import EntryFile
-from usr.unique_ids import READ_ROWS, SpoolError
+from usr.unique_ids import SpoolError
 
 HINT = (
     "nothing was changed on either side; fix the file where it was written (usr validate "
@@ -129,7 +129,7 @@ def check_records(
     dataset's id-keys cache (:mod:`usr.idkeys`), so that a table grown by appended rows
     decodes only its new row groups; it saves time, it never changes the answer. ``twin``
     opens the same bytes again, so that the whole check of a big table decodes on two
-    threads (:func:`usr.unique_ids.id_keys`)."""
+    threads (:func:`usr.unique_ids.id_keys`; opened only then)."""
     import pyarrow.parquet as pq
 
     from usr.records import schema_problem
@@ -143,8 +143,7 @@ def check_records(
     if why is not None:
         raise GateRefused(where, RECORDS_FILE, "schema", why)
     try:
-        big = pf.metadata.num_rows >= 4 * READ_ROWS
-        duplicate = idkeys.check(pf, source, cache, twin if big else None).duplicate
+        duplicate = idkeys.check(pf, source, cache, twin).duplicate
     except SpoolError as exc:  # this machine's temporary directory, not the table
         raise UsrError(
             f"cannot check {RECORDS_FILE} for duplicate ids ({where}): {exc}",
