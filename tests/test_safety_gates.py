@@ -208,16 +208,22 @@ def test_a_bootstrap_push_refuses_a_malformed_event_log(env: Env) -> None:
     assert not env.remote_dir.exists()
 
 
+def _broken_here(env: Env, damage: str) -> tuple[Store, str, str | None]:
+    """Both sides synced, then ``damage`` done and recorded here (a client that skips its
+    own gate): the local store, the broken commit, and the remote's head to push over."""
+    _synced(env)
+    DAMAGE[damage][0](env.local_dir)
+    store = Store.open(env.local_dir)
+    new = store.record("broken here").commit
+    return store, new, Store.open(env.remote_dir, create=False).head()
+
+
 def test_the_receiving_server_gates_what_a_client_sends(env: Env) -> None:
     """A client that skips its own gate (an old or a hostile one) is refused by the server
     before its ref moves: the state is recorded here, sent, and refused there."""
     from usr.sync import client
 
-    _synced(env)
-    DAMAGE["wrong-schema"][0](env.local_dir)
-    store = Store.open(env.local_dir)
-    new = store.record("broken here").commit
-    old = Store.open(env.remote_dir, create=False).head()
+    store, new, old = _broken_here(env, "wrong-schema")
     before = fingerprint(env)
     refused = pytest.raises(VerifyError, match="records.parquet fails the schema check")
     with client.open_session("bu-scc", str(env.config)) as session, refused:
@@ -233,11 +239,7 @@ def test_the_servers_gate_refusal_wins_over_the_checkout_it_runs_beside(env: Env
     same push without the gate fails on the checkout, as it would have."""
     from usr.sync import client
 
-    _synced(env)
-    DAMAGE["duplicate-ids"][0](env.local_dir)
-    store = Store.open(env.local_dir)
-    new = store.record("broken here").commit
-    old = Store.open(env.remote_dir, create=False).head()
+    store, new, old = _broken_here(env, "duplicate-ids")
     (env.remote_dir / "notes.txt").write_text("unrecorded on the cluster\n")
     before = fingerprint(env)
     refused = pytest.raises(VerifyError, match="records.parquet fails the unique-ids check")
