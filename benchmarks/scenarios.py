@@ -660,7 +660,8 @@ def scale(b: Bench) -> None:
     over the loopback sshd, peak RSS of each command on each side, against ``rsync -a`` /
     ``rsync -an`` (same files, same sshd) and ``git add -A && git commit`` / ``git status``
     (a fresh repository over a copy of the same files); and the stat cache's bytes per file.
-    Each N's data is removed before the next (1M files take ~4 GiB per copy)."""
+    Each N's copies are removed after its last measured step, none before (1M files take
+    ~4 GiB per copy), so no tool creates its files right after a mass deletion."""
     if b.sizes.scale_files:
         b.results["scale"] = []
     for n in b.sizes.scale_files:
@@ -678,6 +679,30 @@ def _scale_one(b: Bench, n: int) -> dict[str, Any]:
     total = datagen.write_many_files(many, n, seed=23)
     gen_s = time.perf_counter() - start
     directories = sum(1 for _ in many.iterdir())
+    # Files written within the stat cache's racy window (2 s) of a snapshot are re-hashed
+    # by every status until the next snapshot: measure the steady state (status_scaling).
+    time.sleep(b.sizes.racy_wait_seconds)
+    snap = b.usr("snapshot", name, "-m", "scale").check("usr snapshot")
+    time.sleep(b.sizes.racy_wait_seconds)
+    status, status_all = _repeat(reps, lambda: b.usr("status", name).check("usr status"))
+    # The stat cache: .usr/stat-cache (binary, docs/format.md §6); index.json before it.
+    store_dir = ds.path / ".usr"
+    index = [p for p in (store_dir / "stat-cache", store_dir / "index.json") if p.exists()]
+    index_bytes = sum(p.stat().st_size for p in index)
+    # Nothing is deleted from here to the last measured step: on a filesystem without a
+    # journal, ext4 skips recently deleted inodes one by one when it allocates one, so
+    # creating files within minutes of a mass deletion costs several times the kernel CPU
+    # (docs/performance.md, "File creation after a mass deletion"). Each copy stays until
+    # the end (at 1M files about 27 GB at once), so every tool creates its files under the
+    # same conditions.
+    push = b.sync("push", name)
+    push_noop, push_noop_all = _repeat(reps, lambda: b.sync("push", name))
+    pulled = b.workdir / "scale-pulled"
+    pulled.mkdir()
+    pull = b.sync("pull", name, root=pulled)
+    dest = f"scale_{n}"
+    rs = b.rsync(ds.path, dest)
+    rs_noop, rs_noop_all = _repeat(reps, lambda: b.rsync(ds.path, dest, dry=True))
     # git's copy: the same files (store excluded), in a fresh repository made untimed.
     gitrepo = b.workdir / f"git-scale-{n}"
     gitrepo.mkdir()
@@ -686,34 +711,13 @@ def _scale_one(b: Bench, n: int) -> dict[str, Any]:
             f"tar -C {shlex.quote(str(ds.path))} --exclude=./.usr -cf - . | "
             f"tar -C {shlex.quote(str(gitrepo))} -xf -"
         ).check("tar copy for git")
-    # Files written within the stat cache's racy window (2 s) of a snapshot are re-hashed
-    # by every status until the next snapshot: measure the steady state (status_scaling).
-    time.sleep(b.sizes.racy_wait_seconds)
-    snap = b.usr("snapshot", name, "-m", "scale").check("usr snapshot")
     commit = b.git(gitrepo, "add -A", "commit -q -m scale")
     time.sleep(b.sizes.racy_wait_seconds)  # git's racy window is its index's mtime: past it
-    status, status_all = _repeat(reps, lambda: b.usr("status", name).check("usr status"))
     git_status, git_status_all = _repeat(reps, lambda: b.git(gitrepo, "status"))
-    _remove(gitrepo)
-    # The stat cache: .usr/stat-cache (binary, docs/format.md §6); index.json before it.
-    store_dir = ds.path / ".usr"
-    index = [p for p in (store_dir / "stat-cache", store_dir / "index.json") if p.exists()]
-    index_bytes = sum(p.stat().st_size for p in index)
-
-    push = b.sync("push", name)
-    push_noop, push_noop_all = _repeat(reps, lambda: b.sync("push", name))
-    pulled = b.workdir / "scale-pulled"
-    pulled.mkdir()
-    pull = b.sync("pull", name, root=pulled)
-    _remove(pulled)
-    dest = f"scale_{n}"
-    rs = b.rsync(ds.path, dest)
-    rs_noop, rs_noop_all = _repeat(reps, lambda: b.rsync(ds.path, dest, dry=True))
-    _remove(b.baseline / dest)
 
     datagen.rewrite_files(many, 10, seed=24)
     touched, touched_all = _repeat(reps, lambda: b.usr("status", name).check("usr status"))
-    _remove(ds.path, b.remote / name)
+    _remove(gitrepo, pulled, b.baseline / dest, ds.path, b.remote / name)
 
     usr = {
         "snapshot": _usr_side(snap),
