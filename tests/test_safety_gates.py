@@ -218,6 +218,30 @@ def _broken_here(env: Env, damage: str) -> tuple[Store, str, str | None]:
     return store, new, Store.open(env.remote_dir, create=False).head()
 
 
+def test_a_push_to_a_clean_remote_checks_beside_its_transfer(env: Env) -> None:
+    """Against a remote that exists with nothing unrecorded, the local check runs while the
+    push sends (objects reach the remote before the check answers), and its refusal still
+    moves no ref on either side: the local record's commit was written, never named."""
+    _synced(env)
+    remote = Store.open(env.remote_dir, create=False)
+    sent_before = sum(1 for _ in remote.repo.odb)
+    local_head = Store.open(env.local_dir, create=False).head()
+    DAMAGE["duplicate-ids"][0](env.local_dir)
+    _refused(env, "push", RECORDS_FILE, "unique-ids")
+    assert Store.open(env.local_dir, create=False).head() == local_head
+    remote = Store.open(env.remote_dir, create=False)
+    assert sum(1 for _ in remote.repo.odb) > sent_before, "nothing was sent before the check"
+
+
+def test_a_push_checks_before_anything_reaches_a_remote_it_would_change(env: Env) -> None:
+    """A bootstrap (the remote dataset would be created) and a remote with unrecorded
+    changes (it would record them) wait for the local check before the first request."""
+    make_dataset(env.local_root)
+    DAMAGE["duplicate-ids"][0](env.local_dir)
+    _refused(env, "push", RECORDS_FILE, "unique-ids")
+    assert not env.remote_dir.exists()
+
+
 def test_the_receiving_server_gates_what_a_client_sends(env: Env) -> None:
     """A client that skips its own gate (an old or a hostile one) is refused by the server
     before its ref moves: the state is recorded here, sent, and refused there."""

@@ -18,7 +18,7 @@ An object store has no working files: ``record`` returns the head unchanged and
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from usr import faults
@@ -268,6 +268,7 @@ class ObjectStoreSession:
         create: bool | None = None,
         file_sizes: Mapping[str, int] | None = None,
         validate: bool = True,
+        before_update: Callable[[], None] | None = None,
     ) -> TransferStats:
         """Write what the store lacks of commit ``new`` (packs, then a new index), then move
         the ref ``old`` -> ``new`` by compare-and-swap. The head read must still be ``old``
@@ -298,6 +299,8 @@ class ObjectStoreSession:
         with self.bucket.metered("push", total or None, outgoing=True):
             _pack_missing(store, builder, plan, stats)
             name = builder.finish()
+        if before_update is not None:
+            before_update()
         faults.point(FAULT_BEFORE_REF)
         self.bucket.swap_ref(ds, new, name, ref)
         faults.point(FAULT_REF_MOVED)

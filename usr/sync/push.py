@@ -9,14 +9,19 @@ remote lacks and the remote compare-and-swaps its ref with the checkout (see
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
 from typing import Any
 
 from usr import faults, hooks
+from usr.atomic import syncfs
 from usr.errors import NotFoundError
+from usr.store.refs import MAIN
+from usr.store.repository import FAULT_SNAPSHOT_AFTER_REF, FAULT_SNAPSHOT_BEFORE_REF
 from usr.sync.audit import AuditRun, Comparison
 from usr.sync.auditfile import observed_transfer
 from usr.sync.beside import beside
-from usr.sync.gate import check_state
+from usr.sync.gate import check_state, own_handle
 from usr.sync.history import commits, set_tracking, tracking_ref
 from usr.sync.options import SyncOptions, confirm
 from usr.sync.plan import SyncState, compare, fetch_remote_trees
@@ -42,50 +47,91 @@ def carry_out(run: AuditRun, target: Target, remote: str, options: SyncOptions) 
     stores: list[Any] = []
     # Both sides walk their files at once: this one on a thread while the session opens
     # and the remote walks its own (heads with scan), each recorded from its own walk.
-    local = beside(lambda: stores.append(_record_local(target, remote, st, options)))
+    local = beside(lambda: stores.extend(_record_local(target, remote, st, options)))
     with local as wait_local, open_remote(remote, options) as session:
         try:
             heads = session.heads(target.dataset, scan="record")
             wait_local()
-            store = stores[0]
-            if heads["head"] is not None:
-                st.remote_head = session.record(
-                    target.dataset,
-                    f"record before push from {here()}",
-                    options.actor,
-                    scanned=heads["tree"] is not None,
-                )["commit"]
-                st.remote_exists = True
-                fetch_remote_trees(session, store, target, st)
-                set_tracking(store, remote, st.remote_head)
-            cmp = compare(store, target, remote, st)
-            data = run.set_comparison(cmp)
-            data["gate"] = st.gate
-            if cmp.relation == "equal":
-                return "NO-OP"
-            _decide(store, target, st, cmp, options)
-            confirm(options, "push", data)
-            hook = _Hook(target, remote, st, options, data)
-            hook.pre_push()
-            # Decided: let the comparison go (its spooled changes, a row per file of a
-            # bootstrap); the audit entries name every file the push sends. The sizes go
-            # to the push alone, which drops them once its plan is made.
-            del cmp
-            stats = session.push(
-                target.dataset,
-                store,
-                st.local_head,
-                st.remote_head,
-                file_sizes=_take_sizes(st),
-                validate=not options.no_validate,
-            )
-            observed_transfer(data, stats)
-            faults.point(FAULT_PUSH_UPDATED)
-            set_tracking(store, remote, st.local_head)
+            store, finish = stores
+            try:
+                state = _send(session, heads, store, target, remote, st, options, run, finish)
+            except KeyboardInterrupt:
+                raise
+            except BaseException:
+                finish()  # a refusal of the local state wins; else the record stands
+                raise
+            if state == "NO-OP":
+                return state
+            hook = state
         finally:
             run.bytes_sent, run.bytes_received = bytes_moved(session)
     hook.post_push(run)
     return "TRANSFERRED"
+
+
+def _send(
+    session: Any,
+    heads: dict[str, Any],
+    store: Any,
+    target: Target,
+    remote: str,
+    st: SyncState,
+    options: SyncOptions,
+    run: AuditRun,
+    finish: Callable[[], None],
+) -> Any:
+    """Compare, decide and send; "NO-OP", or the push's hooks once the remote moved."""
+    if not _clean(store, heads):
+        # A bootstrap creates the remote dataset, and a remote with unrecorded changes
+        # records them, before anything is sent: both only for a local state that passed.
+        finish()
+    if heads["head"] is not None:
+        st.remote_head = session.record(
+            target.dataset,
+            f"record before push from {here()}",
+            options.actor,
+            scanned=heads["tree"] is not None,
+        )["commit"]
+        st.remote_exists = True
+        fetch_remote_trees(session, store, target, st)
+        set_tracking(store, remote, st.remote_head)
+    cmp = compare(store, target, remote, st)
+    data = run.set_comparison(cmp)
+    data["gate"] = st.gate
+    if cmp.relation == "equal":
+        finish()
+        return "NO-OP"
+    _decide(store, target, st, cmp, options)
+    confirm(options, "push", data)
+    hook = _Hook(target, remote, st, options, data)
+    hook.pre_push()
+    # Decided: let the comparison go (its spooled changes, a row per file of a
+    # bootstrap); the audit entries name every file the push sends. The sizes go
+    # to the push alone, which drops them once its plan is made.
+    del cmp
+    stats = session.push(
+        target.dataset,
+        store,
+        st.local_head,
+        st.remote_head,
+        file_sizes=_take_sizes(st),
+        validate=not options.no_validate,
+        before_update=finish,
+    )
+    observed_transfer(data, stats)
+    faults.point(FAULT_PUSH_UPDATED)
+    set_tracking(store, remote, st.local_head)
+    return hook
+
+
+def _clean(store: Any, heads: dict[str, Any]) -> bool:
+    """Whether the remote dataset exists and its walk found its working files equal to its
+    head (as far as this store knows that head): then nothing the push does before it
+    asks the remote to move its ref changes what the remote's people see."""
+    head, tree = heads["head"], heads.get("tree")
+    if head is None or tree is None or not store.has_object(head):
+        return False
+    return store.tree_of(head) == tree
 
 
 def _take_sizes(st: SyncState) -> Any:
@@ -94,17 +140,100 @@ def _take_sizes(st: SyncState) -> Any:
     return sizes.seeded() if sizes is not None else None
 
 
-def _record_local(target: Target, remote: str, st: SyncState, options: SyncOptions) -> Any:
-    """Record the local working state; returns its store."""
+def _record_local(
+    target: Target, remote: str, st: SyncState, options: SyncOptions
+) -> tuple[Any, Callable[[], None]]:
+    """Record the local working state; returns its store and what must run before the
+    remote is asked to move its ref (:class:`_CheckBeside`'s ``finish``, or nothing)."""
     st.local_exists = True
     store = open_store(target.path, create=True)
-    gate = _WorkingGate(store, remote, options)
-    with store.lock(f"record before push {remote}", timeout=options.lock_timeout):
-        store.record(f"record before push {remote}", actor=options.actor, check=gate)
-    st.gate = gate.result
-    st.local_head = store.head()
+    action = f"record before push {remote}"
+    if _check_first(target, options):
+        gate = _WorkingGate(store, remote, options)
+        with store.lock(action, timeout=options.lock_timeout):
+            store.record(action, actor=options.actor, check=gate)
+        st.gate = gate.result
+        st.local_head = store.head()
+        finish: Callable[[], None] = _nothing
+    else:
+        beside_ = _CheckBeside(
+            store, action, options, _WorkingGate(own_handle(store), remote, options)
+        )
+        st.gate = beside_.gate.result
+        st.local_head = beside_.commit
+        finish = beside_.finish
     st.local_tree = store.tree_of(st.local_head)
-    return store
+    return store, finish
+
+
+def _nothing() -> None:
+    return None
+
+
+def _check_first(target: Target, options: SyncOptions) -> bool:
+    """Whether the gate must pass before the record is committed, as a snapshot's hooks and
+    a person asked to confirm see it: with a ``pre-snapshot`` or ``pre-push`` hook, with a
+    confirmation to ask, or with nothing to check (``--no-validate``)."""
+    if options.no_validate or options.confirm is not None:
+        return True
+    roots = {target.root, hooks.find_root(target.path)}
+    return any(
+        hooks.find_hook(name, target.path, root) is not None
+        for name in ("pre-snapshot", "pre-push")
+        for root in roots
+    )
+
+
+class _CheckBeside:
+    """A push's local record whose gate runs on a thread while the push compares, plans and
+    sends (on the primary dataset the check of a new table is a decode of every id, seconds
+    that the transfer's own work now hides).
+
+    The commit object is written at once; ``refs/heads/main`` moves only in :meth:`finish`,
+    once the check passed, which the push calls after the last byte is sent and before the
+    remote is asked to move its own ref. So a refusal still leaves the local ref where it
+    was and the remote's where it was: what the remote received is unnamed objects (and
+    staged files no checkout takes), gone with its next gc."""
+
+    def __init__(self, store: Any, action: str, options: SyncOptions, gate: _WorkingGate) -> None:
+        self.store, self.action, self.gate = store, action, gate
+        self.lock_timeout = options.lock_timeout
+        with store.lock(action, timeout=options.lock_timeout):
+            tree = store.working_tree()
+            self.head = store.head()
+            if self.head is not None and store.tree_of(self.head) == tree:
+                self.commit = self.head
+            else:
+                parents = [self.head] if self.head else []
+                self.commit = store.commit_tree(tree, parents, action, options.actor)
+                syncfs(store.gitdir)  # durable before any ref names it: finish moves it only
+        self.failed: list[BaseException] = []
+        self.done = False
+        self.thread = threading.Thread(
+            target=self._check, args=(tree,), name="usr-push-gate", daemon=True
+        )
+        self.thread.start()
+
+    def _check(self, tree: str) -> None:
+        try:
+            self.gate(tree)
+        except BaseException as exc:  # noqa: BLE001 - raised on the push's thread
+            self.failed.append(exc)
+
+    def finish(self) -> None:
+        """Wait for the check: raise its refusal, else move ``refs/heads/main`` to the
+        record (once; the store's record makes the same move under the same fault points)."""
+        if self.done:
+            return
+        self.thread.join()
+        if self.failed:
+            raise self.failed[0]
+        self.done = True
+        if self.commit != self.head:
+            with self.store.lock(self.action, timeout=self.lock_timeout):
+                faults.point(FAULT_SNAPSHOT_BEFORE_REF)
+                self.store.refs.update(MAIN, self.commit, self.head)
+                faults.point(FAULT_SNAPSHOT_AFTER_REF)
 
 
 def require_local(target: Target) -> None:

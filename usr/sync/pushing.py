@@ -9,7 +9,7 @@ stream. See docs/protocol.md, "Push".
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from itertools import zip_longest
 from typing import Any
 
@@ -45,6 +45,7 @@ class Pushing(Conversation):
         create: bool | None = None,
         file_sizes: Mapping[str, int] | None = None,
         validate: bool = True,
+        before_update: Callable[[], None] | None = None,
     ) -> TransferStats:
         """Send what the remote lacks of commit ``new``, then move its head ``old`` -> ``new``.
 
@@ -83,6 +84,9 @@ class Pushing(Conversation):
             for cid in sorted(send_cids):  # chunks of manifests the remote already has
                 self._send_chunk(store, cid, stats, meter)
             self.fio.send_message("end")
+            if before_update is not None:
+                self.fio.flush()  # the remote stages and checks what it has meanwhile
+                before_update()
             # Pipelined: the ref update is queued behind the stream, no extra round trip.
             extra: dict[str, Any] = {} if validate else {"validate": False}
             self.fio.send_message("update", ds=ds, new=new, old=old, **extra)
