@@ -233,13 +233,46 @@ def test_a_push_to_a_clean_remote_checks_beside_its_transfer(env: Env) -> None:
     assert sum(1 for _ in remote.repo.odb) > sent_before, "nothing was sent before the check"
 
 
-def test_a_push_checks_before_anything_reaches_a_remote_it_would_change(env: Env) -> None:
-    """A bootstrap (the remote dataset would be created) and a remote with unrecorded
-    changes (it would record them) wait for the local check before the first request."""
+def test_a_refused_bootstrap_push_leaves_no_dataset_on_the_remote(env: Env) -> None:
+    """A bootstrap also checks beside its transfer: the remote dataset (and its namespace
+    directory) is created and sent to, and the refusal has the remote remove both
+    (``abandon``), so the remote root is as it was."""
     make_dataset(env.local_root)
+    local_head = Store.open(env.local_dir, create=False).head()
     DAMAGE["duplicate-ids"][0](env.local_dir)
     _refused(env, "push", RECORDS_FILE, "unique-ids")
+    assert list(env.remote_root.iterdir()) == []
+    assert Store.open(env.local_dir, create=False).head() == local_head
+
+
+def _refuse_at_update() -> None:
+    raise VerifyError("refused by the caller before the update")
+
+
+def test_abandon_removes_only_what_this_connection_made(env: Env) -> None:
+    """Through the session API: a bootstrap refused before its ``update`` leaves nothing;
+    the same refusal over a dataset that was already there leaves it, and its head, alone
+    (objects sent meanwhile are unnamed)."""
+    from usr.sync import client
+
+    make_dataset(env.local_root)
+    store = Store.open(env.local_dir)
+    new = store.record("first").commit
+    (env.remote_root / "densegen").mkdir()
+    (env.remote_root / "densegen" / "other").mkdir()  # a neighbour: the namespace stays
+    with client.open_session("bu-scc", str(env.config)) as session, pytest.raises(VerifyError):
+        session.push(DS, store, new, None, before_update=_refuse_at_update)
     assert not env.remote_dir.exists()
+    assert (env.remote_root / "densegen" / "other").is_dir()
+    with client.open_session("bu-scc", str(env.config)) as session:
+        session.push(DS, store, new, None)
+    (env.local_dir / "notes.txt").write_text("a later state\n")
+    newer = store.record("second").commit
+    with client.open_session("bu-scc", str(env.config)) as session, pytest.raises(VerifyError):
+        session.push(DS, store, newer, new, before_update=_refuse_at_update)
+    remote = Store.open(env.remote_dir, create=False)
+    assert remote.head() == new
+    assert remote.repo.get(newer) is not None  # sent before the refusal, never named
 
 
 def test_the_receiving_server_gates_what_a_client_sends(env: Env) -> None:

@@ -82,8 +82,8 @@ def _send(
 ) -> Any:
     """Compare, decide and send; "NO-OP", or the push's hooks once the remote moved."""
     if not _clean(store, heads):
-        # A bootstrap creates the remote dataset, and a remote with unrecorded changes
-        # records them, before anything is sent: both only for a local state that passed.
+        # A remote with unrecorded changes records them, and a dataset directory without
+        # a head takes a store, before anything is sent: only for a state that passed.
         finish()
     if heads["head"] is not None:
         st.remote_head = session.record(
@@ -125,9 +125,12 @@ def _send(
 
 
 def _clean(store: Any, heads: dict[str, Any]) -> bool:
-    """Whether the remote dataset exists and its walk found its working files equal to its
-    head (as far as this store knows that head): then nothing the push does before it
-    asks the remote to move its ref changes what the remote's people see."""
+    """Whether nothing the push does before it asks the remote to move its ref changes
+    what the remote's people see: no dataset there yet (a bootstrap, which a refusal
+    abandons: ``abandon`` removes the directories it made), or its walk found its working
+    files equal to its head (as far as this store knows that head)."""
+    if not heads.get("exists", True):
+        return True  # a bootstrap: a refused one asks the remote to remove what it made
     head, tree = heads["head"], heads.get("tree")
     if head is None or tree is None or not store.has_object(head):
         return False

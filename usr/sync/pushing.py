@@ -8,13 +8,14 @@ stream. See docs/protocol.md, "Push".
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Iterator, Mapping
 from itertools import zip_longest
 from typing import Any
 
 from usr import faults
-from usr.errors import TransportError
+from usr.errors import TransportError, UsrError
 from usr.layout import validate_dataset_id
 from usr.store import revlist
 from usr.store.objects import is_manifest_bytes
@@ -86,7 +87,12 @@ class Pushing(Conversation):
             self.fio.send_message("end")
             if before_update is not None:
                 self.fio.flush()  # the remote stages and checks what it has meanwhile
-                before_update()
+                try:
+                    before_update()
+                except BaseException:
+                    if create:
+                        self._abandon(ds)
+                    raise
             # Pipelined: the ref update is queued behind the stream, no extra round trip.
             extra: dict[str, Any] = {} if validate else {"validate": False}
             self.fio.send_message("update", ds=ds, new=new, old=old, **extra)
@@ -98,6 +104,17 @@ class Pushing(Conversation):
         stats.wire_bytes_out = self.fio.bytes_out - out0
         stats.seconds = time.monotonic() - start
         return stats
+
+    def _abandon(self, ds: str) -> None:
+        """Ask the remote to remove the dataset this push's bootstrap created (the caller
+        refused to ask for the update; docs/protocol.md, ``abandon``). Best effort: a pack
+        the remote refused, a lost connection or an older server leave it in place, with
+        no history, as a cut bootstrap does."""
+        with contextlib.suppress(UsrError, OSError):
+            self.fio.read_message("received")
+            self.fio.send_message("abandon", ds=ds)
+            self.fio.flush()
+            self.fio.read_message("abandoned")
 
     def _negotiate(
         self, ds: str, plan: pushplan.PushPlan, create: bool

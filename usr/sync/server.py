@@ -65,6 +65,9 @@ class Server:
         #: This server's own walk of a dataset's working files (``heads`` with ``scan``),
         #: by dataset dir, for the ``record`` with ``scanned`` that follows; used once.
         self._scans: dict[Path, tuple[str, str | None]] = {}
+        #: Directories a bootstrap of this connection made, by dataset dir (the dataset's
+        #: own first, then each namespace parent it made): what ``abandon`` may remove.
+        self._created: dict[Path, list[Path]] = {}
 
     # -- helpers -------------------------------------------------------------------------
     def _dir(self, msg: dict[str, Any]) -> tuple[str, Path]:
@@ -91,7 +94,10 @@ class Server:
         if not create and not (path / ".usr").is_dir():
             raise NotFoundError(f"dataset {ds!r} not found under {self.root}")
         if create:
+            made = [d for d in (path, *path.parents) if d != self.root and not d.exists()]
             path.mkdir(parents=True, exist_ok=True)
+            if made and made[0] == path:
+                self._created[path] = made
         store = self._stores[path] = Store.open(path, create=True)
         return store
 
@@ -272,6 +278,33 @@ class Server:
         missing_cids = list(store.chunks.missing(cids)) if cids else []
         faults.point(FAULT_HAVE)
         self.fio.send_message("have", oids=missing_oids, cids=missing_cids)
+
+    def op_abandon(self, msg: dict[str, Any]) -> None:
+        """The client gives up a push it bootstrapped (its own gate refused the state it was
+        sending): a dataset directory this connection made, still without a head, is
+        removed with the namespace directories made for it, so the refusal leaves the
+        remote as it was. Anything else stays; nothing of another connection is touched
+        while its stream holds the transfer lock."""
+        path = self._dir(msg)[1]
+        made = self._created.pop(path, None)
+        removed = False
+        if made is not None and path in self._stores:
+            store = self._stores.pop(path)
+            stager = self._staged.pop(path, None)
+            if stager is not None:
+                stager.discard()
+            what = "usr serve: abandon a refused bootstrap"
+            with store.lock(what), self._transfer_lock(store, what):
+                if store.head() is None:
+                    shutil.rmtree(path)
+                    removed = True
+            if removed:
+                for parent in made[1:]:
+                    try:
+                        parent.rmdir()  # only if nothing else came to live there meanwhile
+                    except OSError:
+                        break
+        self.fio.send_message("abandoned", removed=removed)
 
     def op_pack(self, msg: dict[str, Any]) -> None:
         """Receive a pushed stream of objects and chunks, verifying each as it lands, and
