@@ -31,12 +31,14 @@ from usr import faults
 from usr.atomic import TMP_PREFIX, fsync_dir
 from usr.errors import InputError, VerifyError
 from usr.store.objects import OBJECT_NAMES, OBJECT_TYPES, git_object_id
+from usr.store.presence import Backends, SealedIds
 
 _DELTAS = (6, 7)  # OFS_DELTA, REF_DELTA: only in packs git tools made
 
 PACK_SIGNATURE = b"PACK"
 IDX_SIGNATURE = b"\xfftOc"
 _STORED_MAX = 0xFFFF  # bytes per stored deflate block
+_IDS_AT = 8 + 1024  # an idx v2's sorted ids: after its signature, version and fanout
 
 #: A writer seals its pending objects into a pack once they hold SEAL_BYTES, then after
 #: twice as many each time up to SEAL_MAX_BYTES (the most a pending pack keeps in memory):
@@ -137,7 +139,7 @@ def read_idx(data: bytes | mmap.mmap, where: str) -> tuple[list[tuple[str, int, 
     if hashlib.sha1(data[:-20]).digest() != data[-20:]:
         raise VerifyError(f"{where}: idx checksum mismatch")
     n = struct.unpack_from(">I", data, 8 + 255 * 4)[0]
-    ids_at = 8 + 1024
+    ids_at = _IDS_AT
     crc_at = ids_at + 20 * n
     off_at = crc_at + 4 * n
     large_at = off_at + 4 * n
@@ -250,6 +252,8 @@ class PackBuilder:
         self._where: dict[str, int] = {}  # oid -> index in _records
         self.size = 12  # bytes of the pack so far (header included)
         self.sealed: list[str] = []
+        #: The raw ids of the last pack sealed, sorted (its idx's table of ids).
+        self.sealed_ids = b""
 
     def __contains__(self, oid: str) -> bool:
         return oid in self._where
@@ -300,6 +304,7 @@ class PackBuilder:
         trailer = sha.digest()
         name = f"pack-{trailer.hex()}"
         idx = build_idx(self._entries, trailer)
+        self.sealed_ids = idx[_IDS_AT : _IDS_AT + 20 * len(self._entries)]
         final = self.pack_dir / f"{name}.pack"
         if not (self.pack_dir / f"{name}.idx").exists():  # else: the same pack is there
             self.pack_dir.mkdir(parents=True, exist_ok=True)
@@ -348,25 +353,21 @@ class ObjectWriter:
         self._seal_at = SEAL_BYTES
         self.written = 0
         self.loose = 0  # objects :meth:`finish` wrote loose
-        #: The odb's backends (packs, loose, alternates), asked one by one: ``odb.exists``
-        #: re-reads the pack dir and looks for the loose file twice on every miss, and a
-        #: receive's objects are nearly all misses (measured: 26-44 us a miss, against 7).
-        #: Their pack lists are reloaded here and after each seal, so packs written before
-        #: this writer and by it are seen; one another process writes meanwhile is not, and
-        #: an object in it is stored again (harmless: git reads the first copy it finds).
-        self._backends = list(repo.odb.backends)
-        self._refresh()
+        #: Presence is asked of the backends directly, their pack lists read once, here
+        #: (``odb.exists`` re-reads the pack dir on every miss, and a receive's objects
+        #: are nearly all misses), and of this writer's own packs through their ids: a
+        #: lookup costs the packs that were there before, not one step more per pack
+        #: sealed (usr/store/presence.py). A pack another process writes meanwhile is not
+        #: seen, and an object in it is stored again (harmless: git reads the first copy).
+        self._before = Backends(repo)
+        self._sealed = SealedIds()
 
     def __contains__(self, oid: str) -> bool:
         return oid in self.pending
 
     def has(self, oid: str) -> bool:
         """Stored or pending (not verified)."""
-        return oid in self.pending or any(b.exists(oid) for b in self._backends)
-
-    def _refresh(self) -> None:
-        for backend in self._backends:
-            backend.refresh()  # the loose backend has none: a no-op
+        return oid in self.pending or oid in self._sealed or self._before.has(oid)
 
     def add(self, type_name: str, oid: str, data: bytes) -> bool:
         """Queue an object whose id the caller checked against ``data``; False if it is
@@ -389,7 +390,7 @@ class ObjectWriter:
         """Write what is pending as a pack now (a no-op when nothing is)."""
         name = self.pending.seal()
         if name is not None:
-            self._refresh()  # its objects are no longer pending: the pack lists must know
+            self._sealed.add(self.pending.sealed_ids)  # no longer pending: stored here
         return name
 
     def finish(self) -> str | None:

@@ -53,10 +53,9 @@ class Fetching(Conversation):
         need = bytearray()  # the raw ids this store lacks, 20 bytes each
         stats = TransferStats()
         for part in self._listing(ds, wants, haves, blobs):
-            for o in p.require(part, "oids", list, self.name):
-                oid = p.check_oid(o, self.name)
-                if not packstream.has_object(store, oid):
-                    need += bytes.fromhex(oid)
+            listed = [p.check_oid(o, self.name) for o in p.require(part, "oids", list, self.name)]
+            for oid in packstream.lacking(store, listed):
+                need += bytes.fromhex(oid)
             for oid, size in peercheck.check_sizes(part.get("sizes"), self.name).items():
                 stats.sizes[bytes.fromhex(oid)] = size
         if need:
@@ -173,7 +172,7 @@ class Fetching(Conversation):
         stats = TransferStats()
         start = time.monotonic()
         need = [p.check_oid(b, "caller") for b in blob_ids]
-        need = [b for b in need if not packstream.has_object(store, b)]
+        need = packstream.lacking(store, need)
         if need:
             self._get(ds, store, need, stats)
         stats.seconds = time.monotonic() - start

@@ -27,6 +27,7 @@ from typing import Any
 
 from usr import faults
 from usr.errors import TransportError, UsrError, VerifyError
+from usr.store import presence
 from usr.store.chunks import chunk_id
 from usr.store.objects import Manifest, git_object_id, is_manifest_bytes
 from usr.sync import peercheck
@@ -86,6 +87,13 @@ class Received:
 
 def has_object(store: Any, oid: str) -> bool:
     return bool(store.has_object(oid))
+
+
+def lacking(store: Any, oids: Iterable[str]) -> list[str]:
+    """The ids of ``oids`` (checked ids) that are not stored, in their order, the pack
+    lists read once for all of them (usr/store/presence.py): what a push's ``have`` and
+    a fetch's listing ask, nearly all misses. Asked outside any object writer."""
+    return presence.lacking(store.repo, oids)
 
 
 def read_for_send(store: Any, oid: str) -> tuple[str, bytes]:

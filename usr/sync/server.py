@@ -274,7 +274,7 @@ class Server:
             pass
         oids = p.id_list(msg, "oids", self.peer, p.check_oid)
         cids = p.id_list(msg, "cids", self.peer, p.check_cid)
-        missing_oids = [o for o in oids if not packstream.has_object(store, o)]
+        missing_oids = packstream.lacking(store, oids)
         missing_cids = list(store.chunks.missing(cids)) if cids else []
         faults.point(FAULT_HAVE)
         self.fio.send_message("have", oids=missing_oids, cids=missing_cids)
