@@ -15,6 +15,7 @@ import os
 import struct
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -389,3 +390,35 @@ def test_push_refused_when_remote_moved(tmp_path):
         assert "remote moved" in err.value.one_line()
         assert remote.heads("ds")["head"] == head_a
     assert (base / "ds" / "meta.md").read_text() == "from a\n"
+
+
+def test_a_short_write_to_a_raw_pipe_is_completed_not_dropped() -> None:
+    """A raw pipe's ``write`` may take only part of the bytes and say how many (a write
+    interrupted by a signal or a ptrace stop: a pull under a sampling profiler lost bytes
+    mid-frame so; here a non-blocking pipe that is full, which does the same every time).
+    The frame writer writes the rest, and the reader gets every frame whole."""
+    r, w = os.pipe()
+    os.set_blocking(w, False)
+    rfile, wfile = os.fdopen(r, "rb", buffering=0), os.fdopen(w, "wb", buffering=0)
+    payloads = [os.urandom(300_000) for _ in range(8)]  # past the (widened) pipe buffer
+    got: list[tuple[bytes, bytes] | None] = []
+    failed: list[BaseException] = []
+
+    def read_all() -> None:
+        reader = p.FrameIO(p.FileChannel(rfile, io.BytesIO()), peer="test")
+        try:
+            while (frame := reader.read_frame(eof_ok=True)) is not None:
+                got.append(frame)
+        except BaseException as exc:  # noqa: BLE001 - reported by the test's thread
+            failed.append(exc)
+
+    thread = threading.Thread(target=read_all)
+    thread.start()
+    writer = p.FrameIO(p.FileChannel(io.BytesIO(), wfile), peer="test")
+    for i, data in enumerate(payloads):
+        writer.send_object("blob", f"{i:040x}", data)
+    writer.flush()
+    wfile.close()
+    thread.join()
+    assert not failed, failed
+    assert [payload[21:] for _kind, payload in got] == payloads  # type byte, raw id, bytes

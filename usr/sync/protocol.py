@@ -173,7 +173,13 @@ class FileChannel:
         return reader(n)
 
     def write(self, data: bytes) -> None:
-        self.wfile.write(data)
+        """All of ``data``: a raw (unbuffered) file's ``write`` may take only part of it (a
+        pipe write interrupted by a signal or a ptrace stop, a non-blocking pipe that is
+        full) and says how much; the rest is written again, never dropped, or the frame
+        stream would lose bytes mid-frame."""
+        view = memoryview(data)
+        while view:
+            view = view[self.wfile.write(view) or 0 :]
 
     def flush(self) -> None:
         self.wfile.flush()
