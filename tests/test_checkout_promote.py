@@ -106,10 +106,13 @@ def test_swaps_survive_a_kill_after_every_promoted_file(tmp_path: Path, directio
     if start == a:
         assert _checkout(root, a) == 0
     puts = sum(1 for rel, data in want.items() if have.get(rel) != data)
-    for n in range(1, puts + 2):
+    killed = -signal.SIGKILL
+    n = 0
+    while killed:  # until there are fewer promotions than the kill waits for
+        n += 1
+        # A directory the working copy lacks is promoted by one rename, with its files.
+        assert n <= puts + 1, "more promotions than files to put"
         killed = _checkout(root, target, f"checkout.mid-promote:{n}")
-        if killed == 0:
-            assert n == puts + 1  # fewer promotions than the kill waits for: it completed
         from usr.store.checkout import journal_path, recover
 
         store = Store.open(ds)  # recovery: rolls the checkout forward
@@ -121,6 +124,24 @@ def test_swaps_survive_a_kill_after_every_promoted_file(tmp_path: Path, directio
         _sound(ds, target, want)
         assert _checkout(root, start) == 0
         _sound(ds, start, have)
+    assert n > 2  # killed after each of several promotions before one completed
+
+
+def test_a_directory_new_to_the_working_copy_is_promoted_by_one_rename(tmp_path: Path) -> None:
+    """Every file under a directory the working copy lacks lands with one rename of its
+    staged directory: killed right after the first promotion, all of them are in place
+    with the bytes staged, none is left in the staging dir, and recovery finishes."""
+    root, ds, _a, b = _two_states(tmp_path)
+    many = {f"_aux/new/d{i % 4}/e{i % 3}/f{i}.txt": f"new {i}\n".encode() for i in range(40)}
+    _set_state(ds, {**STATE_B, **many})
+    c = Store.open(ds).record("many").commit
+    assert _checkout(root, b) == 0
+    assert not (ds / "_aux/new").exists()
+    assert _checkout(root, c, "checkout.mid-promote:1") == -signal.SIGKILL
+    # Looked at before anything opens the store (which would recover the checkout).
+    assert {rel: (ds / rel).read_bytes() for rel in many} == many
+    assert not (_staging(ds) / "_aux" / "new").exists()
+    _sound(ds, c, {**STATE_B, **many})
 
 
 def test_recovery_replayed_from_the_journal_is_idempotent(tmp_path: Path) -> None:

@@ -89,7 +89,7 @@ KILLS = [
     Kill("pull", "server", "packstream.sent-object:300"),
     Kill("pull", "server", "packstream.sent-chunk:8"),
     # bootstrap: all 2,000 directories and the deep path land at once
-    Kill("push", "server", "checkout.mid-promote:1000", bootstrap=True),
+    Kill("push", "server", "checkout.mid-promote:2", bootstrap=True),  # after _artifacts/, whole
     Kill("pull", "client", "packstream.received-object:1500", bootstrap=True),
     # a local remote: pipes to a subprocess instead of an SSH channel
     Kill("push", "client", "push.mid-stream:8", kind="local"),

@@ -325,6 +325,38 @@ def _put(root: str, staging: str, rel: str, ready: set[str]) -> bool:
     return True
 
 
+def _new_dir(root: str, staging: str, rel: str, ready: set[str]) -> str | None:
+    """The highest directory on ``rel``'s path that the working directory lacks and the
+    staging dir holds (a real directory): promoted by one rename, with every file under it.
+
+    That is every file of the target tree under it, each staged and verified: the checkout
+    compares the target with the working directory, so a file under a directory it lacks
+    is an add (written, re-verified or taken as streamed), and nothing but files of the
+    target tree at their own paths is ever written into its staging dir. The puts under it
+    are consecutive in the journal (tree order), so they are skipped by prefix. A recovery
+    that meets the directory in place takes the per-file path, each file already gone from
+    the staging dir (:func:`_put`). Directories found in place go into ``ready``."""
+    parent = rel.rpartition("/")[0]
+    if parent in ready:
+        return None
+    at = ""
+    for part in parent.split("/"):
+        at = f"{at}/{part}" if at else part
+        if at in ready:
+            continue
+        try:
+            st = os.lstat(f"{root}/{at}")
+        except FileNotFoundError:
+            with contextlib.suppress(OSError):
+                if statmod.S_ISDIR(os.lstat(f"{staging}/{at}").st_mode):
+                    return at
+            return None
+        if not statmod.S_ISDIR(st.st_mode):
+            return None  # a file where a directory must go: :func:`_put` moves it away
+        ready.add(at)
+    return None
+
+
 def _promote(store, journal: Journal) -> None:
     """Apply a journal: idempotent, so recovery can run it again from any point. Its
     operations are read from the file, deletes first, then puts (in path order, as the
@@ -335,11 +367,18 @@ def _promote(store, journal: Journal) -> None:
     if journal.deletes:  # a bootstrap's journal, known to have none, is walked once
         _delete(root, (p for kind, p, _ in map(_op_fields, journal.ops()) if kind == "delete"))
     ready = {""}  # the root exists; no later put of this run can remove what is added
+    moved = "\0"  # the last directory renamed whole, with a "/": its puts are done
     with sorted_updates(store.stat_cache()) as cache:
         for kind, rel, oid in map(_op_fields, journal.ops()):
             if kind != "put":
                 continue
-            if _put(root, staging, rel, ready):
+            if rel.startswith(moved):
+                pass  # renamed with its directory
+            elif (new := _new_dir(root, staging, rel, ready)) is not None:
+                os.replace(f"{staging}/{new}", f"{root}/{new}")
+                moved = f"{new}/"
+                faults.point(FAULT_MID_PROMOTE)
+            elif _put(root, staging, rel, ready):
                 faults.point(FAULT_MID_PROMOTE)
             with contextlib.suppress(FileNotFoundError):
                 # After the rename: it changes the ctime, which the cache key holds.
