@@ -137,10 +137,19 @@ class Fetching(Conversation):
     ) -> packstream.Received:
         """``get`` the object ids or chunk ids ``ids`` (chunks when ``what`` names them), one
         batch after another, each received with the ``checks`` made for its batch (what was
-        asked, the chunk lengths claimed) and folded into one :class:`Received`."""
+        asked, the chunk lengths claimed) and folded into one :class:`Received`.
+
+        One object writer takes every batch: its packs grow to their largest size and its
+        lookups ask only the packs stored before the fetch. A writer a batch started each
+        over at the smallest pack and asked every pack the earlier batches sealed (a
+        million files: 16 batches, some 80 packs, each miss trying them all)."""
         chunks = what == "fetch chunks"
         got = packstream.Received()
-        with self._exchange(), self._meter(what, self.fio.bytes_in, total) as meter:
+        with (
+            self._exchange(),
+            self._meter(what, self.fio.bytes_in, total) as meter,
+            store.object_writer(),
+        ):
             for batch in p.batches(ids):
                 oids, cids = ([], batch) if chunks else (batch, [])
                 self.fio.send_message("get", ds=ds, oids=oids, cids=cids)
