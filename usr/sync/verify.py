@@ -7,6 +7,8 @@ for the primary table; sidecars strict or off; content hashes on or off). May im
 
 from __future__ import annotations
 
+import os
+import stat as statmod
 from collections.abc import Iterable
 from dataclasses import replace
 from pathlib import Path
@@ -43,6 +45,7 @@ def verify_working(
     of a comparison already made, so the tree is not listed and sized again.
     """
     checked = 0
+    base = str(directory)
     for entry in listing(store, commit) if entries is None else entries:
         if only is not None and entry.path not in only:
             continue
@@ -52,21 +55,30 @@ def verify_working(
         level = level_for(entry, options)
         if level == "off":
             continue
-        path = directory / entry.path
-        if not path.is_file():
-            raise VerifyError(f"{entry.path} is missing after checkout")
-        size = path.stat().st_size
+        path = f"{base}/{entry.path}"  # a str: a Path a file cost more than its stat
+        size = _regular_size(path, entry.path)
         # Sizes from a comparison may be the peer's word (a fetch listing): the store's
         # own object says the size, unless the file is hashed, which checks it anyway.
         want = entry.new_size if entries is None else _stored_size(store, entry, level)
         if want is not None and size != want:
             raise VerifyError(f"{entry.path}: {size} bytes after checkout, the tree says {want}")
         if level == "parquet":
-            check_parquet(path)
+            check_parquet(Path(path))
         elif level == "hash":
-            check_hash(store, path, entry)
+            check_hash(store, path, entry, size)
         checked += 1
     return checked
+
+
+def _regular_size(path: str, shown: str) -> int:
+    """The size of the regular file at ``path`` (symlinks followed); VerifyError if none."""
+    try:
+        st = os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        st = None
+    if st is None or not statmod.S_ISREG(st.st_mode):
+        raise VerifyError(f"{shown} is missing after checkout")
+    return st.st_size
 
 
 def _stored_size(store: Any, entry: FileChange, level: str) -> int | None:
@@ -102,24 +114,29 @@ def check_parquet(path: Path) -> None:
         raise VerifyError(f"{path.name}: not a readable Parquet file: {exc}") from None
 
 
-def check_hash(store: Any, path: Path, entry: FileChange) -> None:
-    """The working file hashes to its entry: for a small file, its own bytes to the blob
-    id, without reading the object (a blob that is not a manifest is the file's bytes);
-    else by the manifest's whole-file blake3."""
+def check_hash(store: Any, path: str | Path, entry: FileChange, size: int) -> None:
+    """The working file (of ``size`` bytes) hashes to its entry: for a small file, its own
+    bytes to the blob id, without reading the object (a blob that is not a manifest is the
+    file's bytes); else by the manifest's whole-file blake3."""
     from usr.store.objects import MAGIC, git_object_id, inline_limit
 
-    if path.stat().st_size <= inline_limit():
-        data = path.read_bytes()
+    if size <= inline_limit():
+        data = _read(path)
         if not data.startswith(MAGIC) and git_object_id("blob", data) == entry.new_id:
             return
     manifest = store.manifest_of(entry.new_id)
     if manifest is not None:
         h = blake3.blake3()
-        with path.open("rb") as fh:
+        with open(path, "rb") as fh:
             for block in iter(lambda: fh.read(1 << 20), b""):
                 h.update(block)
         if h.hexdigest() != manifest.blake3:
             raise VerifyError(f"{entry.path}: blake3 differs from the tree after checkout")
         return
-    if git_object_id("blob", path.read_bytes()) != entry.new_id:
+    if git_object_id("blob", _read(path)) != entry.new_id:
         raise VerifyError(f"{entry.path}: content differs from the tree after checkout")
+
+
+def _read(path: str | Path) -> bytes:
+    with open(path, "rb", buffering=0) as fh:
+        return fh.read()
