@@ -183,13 +183,17 @@ def write_many_files(
     return done * size
 
 
-def rewrite_files(directory: Path, count: int, seed: int, size: int = 1024) -> list[Path]:
+def rewrite_files(
+    directory: Path, count: int, seed: int, size: int = 1024, keep: dict[Path, bytes] | None = None
+) -> list[Path]:
     """Give the first file of each of ``count`` directories new bytes of the same size (an
-    operator's edit); returns the files changed."""
+    operator's edit); returns the files changed. ``keep`` gets each file's old bytes."""
     rng = random.Random(seed)
     changed = []
     for sub in sorted(directory.iterdir())[:count]:
         first = min(sub.iterdir())
+        if keep is not None:
+            keep[first] = first.read_bytes()
         first.write_bytes(rng.randbytes(size))
         changed.append(first)
     return changed
