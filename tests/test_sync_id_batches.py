@@ -328,3 +328,40 @@ def test_stat_cache_sizes_are_found_in_and_out_of_order(tmp_path: Path) -> None:
     assert sizes.known == {} and sizes.cached is not None  # sized from the rows, not copied
     assert len(plan_view) == len(changes)
     assert plan_view.get(store.tree_of(store.head()), -1) == -1
+
+
+def test_a_fetch_in_batches_writes_its_objects_through_one_writer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The batches of one fetch share an object writer: 150 files asked for 20 at a time
+    land in one pack, where a writer a batch stored each batch on its own (here: loose,
+    each under the unpack limit; at scale, small packs that every lookup searched)."""
+    from usr.store import gitpack
+    from usr.store.objects import git_object_id
+
+    monkeypatch.setenv(p.MAX_IDS_ENV, "20")
+    files = {f"_aux/d{i % 5}/f{i:03d}.txt": f"file {i}\n".encode() for i in range(150)}
+    recorded_dataset(tmp_path / "laptop", DS, files)
+    remote = tmp_path / "remote"
+    remote.mkdir()
+    config = tmp_path / "remotes.toml"
+    config.write_text(
+        tomli_w.dumps({"remotes": {"far": {"type": "local", "base_dir": str(remote)}}})
+    )
+    config.chmod(0o600)
+    opts = options.SyncOptions(remotes_config=str(config))
+    engine.push(engine.resolve_target(tmp_path / "laptop", DS, opts), "far", opts)
+    pulled = tmp_path / "pulled"
+    pulled.mkdir()
+    engine.pull(engine.resolve_target(pulled, DS, opts), "far", opts)
+    store = Store.open(pulled / DS, create=False)
+    pack_dir = store.gitdir / "objects" / "pack"
+    blobs = {git_object_id("blob", data) for data in files.values()}
+    holding = [
+        name
+        for name in gitpack.pack_names(pack_dir)
+        if blobs & set(gitpack.iter_pack_objects(pack_dir / f"{name}.idx"))
+    ]
+    assert len(holding) == 1, holding
+    assert blobs <= set(gitpack.iter_pack_objects(pack_dir / f"{holding[0]}.idx"))
+    assert store.fsck() == [] and store.verify_working() == []
