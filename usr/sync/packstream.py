@@ -21,7 +21,7 @@ fetch is told it lacks is :mod:`usr.sync.listing`; what a push offers is
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +30,7 @@ from usr.errors import TransportError, UsrError, VerifyError
 from usr.store import presence
 from usr.store.chunks import chunk_id
 from usr.store.objects import Manifest, git_object_id, is_manifest_bytes
+from usr.store.packread import PackedObjects
 from usr.sync import peercheck
 from usr.sync import protocol as p
 from usr.sync.peercheck import parse_tree
@@ -104,11 +105,18 @@ def read_for_send(store: Any, oid: str) -> tuple[str, bytes]:
     return store.read_stored(oid)
 
 
+def read_many_for_send(store: Any, oids: Iterable[str]) -> Iterator[tuple[str, str, bytes]]:
+    """``(oid, type name, bytes)`` of each of ``oids`` to send, in their order, each read
+    once and hashed once: from the packs directly, checked with one SHA-1 (libgit2's
+    collision-detecting one cost 30 of the 38 µs of a 10 KB object), else through libgit2
+    (:func:`read_for_send`). See usr/store/packread.py."""
+    return PackedObjects(store.gitdir / "objects" / "pack").read_many(store, oids)
+
+
 def send_objects(store: Any, fio: p.FrameIO, oids: Iterable[str]) -> int:
     """Queue ``oids`` as ``O`` frames (flushed in 1 MiB batches: no round trip per object)."""
     n = 0
-    for oid in oids:
-        kind, data = read_for_send(store, oid)
+    for oid, kind, data in read_many_for_send(store, oids):
         fio.send_object(kind, oid, data)
         n += 1
         faults.point(FAULT_SENT_OBJECT)

@@ -80,8 +80,9 @@ class Pushing(Conversation):
         with self._exchange(), self._meter("push", self.fio.bytes_out, total) as meter:
             first = {p.MANIFEST_FIRST: True} if self.manifest_first else {}
             self.fio.send_message("pack", ds=ds, create=create, **first)
-            for i in plan.sending_order(chosen):
-                self._send_blob(store, plan.oid(i), plan, send_cids, stats, meter)
+            order = (plan.oid(i) for i in plan.sending_order(chosen))
+            for oid, kind, data in packstream.read_many_for_send(store, order):
+                self._send_blob(store, oid, kind, data, plan, send_cids, stats, meter)
             for cid in sorted(send_cids):  # chunks of manifests the remote already has
                 self._send_chunk(store, cid, stats, meter)
             self.fio.send_message("end")
@@ -147,6 +148,8 @@ class Pushing(Conversation):
         self,
         store: Any,
         oid: str,
+        kind: str,
+        data: bytes,
         plan: pushplan.PushPlan,
         send_cids: set[str],
         stats: TransferStats,
@@ -156,7 +159,6 @@ class Pushing(Conversation):
         lacks: after them (the receiver writes a manifest once its chunks are stored), or,
         with manifests first, before them (the receiver holds it until they are sealed and
         writes the working file as they land)."""
-        kind, data = packstream.read_for_send(store, oid)
         chunks = plan.chunks_of.get(oid)
         if chunks is None and kind == "blob" and is_manifest_bytes(data):
             # Taken for a plain blob by its size: offer every chunk it names (the
