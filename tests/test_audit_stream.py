@@ -161,3 +161,29 @@ def test_the_audit_of_many_files_is_built_in_bounded_memory() -> None:
 class _Discard(io.TextIOBase):
     def write(self, s: str) -> int:
         return len(s)
+
+
+def test_spooled_items_come_back_as_json_gives_them_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each item reads back as its JSON round trip (a tuple as a list, a str subclass as a
+    str, a dict's int keys as str), in memory and from the spilled file, with frames cut
+    by the file's read blocks."""
+    import enum
+
+    class Kind(enum.StrEnum):
+        ADD = "A"
+
+    monkeypatch.setattr(auditrows, "SPILL_BYTES", 1000)
+    monkeypatch.setattr(auditrows, "_READ", 97)  # frames straddle the blocks read back
+    items = [
+        ("a/ü.txt", "A", "aux", None, "ab" * 20, None, 1 << 40, True, False),
+        "just a path\udcff",
+        (Kind.ADD, ("nested",)),
+        {1: "one", "two": [2.5, None]},
+        [],
+        "",
+    ] * 40
+    listed = spooled(items)
+    assert listed.spool.spilled()
+    expected = [json.loads(json.dumps(item)) for item in items]
+    assert list(listed) == expected and list(listed) == expected  # read twice, the same
+    assert listed[3] == {"1": "one", "two": [2.5, None]} and listed[0][0] == "a/ü.txt"
