@@ -165,6 +165,28 @@ def test_journal_operations_are_compact_and_round_trip() -> None:
     assert again == [put, gone]
 
 
+def test_the_journal_file_is_the_bytes_json_dumps_gives(tmp_path: Path) -> None:
+    """The writer puts each operation's JSON together itself; the file is still exactly
+    ``json.dumps(journal, separators=(",", ":"))`` (docs/format.md §8) for paths with
+    non-ASCII letters, undecodable bytes, quotes, backslashes and control characters."""
+    import json
+
+    from usr.store.journal import JournalWriter
+
+    paths = ["plain/a.txt", "d/caf\u00e9-\udcff.bin", 'q/"quoted"\\back', "c/tab\there\x01", "z"]
+    ops = [checkout_mod._op("put", p, f"{i:040x}") for i, p in enumerate(paths)]
+    ops.insert(2, checkout_mod._op("delete", "old/\u00fc\n.txt", None))
+    path = tmp_path / "CHECKOUT"
+    writer = JournalWriter(path, "c" * 40, ".usr-staging-x")
+    for op in ops:
+        writer.add(op)
+    journal = writer.commit()
+    listed = [checkout_mod._op_json(op) for op in ops]
+    doc = {"commit": "c" * 40, "staging": ".usr-staging-x", "ops": listed}
+    assert path.read_bytes() == json.dumps(doc, separators=(",", ":")).encode()
+    assert list(journal.ops()) == ops
+
+
 def _tree_store(tmp_path: Path, dirs: int, files: int) -> tuple[Store, Store, str]:
     """A recorded source of ``dirs`` x ``files`` files and an empty store holding its
     objects, ready for a bootstrap checkout."""
