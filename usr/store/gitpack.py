@@ -33,12 +33,12 @@ from usr.errors import InputError, VerifyError
 from usr.store.objects import OBJECT_NAMES, OBJECT_TYPES, git_object_id
 from usr.store.presence import Backends, SealedIds
 
-_DELTAS = (6, 7)  # OFS_DELTA, REF_DELTA: only in packs git tools made
+DELTA_TYPES = (6, 7)  # OFS_DELTA, REF_DELTA: only in packs git tools made
 
 PACK_SIGNATURE = b"PACK"
 IDX_SIGNATURE = b"\xfftOc"
 _STORED_MAX = 0xFFFF  # bytes per stored deflate block
-_IDS_AT = 8 + 1024  # an idx v2's sorted ids: after its signature, version and fanout
+IDX_IDS_AT = 8 + 1024  # an idx v2's sorted ids: after its signature, version and fanout
 
 #: A writer seals its pending objects into a pack once they hold SEAL_BYTES, then after
 #: twice as many each time up to SEAL_MAX_BYTES (the most a pending pack keeps in memory):
@@ -139,7 +139,7 @@ def read_idx(data: bytes | mmap.mmap, where: str) -> tuple[list[tuple[str, int, 
     if hashlib.sha1(data[:-20]).digest() != data[-20:]:
         raise VerifyError(f"{where}: idx checksum mismatch")
     n = struct.unpack_from(">I", data, 8 + 255 * 4)[0]
-    ids_at = _IDS_AT
+    ids_at = IDX_IDS_AT
     crc_at = ids_at + 20 * n
     off_at = crc_at + 4 * n
     large_at = off_at + 4 * n
@@ -158,7 +158,7 @@ def read_idx(data: bytes | mmap.mmap, where: str) -> tuple[list[tuple[str, int, 
     return out, bytes(data[-40:-20])
 
 
-def _entry_header(data: Any, at: int) -> tuple[int, int, int]:
+def entry_header(data: Any, at: int) -> tuple[int, int, int]:
     """``(type code, size, header length)`` of the pack entry at ``at``."""
     byte = data[at]
     type_code, size, shift, i = (byte >> 4) & 7, byte & 0x0F, 4, at + 1
@@ -212,8 +212,8 @@ def _check_entry(m: mmap.mmap, oid: str, crc: int, off: int, end: int) -> str | 
         return "offset out of range"
     if zlib.crc32(m[off:end]) != crc:
         return "CRC32 mismatch (the entry is damaged)"
-    type_code, size, hlen = _entry_header(m, off)
-    if type_code in _DELTAS:
+    type_code, size, hlen = entry_header(m, off)
+    if type_code in DELTA_TYPES:
         return None  # a git tool's delta: libgit2 checks it when the object is read
     if type_code not in OBJECT_NAMES:
         return f"bad object type {type_code}"
@@ -279,7 +279,7 @@ class PackBuilder:
         if i is None:
             return None
         record = self._records[i]
-        type_code, _size, hlen = _entry_header(record, 0)
+        type_code, _size, hlen = entry_header(record, 0)
         return OBJECT_NAMES[type_code], zlib.decompress(record[hlen:])
 
     def items(self) -> Iterator[tuple[str, tuple[str, bytes]]]:
@@ -304,7 +304,7 @@ class PackBuilder:
         trailer = sha.digest()
         name = f"pack-{trailer.hex()}"
         idx = build_idx(self._entries, trailer)
-        self.sealed_ids = idx[_IDS_AT : _IDS_AT + 20 * len(self._entries)]
+        self.sealed_ids = idx[IDX_IDS_AT : IDX_IDS_AT + 20 * len(self._entries)]
         final = self.pack_dir / f"{name}.pack"
         if not (self.pack_dir / f"{name}.idx").exists():  # else: the same pack is there
             self.pack_dir.mkdir(parents=True, exist_ok=True)

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from usr.errors import VerifyError
-from usr.store.gitpack import _DELTAS, _IDS_AT, IDX_SIGNATURE, PACK_SIGNATURE, _entry_header
+from usr.store.gitpack import DELTA_TYPES, IDX_IDS_AT, IDX_SIGNATURE, PACK_SIGNATURE, entry_header
 from usr.store.objects import OBJECT_NAMES
 
 #: Ids looked up at once: one binary search per idx for the whole batch.
@@ -58,11 +58,11 @@ class _Pack:
             if os.pread(self.fd, 4, 0) != PACK_SIGNATURE:
                 raise ValueError(f"{idx_path.name}: its pack is not a git pack")
             n = struct.unpack_from(">I", idx, 8 + 255 * 4)[0]
-            large_at = _IDS_AT + 28 * n
+            large_at = IDX_IDS_AT + 28 * n
             if large_at + 40 > len(idx):
                 raise ValueError(f"{idx_path.name}: idx truncated")
-            self.ids = np.frombuffer(idx, dtype="S20", count=n, offset=_IDS_AT)
-            small = np.frombuffer(idx, dtype=">u4", count=n, offset=_IDS_AT + 24 * n)
+            self.ids = np.frombuffer(idx, dtype="S20", count=n, offset=IDX_IDS_AT)
+            small = np.frombuffer(idx, dtype=">u4", count=n, offset=IDX_IDS_AT + 24 * n)
             offsets = small.astype(np.uint64)
             big = (small & 0x80000000) != 0
             if big.any():  # in the idx's table of 64-bit offsets
@@ -148,10 +148,10 @@ def _entry(entry: bytes, oid: str, raw: bytes) -> tuple[str, bytes] | None:
     bytes); None for a delta or an entry this reader does not take apart (libgit2 reads
     those, and says what is wrong with a damaged one)."""
     try:
-        type_code, size, hlen = _entry_header(entry, 0)
+        type_code, size, hlen = entry_header(entry, 0)
     except IndexError:  # cut short
         return None
-    if type_code in _DELTAS or type_code not in OBJECT_NAMES:
+    if type_code in DELTA_TYPES or type_code not in OBJECT_NAMES:
         return None
     # usr's own entries: one stored deflate block (78 01, final block, length and its
     # complement), then the bytes and an Adler-32 (covered by the SHA-1 below).
