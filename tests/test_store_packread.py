@@ -146,3 +146,30 @@ print(n, (kib("VmHWM:") - before) // 1024)
     total, grown_mib = map(int, out.stdout.split())
     assert total == 96 * 100 * 20_486
     assert grown_mib < 32, f"resident memory grew by {grown_mib} MiB reading 188 MiB"
+
+
+def test_a_pack_that_cannot_be_read_is_left_to_libgit2_and_closes_once(tmp_path: Path) -> None:
+    """An idx whose pack is not a git pack is skipped (libgit2 reads what it can), and the
+    descriptor it opened is closed once: a second close, when the half-made reader is
+    collected, would close whatever file had been given that number meanwhile."""
+    import os
+
+    from usr.store import packread
+
+    store = Store.open(tmp_path / "ds")
+    _pack(store, _blobs(150, seed=9))
+    pack_dir = store.gitdir / "objects" / "pack"
+    (pack,) = pack_dir.glob("*.pack")
+    pack.chmod(0o644)
+    pack.write_bytes(b"JUNK" + pack.read_bytes()[4:])
+    assert PackedObjects(pack_dir).packs == []
+    with pytest.raises(ValueError, match="not a git pack") as caught:
+        packread._Pack(next(pack_dir.glob("*.idx")))
+    half = caught.tb.tb_next.tb_frame.f_locals["self"]  # the reader that failed
+    caught = None  # type: ignore[assignment]
+    keep = os.open(tmp_path, os.O_RDONLY)  # the lowest free number: the one it closed
+    try:
+        del half  # collected here
+        os.fstat(keep)  # still open: the reader did not close it a second time
+    finally:
+        os.close(keep)

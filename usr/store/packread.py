@@ -79,11 +79,14 @@ class _Pack:
             self.offsets = offsets
         except BaseException:
             os.close(self.fd)
+            self.fd = -1  # not closed again: the number may be another file's by then
             raise
 
     def __del__(self) -> None:
-        with contextlib.suppress(OSError, AttributeError):
-            os.close(self.fd)
+        fd, self.fd = getattr(self, "fd", -1), -1
+        if fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
 
 class PackedObjects:
