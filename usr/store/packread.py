@@ -23,7 +23,6 @@ May import :mod:`usr.store.gitpack` and :mod:`usr.store.objects`.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import mmap
 import os
 import struct
@@ -36,7 +35,7 @@ import numpy as np
 
 from usr.errors import VerifyError
 from usr.store.gitpack import DELTA_TYPES, IDX_IDS_AT, IDX_SIGNATURE, PACK_SIGNATURE, entry_header
-from usr.store.objects import OBJECT_NAMES
+from usr.store.objects import OBJECT_NAMES, git_object_id
 
 #: Ids looked up at once: one binary search per idx for the whole batch.
 BATCH = 1024
@@ -67,7 +66,7 @@ class _Pack:
             big = (small & 0x80000000) != 0
             if big.any():  # in the idx's table of 64-bit offsets
                 at = (small[big] & 0x7FFFFFFF).astype(np.int64)
-                if len(at) and int(at.max()) * 8 + 8 > len(idx) - 40 - large_at:
+                if int(at.max()) * 8 + 8 > len(idx) - 40 - large_at:
                     raise ValueError(f"{idx_path.name}: idx large offset out of range")
                 table = np.frombuffer(idx, dtype=">u8", count=int(at.max()) + 1, offset=large_at)
                 offsets[big] = table[at]
@@ -136,20 +135,20 @@ class PackedObjects:
 
     def _read_batch(self, store: Any, oids: list[str]) -> Iterator[tuple[str, str, bytes]]:
         raws = [bytes.fromhex(oid) for oid in oids]
-        for oid, raw, where in zip(oids, raws, self.locate(raws), strict=True):
+        for oid, where in zip(oids, self.locate(raws), strict=True):
             got = None
             if where is not None:
                 pack, start, end = where
-                got = _entry(os.pread(pack.fd, end - start, start), oid, raw)
+                got = _entry(os.pread(pack.fd, end - start, start), oid)
             if got is None:
                 got = store.read_stored(oid)
             yield oid, got[0], got[1]
 
 
-def _entry(entry: bytes, oid: str, raw: bytes) -> tuple[str, bytes] | None:
-    """The object of a pack entry (its bytes), checked against ``oid`` (``raw``: its 20
-    bytes); None for a delta or an entry this reader does not take apart (libgit2 reads
-    those, and says what is wrong with a damaged one)."""
+def _entry(entry: bytes, oid: str) -> tuple[str, bytes] | None:
+    """The object of a pack entry (its bytes), checked against ``oid``; None for a delta
+    or an entry this reader does not take apart (libgit2 reads those, and says what is
+    wrong with a damaged one)."""
     try:
         type_code, size, hlen = entry_header(entry, 0)
     except IndexError:  # cut short
@@ -174,8 +173,6 @@ def _entry(entry: bytes, oid: str, raw: bytes) -> tuple[str, bytes] | None:
         if not inflate.eof:
             return None
     kind = OBJECT_NAMES[type_code]
-    digest = hashlib.sha1(b"%s %d\0" % (kind.encode(), size))
-    digest.update(data)
-    if len(data) != size or digest.digest() != raw:
+    if len(data) != size or git_object_id(kind, data) != oid:
         raise VerifyError(f"object {oid} is corrupt: its packed bytes hash to another id")
     return kind, data
