@@ -32,6 +32,8 @@ from usr.errors import UsageError
 from usr.sync import prestart
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from usr.sync.options import SyncOptions
 
 # The store, planner and audit are imported inside the commands, after the remote's
@@ -230,15 +232,15 @@ def _check_file_mode(ctx: click.Context, params: dict[str, Any]) -> None:
         )
 
 
-def confirmer(yes: bool, action: str):
-    """The question asked before a pull/push overwrites anything.
-
-    ``-y`` answers yes; on a terminal we ask; otherwise we refuse (never overwrite silently).
-    """
+def confirmer(yes: bool, action: str) -> Callable[[str], bool] | None:
+    """The question asked before a pull/push overwrites anything: None with ``-y``, as
+    nobody is asked (so a push checks its local record on a thread beside the transfer,
+    not before it: ``usr.sync.push``); else, on a terminal we ask, and otherwise we refuse
+    (never overwrite silently)."""
+    if yes:
+        return None
 
     def confirm(summary: str) -> bool:
-        if yes:
-            return True
         if not sys.stdin.isatty():
             raise UsageError(
                 f"{action} would overwrite files and stdin is not a terminal",

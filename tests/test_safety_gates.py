@@ -233,6 +233,24 @@ def test_a_push_to_a_clean_remote_checks_beside_its_transfer(env: Env) -> None:
     assert sum(1 for _ in remote.repo.odb) > sent_before, "nothing was sent before the check"
 
 
+def test_push_y_checks_beside_its_transfer(env: Env) -> None:
+    """``usr push -y`` asks nobody, so its local check runs beside the transfer (objects
+    reach the remote before the refusal); the refusal is the gate's one line, exit 5, and
+    no ref moves on either side."""
+    _synced(env)
+    local_head = Store.open(env.local_dir, create=False).head()
+    sent_before = sum(1 for _ in Store.open(env.remote_dir, create=False).repo.odb)
+    DAMAGE["duplicate-ids"][0](env.local_dir)
+    before = fingerprint(env)
+    r = _cli(env, "push", DS, "bu-scc", "-y")
+    assert r.returncode == 5, r.stderr
+    assert f"{RECORDS_FILE} fails the unique-ids check" in r.stderr
+    assert fingerprint(env) == before
+    assert Store.open(env.local_dir, create=False).head() == local_head
+    remote = Store.open(env.remote_dir, create=False)
+    assert sum(1 for _ in remote.repo.odb) > sent_before, "-y checked before it sent"
+
+
 def test_a_refused_bootstrap_push_leaves_no_dataset_on_the_remote(env: Env) -> None:
     """A bootstrap also checks beside its transfer: the remote dataset (and its namespace
     directory) is created and sent to, and the refusal has the remote remove both
