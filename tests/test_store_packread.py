@@ -173,3 +173,24 @@ def test_a_pack_that_cannot_be_read_is_left_to_libgit2_and_closes_once(tmp_path:
         os.fstat(keep)  # still open: the reader did not close it a second time
     finally:
         os.close(keep)
+
+
+def test_a_held_reader_is_kept_while_the_packs_are_the_same(tmp_path: Path) -> None:
+    """A server's session holds one reader for all its fetch requests: ``current`` gives
+    the same reader while the pack dir lists the same idx files, and a new one, which
+    finds the new pack's objects in place, once another pack is there."""
+    store = Store.open(tmp_path / "ds")
+    first = _blobs(10, seed=7)
+    _pack(store, first)
+    held = packstream.packed_objects(store)
+    assert held.current() is held
+    later = _blobs(10, seed=8)
+    _pack(store, later)
+    fresh = held.current()
+    assert fresh is not held and fresh.current() is fresh
+    raws = [bytes.fromhex(o) for o in later]
+    assert all(where is None for where in held.locate(raws))
+    assert all(where is not None for where in fresh.locate(raws))
+    order = [*first, *later]
+    got = list(packstream.read_many_for_send(store, order, fresh))
+    assert got == [(oid, "blob", {**first, **later}[oid]) for oid in order]

@@ -105,18 +105,30 @@ def read_for_send(store: Any, oid: str) -> tuple[str, bytes]:
     return store.read_stored(oid)
 
 
-def read_many_for_send(store: Any, oids: Iterable[str]) -> Iterator[tuple[str, str, bytes]]:
+def read_many_for_send(
+    store: Any, oids: Iterable[str], packed: PackedObjects | None = None
+) -> Iterator[tuple[str, str, bytes]]:
     """``(oid, type name, bytes)`` of each of ``oids`` to send, in their order, each read
     once and hashed once: from the packs directly, checked with one SHA-1 (libgit2's
     collision-detecting one cost 30 of the 38 µs of a 10 KB object), else through libgit2
-    (:func:`read_for_send`). See usr/store/packread.py."""
-    return PackedObjects(store.gitdir / "objects" / "pack").read_many(store, oids)
+    (:func:`read_for_send`). ``packed``: the store's pack reader, if one is held (see
+    usr/store/packread.py)."""
+    if packed is None:
+        packed = packed_objects(store)
+    return packed.read_many(store, oids)
 
 
-def send_objects(store: Any, fio: p.FrameIO, oids: Iterable[str]) -> int:
+def packed_objects(store: Any) -> PackedObjects:
+    """A reader of ``store``'s packs as they are now."""
+    return PackedObjects(store.gitdir / "objects" / "pack")
+
+
+def send_objects(
+    store: Any, fio: p.FrameIO, oids: Iterable[str], packed: PackedObjects | None = None
+) -> int:
     """Queue ``oids`` as ``O`` frames (flushed in 1 MiB batches: no round trip per object)."""
     n = 0
-    for oid, kind, data in read_many_for_send(store, oids):
+    for oid, kind, data in read_many_for_send(store, oids, packed):
         fio.send_object(kind, oid, data)
         n += 1
         faults.point(FAULT_SENT_OBJECT)

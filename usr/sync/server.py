@@ -68,6 +68,9 @@ class Server:
         #: Directories a bootstrap of this connection made, by dataset dir (the dataset's
         #: own first, then each namespace parent it made): what ``abandon`` may remove.
         self._created: dict[Path, list[Path]] = {}
+        #: The pack reader of a dataset's store that fetches of this session read with,
+        #: by dataset dir (made again when its pack dir lists other packs).
+        self._packed: dict[Path, Any] = {}
 
     # -- helpers -------------------------------------------------------------------------
     def _dir(self, msg: dict[str, Any]) -> tuple[str, Path]:
@@ -256,7 +259,10 @@ class Server:
         store = self._store(msg)
         oids = p.id_list(msg, "oids", self.peer, p.check_oid, [])
         cids = p.id_list(msg, "cids", self.peer, p.check_cid, [])
-        sent = packstream.send_objects(store, self.fio, oids)
+        held = self._packed.get(store.path)
+        packed = held.current() if held is not None else packstream.packed_objects(store)
+        self._packed[store.path] = packed
+        sent = packstream.send_objects(store, self.fio, oids, packed)
         sent += packstream.send_chunks(store, self.fio, cids)
         self.fio.send_message("done", sent=sent)
 
