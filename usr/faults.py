@@ -68,6 +68,17 @@ def _pause(name: str) -> None:
             return
 
 
+def armed(name: str) -> bool:
+    """Whether ``$USR_FAULT_POINT`` or ``$USR_PAUSE_POINT`` names ``name``: work that
+    another thread would do later is done first, so the point stops the process at the
+    same step of its work every run (cheap when neither is set)."""
+    if _FAULT_KEY in _ENV_DATA and name in _wanted():
+        return True
+    if _PAUSE_KEY in _ENV_DATA:
+        return any(i.strip().partition(":")[0] == name for i in os.environ[PAUSE_ENV].split(","))
+    return False
+
+
 _counting = threading.Lock()
 
 

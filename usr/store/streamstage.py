@@ -23,23 +23,16 @@ sends each manifest before its chunks (``chunked``: the "manifest_first" capabil
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
 from typing import Any
 
-from usr import faults
 from usr.errors import UsrError
-from usr.store.checkout import Staged, journal_path, make_dirs, staging_dir, stat_claim
+from usr.store.checkout import Staged, journal_path, make_dirs, staging_dir
 from usr.store.chunkstage import ChunkStager
 from usr.store.claims import Claims
 from usr.store.objects import is_manifest_bytes
+from usr.store.stagewriter import StageWriter
 from usr.store.worktree import MODE_EXEC, MODE_FILE, MODE_TREE
-
-FAULT_STREAMED = faults.register(
-    "checkout.streamed-file", "receiver: a verified blob written to the staging dir mid-stream"
-)
-
-_OPEN_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 class StreamStager:
@@ -75,6 +68,8 @@ class StreamStager:
         self.made = {""}
         self.off = False
         self.files = Claims()  # what stat_claim says of each file written
+        #: Creates the small files on its own thread (made with the staging dir).
+        self.writer: StageWriter | None = None
         #: The umask keeps every permission bit os.open is asked for: no fchmod a file.
         self.exact = _umask() & 0o755 == 0
 
@@ -103,12 +98,13 @@ class StreamStager:
         if is_manifest_bytes(data):
             self._on_manifest(data, targets)
             return
-        try:
-            for rel, mode in targets:
-                self._write(rel, mode, data)
-                faults.point(FAULT_STREAMED)
-        except OSError:
-            self.off = True  # the checkout stages what is not claimed
+        writer = self.writer
+        if writer is None or writer.error is not None:
+            self.off = True  # a write failed: the checkout stages what is not claimed
+            return
+        for rel, mode in targets:
+            writer.put(rel, mode, data)
+        self._collect()
 
     def on_chunk(self, cid: str, data: bytes) -> None:
         """A verified chunk of the stream: written into the chunked files awaiting it."""
@@ -130,6 +126,12 @@ class StreamStager:
     def result(self) -> Staged | None:
         """The files staged, for the checkout of the same process (None: none). Chunked
         files still awaiting chunks are completed from the store (sealed by now) first."""
+        if self.writer is not None:
+            self.writer.close()
+            self._collect()
+            error = self.writer.error
+            if error is not None and not isinstance(error, OSError):
+                raise error
         if self.chunks is not None:
             self.chunks.finish()
         self.trees, self.paths = {}, {}
@@ -144,6 +146,8 @@ class StreamStager:
         while a checkout journal exists (recovery may still need it); if the lock is busy
         it is left, a cache that the next checkout removes or re-verifies."""
         self.trees, self.paths = {}, {}
+        if self.writer is not None:
+            self.writer.close(abandon=True)  # nothing is written into the dir once removed
         if self.chunks is not None:
             self.chunks.abort()
         if not self.top:
@@ -175,6 +179,7 @@ class StreamStager:
         except OSError:
             self.off = True
         self.top = str(staging)
+        self.writer = StageWriter(self.top, self.exact)
         if self.chunked and not self.off:
             head = self.store.head()
             base = self.store.tree_of(head) if head else None
@@ -219,32 +224,13 @@ class StreamStager:
             i = nul + 21
         return out
 
-    def _write(self, rel: str, mode: int, data: bytes) -> None:
-        """Create the staged file (exclusively, not through a symlink) with its exact mode
-        and bytes; one left there by an earlier process is kept for the checkout to
-        re-verify."""
-        parent = rel.rpartition("/")[0]
-        if parent not in self.made:
-            make_dirs(self.top, parent, self.made, clear=False)
-        dest = f"{self.top}/{rel}"
-        perm = 0o755 if mode == MODE_EXEC else 0o644
-        try:
-            fd = os.open(dest, _OPEN_FLAGS, perm)
-        except FileExistsError:
-            return
-        try:
-            if not self.exact:
-                os.fchmod(fd, perm)
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            self.files.add(stat_claim(rel, os.fstat(fd)))
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(dest)
-            raise
-        finally:
-            os.close(fd)
+    def _collect(self) -> None:
+        """Take the claims of the files the writer has made so far (on this thread: the
+        claims table is not shared with the writer's)."""
+        claims = self.writer.claims  # type: ignore[union-attr]
+        add = self.files.add
+        while claims:
+            add(claims.popleft())
 
 
 def _target(rel: str, mode: int) -> str:
