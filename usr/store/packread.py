@@ -34,7 +34,14 @@ from typing import Any
 import numpy as np
 
 from usr.errors import VerifyError
-from usr.store.gitpack import DELTA_TYPES, IDX_IDS_AT, IDX_SIGNATURE, PACK_SIGNATURE, entry_header
+from usr.store.gitpack import (
+    DELTA_TYPES,
+    IDX_IDS_AT,
+    IDX_SIGNATURE,
+    PACK_SIGNATURE,
+    entry_header,
+    pack_names,
+)
 from usr.store.objects import OBJECT_NAMES, git_object_id
 
 #: Ids looked up at once: one binary search per idx for the whole batch.
@@ -93,18 +100,18 @@ class PackedObjects:
 
     def __init__(self, pack_dir: Path) -> None:
         self.pack_dir = pack_dir
-        self.names = _idx_names(pack_dir)
+        self.names = pack_names(pack_dir)
         self.packs: list[_Pack] = []
         for name in self.names:
             with contextlib.suppress(OSError, ValueError):  # libgit2 reads it
-                self.packs.append(_Pack(pack_dir / name))
+                self.packs.append(_Pack(pack_dir / f"{name}.idx"))
 
     def current(self) -> PackedObjects:
         """This reader while the pack dir lists the same idx files (a pack's name is its
         checksum: the same name, the same bytes), else a new one. A server answers every
         fetch request of a session with one reader, not a new map and sort of each idx a
         request (about 0.1 s a million objects; a 1M-file pull asks in 16 requests)."""
-        return self if _idx_names(self.pack_dir) == self.names else PackedObjects(self.pack_dir)
+        return self if pack_names(self.pack_dir) == self.names else PackedObjects(self.pack_dir)
 
     def locate(self, raws: list[bytes]) -> list[tuple[_Pack, int, int] | None]:
         """Where each of the ids ``raws`` (20 bytes each) is: its pack, and where its
@@ -150,14 +157,6 @@ class PackedObjects:
             if got is None:
                 got = store.read_stored(oid)
             yield oid, got[0], got[1]
-
-
-def _idx_names(pack_dir: Path) -> list[str]:
-    try:
-        names = os.listdir(pack_dir)
-    except FileNotFoundError:
-        return []
-    return sorted(n for n in names if n.startswith("pack-") and n.endswith(".idx"))
 
 
 def _entry(entry: bytes, oid: str) -> tuple[str, bytes] | None:
