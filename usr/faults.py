@@ -56,16 +56,25 @@ def _wanted() -> dict[str, int]:
     return wanted
 
 
+def _pauses() -> dict[str, str]:
+    """The points ``$USR_PAUSE_POINT`` names (``name:fifo``, comma-separated), each with
+    its fifo (the first one given)."""
+    pauses: dict[str, str] = {}
+    for item in os.environ.get(PAUSE_ENV, "").split(","):
+        name, _, fifo = item.strip().partition(":")
+        if fifo:
+            pauses.setdefault(name, fifo)
+    return pauses
+
+
 def _pause(name: str) -> None:
     """Block at ``name`` until the test releases it, if ``$USR_PAUSE_POINT`` names it."""
-    for item in os.environ[PAUSE_ENV].split(","):
-        wanted, _, fifo = item.strip().partition(":")
-        if wanted == name and fifo and name not in _paused:
-            _paused.add(name)
-            with open(fifo, "rb") as pipe:  # blocks until the test opens the write end
-                while pipe.read(4096):  # returns at EOF: the test closed it
-                    pass
-            return
+    fifo = _pauses().get(name)
+    if fifo is not None and name not in _paused:
+        _paused.add(name)
+        with open(fifo, "rb") as pipe:  # blocks until the test opens the write end
+            while pipe.read(4096):  # returns at EOF: the test closed it
+                pass
 
 
 def armed(name: str) -> bool:
@@ -74,9 +83,7 @@ def armed(name: str) -> bool:
     same step of its work every run (cheap when neither is set)."""
     if _FAULT_KEY in _ENV_DATA and name in _wanted():
         return True
-    if _PAUSE_KEY in _ENV_DATA:
-        return any(i.strip().partition(":")[0] == name for i in os.environ[PAUSE_ENV].split(","))
-    return False
+    return _PAUSE_KEY in _ENV_DATA and name in _pauses()
 
 
 _counting = threading.Lock()
