@@ -313,6 +313,7 @@ STAGING_POINTS = (
     "checkout.staged",
     "checkout.streamed-file",
     "checkout.streamed-chunk",
+    "gate.staged-check",
 )
 
 

@@ -68,6 +68,7 @@ KILLS = [
     Kill("push", "server", "serve.received"),
     Kill("push", "server", "checkout.streamed-file:3"),  # files staged as blobs land
     Kill("push", "server", "checkout.streamed-chunk:3"),  # chunked files as chunks land
+    Kill("push", "server", "gate.staged-check"),  # the table's check begun, mid-stream
     Kill("push", "server", "checkout.mid-stage"),
     Kill("push", "server", "checkout.journal-written"),
     Kill("push", "server", "checkout.mid-promote"),
@@ -100,6 +101,7 @@ KILLS = [
     Kill("push", "server", "serve.have", bootstrap=True),
     Kill("push", "server", "packstream.received-chunk:20", bootstrap=True),
     Kill("push", "server", "checkout.streamed-file", bootstrap=True),
+    Kill("push", "server", "gate.staged-check", bootstrap=True),
     Kill("push", "server", "checkout.mid-promote", bootstrap=True),
     Kill("pull", "client", "pull.negotiated", bootstrap=True),
     Kill("pull", "client", "packstream.received-chunk:20", bootstrap=True),

@@ -23,9 +23,11 @@ import pytest
 from tests.conftest import run_usr
 from tests.reliability_helpers import sweep
 from tests.test_sync_scenarios import DS, Env, make_dataset, make_env
+from usr.dataset import Dataset
 from usr.errors import ConflictError, VerifyError
 from usr.layout import EVENTS_FILE, RECORDS_FILE
 from usr.store import Store
+from usr.store.objects import is_manifest_bytes
 from usr.sync import engine
 from usr.sync.engine import SyncOptions
 
@@ -327,6 +329,37 @@ def test_the_servers_gate_refusal_wins_over_the_checkout_it_runs_beside(env: Env
     with client.open_session("bu-scc", str(env.config)) as session, conflict:
         session.push(DS, store, new, old, validate=False)
     assert fingerprint(env) == before
+
+
+def test_the_server_checks_a_chunked_table_on_its_staged_copy(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A table above the inline limit is a chunked file: the push sends it before the
+    other files, and the server checks its staged copy while the rest streams. The
+    refusal is the gate's, with nothing moved and nothing staged left; the repaired table
+    passes, and is the file promoted there."""
+    from usr.sync import client
+
+    monkeypatch.setenv("USR_INLINE_LIMIT", "1024")  # the few-KB table is chunked
+    store, new, old = _broken_here(env, "duplicate-ids")
+    table = store.repo[store.tree_of(new)][RECORDS_FILE]
+    assert is_manifest_bytes(store.repo[table.id].data), "the table is not a chunked file"
+    before = fingerprint(env)
+    refused = pytest.raises(VerifyError, match="records.parquet fails the unique-ids check")
+    with client.open_session("bu-scc", str(env.config)) as session, refused:
+        session.push(DS, store, new, old)
+    assert fingerprint(env) == before
+    assert Store.open(env.remote_dir, create=False).head() == old
+    assert not [p for p in env.remote_dir.iterdir() if ".usr-staging-" in p.name]
+    (env.local_dir / RECORDS_FILE).write_bytes((env.remote_dir / RECORDS_FILE).read_bytes())
+    grown = Dataset.open(env.local_root, DS)
+    grown.append_records([{"sequence": "ACGTTGCAAC"}], bio_type="dna", alphabet="dna_4")
+    fixed = store.record("repaired and grown").commit
+    with client.open_session("bu-scc", str(env.config)) as session:
+        session.push(DS, store, fixed, old)
+    assert Store.open(env.remote_dir, create=False).head() == fixed
+    table = (env.local_dir / RECORDS_FILE).read_bytes()
+    assert (env.remote_dir / RECORDS_FILE).read_bytes() == table
 
 
 def test_no_validate_transfers_and_the_audit_says_so(env: Env, tmp_path: Path) -> None:

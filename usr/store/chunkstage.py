@@ -29,6 +29,7 @@ import contextlib
 import os
 import stat as statmod
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,6 +49,9 @@ FAULT_STREAMED_CHUNK = faults.register(
     "receiver: a verified chunk written into a chunked file in the staging dir mid-stream",
 )
 
+#: Told ``(path in the tree, blob id, staged file, its stat)`` of a file verified whole.
+Verified = Callable[[str, str, str, os.stat_result], None]
+
 #: Chunked files open for writing at once, at most (each holds one descriptor).
 MAX_OPEN = 64
 #: Bytes read back at a time to hash what was not hashed on arrival.
@@ -66,6 +70,8 @@ class _File:
     manifest: Manifest
     offsets: list[int]
     present: bytearray
+    #: The manifest's blob id (empty when the caller did not say).
+    oid: str = ""
     hasher: Any = field(default_factory=blake3.blake3)
     #: Index of the first chunk not yet fed to ``hasher`` (all before it are hashed).
     next: int = 0
@@ -82,20 +88,30 @@ class ChunkStager:
     ``top``: the staging dir (made); ``files``: the claims set shared with the small-file
     stager (:class:`usr.store.streamstage.StreamStager`), to which each verified file adds
     its claim; ``base_tree``: the tree of the current working files (the head), whose
-    version of a path lends its shared prefix."""
+    version of a path lends its shared prefix; ``on_verified``: told ``(path, blob id,
+    staged file, its stat)`` of each file once it is verified whole (its claim made)."""
 
-    def __init__(self, store: Any, top: str, files: Claims, base_tree: str | None) -> None:
+    def __init__(
+        self,
+        store: Any,
+        top: str,
+        files: Claims,
+        base_tree: str | None,
+        on_verified: Verified | None = None,
+    ) -> None:
         self.store = store
         self.top = top
         self.files = files
         self.base_tree = base_tree
+        self.on_verified = on_verified
         self.open: list[_File] = []
         #: chunk id -> [(file, index)] still to be written from the stream.
         self.waiting: dict[str, list[tuple[_File, int]]] = {}
 
     # -- the stream ------------------------------------------------------------------------
-    def on_manifest(self, data: bytes, targets: list[tuple[str, int]]) -> None:
-        """A verified manifest naming ``targets`` = ``[(path, mode)]`` of the target tree."""
+    def on_manifest(self, data: bytes, targets: list[tuple[str, int]], oid: str = "") -> None:
+        """A verified manifest (blob ``oid``) naming ``targets`` = ``[(path, mode)]`` of the
+        target tree."""
         try:
             manifest = Manifest.decode(data)
         except VerifyError:
@@ -103,7 +119,7 @@ class ChunkStager:
         for rel, mode in targets:
             if len(self.open) >= MAX_OPEN:
                 return  # the checkout writes the rest
-            f = self._open(rel, mode, manifest)
+            f = self._open(rel, mode, manifest, oid)
             if f is None:
                 continue
             try:
@@ -152,7 +168,7 @@ class ChunkStager:
             self._drop(f)
 
     # -- one file --------------------------------------------------------------------------
-    def _open(self, rel: str, mode: int, manifest: Manifest) -> _File | None:
+    def _open(self, rel: str, mode: int, manifest: Manifest, oid: str) -> _File | None:
         """Create (or take over, after a killed receive of the same tree) the staged file,
         sized as the manifest says. None if it cannot be."""
         dest = f"{self.top}/{rel}"
@@ -178,7 +194,7 @@ class ChunkStager:
             offsets.append(pos)
             pos += length
         n = len(manifest.chunks)
-        f = _File(rel, dest, fd, manifest, offsets, bytearray(n), missing=n)
+        f = _File(rel, dest, fd, manifest, offsets, bytearray(n), oid, missing=n)
         self.open.append(f)
         return f
 
@@ -302,6 +318,8 @@ class ChunkStager:
             f.dead = True
             with contextlib.suppress(OSError):
                 os.unlink(f.dest)
+        elif self.on_verified is not None:
+            self.on_verified(f.rel, f.oid, f.dest, st)
 
     def _drop(self, f: _File) -> None:
         """Give up on ``f``: close and remove it; the checkout writes it from the store."""

@@ -28,7 +28,7 @@ from typing import Any
 
 from usr.errors import UsrError
 from usr.store.checkout import Staged, journal_path, make_dirs, staging_dir
-from usr.store.chunkstage import ChunkStager
+from usr.store.chunkstage import ChunkStager, Verified
 from usr.store.claims import Claims
 from usr.store.objects import is_manifest_bytes
 from usr.store.stagewriter import StageWriter
@@ -45,13 +45,16 @@ class StreamStager:
         tree: str | None = None,
         base: str | None = None,
         chunked: bool = False,
+        on_verified: Verified | None = None,
     ) -> None:
         """``tree``: the target, when known before the stream (a pull has fetched it);
         else the tree of the last commit before the first blob (a push). ``base``: the
         receiver's own tree (its head's: a pull's local one, a push's stored one), whose
         equal subtrees are not walked. ``chunked``: the stream sends each manifest before
-        its chunks, so chunked files are staged too."""
+        its chunks, so chunked files are staged too; ``on_verified``: told of each chunked
+        file once it is staged and verified whole (:class:`ChunkStager`)."""
         self.store = store
+        self.on_verified = on_verified
         self.base = base
         self.chunked = chunked
         self.chunks: ChunkStager | None = None
@@ -96,7 +99,7 @@ class StreamStager:
             return
         targets = _targets(found)
         if is_manifest_bytes(data):
-            self._on_manifest(data, targets)
+            self._on_manifest(oid, data, targets)
             return
         writer = self.writer
         if writer is None or writer.error is not None:
@@ -111,7 +114,7 @@ class StreamStager:
         if self.chunks is not None:
             self.chunks.on_chunk(cid, data)
 
-    def _on_manifest(self, data: bytes, targets: list[tuple[str, int]]) -> None:
+    def _on_manifest(self, oid: str, data: bytes, targets: list[tuple[str, int]]) -> None:
         if self.chunks is None:
             return
         try:
@@ -121,7 +124,7 @@ class StreamStager:
                     make_dirs(self.top, parent, self.made, clear=False)
         except OSError:
             return  # the checkout writes them
-        self.chunks.on_manifest(data, targets)
+        self.chunks.on_manifest(data, targets, oid)
 
     def result(self) -> Staged | None:
         """The files staged, for the checkout of the same process (None: none). Chunked
@@ -183,7 +186,7 @@ class StreamStager:
         if self.chunked and not self.off:
             head = self.store.head()
             base = self.store.tree_of(head) if head else None
-            self.chunks = ChunkStager(self.store, self.top, self.files, base)
+            self.chunks = ChunkStager(self.store, self.top, self.files, base, self.on_verified)
 
     def _walk(self, tree: str, prefix: str, base: str | None) -> None:
         """Map the files of ``tree`` that differ from ``base`` (the tree at this path in

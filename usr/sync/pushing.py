@@ -16,7 +16,7 @@ from typing import Any
 
 from usr import faults
 from usr.errors import TransportError, UsrError
-from usr.layout import validate_dataset_id
+from usr.layout import RECORDS_FILE, validate_dataset_id
 from usr.store import revlist
 from usr.store.objects import is_manifest_bytes
 from usr.sync import packstream, pushplan
@@ -69,7 +69,7 @@ class Pushing(Conversation):
         in0, out0 = self.fio.bytes_in, self.fio.bytes_out
         haves = [old] if old and packstream.has_object(store, old) else []
         listed = revlist.missing_typed(store.repo, [new], haves)
-        plan = pushplan.plan_push(store, listed.oids(), file_sizes)
+        plan = pushplan.plan_push(store, listed.oids(), file_sizes, first=_table_of(store, new))
         # The sizes (the caller's only reference: one per file of a bootstrap) and the
         # walk's list are in the plan now.
         del file_sizes, listed
@@ -79,6 +79,8 @@ class Pushing(Conversation):
         total = plan.total(chosen, send_cids)
         with self._exchange(), self._meter("push", self.fio.bytes_out, total) as meter:
             first = {p.MANIFEST_FIRST: True} if self.manifest_first else {}
+            if not validate:
+                first["validate"] = False  # the remote need not start its check early
             self.fio.send_message("pack", ds=ds, create=create, **first)
             order = (plan.oid(i) for i in plan.sending_order(chosen))
             for oid, kind, data in packstream.read_many_for_send(store, order):
@@ -189,6 +191,13 @@ class Pushing(Conversation):
         stats.chunks += 1
         stats.payload_bytes += len(data)
         meter.update(self.fio.bytes_out)
+
+
+def _table_of(store: Any, commit: str) -> str | None:
+    """The blob of ``commit``'s ``records.parquet``: sent before the other files, so the
+    remote checks it on its staged copy while they stream (docs/protocol.md, "Push")."""
+    tree = store.repo[store.tree_of(commit)]
+    return str(tree[RECORDS_FILE].id) if RECORDS_FILE in tree else None
 
 
 def _id_batches(plan: pushplan.PushPlan) -> Iterator[tuple[list[str], list[str]]]:

@@ -36,14 +36,19 @@ class PushPlan:
     others: set[str] = field(default_factory=set)
     #: Their positions in the plan, in plan order.
     other_at: list[int] = field(default_factory=list)
+    #: The position of the blob sent before the others (the records table), or -1.
+    first_at: int = -1
 
-    def add(self, oid: str, size: int, other: bool = False) -> None:
-        """Append one object (``other``: a commit or tree, not a blob)."""
+    def add(self, oid: str, size: int, other: bool = False, first: bool = False) -> None:
+        """Append one object (``other``: a commit or tree, not a blob; ``first``: the blob
+        to send before the other blobs)."""
         self.ids += bytes.fromhex(oid)
         self.sizes.append(size)
         if other:
             self.others.add(oid)
             self.other_at.append(len(self.sizes) - 1)
+        elif first:
+            self.first_at = len(self.sizes) - 1
 
     def __len__(self) -> int:
         return len(self.sizes)
@@ -68,9 +73,14 @@ class PushPlan:
 
     def sending_order(self, chosen: bytearray) -> Iterator[int]:
         """Positions of the objects flagged in ``chosen`` (one byte each, nonzero: send),
-        commits and trees first, then blobs, each in plan order (as :meth:`trees_first`)."""
+        commits and trees first, then the first blob (the records table, whose check the
+        receiver starts once it has it whole), then the other blobs in plan order."""
         firsts = set(self.other_at)
         yield from (i for i in self.other_at if chosen[i])
+        if self.first_at >= 0:
+            firsts.add(self.first_at)
+            if chosen[self.first_at]:
+                yield self.first_at
         yield from (i for i in range(len(self)) if chosen[i] and i not in firsts)
 
     def cids(self) -> list[str]:
@@ -88,6 +98,7 @@ def plan_push(
     oids: Iterable[str],
     file_sizes: Mapping[str, int] | None,
     limit: int | None = None,
+    first: str | None = None,
 ) -> PushPlan:
     """Size each object and find the manifests' chunks, reading only what may be a manifest.
 
@@ -98,7 +109,8 @@ def plan_push(
     from their headers, and every other blob is read to look for a manifest. If one taken
     for plain bytes is a manifest after all (a small file that began with the manifest
     magic), the sender finds out when it reads the blob to send it and sends every chunk it
-    names first (see ``RemoteSession.push``)."""
+    names first (see ``RemoteSession.push``). ``first``: a blob to send before the others
+    (the records table)."""
     known: Mapping[str, int] = {} if file_sizes is None else file_sizes
     limit = inline_limit() if limit is None else limit
     odb = store.repo.odb
@@ -115,7 +127,7 @@ def plan_push(
         if int(obj_type) != p.OBJECT_TYPES["blob"]:
             plan.add(oid, size, other=True)
             continue
-        plan.add(oid, size)
+        plan.add(oid, size, first=oid == first)
         _, data = read_for_send(store, oid)
         entries = manifest_entries(data, f"blob {oid}")
         if entries:

@@ -20,7 +20,12 @@ from usr.sync.history import require_fast_forward
 
 
 def update_and_checkout(
-    store: Any, new: str, old: str | None, validate: bool = True, staged: Any = None
+    store: Any,
+    new: str,
+    old: str | None,
+    validate: bool = True,
+    staged: Any = None,
+    early: Any = None,
 ) -> str:
     """The one locked step of a push: HEAD must still be ``old`` and ``new`` must contain
     it (fast-forward only); then ``new`` is checked out (staged, verified, promoted) and
@@ -31,7 +36,8 @@ def update_and_checkout(
     (which ends waiting for the disk), and waited for before the journal commits; its
     refusal wins over any other failure, as when it ran first. ``staged``: the files the
     receive streamed into the staging dir (:class:`usr.store.checkout.Staged`), which the
-    checkout takes without rereading."""
+    checkout takes without rereading; ``early``: the gate's check of the received table
+    already started on its staged copy (:class:`usr.sync.gate.StagedCheck`)."""
     if not store.has_object(new):
         raise VerifyError(f"commit {new} did not arrive; refusing to move the ref")
     _require_complete(store, new)
@@ -40,7 +46,7 @@ def update_and_checkout(
     # the pushed .events.log is promoted. With it held the line waits and lands after.
     what = "push: update ref and check out"
     with (
-        beside(_gate(store, new, old, validate)) as gate_passed,
+        beside(_gate(store, new, old, validate, early)) as gate_passed,
         store.lock(what),
         events_lock(store.path, what=what),
     ):
@@ -50,7 +56,9 @@ def update_and_checkout(
     return store.head()
 
 
-def _gate(store: Any, new: str, old: str | None, validate: bool) -> Callable[[], None]:
+def _gate(
+    store: Any, new: str, old: str | None, validate: bool, early: Any = None
+) -> Callable[[], None]:
     """The gate's check of the pushed state (nothing with ``--no-validate``), through a
     store handle of its own (its own libgit2 repository and chunk readers: the checkout
     reads through the caller's meanwhile)."""
@@ -59,7 +67,8 @@ def _gate(store: Any, new: str, old: str | None, validate: bool) -> Callable[[],
         if validate:
             from usr.sync.gate import check_state, own_handle
 
-            check_state(own_handle(store), new, old, f"the push of state {new[:12]}")
+            where = f"the push of state {new[:12]}"
+            check_state(own_handle(store), new, old, where, early)
 
     return check
 

@@ -14,6 +14,7 @@ import os
 import shutil
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,13 @@ from usr.errors import (
     VerifyError,
     store_damage,
 )
-from usr.layout import check_dataset_dir, dataset_path, refuse_symlinks, validate_dataset_id
+from usr.layout import (
+    RECORDS_FILE,
+    check_dataset_dir,
+    dataset_path,
+    refuse_symlinks,
+    validate_dataset_id,
+)
 from usr.locks import hold
 from usr.store.objects import INLINE_LIMIT_ENV
 from usr.store.streamstage import StreamStager
@@ -62,6 +69,9 @@ class Server:
         self._stores: dict[Path, Any] = {}
         #: What a pushed stream staged, by dataset dir, for the ``update`` that follows.
         self._staged: dict[Path, Any] = {}
+        #: The gate's check of a pushed table begun on its staged copy, by dataset dir
+        #: (:class:`usr.sync.gate.StagedCheck`), for the same ``update``.
+        self._early: dict[Path, Any] = {}
         #: This server's own walk of a dataset's working files (``heads`` with ``scan``),
         #: by dataset dir, for the ``record`` with ``scanned`` that follows; used once.
         self._scans: dict[Path, tuple[str, str | None]] = {}
@@ -111,6 +121,8 @@ class Server:
         try:
             return self._loop()
         finally:
+            for path in list(self._early):
+                self._end_early(path)
             for stager in self._staged.values():
                 stager.discard()
 
@@ -296,6 +308,7 @@ class Server:
         removed = False
         if made is not None and path in self._stores:
             store = self._stores.pop(path)
+            self._end_early(path)
             stager = self._staged.pop(path, None)
             if stager is not None:
                 stager.discard()
@@ -324,7 +337,12 @@ class Server:
         # sealed, and chunked files are staged as the chunks land.
         first = msg.get(p.MANIFEST_FIRST) is True
         base = store.tree_of(head) if head else None
-        stager = StreamStager(store, base=base, chunked=first and p.manifest_first_enabled())
+        self._end_early(store.path)
+        # The gate's check of the table starts on its staged copy (unless the client said
+        # it will ask for no validation): it goes first in the stream.
+        seen = self._staged_table(store) if msg.get("validate", True) is not False else None
+        chunked = first and p.manifest_first_enabled()
+        stager = StreamStager(store, base=base, chunked=chunked, on_verified=seen)
         try:
             with self._transfer_lock(store, "usr serve: receiving a push"):
                 stats = packstream.receive(
@@ -338,6 +356,25 @@ class Server:
         faults.point(FAULT_RECEIVED)
         self.fio.send_message("received", objects=stats.objects, chunks=stats.chunks)
 
+    def _staged_table(self, store: Any) -> Callable[[str, str, str, os.stat_result], None]:
+        """What the stream's staging tells of each chunked file verified whole: the
+        dataset's ``records.parquet`` starts the gate's check on that copy."""
+
+        def seen(rel: str, oid: str, path: str, st: os.stat_result) -> None:
+            if rel == RECORDS_FILE and oid and store.path not in self._early:
+                from usr.sync.gate import StagedCheck
+
+                self._early[store.path] = StagedCheck(store.path, oid, path, st)
+
+        return seen
+
+    def _end_early(self, path: Path) -> None:
+        """Wait for a check begun on a staged table (its id-keys entry written whole)
+        before its dataset's directory may go, and drop it."""
+        early = self._early.pop(path, None)
+        if early is not None:
+            early.wait()
+
     def op_update(self, msg: dict[str, Any]) -> None:
         """Compare-and-swap ``refs/heads/main`` old -> new and check new out, locked."""
         if self.pack_failed:
@@ -349,11 +386,14 @@ class Server:
             old = p.check_oid(old, self.peer)
         validate = msg.get("validate", True) is not False
         stager = self._staged.pop(store.path, None) or StreamStager(store)
+        early = self._early.get(store.path)
         try:
-            head = refupdate.update_and_checkout(store, new, old, validate, stager.result())
+            head = refupdate.update_and_checkout(store, new, old, validate, stager.result(), early)
         except BaseException:
             stager.discard()  # refused: the files it staged will not be promoted
             raise
+        finally:
+            self._end_early(store.path)
         faults.point(FAULT_UPDATED)
         self.fio.send_message("updated", head=head)
 
