@@ -386,9 +386,10 @@ class Server:
             old = p.check_oid(old, self.peer)
         validate = msg.get("validate", True) is not False
         stager = self._staged.pop(store.path, None) or StreamStager(store)
-        early = self._early.get(store.path)
         try:
-            head = refupdate.update_and_checkout(store, new, old, validate, stager.result(), early)
+            staged = stager.result()  # may complete the table from the store: a check starts
+            early = self._early.get(store.path)
+            head = refupdate.update_and_checkout(store, new, old, validate, staged, early)
         except BaseException:
             stager.discard()  # refused: the files it staged will not be promoted
             raise
