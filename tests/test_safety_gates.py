@@ -298,15 +298,24 @@ def test_abandon_removes_only_what_this_connection_made(env: Env) -> None:
 def test_the_receiving_server_gates_what_a_client_sends(env: Env) -> None:
     """A client that skips its own gate (an old or a hostile one) is refused by the server
     before its ref moves: the state is recorded here, sent, and refused there."""
+    store, new, old = _broken_here(env, "wrong-schema")
+    _server_refuses(env, store, new, old, "schema")
+
+
+def _server_refuses(env: Env, store: Store, new: str, old: str | None, check: str) -> dict:
+    """A push of ``new`` through the session API (no client gate) is refused by the
+    server's ``check`` of records.parquet: nothing changed on either side, no remote ref
+    moved, nothing staged left there. Returns the fingerprint of both roots."""
     from usr.sync import client
 
-    store, new, old = _broken_here(env, "wrong-schema")
     before = fingerprint(env)
-    refused = pytest.raises(VerifyError, match="records.parquet fails the schema check")
+    refused = pytest.raises(VerifyError, match=f"records.parquet fails the {check} check")
     with client.open_session("bu-scc", str(env.config)) as session, refused:
         session.push(DS, store, new, old)
     assert fingerprint(env) == before
     assert Store.open(env.remote_dir, create=False).head() == old
+    assert not [p for p in env.remote_dir.iterdir() if ".usr-staging-" in p.name]
+    return before
 
 
 def test_the_servers_gate_refusal_wins_over_the_checkout_it_runs_beside(env: Env) -> None:
@@ -318,13 +327,7 @@ def test_the_servers_gate_refusal_wins_over_the_checkout_it_runs_beside(env: Env
 
     store, new, old = _broken_here(env, "duplicate-ids")
     (env.remote_dir / "notes.txt").write_text("unrecorded on the cluster\n")
-    before = fingerprint(env)
-    refused = pytest.raises(VerifyError, match="records.parquet fails the unique-ids check")
-    with client.open_session("bu-scc", str(env.config)) as session, refused:
-        session.push(DS, store, new, old)
-    assert fingerprint(env) == before
-    assert Store.open(env.remote_dir, create=False).head() == old
-    assert not [p for p in env.remote_dir.iterdir() if ".usr-staging-" in p.name]
+    before = _server_refuses(env, store, new, old, "unique-ids")
     conflict = pytest.raises(ConflictError, match="unrecorded changes")
     with client.open_session("bu-scc", str(env.config)) as session, conflict:
         session.push(DS, store, new, old, validate=False)
@@ -344,13 +347,7 @@ def test_the_server_checks_a_chunked_table_on_its_staged_copy(
     store, new, old = _broken_here(env, "duplicate-ids")
     table = store.repo[store.tree_of(new)][RECORDS_FILE]
     assert is_manifest_bytes(store.repo[table.id].data), "the table is not a chunked file"
-    before = fingerprint(env)
-    refused = pytest.raises(VerifyError, match="records.parquet fails the unique-ids check")
-    with client.open_session("bu-scc", str(env.config)) as session, refused:
-        session.push(DS, store, new, old)
-    assert fingerprint(env) == before
-    assert Store.open(env.remote_dir, create=False).head() == old
-    assert not [p for p in env.remote_dir.iterdir() if ".usr-staging-" in p.name]
+    _server_refuses(env, store, new, old, "unique-ids")
     (env.local_dir / RECORDS_FILE).write_bytes((env.remote_dir / RECORDS_FILE).read_bytes())
     grown = Dataset.open(env.local_root, DS)
     grown.append_records([{"sequence": "ACGTTGCAAC"}], bio_type="dna", alphabet="dna_4")
