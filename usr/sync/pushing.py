@@ -22,6 +22,7 @@ from usr.store.objects import is_manifest_bytes
 from usr.sync import packstream, pushplan
 from usr.sync import protocol as p
 from usr.sync.conversation import Conversation, TransferStats
+from usr.sync.trees import top_blob
 
 FAULT_PUSH_NEGOTIATED = faults.register(
     "push.negotiated", "client: the remote said what it lacks; nothing streamed yet"
@@ -69,7 +70,10 @@ class Pushing(Conversation):
         in0, out0 = self.fio.bytes_in, self.fio.bytes_out
         haves = [old] if old and packstream.has_object(store, old) else []
         listed = revlist.missing_typed(store.repo, [new], haves)
-        plan = pushplan.plan_push(store, listed.oids(), file_sizes, first=_table_of(store, new))
+        # The table first among the blobs: the remote checks its staged copy while the
+        # others stream (docs/protocol.md, "Push").
+        table = top_blob(store, new, RECORDS_FILE)
+        plan = pushplan.plan_push(store, listed.oids(), file_sizes, first=table)
         # The sizes (the caller's only reference: one per file of a bootstrap) and the
         # walk's list are in the plan now.
         del file_sizes, listed
@@ -191,13 +195,6 @@ class Pushing(Conversation):
         stats.chunks += 1
         stats.payload_bytes += len(data)
         meter.update(self.fio.bytes_out)
-
-
-def _table_of(store: Any, commit: str) -> str | None:
-    """The blob of ``commit``'s ``records.parquet``: sent before the other files, so the
-    remote checks it on its staged copy while they stream (docs/protocol.md, "Push")."""
-    tree = store.repo[store.tree_of(commit)]
-    return str(tree[RECORDS_FILE].id) if RECORDS_FILE in tree else None
 
 
 def _id_batches(plan: pushplan.PushPlan) -> Iterator[tuple[list[str], list[str]]]:
