@@ -340,7 +340,7 @@ class Server:
         self._end_early(store.path)
         # The gate's check of the table starts on its staged copy (unless the client said
         # it will ask for no validation): it goes first in the stream.
-        seen = self._staged_table(store) if msg.get("validate", True) is not False else None
+        seen = self._staged_table(store) if _gated(msg) else None
         chunked = first and p.manifest_first_enabled()
         stager = StreamStager(store, base=base, chunked=chunked, on_verified=seen)
         try:
@@ -384,7 +384,7 @@ class Server:
         old = msg.get("old")
         if old is not None:
             old = p.check_oid(old, self.peer)
-        validate = msg.get("validate", True) is not False
+        validate = _gated(msg)
         stager = self._staged.pop(store.path, None) or StreamStager(store)
         try:
             staged = stager.result()  # may complete the table from the store: a check starts
@@ -475,3 +475,9 @@ def serve(root: str | os.PathLike[str], repo_root: str | os.PathLike[str] | None
     wire_in = os.fdopen(os.dup(0), "rb", buffering=0)
     fio = p.FrameIO(p.FileChannel(wire_in, wire_out), peer="client")
     return Server(base, fio, repo).run()
+
+
+def _gated(msg: dict[str, Any]) -> bool:
+    """Whether a ``pack`` or ``update`` asks for the gate: unless it says ``validate:
+    false`` (the client's ``--no-validate``)."""
+    return msg.get("validate", True) is not False
