@@ -110,7 +110,9 @@ def plan_push(
     for plain bytes is a manifest after all (a small file that began with the manifest
     magic), the sender finds out when it reads the blob to send it and sends every chunk it
     names first (see ``RemoteSession.push``). ``first``: a blob to send before the others
-    (the records table)."""
+    (the records table), when it is one read to look for a manifest; a file within the
+    inline limit, sized from ``file_sizes``, keeps its place in plan order (it is never
+    chunked, so the receiver would not check it early anyway)."""
     known: Mapping[str, int] = {} if file_sizes is None else file_sizes
     limit = inline_limit() if limit is None else limit
     odb = store.repo.odb
