@@ -660,16 +660,21 @@ def scale(b: Bench) -> None:
     over the loopback sshd, peak RSS of each command on each side, against ``rsync -a`` /
     ``rsync -an`` (same files, same sshd) and ``git add -A && git commit`` / ``git status``
     (a fresh repository over a copy of the same files); and the stat cache's bytes per file.
-    Each N's copies are removed after its last measured step, none before (1M files take
-    ~4 GiB per copy), so no tool creates its files right after a mass deletion."""
+    Every N's copies are removed only after the last N is measured (1M files take ~4 GiB
+    per copy, 27 GB with all copies), so no tool creates its files after a mass deletion:
+    a smaller N's cleanup made the 1M push and pull slower in the same run."""
     if b.sizes.scale_files:
         b.results["scale"] = []
-    for n in b.sizes.scale_files:
-        b.results["scale"].append(_scale_one(b, n))
-        b.checkpoint()
+    leftovers: list[Path] = []
+    try:
+        for n in b.sizes.scale_files:
+            b.results["scale"].append(_scale_one(b, n, leftovers))
+            b.checkpoint()
+    finally:
+        _remove(*leftovers)
 
 
-def _scale_one(b: Bench, n: int) -> dict[str, Any]:
+def _scale_one(b: Bench, n: int, leftovers: list[Path]) -> dict[str, Any]:
     name = f"bench/scale_{n}"
     reps = b.sizes.repeats
     load0 = os.getloadavg()[0]
@@ -705,7 +710,7 @@ def _scale_one(b: Bench, n: int) -> dict[str, Any]:
     # same conditions.
     push = b.sync("push", name)
     push_noop, push_noop_all = _repeat(reps, lambda: b.sync("push", name))
-    pulled = b.workdir / "scale-pulled"
+    pulled = b.workdir / f"scale-pulled-{n}"
     pulled.mkdir()
     pull = b.sync("pull", name, root=pulled)
     dest = f"scale_{n}"
@@ -723,7 +728,7 @@ def _scale_one(b: Bench, n: int) -> dict[str, Any]:
     time.sleep(b.sizes.racy_wait_seconds)  # git's racy window is its index's mtime: past it
     git_status, git_status_all = _repeat(reps, lambda: b.git(gitrepo, "status"))
 
-    _remove(gitrepo, pulled, b.baseline / dest, ds.path, b.remote / name)
+    leftovers += [gitrepo, pulled, b.baseline / dest, ds.path, b.remote / name]
 
     usr = {
         "snapshot": _usr_side(snap),
