@@ -253,6 +253,18 @@ def _repeat(n: int, fn: Callable[[], Run]) -> tuple[Run, list[float | None]]:
     return _median(runs), [_secs(r) for r in runs]
 
 
+def _at_rest(step: Callable[[], Run]) -> Callable[[], Run]:
+    """``step``, run once the kernel has written out the dirty pages (untimed): a step
+    must not pay for the writeback of the files the step before it created
+    (docs/performance.md, "Scale (issue 23): each step at rest")."""
+
+    def settled() -> Run:
+        os.sync()
+        return step()
+
+    return settled
+
+
 def _ratio(a: float | None, b: float | None, digits: int = 3) -> float | None:
     return round(a / b, digits) if a is not None and b else None
 
@@ -687,15 +699,17 @@ def _scale_one(b: Bench, n: int, leftovers: list[Path]) -> dict[str, Any]:
     # Files written within the stat cache's racy window (2 s) of a snapshot are re-hashed
     # by every status until the next snapshot: measure the steady state (status_scaling).
     time.sleep(b.sizes.racy_wait_seconds)
-    snap = b.usr("snapshot", name, "-m", "scale").check("usr snapshot")
+    snap = _at_rest(lambda: b.usr("snapshot", name, "-m", "scale").check("usr snapshot"))()
     time.sleep(b.sizes.racy_wait_seconds)
-    status, status_all = _repeat(reps, lambda: b.usr("status", name).check("usr status"))
+    status, status_all = _repeat(reps, _at_rest(lambda: b.usr("status", name).check("usr status")))
     # Ten files edited, measured in the same conditions as the no-op status (before the
     # copies below put millions more inodes in the kernel's caches; measured after them,
     # the same status took 6.5 s of CPU against the no-op's 2.9 s), then put back.
     recorded: dict[Path, bytes] = {}
     datagen.rewrite_files(many, 10, seed=24, keep=recorded)
-    touched, touched_all = _repeat(reps, lambda: b.usr("status", name).check("usr status"))
+    touched, touched_all = _repeat(
+        reps, _at_rest(lambda: b.usr("status", name).check("usr status"))
+    )
     for path, data in recorded.items():
         path.write_bytes(data)
     # The stat cache: .usr/stat-cache (binary, docs/format.md §6); index.json before it.
@@ -708,14 +722,14 @@ def _scale_one(b: Bench, n: int, leftovers: list[Path]) -> dict[str, Any]:
     # (docs/performance.md, "File creation after a mass deletion"). Each copy stays until
     # the end (at 1M files about 27 GB at once), so every tool creates its files under the
     # same conditions.
-    push = b.sync("push", name)
-    push_noop, push_noop_all = _repeat(reps, lambda: b.sync("push", name))
+    push = _at_rest(lambda: b.sync("push", name))()
+    push_noop, push_noop_all = _repeat(reps, _at_rest(lambda: b.sync("push", name)))
     pulled = b.workdir / f"scale-pulled-{n}"
     pulled.mkdir()
-    pull = b.sync("pull", name, root=pulled)
+    pull = _at_rest(lambda: b.sync("pull", name, root=pulled))()
     dest = f"scale_{n}"
-    rs = b.rsync(ds.path, dest)
-    rs_noop, rs_noop_all = _repeat(reps, lambda: b.rsync(ds.path, dest, dry=True))
+    rs = _at_rest(lambda: b.rsync(ds.path, dest))()
+    rs_noop, rs_noop_all = _repeat(reps, _at_rest(lambda: b.rsync(ds.path, dest, dry=True)))
     # git's copy: the same files (store excluded), in a fresh repository made untimed.
     gitrepo = b.workdir / f"git-scale-{n}"
     gitrepo.mkdir()
@@ -724,9 +738,9 @@ def _scale_one(b: Bench, n: int, leftovers: list[Path]) -> dict[str, Any]:
             f"tar -C {shlex.quote(str(ds.path))} --exclude=./.usr -cf - . | "
             f"tar -C {shlex.quote(str(gitrepo))} -xf -"
         ).check("tar copy for git")
-    commit = b.git(gitrepo, "add -A", "commit -q -m scale")
+    commit = _at_rest(lambda: b.git(gitrepo, "add -A", "commit -q -m scale"))()
     time.sleep(b.sizes.racy_wait_seconds)  # git's racy window is its index's mtime: past it
-    git_status, git_status_all = _repeat(reps, lambda: b.git(gitrepo, "status"))
+    git_status, git_status_all = _repeat(reps, _at_rest(lambda: b.git(gitrepo, "status")))
 
     leftovers += [gitrepo, pulled, b.baseline / dest, ds.path, b.remote / name]
 
