@@ -7,7 +7,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from usr.store import Store, gitpack
+from usr.store import Store, gitpack, presence
 from usr.store.objects import git_object_id
 from usr.store.presence import SealedIds
 from usr.sync import packstream
@@ -78,3 +78,31 @@ def test_a_writer_that_sealed_many_packs_stores_each_object_once(tmp_path: Path)
         assert writer.written == len(blobs)
     assert len(gitpack.pack_names(store.gitdir / "objects" / "pack")) == 6
     assert store.fsck() == []
+
+
+def test_a_store_with_no_object_is_known_empty_and_anything_stored_ends_that(
+    tmp_path: Path,
+) -> None:
+    """A fresh store answers presence without libgit2 (a bootstrap's receive asks about
+    every object); one loose object, one pack or an alternates file makes it ask again,
+    so nothing stored is ever reported missing by a question asked after it."""
+    store = Store.open(tmp_path / "ds")
+    gitdir = str(store.gitdir)
+    assert presence.holds_nothing(gitdir)  # what Store.open makes: the fast path is used
+    blobs = _blob_ids(3, seed=6)
+    assert packstream.lacking(store, [oid for oid, _ in blobs]) == [oid for oid, _ in blobs]
+
+    loose = Store.open(tmp_path / "loose")
+    loose.write_object("blob", blobs[0][1], expect=blobs[0][0])
+    assert not presence.holds_nothing(str(loose.gitdir))
+    assert packstream.lacking(loose, [blobs[0][0], blobs[1][0]]) == [blobs[1][0]]
+
+    packed = Store.open(tmp_path / "packed")
+    with packed.object_writer() as writer:
+        for oid, data in _blob_ids(gitpack.UNPACK_LIMIT, seed=7):
+            writer.add("blob", oid, data)
+    assert not presence.holds_nothing(str(packed.gitdir))
+
+    (store.gitdir / "objects" / "info" / "alternates").write_text(f"{loose.gitdir}/objects\n")
+    assert not presence.holds_nothing(gitdir)
+    assert not presence.holds_nothing(str(tmp_path / "no-such-store"))

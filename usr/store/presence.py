@@ -16,21 +16,43 @@ copy it finds). Nothing is ever reported present that is not stored.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from typing import Any
 
 
 class Backends:
     """The store's object backends (packs, loose objects, alternates) with their pack
-    lists read once, at creation."""
+    lists read once, at creation; none at all when the store then held no object (a
+    bootstrap's receive, a pull into a fresh root), so each of its misses costs nothing
+    (each call into libgit2 hands the interpreter lock over, and the receive's writer
+    thread is waiting for it)."""
 
     def __init__(self, repo: Any) -> None:
-        self._backends = list(repo.odb.backends)
+        self._backends = [] if holds_nothing(repo.path) else list(repo.odb.backends)
         for backend in self._backends:
             backend.refresh()  # the loose backend has none: a no-op
 
     def has(self, oid: str) -> bool:
         return any(backend.exists(oid) for backend in self._backends)
+
+
+def holds_nothing(gitdir: str) -> bool:
+    """True when the store at ``gitdir`` has no object: its ``objects`` directory holds
+    only an ``info`` without alternates and a ``pack`` without packs. Anything else
+    (a loose object's directory, a pack, alternates, a name not expected) is False, and
+    presence is asked of libgit2 as usual."""
+    objects = os.path.join(gitdir, "objects")
+    try:
+        for name in os.listdir(objects):
+            if name == "pack":
+                if any(n.endswith((".pack", ".idx")) for n in os.listdir(f"{objects}/pack")):
+                    return False
+            elif name != "info" or os.listdir(f"{objects}/info") not in ([], ["packs"]):
+                return False
+    except OSError:
+        return False
+    return True
 
 
 def lacking(repo: Any, oids: Iterable[str]) -> list[str]:
