@@ -76,11 +76,12 @@ class StageWriter:
         if len(self._batch) >= BATCH_FILES or self._bytes >= BATCH_BYTES:
             self._hand_over()
         if faults.armed(FAULT_STREAMED):
-            self._drain()
+            self.drain()
             faults.point(FAULT_STREAMED)
 
-    def _drain(self) -> None:
-        """Return once every file handed over so far is written."""
+    def drain(self) -> None:
+        """Return once every file handed over so far is written (the writer goes on
+        taking files after)."""
         self._hand_over()
         for _ in range(IN_FLIGHT):  # every slot back: no batch waits or is being written
             self._slots.acquire()

@@ -126,6 +126,13 @@ class StreamStager:
             return  # the checkout writes them
         self.chunks.on_manifest(data, targets, oid)
 
+    def drain(self) -> None:
+        """Return once every file handed to the writer thread so far is written. A crash
+        point reached after the stream calls this when armed, so that a kill there leaves
+        the same whole staged files every run, not one torn by the thread's progress."""
+        if self.writer is not None:
+            self.writer.drain()
+
     def result(self) -> Staged | None:
         """The files staged, for the checkout of the same process (None: none). Chunked
         files still awaiting chunks are completed from the store (sealed by now) first."""

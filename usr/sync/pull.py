@@ -88,6 +88,8 @@ def carry_out(run: AuditRun, target: Target, remote: str, options: SyncOptions) 
             except BaseException:
                 stager.discard()  # refused: nothing of it stays in the working directory
                 raise
+            if faults.armed(FAULT_PULL_FETCHED):
+                stager.drain()  # a kill here leaves the same staged files every run
             faults.point(FAULT_PULL_FETCHED)
         finally:
             run.bytes_sent, run.bytes_received = bytes_moved(session)

@@ -353,6 +353,8 @@ class Server:
             raise
         self.pack_failed = False
         self._staged[store.path] = stager
+        if faults.armed(FAULT_RECEIVED):
+            stager.drain()  # a kill here leaves the same staged files every run
         faults.point(FAULT_RECEIVED)
         self.fio.send_message("received", objects=stats.objects, chunks=stats.chunks)
 
