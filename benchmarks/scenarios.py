@@ -256,7 +256,8 @@ def _repeat(n: int, fn: Callable[[], Run]) -> tuple[Run, list[float | None]]:
 def _at_rest(step: Callable[[], Run]) -> Callable[[], Run]:
     """``step``, run once the kernel has written out the dirty pages (untimed): a step
     must not pay for the writeback of the files the step before it created
-    (docs/performance.md, "Scale (issue 23): each step at rest")."""
+    (docs/performance.md, "Scale (issue 23): the issue's table in one run, sixteenth
+    round")."""
 
     def settled() -> Run:
         os.sync()

@@ -24,9 +24,8 @@ from typing import Any
 class Backends:
     """The store's object backends (packs, loose objects, alternates) with their pack
     lists read once, at creation; none at all when the store then held no object (a
-    bootstrap's receive, a pull into a fresh root), so each of its misses costs nothing
-    (each call into libgit2 hands the interpreter lock over, and the receive's writer
-    thread is waiting for it)."""
+    bootstrap's receive, a pull into a fresh root): its misses skip libgit2's two backends
+    (5.5 -> 0.7 µs a miss, ``benchmarks/percall.py presence``)."""
 
     def __init__(self, repo: Any) -> None:
         self._backends = [] if holds_nothing(repo.path) else list(repo.odb.backends)
